@@ -1,0 +1,16 @@
+# CUDA kernels: enabled when the installed torch was built with CUDA and a CUDA compiler is found.
+include(CheckLanguage)
+check_language(CUDA)
+if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
+  set(TN_TORCH_HAS_CUDA ON)
+endif()
+file(GLOB TN_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
+if(CMAKE_CUDA_COMPILER AND TN_TORCH_HAS_CUDA AND TN_CUDA_SOURCES)
+  message(STATUS "taylornet: building CUDA kernels")
+  # (filled by the CUDA kernels)
+elseif(TAYLORNET_CUDA STREQUAL "ON")
+  message(FATAL_ERROR "taylornet: TAYLORNET_CUDA=ON but torch has no CUDA, nvcc is missing, or "
+                      "there are no CUDA sources")
+else()
+  message(STATUS "taylornet: CPU-only build")
+endif()

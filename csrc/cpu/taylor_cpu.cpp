@@ -1,0 +1,522 @@
+// CPU kernels: blocked over samples x neurons, matrix products by ATen's BLAS on cache-sized tiles,
+// the Taylor epilogue vectorized with at::vec, parallel with at::parallel_for.
+//
+// The net ops never hold an n x m tensor: each worker keeps a few tiles of NB x MB numbers. The
+// dimension with enough blocks is split among workers, who own their rows of the result; the other
+// is looped over inside, with per-worker partial sums only when the owned dimension is too short to
+// keep every thread busy.
+//
+// This file is compiled once per CPU_CAPABILITY; everything in it lives in that inline namespace.
+#include "cpu/taylor_cpu.h"
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <algorithm>
+
+#include "taylornet/philox.h"
+
+namespace tn::cpu {
+inline namespace CPU_CAPABILITY {
+namespace {
+
+using at::Tensor;
+
+template <typename T>
+struct VecMath {
+  using V = at::vec::Vectorized<T>;
+  static V tanh(const V& x) { return x.tanh(); }
+  static V sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
+  static V exp(const V& x) { return x.exp(); }
+  static V log1p(const V& x) { return x.log1p(); }
+  static V erf(const V& x) { return x.erf(); }
+  static V erfc(const V& x) { return x.erfc(); }
+  static V sin(const V& x) { return x.sin(); }
+  static V cos(const V& x) { return x.cos(); }
+  static V abs(const V& x) { return x.abs(); }
+  static V max0(const V& x) { return at::vec::maximum(x, V(T(0))); }
+  static V step(const V& x) { return x.gt(V(T(0))); }
+  static V fma(const V& a, const V& b, const V& c) { return at::vec::fmadd(a, b, c); }
+};
+
+// Tile sizes: NB samples x MB neurons, a few such tiles per worker stay in L2.
+template <typename T>
+constexpr int64_t kTileSamples = 128;
+template <typename T>
+constexpr int64_t kTileNeurons = 1024 / sizeof(T) * 2;  // 512 floats, 256 doubles
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+template <typename T>
+void fill_signs(const Signs& s, int64_t r0, int64_t count, T* out) {
+  switch (s.kind) {
+    case Signs::kNone: std::fill(out, out + count, T(1)); break;
+    case Signs::kTensor: std::copy_n(s.values.const_data_ptr<T>() + r0, count, out); break;
+    case Signs::kPhilox: {
+      Philox4x32 bits{};
+      uint64_t block = ~uint64_t(0);
+      for (int64_t i = 0; i < count; ++i) {
+        const uint64_t r = static_cast<uint64_t>(r0 + i);
+        if ((r >> 7) != block) {
+          block = r >> 7;
+          bits = sign_bits(s.seed, s.offset, block);
+        }
+        out[i] = neuron_sign<T>(bits, r);
+      }
+      break;
+    }
+  }
+}
+
+// Runs body(V* lanes...) over the columns [0, cols) of one row, full vectors then a masked tail.
+template <typename T, typename F>
+void for_each_vector(int64_t cols, F&& body) {
+  using V = at::vec::Vectorized<T>;
+  int64_t r = 0;
+  for (; r + V::size() <= cols; r += V::size()) body(r, static_cast<int>(V::size()));
+  if (r < cols) body(r, static_cast<int>(cols - r));
+}
+
+template <typename T>
+at::vec::Vectorized<T> load(const T* p, int cnt) {
+  using V = at::vec::Vectorized<T>;
+  return cnt == V::size() ? V::loadu(p) : V::loadu(p, cnt);
+}
+
+template <typename T>
+at::vec::Vectorized<T> load_or(const T* p, int cnt, T fallback) {
+  return p ? load(p, cnt) : at::vec::Vectorized<T>(fallback);
+}
+
+template <typename T>
+void store(const at::vec::Vectorized<T>& v, T* p, int cnt) {
+  if (cnt == at::vec::Vectorized<T>::size())
+    v.store(p);
+  else
+    v.store(p, cnt);
+}
+
+template <typename T>
+const T* ptr_or_null(const Tensor& t, int64_t offset = 0) {
+  return t.defined() ? t.const_data_ptr<T>() + offset : nullptr;
+}
+
+template <typename T>
+std::vector<T> plan_coefficients(const Plan& plan) {
+  return std::vector<T>(plan.coef.begin(), plan.coef.end());
+}
+
+// ---------------------------------------------------------------------------------------------
+// taylor_features: the n x m output is the point of the op, so it is computed whole: two BLAS
+// products, then one vectorized pass over rows.
+
+template <typename T>
+Tensor features_forward_impl(const Args& args) {
+  using V = at::vec::Vectorized<T>;
+  using M = VecMath<T>;
+  const int64_t n = args.x.size(0), m = args.w.size(0);
+  Tensor out = at::empty({n, m}, args.x.options());
+  if (n == 0 || m == 0) return out;
+  const Tensor z0 = at::mm(args.x, args.w0.t());
+  at::mm_out(out, args.x, args.w.t());
+  std::vector<T> signs(m);
+  fill_signs<T>(args.signs, 0, m, signs.data());
+  const auto coef = plan_coefficients<T>(*args.plan);
+  const PlanView<T> plan = args.plan->view(coef.data());
+  const T* b0 = ptr_or_null<T>(args.b0);
+  const T* b = ptr_or_null<T>(args.b);
+  const T* z0p = z0.const_data_ptr<T>();
+  T* outp = out.mutable_data_ptr<T>();
+  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / m), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      const T* zr = z0p + i * m;
+      T* ur = outp + i * m;
+      for_each_vector<T>(m, [&](int64_t r, int cnt) {
+        const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
+        const V u = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+        store(feature<V, M>(plan, z, u, load(signs.data() + r, cnt)), ur + r, cnt);
+      });
+    }
+  });
+  return out;
+}
+
+template <typename T>
+Grads features_backward_impl(const Args& args, const Tensor& grad, const Needs& needs) {
+  using V = at::vec::Vectorized<T>;
+  using M = VecMath<T>;
+  const int64_t n = args.x.size(0), m = args.w.size(0);
+  Grads r;
+  const bool need_g = needs.x || needs.w || needs.b;
+  const bool need_dz = needs.dz();
+  Tensor z0 = at::mm(args.x, args.w0.t());  // becomes G0 = grad * dh/dz0
+  Tensor u = at::mm(args.x, args.w.t());    // becomes G = grad * dh/du
+  if (n > 0 && m > 0) {
+    std::vector<T> signs(m);
+    fill_signs<T>(args.signs, 0, m, signs.data());
+    const auto coef = plan_coefficients<T>(*args.plan);
+    const PlanView<T> plan = args.plan->view(coef.data());
+    const T* b0 = ptr_or_null<T>(args.b0);
+    const T* b = ptr_or_null<T>(args.b);
+    const T* gp = grad.const_data_ptr<T>();
+    T* z0p = z0.mutable_data_ptr<T>();
+    T* up = u.mutable_data_ptr<T>();
+    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / m), [&](int64_t begin, int64_t end) {
+      for (int64_t i = begin; i < end; ++i) {
+        T* zr = z0p + i * m;
+        T* ur = up + i * m;
+        const T* gr = gp + i * m;
+        for_each_vector<T>(m, [&](int64_t c, int cnt) {
+          const V z = load(zr + c, cnt) + load_or(b0 ? b0 + c : nullptr, cnt, T(0));
+          const V uu = load(ur + c, cnt) + load_or(b ? b + c : nullptr, cnt, T(0));
+          const V g = load(gr + c, cnt);
+          const auto d = feature_grads<V, M>(plan, z, uu, load(signs.data() + c, cnt), need_dz);
+          if (need_g) store(g * d.du, ur + c, cnt);
+          if (need_dz) store(g * d.dz, zr + c, cnt);
+        });
+      }
+    });
+  } else {
+    z0.zero_();
+    u.zero_();
+  }
+  if (needs.x) {
+    r.x = at::mm(u, args.w);
+    r.x.addmm_(z0, args.w0);
+  }
+  if (needs.w) r.w = at::mm(u.t(), args.x);
+  if (needs.w0) r.w0 = at::mm(z0.t(), args.x);
+  if (needs.b) r.b = u.sum(0);
+  if (needs.b0) r.b0 = z0.sum(0);
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+// taylor_net and taylor_net_moments: R readouts of the per-neuron features phi_rho,
+//   out_rho = scale_rho * Phi_rho A_rho^T
+// net: R = 1, phi = h, A_0 = A.  moments: R = 2, phi = (e, o^2), A = (A, A*A), scales (s, s^2).
+
+template <typename T>
+struct NetProblem {
+  const Args& args;
+  bool moments;
+  int R;
+  int64_t n, d, m, c;
+  Tensor A[2];
+  T scale[2];
+  std::vector<T> coef;
+  PlanView<T> plan;
+  int64_t NB = kTileSamples<T>, MB = kTileNeurons<T>;
+
+  NetProblem(const Args& a, bool is_moments)
+      : args(a), moments(is_moments), R(is_moments ? 2 : 1), n(a.x.size(0)), d(a.x.size(1)),
+        m(a.w.size(0)), c(a.a.size(0)), coef(plan_coefficients<T>(*a.plan)),
+        plan(a.plan->view(coef.data())) {
+    A[0] = a.a;
+    scale[0] = static_cast<T>(a.scale);
+    if (moments) {
+      A[1] = a.a * a.a;
+      scale[1] = static_cast<T>(a.scale * a.scale);
+    }
+  }
+  int64_t sample_blocks() const { return ceil_div(n, NB); }
+  int64_t neuron_blocks() const { return ceil_div(m, MB); }
+};
+
+// Per-worker scratch: tiles of NB x MB, viewed at the size of the current block.
+template <typename T>
+struct Scratch {
+  Tensor storage;
+  std::vector<T> signs;
+  int64_t tile_elems;
+  Scratch(const NetProblem<T>& p, int tiles)
+      : storage(at::empty({tiles, p.NB * p.MB}, p.args.x.options())), signs(p.MB),
+        tile_elems(p.NB * p.MB) {}
+  Tensor tile(int k, int64_t rows, int64_t cols) {
+    return storage.select(0, k).narrow(0, 0, rows * cols).view({rows, cols});
+  }
+};
+
+// Tile slots in Scratch.
+enum Slot : int { kZ0 = 0, kU = 1, kPhi0 = 2, kPhi1 = 3 };
+
+template <typename T>
+void forward_tile(const NetProblem<T>& p, Scratch<T>& ws, int64_t i0, int64_t nb, int64_t r0,
+                  int64_t mb, Tensor* outs) {
+  using V = at::vec::Vectorized<T>;
+  using M = VecMath<T>;
+  const Tensor xb = p.args.x.narrow(0, i0, nb);
+  Tensor z0 = ws.tile(kZ0, nb, mb), u = ws.tile(kU, nb, mb);
+  at::mm_out(z0, xb, p.args.w0.narrow(0, r0, mb).t());
+  at::mm_out(u, xb, p.args.w.narrow(0, r0, mb).t());
+  fill_signs<T>(p.args.signs, r0, mb, ws.signs.data());
+  const T* b0 = ptr_or_null<T>(p.args.b0, r0);
+  const T* b = ptr_or_null<T>(p.args.b, r0);
+  const T* s = ws.signs.data();
+  T* zp = z0.mutable_data_ptr<T>();
+  T* upp = u.mutable_data_ptr<T>();
+  for (int64_t i = 0; i < nb; ++i) {
+    T* zr = zp + i * mb;
+    T* ur = upp + i * mb;
+    for_each_vector<T>(mb, [&](int64_t r, int cnt) {
+      const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
+      const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+      if (p.moments) {
+        const auto mo = moments<V, M>(p.plan, z, uu, false, false);
+        store(mo.e.value, zr + r, cnt);
+        store(mo.o.value * mo.o.value, ur + r, cnt);
+      } else {
+        store(feature<V, M>(p.plan, z, uu, load(s + r, cnt)), zr + r, cnt);
+      }
+    });
+  }
+  const Tensor phi[2] = {z0, u};
+  for (int k = 0; k < p.R; ++k)
+    outs[k].narrow(0, i0, nb).addmm_(phi[k], p.A[k].narrow(1, r0, mb).t(), 1, p.scale[k]);
+}
+
+// Runs tile(worker, block) for blocks 0..nblocks-1 split round-robin over `workers` workers.
+// The tiles call ATen ops on the operands; the guard keeps those calls below autograd on every
+// thread (dispatcher state is thread-local and OpenMP workers do not inherit it).
+template <typename F>
+void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t blk = w; blk < nblocks; blk += workers) tile(w, blk);
+  });
+}
+
+template <typename T>
+std::vector<Tensor> net_forward_impl(const Args& args, bool moments) {
+  NetProblem<T> p(args, moments);
+  std::vector<Tensor> outs;
+  for (int k = 0; k < p.R; ++k) outs.push_back(at::zeros({p.n, p.c}, args.x.options()));
+  if (p.n == 0 || p.m == 0 || p.c == 0) return outs;
+  const int64_t threads = at::get_num_threads();
+  const int64_t nsb = p.sample_blocks(), nnb = p.neuron_blocks();
+  if (nsb >= threads || nsb >= nnb) {
+    // Each worker owns whole sample blocks and sweeps all neurons.
+    const int64_t workers = std::min(threads, nsb);
+    for_each_block(workers, nsb, [&](int64_t, int64_t sb) {
+      Scratch<T> ws(p, 2);
+      const int64_t i0 = sb * p.NB, nb = std::min(p.NB, p.n - i0);
+      for (int64_t r0 = 0; r0 < p.m; r0 += p.MB)
+        forward_tile(p, ws, i0, nb, r0, std::min(p.MB, p.m - r0), outs.data());
+    });
+    return outs;
+  }
+  // Few samples, many neurons: split the neurons, each worker sums into its own partial outputs.
+  const int64_t workers = std::min(threads, nnb);
+  std::vector<std::vector<Tensor>> partial(workers);
+  for (auto& v : partial)
+    for (int k = 0; k < p.R; ++k) v.push_back(at::zeros({p.n, p.c}, args.x.options()));
+  for_each_block(workers, nnb, [&](int64_t w, int64_t nbk) {
+    Scratch<T> ws(p, 2);
+    const int64_t r0 = nbk * p.MB, mb = std::min(p.MB, p.m - r0);
+    for (int64_t i0 = 0; i0 < p.n; i0 += p.NB)
+      forward_tile(p, ws, i0, std::min(p.NB, p.n - i0), r0, mb, partial[w].data());
+  });
+  for (auto& v : partial)
+    for (int k = 0; k < p.R; ++k) outs[k].add_(v[k]);
+  return outs;
+}
+
+// Where a backward tile adds its contributions: the result tensors, or a worker's partial sums.
+struct Targets {
+  Tensor dx, dw0, dw, db0, db, da[2];
+};
+
+template <typename T>
+void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Tensor>& gout,
+                   const Needs& needs, bool params, bool x_grad, int64_t i0, int64_t nb, int64_t r0,
+                   int64_t mb, Targets& t) {
+  using V = at::vec::Vectorized<T>;
+  using M = VecMath<T>;
+  const bool need_dz = (params && (needs.w0 || needs.b0)) || x_grad;
+  const bool need_g = (params && (needs.w || needs.b)) || x_grad;
+  const bool need_phi = params && needs.a;
+  const Tensor xb = p.args.x.narrow(0, i0, nb);
+  Tensor z0 = ws.tile(kZ0, nb, mb), u = ws.tile(kU, nb, mb);
+  at::mm_out(z0, xb, p.args.w0.narrow(0, r0, mb).t());
+  at::mm_out(u, xb, p.args.w.narrow(0, r0, mb).t());
+  Tensor gb[2], phi[2];
+  for (int k = 0; k < p.R; ++k) {
+    phi[k] = ws.tile(kPhi0 + k, nb, mb);  // holds gout A first, the features after the epilogue
+    at::mm_out(phi[k], gout[k].narrow(0, i0, nb), p.A[k].narrow(1, r0, mb));
+  }
+  fill_signs<T>(p.args.signs, r0, mb, ws.signs.data());
+  const T* b0 = ptr_or_null<T>(p.args.b0, r0);
+  const T* b = ptr_or_null<T>(p.args.b, r0);
+  const T* s = ws.signs.data();
+  T* zp = z0.mutable_data_ptr<T>();
+  T* upp = u.mutable_data_ptr<T>();
+  T* f0p = phi[0].mutable_data_ptr<T>();
+  T* f1p = p.R > 1 ? phi[1].mutable_data_ptr<T>() : nullptr;
+  const V s0(p.scale[0]), s1(p.R > 1 ? p.scale[1] : T(0)), two(T(2));
+  for (int64_t i = 0; i < nb; ++i) {
+    T* zr = zp + i * mb;
+    T* ur = upp + i * mb;
+    T* f0 = f0p + i * mb;
+    T* f1 = f1p ? f1p + i * mb : nullptr;
+    for_each_vector<T>(mb, [&](int64_t r, int cnt) {
+      const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
+      const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+      V G, G0;
+      if (p.moments) {
+        const V gm = s0 * load(f0 + r, cnt), gv = s1 * load(f1 + r, cnt);
+        const auto mo = moments<V, M>(p.plan, z, uu, true, need_dz);
+        const V gvo = two * gv * mo.o.value;
+        G = gm * mo.e.du + gvo * mo.o.du;
+        G0 = gm * mo.e.dz + gvo * mo.o.dz;
+        if (need_phi) {
+          store(mo.e.value, f0 + r, cnt);
+          store(mo.o.value * mo.o.value, f1 + r, cnt);
+        }
+      } else {
+        const V g = s0 * load(f0 + r, cnt);
+        const auto d = feature_grads<V, M>(p.plan, z, uu, load(s + r, cnt), need_dz);
+        G = g * d.du;
+        G0 = g * d.dz;
+        if (need_phi) store(d.value, f0 + r, cnt);
+      }
+      if (need_g) store(G, ur + r, cnt);
+      if (need_dz) store(G0, zr + r, cnt);
+    });
+  }
+  if (params) {
+    if (needs.w) t.dw.narrow(0, r0, mb).addmm_(u.t(), xb);
+    if (needs.w0) t.dw0.narrow(0, r0, mb).addmm_(z0.t(), xb);
+    if (needs.b) t.db.narrow(0, r0, mb).add_(u.sum(0));
+    if (needs.b0) t.db0.narrow(0, r0, mb).add_(z0.sum(0));
+    if (needs.a)
+      for (int k = 0; k < p.R; ++k)
+        t.da[k].narrow(1, r0, mb).addmm_(gout[k].narrow(0, i0, nb).t(), phi[k], 1, p.scale[k]);
+  }
+  if (x_grad) {
+    Tensor dxb = t.dx.narrow(0, i0, nb);
+    dxb.addmm_(u, p.args.w.narrow(0, r0, mb));
+    dxb.addmm_(z0, p.args.w0.narrow(0, r0, mb));
+  }
+}
+
+template <typename T>
+Targets make_targets(const NetProblem<T>& p, const Needs& needs, bool params, bool x_grad) {
+  Targets t;
+  const auto opt = p.args.x.options();
+  if (x_grad) t.dx = at::zeros({p.n, p.d}, opt);
+  if (params) {
+    if (needs.w) t.dw = at::zeros({p.m, p.d}, opt);
+    if (needs.w0) t.dw0 = at::zeros({p.m, p.d}, opt);
+    if (needs.b) t.db = at::zeros({p.m}, opt);
+    if (needs.b0) t.db0 = at::zeros({p.m}, opt);
+    if (needs.a)
+      for (int k = 0; k < p.R; ++k) t.da[k] = at::zeros({p.c, p.m}, opt);
+  }
+  return t;
+}
+
+void add_targets(Targets& into, const Targets& from) {
+  auto add = [](Tensor& a, const Tensor& b) {
+    if (b.defined()) a.add_(b);
+  };
+  add(into.dx, from.dx);
+  add(into.dw, from.dw);
+  add(into.dw0, from.dw0);
+  add(into.db, from.db);
+  add(into.db0, from.db0);
+  add(into.da[0], from.da[0]);
+  add(into.da[1], from.da[1]);
+}
+
+template <typename T>
+Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor>& gout,
+                        const Needs& needs) {
+  NetProblem<T> p(args, moments);
+  const bool params = needs.w || needs.w0 || needs.b || needs.b0 || needs.a;
+  Targets t = make_targets(p, needs, params, needs.x);
+  if (p.n > 0 && p.m > 0 && p.c > 0) {
+    const int64_t threads = at::get_num_threads();
+    const int64_t nsb = p.sample_blocks(), nnb = p.neuron_blocks();
+    const int tiles = 2 + p.R;
+    if (nnb >= threads || nnb >= nsb) {
+      // Parameter gradients: each worker owns whole neuron blocks and sweeps all samples.
+      if (params) {
+        for_each_block(std::min(threads, nnb), nnb, [&](int64_t, int64_t nbk) {
+          Scratch<T> ws(p, tiles);
+          const int64_t r0 = nbk * p.MB, mb = std::min(p.MB, p.m - r0);
+          for (int64_t i0 = 0; i0 < p.n; i0 += p.NB)
+            backward_tile(p, ws, gout, needs, true, false, i0, std::min(p.NB, p.n - i0), r0, mb, t);
+        });
+      }
+      // dX sums over neurons: a second sweep with workers owning sample blocks.
+      if (needs.x) {
+        for_each_block(std::min(threads, nsb), nsb, [&](int64_t, int64_t sb) {
+          Scratch<T> ws(p, tiles);
+          const int64_t i0 = sb * p.NB, nb = std::min(p.NB, p.n - i0);
+          for (int64_t r0 = 0; r0 < p.m; r0 += p.MB)
+            backward_tile(p, ws, gout, needs, false, true, i0, nb, r0, std::min(p.MB, p.m - r0), t);
+        });
+      }
+    } else {
+      // Few neurons, many samples: one sweep, workers own sample blocks (and dX rows) and keep
+      // partial parameter gradients, which are small here.
+      const int64_t workers = std::min(threads, nsb);
+      std::vector<Targets> partial;
+      for (int64_t w = 0; w < workers; ++w) partial.push_back(make_targets(p, needs, params, false));
+      for_each_block(workers, nsb, [&](int64_t w, int64_t sb) {
+        Scratch<T> ws(p, tiles);
+        Targets& tw = partial[w];
+        tw.dx = t.dx;
+        const int64_t i0 = sb * p.NB, nb = std::min(p.NB, p.n - i0);
+        for (int64_t r0 = 0; r0 < p.m; r0 += p.MB)
+          backward_tile(p, ws, gout, needs, params, needs.x, i0, nb, r0, std::min(p.MB, p.m - r0), tw);
+      });
+      for (auto& tw : partial) {
+        tw.dx = Tensor();
+        add_targets(t, tw);
+      }
+    }
+  }
+  Grads r;
+  r.x = t.dx;
+  r.w = t.dw;
+  r.w0 = t.dw0;
+  r.b = t.db;
+  r.b0 = t.db0;
+  if (needs.a) r.a = moments ? t.da[0] + 2 * p.A[0] * t.da[1] : t.da[0];
+  return r;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#define TN_DISPATCH_FLOAT(dtype, name, ...)                                              \
+  [&] {                                                                                  \
+    if ((dtype) == at::kDouble) return name<double>(__VA_ARGS__);                        \
+    TORCH_CHECK((dtype) == at::kFloat, "taylornet: CPU kernels support float32 and float64"); \
+    return name<float>(__VA_ARGS__);                                                     \
+  }()
+
+Tensor features_forward(const Args& a) {
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_forward_impl, a);
+}
+Grads features_backward(const Args& a, const Tensor& grad, const Needs& needs) {
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_backward_impl, a, grad, needs);
+}
+std::vector<Tensor> net_forward(const Args& a, bool moments) {
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), net_forward_impl, a, moments);
+}
+Grads net_backward(const Args& a, bool moments, const std::vector<Tensor>& grads, const Needs& needs) {
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), net_backward_impl, a, moments, grads, needs);
+}
+
+}  // namespace
+
+const Kernels& kernels() {
+  static const Kernels k{features_forward, features_backward, net_forward, net_backward};
+  return k;
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace tn::cpu

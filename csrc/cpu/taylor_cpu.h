@@ -1,0 +1,51 @@
+// CPU kernels of the taylornet ops. The implementation (taylor_cpu.cpp) is compiled once per
+// instruction set (CPU_CAPABILITY = DEFAULT, AVX2, AVX512); kernels() picks the best one the
+// machine supports, as ATen's own kernels do.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <vector>
+
+#include "taylornet/series.h"
+
+namespace tn::cpu {
+
+struct Signs {
+  enum Kind { kNone, kTensor, kPhilox } kind = kNone;
+  at::Tensor values;  // (m,) contiguous, same dtype as x, when kind == kTensor
+  uint64_t seed = 0, offset = 0;
+};
+
+// Contiguous operands of one call. b0 / b are undefined when absent.
+struct Args {
+  at::Tensor x, w0, w, b0, b;  // (n, d), (m, d), (m, d), (m,), (m,)
+  at::Tensor a;                // (c, m) readout, for the net ops
+  Signs signs;
+  const Plan* plan = nullptr;
+  double scale = 1.0;
+};
+
+// Which gradients to compute, in the op order x, w0, w, a, b0, b.
+struct Needs {
+  bool x = false, w0 = false, w = false, a = false, b0 = false, b = false;
+  bool dz() const { return x || w0 || b0; }
+};
+
+// Gradients in the op order; undefined where not needed.
+struct Grads {
+  at::Tensor x, w0, w, a, b0, b;
+};
+
+struct Kernels {
+  at::Tensor (*features_forward)(const Args&);
+  Grads (*features_backward)(const Args&, const at::Tensor& grad, const Needs&);
+  // moments == false: the net, one output (n, c). moments == true: (mean, var).
+  std::vector<at::Tensor> (*net_forward)(const Args&, bool moments);
+  Grads (*net_backward)(const Args&, bool moments, const std::vector<at::Tensor>& grads, const Needs&);
+};
+
+const Kernels& kernels();
+
+}  // namespace tn::cpu

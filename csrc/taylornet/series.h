@@ -1,0 +1,197 @@
+// The Taylor epilogue shared by the CPU and CUDA kernels.
+//
+// Every quantity a kernel needs per (sample, neuron) is a bivariate form in the basis g(z0) and the
+// signed movement v = s * u:
+//     Q(z0, v) = sum_rows g_j(z0) * sum_{k <= deg} coef[k] v^k,
+// evaluated by Horner in v. The host builds one row list per quantity (Plan), dropping zero rows,
+// so asking for orders {0, 2} costs the same as a plain order-2 series without the k = 1 term.
+//
+//   value       h   = sum_{k in O} c_k v^k
+//   d/dv        h_v = sum_{k in O} k c_k v^(k-1)            (dh/du = s * h_v)
+//   d/dz0       h_z = sum_{k in O} (k+1) c_{k+1} v^k
+// and the even (E) and odd (O) parts of the same sums for the sign moments.
+// "exact" evaluates the basis at z0 + v instead and keeps c_0 (value) and c_1 (both derivatives).
+#pragma once
+
+#include <vector>
+
+#include "activations.h"
+#include "common.h"
+
+namespace tn {
+
+enum Quantity : int { kH = 0, kHdv, kHdz, kE, kEdu, kEdz, kO, kOdu, kOdz, kNumQuantities };
+
+constexpr int kMaxOrder = 16;
+constexpr int kMaxBasis = 2 * (kMaxOrder + 3);
+
+// Raw view of a plan for the kernels: row lists per quantity into shared coefficient storage.
+template <typename S>
+struct PlanView {
+  Act act;
+  bool exact;
+  int basis;  // number of basis functions J
+  int row_begin[kNumQuantities + 1];
+  const int* row_j;
+  const int* row_deg;
+  const int* row_off;
+  const S* coef;
+};
+
+template <typename V, typename M, typename S>
+TN_HD V eval_quantity(const PlanView<S>& p, int q, const V* g, V v) {
+  V acc(0);
+  for (int row = p.row_begin[q]; row < p.row_begin[q + 1]; ++row) {
+    const S* c = p.coef + p.row_off[row];
+    int k = p.row_deg[row];
+    V poly(c[k]);
+    while (--k >= 0) poly = M::fma(poly, v, V(c[k]));
+    acc = M::fma(g[p.row_j[row]], poly, acc);
+  }
+  return acc;
+}
+
+// Host-side owner of the tables behind a PlanView.
+struct Plan {
+  Act act = Act::kTanh;
+  bool exact = false;
+  int basis = 0;
+  int row_begin[kNumQuantities + 1] = {};
+  std::vector<int> row_j, row_deg, row_off;
+  std::vector<double> coef;
+
+  // `orders`: the orders in O (ignored when exact). `need_dz`: whether d/dz0 quantities are needed
+  // (they need c_{K+1}, hence a larger basis).
+  Plan(Act a, const std::vector<int64_t>& orders, bool is_exact, bool need_dz)
+      : act(a), exact(is_exact) {
+    int K = 0;
+    for (auto k : orders) K = k > K ? static_cast<int>(k) : K;
+    const int kmax = exact ? 1 : K + (need_dz ? 1 : 0);
+    basis = basis_size(a, kmax);
+    const std::vector<double> T = coefficient_table(a, kmax);
+    auto c = [&](int k, int j) { return k <= kmax ? T[static_cast<size_t>(k) * basis + j] : 0.0; };
+    std::vector<double> in_o(K + 1, 0.0), even(K + 1, 0.0), odd(K + 1, 0.0);
+    for (auto k : orders) {
+      in_o[k] = 1.0;
+      (k % 2 == 0 ? even : odd)[k] = 1.0;
+    }
+    enum Kind { kValue, kDv, kDz };
+    // M[j][i] for i = 0..K: the coefficient of v^i multiplying g_j.
+    auto add = [&](int q, const std::vector<double>& w, Kind kind) {
+      row_begin[q] = static_cast<int>(row_j.size());
+      for (int j = 0; j < basis; ++j) {
+        std::vector<double> m(K + 1, 0.0);
+        if (exact) {
+          m[0] = kind == kValue ? c(0, j) : c(1, j);
+        } else {
+          for (int k = 0; k <= K; ++k) {
+            if (w[k] == 0.0) continue;
+            if (kind == kValue) m[k] += c(k, j);
+            if (kind == kDv && k >= 1) m[k - 1] += k * c(k, j);
+            if (kind == kDz && need_dz) m[k] += (k + 1) * c(k + 1, j);
+          }
+        }
+        int deg = K;
+        while (deg >= 0 && m[deg] == 0.0) --deg;
+        if (deg < 0) continue;
+        row_j.push_back(j);
+        row_deg.push_back(deg);
+        row_off.push_back(static_cast<int>(coef.size()));
+        coef.insert(coef.end(), m.begin(), m.begin() + deg + 1);
+      }
+    };
+    add(kH, in_o, kValue);
+    add(kHdv, in_o, kDv);
+    add(kHdz, in_o, kDz);
+    add(kE, even, kValue);
+    add(kEdu, even, kDv);
+    add(kEdz, even, kDz);
+    add(kO, odd, kValue);
+    add(kOdu, odd, kDv);
+    add(kOdz, odd, kDz);
+    row_begin[kNumQuantities] = static_cast<int>(row_j.size());
+  }
+
+  template <typename S>
+  PlanView<S> view(const S* coef_as_s) const {
+    PlanView<S> v{act, exact, basis, {}, row_j.data(), row_deg.data(), row_off.data(), coef_as_s};
+    for (int q = 0; q <= kNumQuantities; ++q) v.row_begin[q] = row_begin[q];
+    return v;
+  }
+};
+
+// Per-element results of the epilogue.
+template <typename V>
+struct Grads {
+  V value, du, dz;  // h, dh/du, dh/dz0
+};
+
+// h(z0, s u): the (signed) Taylor feature, or sigma(z0 + s u) when exact.
+template <typename V, typename M, typename S>
+TN_HD V feature(const PlanView<S>& p, V z0, V u, V s) {
+  V g[kMaxBasis];
+  const V v = s * u;
+  if (p.exact) {
+    eval_basis<V, M>(p.act, p.basis, z0 + v, g);
+    return eval_quantity<V, M>(p, kH, g, V(0));
+  }
+  eval_basis<V, M>(p.act, p.basis, z0, g);
+  return eval_quantity<V, M>(p, kH, g, v);
+}
+
+template <typename V, typename M, typename S>
+TN_HD Grads<V> feature_grads(const PlanView<S>& p, V z0, V u, V s, bool need_dz) {
+  V g[kMaxBasis];
+  const V v = s * u;
+  const bool exact = p.exact;
+  eval_basis<V, M>(p.act, p.basis, exact ? z0 + v : z0, g);
+  const V at = exact ? V(0) : v;
+  Grads<V> r;
+  r.value = eval_quantity<V, M>(p, kH, g, at);
+  r.du = s * eval_quantity<V, M>(p, kHdv, g, at);
+  r.dz = exact ? r.du * s : (need_dz ? eval_quantity<V, M>(p, kHdz, g, at) : V(0));
+  return r;
+}
+
+// Sign moments of one neuron: even part e and odd part o of h over s = +-1 (h = e + s o).
+template <typename V>
+struct Moments {
+  Grads<V> e, o;
+};
+
+template <typename V, typename M, typename S>
+TN_HD Moments<V> moments(const PlanView<S>& p, V z0, V u, bool grads, bool need_dz) {
+  Moments<V> r;
+  V g[kMaxBasis];
+  if (p.exact) {
+    // h(+-) = sigma(z0 +- u), h'(+-) = sigma'(z0 +- u).
+    eval_basis<V, M>(p.act, p.basis, z0 + u, g);
+    const V hp = eval_quantity<V, M>(p, kH, g, V(0));
+    const V dp = grads ? eval_quantity<V, M>(p, kHdv, g, V(0)) : V(0);
+    eval_basis<V, M>(p.act, p.basis, z0 - u, g);
+    const V hm = eval_quantity<V, M>(p, kH, g, V(0));
+    const V dm = grads ? eval_quantity<V, M>(p, kHdv, g, V(0)) : V(0);
+    const V half(0.5);
+    r.e.value = half * (hp + hm);
+    r.o.value = half * (hp - hm);
+    r.e.du = half * (dp - dm);
+    r.e.dz = half * (dp + dm);
+    r.o.du = r.e.dz;
+    r.o.dz = r.e.du;
+    return r;
+  }
+  eval_basis<V, M>(p.act, p.basis, z0, g);
+  r.e.value = eval_quantity<V, M>(p, kE, g, u);
+  r.o.value = eval_quantity<V, M>(p, kO, g, u);
+  if (grads) {
+    r.e.du = eval_quantity<V, M>(p, kEdu, g, u);
+    r.o.du = eval_quantity<V, M>(p, kOdu, g, u);
+    r.e.dz = need_dz ? eval_quantity<V, M>(p, kEdz, g, u) : V(0);
+    r.o.dz = need_dz ? eval_quantity<V, M>(p, kOdz, g, u) : V(0);
+  } else {
+    r.e.du = r.e.dz = r.o.du = r.o.dz = V(0);
+  }
+  return r;
+}
+
+}  // namespace tn

@@ -1,0 +1,147 @@
+"""torch.library glue for the compiled ops: loading, fake (meta) kernels and autograd.
+
+The schemas live in csrc/ops.cpp. Every op takes 2-D ``x`` (n, d); functional.py flattens batches.
+Backward ops return an empty tensor for each gradient that was not asked for.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+_LIB_NAME = "libtaylornet_ops.so"
+
+
+def _load_library() -> None:
+    path = Path(__file__).with_name(_LIB_NAME)
+    if not path.exists():
+        raise ImportError(
+            f"taylornet: compiled ops {_LIB_NAME} not found next to {Path(__file__).parent}; "
+            "install the package with `pip install --no-build-isolation .` (see README)"
+        )
+    torch.ops.load_library(str(path))
+
+
+_load_library()
+ops = torch.ops.taylornet
+
+
+def _grad_or_empty(need: bool, like: torch.Tensor, shape) -> torch.Tensor:
+    return like.new_empty(shape) if need else like.new_empty((0,))
+
+
+# ---- fake kernels: shapes only ---------------------------------------------------------------
+
+@torch.library.register_fake("taylornet::features")
+def _features_fake(x, w0, w, b0, b, signs, seed, activation, orders, exact):
+    return x.new_empty((x.shape[0], w.shape[0]))
+
+
+@torch.library.register_fake("taylornet::features_backward")
+def _features_backward_fake(grad, x, w0, w, b0, b, signs, seed, activation, orders, exact, needs):
+    m = w.shape[0]
+    return (
+        _grad_or_empty(needs[0], x, x.shape),
+        _grad_or_empty(needs[1], x, w0.shape),
+        _grad_or_empty(needs[2], x, w.shape),
+        _grad_or_empty(needs[3] and b0 is not None, x, (m,)),
+        _grad_or_empty(needs[4] and b is not None, x, (m,)),
+    )
+
+
+@torch.library.register_fake("taylornet::net")
+def _net_fake(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale):
+    return x.new_empty((x.shape[0], a.shape[0]))
+
+
+@torch.library.register_fake("taylornet::moments")
+def _moments_fake(x, w0, w, a, b0, b, activation, orders, exact, scale):
+    return x.new_empty((x.shape[0], a.shape[0])), x.new_empty((x.shape[0], a.shape[0]))
+
+
+def _six_grads_fake(x, w0, w, a, b0, b, needs):
+    m = w.shape[0]
+    return (
+        _grad_or_empty(needs[0], x, x.shape),
+        _grad_or_empty(needs[1], x, w0.shape),
+        _grad_or_empty(needs[2], x, w.shape),
+        _grad_or_empty(needs[3], x, a.shape),
+        _grad_or_empty(needs[4] and b0 is not None, x, (m,)),
+        _grad_or_empty(needs[5] and b is not None, x, (m,)),
+    )
+
+
+@torch.library.register_fake("taylornet::net_backward")
+def _net_backward_fake(grad, x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale, needs):
+    return _six_grads_fake(x, w0, w, a, b0, b, needs)
+
+
+@torch.library.register_fake("taylornet::moments_backward")
+def _moments_backward_fake(gm, gv, x, w0, w, a, b0, b, activation, orders, exact, scale, needs):
+    return _six_grads_fake(x, w0, w, a, b0, b, needs)
+
+
+@torch.library.register_fake("taylornet::philox_signs")
+def _philox_signs_fake(seed, m):
+    return seed.new_empty((m,), dtype=torch.float32)
+
+
+# ---- autograd ---------------------------------------------------------------------------------
+# Gradients flow to x, w0, w, (a,) b0, b; signs and seeds are constants.
+
+def _grads(needs, values):
+    return tuple(v if need else None for need, v in zip(needs, values))
+
+
+def _features_setup(ctx, inputs, output):
+    x, w0, w, b0, b, signs, seed, activation, orders, exact = inputs
+    ctx.save_for_backward(x, w0, w, b0, b, signs, seed)
+    ctx.config = (activation, orders, exact)
+
+
+def _features_backward(ctx, grad):
+    x, w0, w, b0, b, signs, seed = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = ops.features_backward(grad.contiguous(), x, w0, w, b0, b, signs, seed, *ctx.config, needs)
+    return _grads(needs, grads) + (None,) * 5
+
+
+torch.library.register_autograd("taylornet::features", _features_backward, setup_context=_features_setup)
+
+
+def _net_setup(ctx, inputs, output):
+    x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale = inputs
+    ctx.save_for_backward(x, w0, w, a, b0, b, signs, seed)
+    ctx.config = (activation, orders, exact, scale)
+
+
+def _net_backward(ctx, grad):
+    x, w0, w, a, b0, b, signs, seed = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:6])
+    grads = ops.net_backward(grad.contiguous(), x, w0, w, a, b0, b, signs, seed, *ctx.config, needs)
+    return _grads(needs, grads) + (None,) * 6
+
+
+torch.library.register_autograd("taylornet::net", _net_backward, setup_context=_net_setup)
+
+
+def _moments_setup(ctx, inputs, output):
+    x, w0, w, a, b0, b, activation, orders, exact, scale = inputs
+    ctx.save_for_backward(x, w0, w, a, b0, b)
+    ctx.config = (activation, orders, exact, scale)
+
+
+def _moments_backward(ctx, grad_mean, grad_var):
+    x, w0, w, a, b0, b = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:6])
+    if grad_mean is None:
+        grad_mean = torch.zeros((x.shape[0], a.shape[0]), dtype=x.dtype, device=x.device)
+    if grad_var is None:
+        grad_var = torch.zeros((x.shape[0], a.shape[0]), dtype=x.dtype, device=x.device)
+    grads = ops.moments_backward(
+        grad_mean.contiguous(), grad_var.contiguous(), x, w0, w, a, b0, b, *ctx.config, needs
+    )
+    return _grads(needs, grads) + (None,) * 4
+
+
+torch.library.register_autograd("taylornet::moments", _moments_backward, setup_context=_moments_setup)
