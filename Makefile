@@ -7,7 +7,7 @@ PYTHON ?= python3
 VENV ?= .venv
 TORCH ?= torch==2.13.0
 PY := $(VENV)/bin/python
-BUILD_DEPS := numpy tqdm scikit-build-core pybind11 ninja "cmake>=3.26" pytest pytest-benchmark
+BUILD_DEPS := numpy tqdm matplotlib scikit-learn scikit-build-core pybind11 ninja "cmake>=3.26" pytest pytest-benchmark
 SOURCES := $(shell find csrc taylornet cmake -type f -name '*.*' -not -name '*.so' -not -path '*/__pycache__/*') \
            CMakeLists.txt pyproject.toml
 
