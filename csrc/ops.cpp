@@ -60,13 +60,18 @@ cpu::Signs make_signs(const OptTensor& signs, const OptTensor& seed, const Tenso
     s.kind = cpu::Signs::kTensor;
     s.values = signs->to(x.device(), x.scalar_type()).contiguous();
   } else if (seed.has_value()) {
-    TORCH_CHECK_VALUE(seed->scalar_type() == at::kLong && seed->numel() == 2,
-                      "taylornet: seed: expected an int64 tensor of 2 elements (seed, offset), got ",
+    TORCH_CHECK_VALUE(seed->scalar_type() == at::kLong && (seed->numel() == 2 || seed->numel() == 3),
+                      "taylornet: seed: expected an int64 tensor (seed, offset[, first neuron]), got ",
                       seed->scalar_type(), " of shape ", seed->sizes());
     const Tensor host = seed->to(at::kCPU).contiguous();
+    const int64_t* v = host.const_data_ptr<int64_t>();
     s.kind = cpu::Signs::kPhilox;
-    s.seed = static_cast<uint64_t>(host.const_data_ptr<int64_t>()[0]);
-    s.offset = static_cast<uint64_t>(host.const_data_ptr<int64_t>()[1]);
+    s.seed = static_cast<uint64_t>(v[0]);
+    s.offset = static_cast<uint64_t>(v[1]);
+    if (seed->numel() == 3) {
+      TORCH_CHECK_VALUE(v[2] >= 0, "taylornet: seed: the first neuron index must be >= 0, got ", v[2]);
+      s.first_neuron = static_cast<uint64_t>(v[2]);
+    }
   }
   return s;
 }
@@ -219,14 +224,15 @@ SixGrads moments_backward_cpu(const Tensor& grad_mean, const Tensor& grad_var, c
                              activation, orders, exact, scale, needs, true);
 }
 
-// The signs that a (seed, offset) pair gives neurons 0 ... m-1, as float32 on the CPU.
+// The signs that (seed, offset[, first]) gives neurons first ... first+m-1, as float32 on the CPU.
 Tensor philox_signs(const Tensor& seed, int64_t m) {
   TORCH_CHECK_VALUE(m >= 0, "taylornet: m: expected a non-negative width, got ", m);
   const Tensor x = at::empty({0, 0}, at::TensorOptions().dtype(at::kFloat));
   const cpu::Signs s = make_signs(std::nullopt, seed, x, m);
   Tensor out = at::empty({m}, x.options());
   float* p = out.mutable_data_ptr<float>();
-  for (int64_t r = 0; r < m; ++r) p[r] = neuron_sign<float>(s.seed, s.offset, static_cast<uint64_t>(r));
+  for (int64_t r = 0; r < m; ++r)
+    p[r] = neuron_sign<float>(s.seed, s.offset, s.first_neuron + static_cast<uint64_t>(r));
   return out;
 }
 

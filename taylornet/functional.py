@@ -87,27 +87,36 @@ def _check_signs(signs, x: torch.Tensor, m: int):
 
 
 def _seed_tensor(sign_seed):
-    """(seed, offset) as the int64 tensor of 2 elements that the ops take."""
+    """(seed, offset[, first neuron]) as the int64 tensor that the ops take.
+
+    The optional third entry is the global index of local neuron 0, so that a slice of the neurons
+    (a width-sharded model) draws the same signs as the whole layer.
+    """
     if sign_seed is None:
         return None
     if isinstance(sign_seed, torch.Tensor):
-        if sign_seed.dtype != torch.int64 or sign_seed.numel() != 2:
+        if sign_seed.dtype != torch.int64 or sign_seed.numel() not in (2, 3):
             raise ValueError(
-                f"sign_seed: expected an int64 tensor (seed, offset) of 2 elements, got {sign_seed.dtype} "
-                f"of shape {tuple(sign_seed.shape)}"
+                "sign_seed: expected an int64 tensor (seed, offset[, first neuron]) of 2 or 3 elements, "
+                f"got {sign_seed.dtype} of shape {tuple(sign_seed.shape)}"
             )
-        return sign_seed.reshape(2).cpu()
+        return sign_seed.reshape(-1).cpu()
     if isinstance(sign_seed, numbers.Integral) and not isinstance(sign_seed, bool):
         sign_seed = (int(sign_seed), 0)
     if (
         isinstance(sign_seed, (tuple, list))
-        and len(sign_seed) == 2
+        and len(sign_seed) in (2, 3)
         and all(isinstance(v, numbers.Integral) and not isinstance(v, bool) for v in sign_seed)
     ):
-        # Reduce to the 64-bit words the kernels use.
+        if len(sign_seed) == 3 and sign_seed[2] < 0:
+            raise ValueError(f"sign_seed: the first neuron index must be >= 0, got {sign_seed[2]}")
+        # Seed and offset are reduced to the 64-bit words the kernels use.
         words = [((int(v) + 2**63) % 2**64) - 2**63 for v in sign_seed]
         return torch.tensor(words, dtype=torch.int64)
-    raise TypeError(f"sign_seed: expected an int, a (seed, offset) pair or an int64 tensor, got {sign_seed!r}")
+    raise TypeError(
+        "sign_seed: expected an int, a (seed, offset[, first neuron]) tuple or an int64 tensor, "
+        f"got {sign_seed!r}"
+    )
 
 
 def _check_readout(a, x: torch.Tensor, m: int):
@@ -192,7 +201,7 @@ def expected_squared_loss(mean, var, y):
 
 
 def philox_signs(m: int, sign_seed, *, dtype=torch.float32, device=None) -> torch.Tensor:
-    """The (m,) tensor of +-1 that the kernels draw for ``sign_seed`` = seed or (seed, offset)."""
+    """The (m,) tensor of +-1 that the kernels draw for ``sign_seed`` = seed or (seed, offset[, first])."""
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
         raise ValueError(f"m: expected a non-negative int, got {m!r}")
     seed = _seed_tensor(sign_seed)

@@ -57,7 +57,7 @@ void fill_signs(const Signs& s, int64_t r0, int64_t count, T* out) {
       Philox4x32 bits{};
       uint64_t block = ~uint64_t(0);
       for (int64_t i = 0; i < count; ++i) {
-        const uint64_t r = static_cast<uint64_t>(r0 + i);
+        const uint64_t r = s.first_neuron + static_cast<uint64_t>(r0 + i);
         if ((r >> 7) != block) {
           block = r >> 7;
           bits = sign_bits(s.seed, s.offset, block);

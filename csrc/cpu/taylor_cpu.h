@@ -16,6 +16,7 @@ struct Signs {
   enum Kind { kNone, kTensor, kPhilox } kind = kNone;
   at::Tensor values;  // (m,) contiguous, same dtype as x, when kind == kTensor
   uint64_t seed = 0, offset = 0;
+  uint64_t first_neuron = 0;  // global index of local neuron 0 (width-sharded models)
 };
 
 // Contiguous operands of one call. b0 / b are undefined when absent.
