@@ -14,6 +14,8 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <functional>
+#include <type_traits>
 
 #include "taylornet/philox.h"
 
@@ -23,21 +25,89 @@ namespace {
 
 using at::Tensor;
 
+// kUnroll SIMD vectors processed in lock-step: the epilogue's short dependency chains (Horner in v,
+// the basis powers) then overlap, and the table lookups are shared by all of them.
+constexpr int kUnroll = 4;
+
+template <typename T>
+struct Pack {
+  using Vec = at::vec::Vectorized<T>;
+  // In a union so that default construction leaves the lanes uninitialized: Vectorized's own
+  // default constructor zeroes them, which for the epilogue's basis arrays costs more than the math.
+  union {
+    Vec v[kUnroll];
+  };
+
+  static constexpr int size() { return kUnroll * Vec::size(); }
+  Pack() {}
+  template <typename A, std::enable_if_t<std::is_arithmetic_v<A>, int> = 0>
+  Pack(A x) {  // broadcast
+    for (auto& e : v) e = Vec(static_cast<T>(x));
+  }
+  template <typename F>
+  static Pack map(F&& f, const Pack& a) {
+    Pack r;
+    for (int j = 0; j < kUnroll; ++j) r.v[j] = f(a.v[j]);
+    return r;
+  }
+  template <typename F>
+  static Pack map(F&& f, const Pack& a, const Pack& b) {
+    Pack r;
+    for (int j = 0; j < kUnroll; ++j) r.v[j] = f(a.v[j], b.v[j]);
+    return r;
+  }
+  friend Pack operator+(const Pack& a, const Pack& b) { return map(std::plus<>(), a, b); }
+  friend Pack operator-(const Pack& a, const Pack& b) { return map(std::minus<>(), a, b); }
+  friend Pack operator*(const Pack& a, const Pack& b) { return map(std::multiplies<>(), a, b); }
+  friend Pack operator/(const Pack& a, const Pack& b) { return map(std::divides<>(), a, b); }
+};
+
 template <typename T>
 struct VecMath {
-  using V = at::vec::Vectorized<T>;
-  static V tanh(const V& x) { return x.tanh(); }
-  static V sigmoid(const V& x) { return V(T(1)) / (V(T(1)) + x.neg().exp()); }
-  static V exp(const V& x) { return x.exp(); }
-  static V log1p(const V& x) { return x.log1p(); }
-  static V erf(const V& x) { return x.erf(); }
-  static V erfc(const V& x) { return x.erfc(); }
-  static V sin(const V& x) { return x.sin(); }
-  static V cos(const V& x) { return x.cos(); }
-  static V abs(const V& x) { return x.abs(); }
-  static V max0(const V& x) { return at::vec::maximum(x, V(T(0))); }
-  static V step(const V& x) { return x.gt(V(T(0))); }
-  static V fma(const V& a, const V& b, const V& c) { return at::vec::fmadd(a, b, c); }
+  using P = Pack<T>;
+  using Vec = at::vec::Vectorized<T>;
+  // tanh costs more than the rest of a low-order epilogue with Sleef's tanh, so it is built here
+  // from cheaper pieces (a few ulp; see tanh_vec).
+  static P tanh(const P& x) { return P::map(tanh_vec, x); }
+  static Vec tanh_vec(const Vec& z) {
+    if constexpr (sizeof(T) == 4) {
+      // |z| < 0.4: the odd Taylor series to z^13 (truncation < 2e-9 relative); beyond, 1 - 2/(e^2|z| + 1)
+      // with the sign of z (exp overflows to inf for large |z|, giving exactly 1).
+      const Vec a = z.abs();
+      const Vec far = Vec(T(1)) - Vec(T(2)) / ((a + a).exp() + Vec(T(1)));
+      const Vec z2 = z * z;
+      Vec poly(T(21844.0 / 6081075.0));
+      for (const double c : {-1382.0 / 155925.0, 62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0})
+        poly = at::vec::fmadd(poly, z2, Vec(static_cast<T>(c)));
+      const Vec near = at::vec::fmadd(z * z2, poly, z);
+      const Vec signed_far = Vec::blendv(far, far.neg(), z < Vec(T(0)));
+      return Vec::blendv(signed_far, near, a < Vec(T(0.4)));
+    } else {
+      // tanh z = e / (e + 2) with e = expm1(2z), clamped where tanh rounds to +-1.
+      const Vec c = at::vec::minimum(at::vec::maximum(z, Vec(T(-19.5))), Vec(T(19.5)));
+      const Vec e = (c + c).expm1();
+      return e / (e + Vec(T(2)));
+    }
+  }
+  static P sigmoid(const P& x) {
+    return P::map([](const Vec& a) { return Vec(T(1)) / (Vec(T(1)) + a.neg().exp()); }, x);
+  }
+  static P exp(const P& x) { return P::map([](const Vec& a) { return a.exp(); }, x); }
+  static P log1p(const P& x) { return P::map([](const Vec& a) { return a.log1p(); }, x); }
+  static P erf(const P& x) { return P::map([](const Vec& a) { return a.erf(); }, x); }
+  static P erfc(const P& x) { return P::map([](const Vec& a) { return a.erfc(); }, x); }
+  static P sin(const P& x) { return P::map([](const Vec& a) { return a.sin(); }, x); }
+  static P cos(const P& x) { return P::map([](const Vec& a) { return a.cos(); }, x); }
+  static P abs(const P& x) { return P::map([](const Vec& a) { return a.abs(); }, x); }
+  static P max0(const P& x) {
+    return P::map([](const Vec& a) { return at::vec::maximum(a, Vec(T(0))); }, x);
+  }
+  static P step(const P& x) { return P::map([](const Vec& a) { return a.gt(Vec(T(0))); }, x); }
+  static P fma(const P& a, const P& b, const P& c) {
+    P r;
+    for (int j = 0; j < kUnroll; ++j) r.v[j] = at::vec::fmadd(a.v[j], b.v[j], c.v[j]);
+    return r;
+  }
 };
 
 // Tile sizes: NB samples x MB neurons, a few such tiles per worker stay in L2.
@@ -69,32 +139,57 @@ void fill_signs(const Signs& s, int64_t r0, int64_t count, T* out) {
   }
 }
 
-// Runs body(V* lanes...) over the columns [0, cols) of one row, full vectors then a masked tail.
+// Runs body(column, count) over the columns [0, cols) of one row in steps of one Pack, the last
+// step masked to the remaining count.
 template <typename T, typename F>
 void for_each_vector(int64_t cols, F&& body) {
-  using V = at::vec::Vectorized<T>;
+  constexpr int64_t step = Pack<T>::size();
   int64_t r = 0;
-  for (; r + V::size() <= cols; r += V::size()) body(r, static_cast<int>(V::size()));
+  for (; r + step <= cols; r += step) body(r, static_cast<int>(step));
   if (r < cols) body(r, static_cast<int>(cols - r));
 }
 
+// Loads `cnt` numbers (a whole Pack or fewer; the rest are zero).
 template <typename T>
-at::vec::Vectorized<T> load(const T* p, int cnt) {
-  using V = at::vec::Vectorized<T>;
-  return cnt == V::size() ? V::loadu(p) : V::loadu(p, cnt);
+Pack<T> load(const T* p, int cnt) {
+  using Vec = at::vec::Vectorized<T>;
+  Pack<T> r;
+  for (int j = 0; j < kUnroll; ++j) {
+    const int left = cnt - j * Vec::size();
+    r.v[j] = left >= Vec::size() ? Vec::loadu(p + j * Vec::size())
+             : left > 0          ? Vec::loadu(p + j * Vec::size(), left)
+                                 : Vec(T(0));
+  }
+  return r;
 }
 
 template <typename T>
-at::vec::Vectorized<T> load_or(const T* p, int cnt, T fallback) {
-  return p ? load(p, cnt) : at::vec::Vectorized<T>(fallback);
+Pack<T> load_or(const T* p, int cnt, T fallback) {
+  return p ? load(p, cnt) : Pack<T>(fallback);
 }
 
 template <typename T>
-void store(const at::vec::Vectorized<T>& v, T* p, int cnt) {
-  if (cnt == at::vec::Vectorized<T>::size())
-    v.store(p);
-  else
-    v.store(p, cnt);
+void store(const Pack<T>& v, T* p, int cnt) {
+  using Vec = at::vec::Vectorized<T>;
+  for (int j = 0; j < kUnroll; ++j) {
+    const int left = cnt - j * Vec::size();
+    if (left >= Vec::size())
+      v.v[j].store(p + j * Vec::size());
+    else if (left > 0)
+      v.v[j].store(p + j * Vec::size(), left);
+  }
+}
+
+template <typename T>
+T sum_lanes(const Pack<T>& v) {
+  using Vec = at::vec::Vectorized<T>;
+  Vec total = v.v[0];
+  for (int j = 1; j < kUnroll; ++j) total = total + v.v[j];
+  T lanes[Vec::size()];
+  total.store(lanes);
+  T sum = 0;
+  for (T x : lanes) sum += x;
+  return sum;
 }
 
 template <typename T>
@@ -113,7 +208,7 @@ std::vector<T> plan_coefficients(const Plan& plan) {
 
 template <typename T>
 Tensor features_forward_impl(const Args& args) {
-  using V = at::vec::Vectorized<T>;
+  using V = Pack<T>;
   using M = VecMath<T>;
   const int64_t n = args.x.size(0), m = args.w.size(0);
   Tensor out = at::empty({n, m}, args.x.options());
@@ -144,7 +239,7 @@ Tensor features_forward_impl(const Args& args) {
 
 template <typename T>
 Grads features_backward_impl(const Args& args, const Tensor& grad, const Needs& needs) {
-  using V = at::vec::Vectorized<T>;
+  using V = Pack<T>;
   using M = VecMath<T>;
   const int64_t n = args.x.size(0), m = args.w.size(0);
   Grads r;
@@ -171,7 +266,7 @@ Grads features_backward_impl(const Args& args, const Tensor& grad, const Needs& 
           const V z = load(zr + c, cnt) + load_or(b0 ? b0 + c : nullptr, cnt, T(0));
           const V uu = load(ur + c, cnt) + load_or(b ? b + c : nullptr, cnt, T(0));
           const V g = load(gr + c, cnt);
-          const auto d = feature_grads<V, M>(plan, z, uu, load(signs.data() + c, cnt), need_dz);
+          const auto d = feature_grads<V, M>(plan, z, uu, load(signs.data() + c, cnt), false, need_dz);
           if (need_g) store(g * d.du, ur + c, cnt);
           if (need_dz) store(g * d.dz, zr + c, cnt);
         });
@@ -244,7 +339,7 @@ enum Slot : int { kZ0 = 0, kU = 1, kPhi0 = 2, kPhi1 = 3 };
 template <typename T>
 void forward_tile(const NetProblem<T>& p, Scratch<T>& ws, int64_t i0, int64_t nb, int64_t r0,
                   int64_t mb, Tensor* outs) {
-  using V = at::vec::Vectorized<T>;
+  using V = Pack<T>;
   using M = VecMath<T>;
   const Tensor xb = p.args.x.narrow(0, i0, nb);
   Tensor z0 = ws.tile(kZ0, nb, mb), u = ws.tile(kU, nb, mb);
@@ -256,21 +351,39 @@ void forward_tile(const NetProblem<T>& p, Scratch<T>& ws, int64_t i0, int64_t nb
   const T* s = ws.signs.data();
   T* zp = z0.mutable_data_ptr<T>();
   T* upp = u.mutable_data_ptr<T>();
+  // One output (c = 1): the readout is a dot product per sample, accumulated in registers.
+  const bool dot = p.c == 1;
+  const T* a0 = p.A[0].template const_data_ptr<T>() + r0;
+  const T* a1 = p.R > 1 ? p.A[1].template const_data_ptr<T>() + r0 : nullptr;
   for (int64_t i = 0; i < nb; ++i) {
     T* zr = zp + i * mb;
     T* ur = upp + i * mb;
+    V acc0(T(0)), acc1(T(0));
     for_each_vector<T>(mb, [&](int64_t r, int cnt) {
       const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
       const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+      V phi0, phi1;
       if (p.moments) {
         const auto mo = moments<V, M>(p.plan, z, uu, false, false);
-        store(mo.e.value, zr + r, cnt);
-        store(mo.o.value * mo.o.value, ur + r, cnt);
+        phi0 = mo.e.value;
+        phi1 = mo.o.value * mo.o.value;
       } else {
-        store(feature<V, M>(p.plan, z, uu, load(s + r, cnt)), zr + r, cnt);
+        phi0 = feature<V, M>(p.plan, z, uu, load(s + r, cnt));
+      }
+      if (dot) {
+        acc0 = M::fma(phi0, load(a0 + r, cnt), acc0);  // zero-filled tails of a0 add 0
+        if (a1) acc1 = M::fma(phi1, load(a1 + r, cnt), acc1);
+      } else {
+        store(phi0, zr + r, cnt);
+        if (p.moments) store(phi1, ur + r, cnt);
       }
     });
+    if (dot) {
+      outs[0].template mutable_data_ptr<T>()[i0 + i] += p.scale[0] * sum_lanes(acc0);
+      if (a1) outs[1].template mutable_data_ptr<T>()[i0 + i] += p.scale[1] * sum_lanes(acc1);
+    }
   }
+  if (dot) return;
   const Tensor phi[2] = {z0, u};
   for (int k = 0; k < p.R; ++k)
     outs[k].narrow(0, i0, nb).addmm_(phi[k], p.A[k].narrow(1, r0, mb).t(), 1, p.scale[k]);
@@ -332,7 +445,7 @@ template <typename T>
 void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Tensor>& gout,
                    const Needs& needs, bool params, bool x_grad, int64_t i0, int64_t nb, int64_t r0,
                    int64_t mb, Targets& t) {
-  using V = at::vec::Vectorized<T>;
+  using V = Pack<T>;
   using M = VecMath<T>;
   const bool need_dz = (params && (needs.w0 || needs.b0)) || x_grad;
   const bool need_g = (params && (needs.w || needs.b)) || x_grad;
@@ -341,11 +454,18 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
   Tensor z0 = ws.tile(kZ0, nb, mb), u = ws.tile(kU, nb, mb);
   at::mm_out(z0, xb, p.args.w0.narrow(0, r0, mb).t());
   at::mm_out(u, xb, p.args.w.narrow(0, r0, mb).t());
-  Tensor gb[2], phi[2];
+  // g = gout A: with one output an outer product, formed in the epilogue; else a product into the
+  // phi tiles, which then receive the features for dA.
+  const bool outer = p.c == 1;
+  Tensor phi[2];
   for (int k = 0; k < p.R; ++k) {
-    phi[k] = ws.tile(kPhi0 + k, nb, mb);  // holds gout A first, the features after the epilogue
-    at::mm_out(phi[k], gout[k].narrow(0, i0, nb), p.A[k].narrow(1, r0, mb));
+    phi[k] = ws.tile(kPhi0 + k, nb, mb);
+    if (!outer) at::mm_out(phi[k], gout[k].narrow(0, i0, nb), p.A[k].narrow(1, r0, mb));
   }
+  const T* a0 = p.A[0].template const_data_ptr<T>() + r0;
+  const T* a1 = p.R > 1 ? p.A[1].template const_data_ptr<T>() + r0 : nullptr;
+  const T* go0 = gout[0].template const_data_ptr<T>() + i0;
+  const T* go1 = p.R > 1 ? gout[1].template const_data_ptr<T>() + i0 : nullptr;
   fill_signs<T>(p.args.signs, r0, mb, ws.signs.data());
   const T* b0 = ptr_or_null<T>(p.args.b0, r0);
   const T* b = ptr_or_null<T>(p.args.b, r0);
@@ -360,12 +480,14 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
     T* ur = upp + i * mb;
     T* f0 = f0p + i * mb;
     T* f1 = f1p ? f1p + i * mb : nullptr;
+    const V go0i(outer ? go0[i] : T(0)), go1i(outer && go1 ? go1[i] : T(0));
     for_each_vector<T>(mb, [&](int64_t r, int cnt) {
       const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
       const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
       V G, G0;
       if (p.moments) {
-        const V gm = s0 * load(f0 + r, cnt), gv = s1 * load(f1 + r, cnt);
+        const V gm = s0 * (outer ? go0i * load(a0 + r, cnt) : load(f0 + r, cnt));
+        const V gv = s1 * (outer ? go1i * load(a1 + r, cnt) : load(f1 + r, cnt));
         const auto mo = moments<V, M>(p.plan, z, uu, true, need_dz);
         const V gvo = two * gv * mo.o.value;
         G = gm * mo.e.du + gvo * mo.o.du;
@@ -375,8 +497,8 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
           store(mo.o.value * mo.o.value, f1 + r, cnt);
         }
       } else {
-        const V g = s0 * load(f0 + r, cnt);
-        const auto d = feature_grads<V, M>(p.plan, z, uu, load(s + r, cnt), need_dz);
+        const V g = s0 * (outer ? go0i * load(a0 + r, cnt) : load(f0 + r, cnt));
+        const auto d = feature_grads<V, M>(p.plan, z, uu, load(s + r, cnt), need_phi, need_dz);
         G = g * d.du;
         G0 = g * d.dz;
         if (need_phi) store(d.value, f0 + r, cnt);

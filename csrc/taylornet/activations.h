@@ -63,8 +63,8 @@ TN_HD int basis_size(Act a, int kmax) {
 // Evaluates g_0 ... g_{J-1} at z. V is a scalar or SIMD vector type; M supplies its elementary
 // functions (tanh, exp, log1p, erf, erfc, sin, cos, abs, max0 = max(z, 0), step = [z > 0]).
 template <typename V, typename M>
-TN_HD void eval_basis(Act a, int J, V z, V* g) {
-  auto powers = [&](V base, V first, V* out, int count) {
+TN_HD void eval_basis(Act a, int J, const V& z, V* g) {
+  auto powers = [](const V& base, const V& first, V* out, int count) {
     V p = first;
     for (int j = 0; j < count; ++j) {
       out[j] = p;

@@ -39,7 +39,7 @@ struct PlanView {
 };
 
 template <typename V, typename M, typename S>
-TN_HD V eval_quantity(const PlanView<S>& p, int q, const V* g, V v) {
+TN_HD V eval_quantity(const PlanView<S>& p, int q, const V* g, const V& v) {
   V acc(0);
   for (int row = p.row_begin[q]; row < p.row_begin[q + 1]; ++row) {
     const S* c = p.coef + p.row_off[row];
@@ -128,7 +128,7 @@ struct Grads {
 
 // h(z0, s u): the (signed) Taylor feature, or sigma(z0 + s u) when exact.
 template <typename V, typename M, typename S>
-TN_HD V feature(const PlanView<S>& p, V z0, V u, V s) {
+TN_HD V feature(const PlanView<S>& p, const V& z0, const V& u, const V& s) {
   V g[kMaxBasis];
   const V v = s * u;
   if (p.exact) {
@@ -139,15 +139,17 @@ TN_HD V feature(const PlanView<S>& p, V z0, V u, V s) {
   return eval_quantity<V, M>(p, kH, g, v);
 }
 
+// h and its derivatives; the value and d/dz0 are computed only when asked for.
 template <typename V, typename M, typename S>
-TN_HD Grads<V> feature_grads(const PlanView<S>& p, V z0, V u, V s, bool need_dz) {
+TN_HD Grads<V> feature_grads(const PlanView<S>& p, const V& z0, const V& u, const V& s,
+                             bool need_value, bool need_dz) {
   V g[kMaxBasis];
   const V v = s * u;
   const bool exact = p.exact;
   eval_basis<V, M>(p.act, p.basis, exact ? z0 + v : z0, g);
   const V at = exact ? V(0) : v;
   Grads<V> r;
-  r.value = eval_quantity<V, M>(p, kH, g, at);
+  r.value = need_value ? eval_quantity<V, M>(p, kH, g, at) : V(0);
   r.du = s * eval_quantity<V, M>(p, kHdv, g, at);
   r.dz = exact ? r.du * s : (need_dz ? eval_quantity<V, M>(p, kHdz, g, at) : V(0));
   return r;
@@ -160,7 +162,7 @@ struct Moments {
 };
 
 template <typename V, typename M, typename S>
-TN_HD Moments<V> moments(const PlanView<S>& p, V z0, V u, bool grads, bool need_dz) {
+TN_HD Moments<V> moments(const PlanView<S>& p, const V& z0, const V& u, bool grads, bool need_dz) {
   Moments<V> r;
   V g[kMaxBasis];
   if (p.exact) {
