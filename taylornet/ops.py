@@ -145,3 +145,22 @@ def _moments_backward(ctx, grad_mean, grad_var):
 
 
 torch.library.register_autograd("taylornet::moments", _moments_backward, setup_context=_moments_setup)
+
+
+# Second derivatives are not implemented: differentiating a backward op raises instead of silently
+# returning no gradient.
+def _no_double_backward(op_name):
+    def backward(ctx, *grads):
+        raise RuntimeError(
+            f"taylornet: {op_name} does not support double backward (second derivatives); "
+            "use taylornet.reference for higher-order autograd"
+        )
+
+    def setup_context(ctx, inputs, output):
+        pass
+
+    torch.library.register_autograd(f"taylornet::{op_name}", backward, setup_context=setup_context)
+
+
+for _name in ("features_backward", "net_backward", "moments_backward"):
+    _no_double_backward(_name)

@@ -66,32 +66,49 @@ template <typename T>
 struct VecMath {
   using P = Pack<T>;
   using Vec = at::vec::Vectorized<T>;
-  // tanh costs more than the rest of a low-order epilogue with Sleef's tanh, so it is built here
-  // from cheaper pieces (a few ulp; see tanh_vec).
-  static P tanh(const P& x) { return P::map(tanh_vec, x); }
-  static Vec tanh_vec(const Vec& z) {
+  static void tanh_sech2(const P& z, P& t, P& s) {
+    for (int j = 0; j < kUnroll; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
+  }
+  static void sigmoid_pair(const P& z, P& p, P& q) {
+    for (int j = 0; j < kUnroll; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
+  }
+
+  // t = tanh z and s = 1 - t^2. With E = exp(2|z|) and w = 2 / (E + 1) = 1 - |t|, s = w (2 - w) keeps
+  // its digits where tanh saturates (1 - t^2 would not), and E = inf gives exactly t = +-1, s = 0.
+  // For |z| < 0.4, where 1 - w cancels, t is the odd Taylor series to z^13 in float (truncation
+  // below 2e-9 relative) and e / (e + 2) with e = expm1(2z) in double. Both are a few ulp, and
+  // cheaper than Sleef's tanh, which costs more than the rest of a low-order epilogue.
+  static void tanh_sech2_vec(const Vec& z, Vec& t, Vec& s) {
+    const Vec one(T(1)), two(T(2));
+    const Vec a = z.abs();
+    const Vec w = two / ((a + a).exp() + one);
+    const Vec far = one - w;
+    const Vec near_mask = a < Vec(T(0.4));
+    Vec near;
     if constexpr (sizeof(T) == 4) {
-      // |z| < 0.4: the odd Taylor series to z^13 (truncation < 2e-9 relative); beyond, 1 - 2/(e^2|z| + 1)
-      // with the sign of z (exp overflows to inf for large |z|, giving exactly 1).
-      const Vec a = z.abs();
-      const Vec far = Vec(T(1)) - Vec(T(2)) / ((a + a).exp() + Vec(T(1)));
       const Vec z2 = z * z;
       Vec poly(T(21844.0 / 6081075.0));
       for (const double c : {-1382.0 / 155925.0, 62.0 / 2835.0, -17.0 / 315.0, 2.0 / 15.0, -1.0 / 3.0})
         poly = at::vec::fmadd(poly, z2, Vec(static_cast<T>(c)));
-      const Vec near = at::vec::fmadd(z * z2, poly, z);
-      const Vec signed_far = Vec::blendv(far, far.neg(), z < Vec(T(0)));
-      return Vec::blendv(signed_far, near, a < Vec(T(0.4)));
+      near = at::vec::fmadd(z * z2, poly, z);
     } else {
-      // tanh z = e / (e + 2) with e = expm1(2z), clamped where tanh rounds to +-1.
-      const Vec c = at::vec::minimum(at::vec::maximum(z, Vec(T(-19.5))), Vec(T(19.5)));
-      const Vec e = (c + c).expm1();
-      return e / (e + Vec(T(2)));
+      const Vec e = (z + z).expm1();
+      near = e / (e + two);
     }
+    t = Vec::blendv(Vec::blendv(far, far.neg(), z < Vec(T(0))), near, near_mask);
+    s = Vec::blendv(w * (two - w), one - near * near, near_mask);
   }
-  static P sigmoid(const P& x) {
-    return P::map([](const Vec& a) { return Vec(T(1)) / (Vec(T(1)) + a.neg().exp()); }, x);
+
+  // p = sigmoid(z) and q = sigmoid(-z) from e = exp(-|z|): p, q = 1 / (1 + e) and e / (1 + e).
+  static void sigmoid_pair_vec(const Vec& z, Vec& p, Vec& q) {
+    const Vec e = z.abs().neg().exp();
+    const Vec r = Vec(T(1)) / (Vec(T(1)) + e);
+    const Vec er = e * r;
+    const Vec negative = z < Vec(T(0));
+    p = Vec::blendv(r, er, negative);
+    q = Vec::blendv(er, r, negative);
   }
+
   static P exp(const P& x) { return P::map([](const Vec& a) { return a.exp(); }, x); }
   static P log1p(const P& x) { return P::map([](const Vec& a) { return a.log1p(); }, x); }
   static P erf(const P& x) { return P::map([](const Vec& a) { return a.erf(); }, x); }

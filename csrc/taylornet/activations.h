@@ -45,12 +45,18 @@ inline std::string activation_list() {
 TN_HD int relu_power(Act a) { return a == Act::kRelu ? 1 : a == Act::kRelu2 ? 2 : 3; }
 
 // Number of basis functions g_j needed for the coefficients c_0 ... c_kmax.
+//
+// For tanh and the sigmoid family every derivative of order >= 1 carries the factor sigma' (1 - t^2,
+// or p q with q = 1 - p), which is tiny where sigma saturates. Forming it from t or p would cancel
+// away most digits there, so the basis multiplies the powers by sigma' computed directly. The
+// sigmoids use powers of y = p - q = tanh(z/2), whose polynomials are even or odd and far better
+// conditioned at high order than those in p.
 TN_HD int basis_size(Act a, int kmax) {
   switch (a) {
-    case Act::kTanh:
-    case Act::kSigmoid: return kmax + 2;          // t^0 ... t^(kmax+1)
-    case Act::kSoftplus: return kmax + 2;         // softplus(z), p^0 ... p^kmax
-    case Act::kSilu: return 2 * (kmax + 2);       // p^j, z p^j for j = 0 ... kmax+1
+    case Act::kTanh:                              // t; s t^j, j < kmax (s = 1 - t^2)
+    case Act::kSigmoid: return kmax + 1;          // p; pq y^j, j < kmax (y = p - q)
+    case Act::kSoftplus: return kmax + 1;         // softplus; p; pq y^j, j < kmax - 1
+    case Act::kSilu: return 2 * (kmax + 1);       // p, z p; pq y^j, z pq y^j, j < kmax
     case Act::kGelu: return kmax + 3;             // Phi, z Phi, phi z^j for j = 0 ... kmax
     case Act::kErf: return kmax + 1;              // erf, exp(-z^2) z^j for j = 0 ... kmax-1
     case Act::kExp: return 1;                     // exp(z)
@@ -61,7 +67,9 @@ TN_HD int basis_size(Act a, int kmax) {
 }
 
 // Evaluates g_0 ... g_{J-1} at z. V is a scalar or SIMD vector type; M supplies its elementary
-// functions (tanh, exp, log1p, erf, erfc, sin, cos, abs, max0 = max(z, 0), step = [z > 0]).
+// functions (exp, log1p, erf, erfc, sin, cos, abs, max0 = max(z, 0), step = [z > 0], fma) and
+//   tanh_sech2(z, t, s): t = tanh z and s = 1 - t^2, both to full relative precision;
+//   sigmoid_pair(z, p, q): p = sigmoid(z) and q = sigmoid(-z) = 1 - p, likewise.
 template <typename V, typename M>
 TN_HD void eval_basis(Act a, int J, const V& z, V* g) {
   auto powers = [](const V& base, const V& first, V* out, int count) {
@@ -72,17 +80,38 @@ TN_HD void eval_basis(Act a, int J, const V& z, V* g) {
     }
   };
   switch (a) {
-    case Act::kTanh: powers(M::tanh(z), V(1), g, J); break;
-    case Act::kSigmoid: powers(M::sigmoid(z), V(1), g, J); break;
+    case Act::kTanh: {
+      V t, s;
+      M::tanh_sech2(z, t, s);
+      g[0] = t;
+      powers(t, s, g + 1, J - 1);
+      break;
+    }
+    case Act::kSigmoid: {
+      V p, q;
+      M::sigmoid_pair(z, p, q);
+      g[0] = p;
+      powers(p - q, p * q, g + 1, J - 1);
+      break;
+    }
     case Act::kSoftplus: {
       g[0] = M::max0(z) + M::log1p(M::exp(V(0) - M::abs(z)));
-      powers(M::sigmoid(z), V(1), g + 1, J - 1);
+      if (J > 1) {
+        V p, q;
+        M::sigmoid_pair(z, p, q);
+        g[1] = p;
+        powers(p - q, p * q, g + 2, J - 2);
+      }
       break;
     }
     case Act::kSilu: {
-      const int h = J / 2;
-      powers(M::sigmoid(z), V(1), g, h);
-      for (int j = 0; j < h; ++j) g[h + j] = z * g[j];
+      const int h = J / 2 - 1;  // kmax
+      V p, q;
+      M::sigmoid_pair(z, p, q);
+      g[0] = p;
+      g[1] = z * p;
+      powers(p - q, p * q, g + 2, h);
+      for (int j = 0; j < h; ++j) g[2 + h + j] = z * g[2 + j];
       break;
     }
     case Act::kGelu: {
@@ -137,6 +166,37 @@ inline std::vector<Poly> self_derivative_polys(const Poly& factor, int kmax) {
   return q;
 }
 
+// R with q = factor * R, for a q that the factor divides (long division from the top degree).
+inline Poly divide_exactly(const Poly& q, const Poly& factor) {
+  const int df = static_cast<int>(factor.size()) - 1;
+  const int dq = static_cast<int>(q.size()) - 1;
+  if (dq < df) return Poly{0.0};
+  Poly rem = q, r(dq - df + 1, 0.0);
+  for (int i = dq - df; i >= 0; --i) {
+    r[i] = rem[i + df] / factor[df];
+    for (int j = 0; j <= df; ++j) rem[i + j] -= r[i] * factor[j];
+  }
+  return r;
+}
+
+// R_k = Q_k / (1 - t^2) for k = 1 ... kmax: the normalized tanh derivatives without tanh' = 1 - t^2.
+inline std::vector<Poly> reduced_tanh_polys(int kmax) {
+  const Poly factor{1.0, 0.0, -1.0};
+  const auto q = self_derivative_polys(factor, kmax);
+  std::vector<Poly> r(kmax + 1);
+  for (int k = 1; k <= kmax; ++k) r[k] = divide_exactly(q[k], factor);
+  return r;
+}
+
+// The same for sigmoid = (1 + tanh(z/2)) / 2 in y = tanh(z/2) = p - q:
+// sigmoid^(k) / k! = 2^(-k-1) Q_k(y) = 2^(1-k) pq R_k(y), since 1 - y^2 = 4 pq.
+inline std::vector<Poly> reduced_sigmoid_polys(int kmax) {
+  auto r = reduced_tanh_polys(kmax);
+  for (int k = 1; k <= kmax; ++k)
+    for (double& c : r[k]) c = std::ldexp(c, 1 - k);
+  return r;
+}
+
 // Hermite polynomials by the three-term recurrence H_{n+1} = x H_n - scale n H_{n-1} with
 // leading factor `lead` (probabilists' He: lead 1, scale 1; physicists' H: lead 2, scale 2).
 inline std::vector<Poly> hermite(int nmax, double lead, double scale) {
@@ -162,29 +222,37 @@ inline std::vector<double> coefficient_table(Act a, int kmax) {
   switch (a) {
     case Act::kTanh:
     case Act::kSigmoid: {
-      const Poly factor = a == Act::kTanh ? Poly{1.0, 0.0, -1.0} : Poly{0.0, 1.0, -1.0};
-      const auto q = detail::self_derivative_polys(factor, kmax);
-      for (int k = 0; k <= kmax; ++k)
-        for (size_t j = 0; j < q[k].size() && static_cast<int>(j) < J; ++j) at(k, j) = q[k][j];
+      // c_0 = sigma (g_0); c_k = sigma' R_k(y) (g_{1+j} = sigma' y^j).
+      const auto r = a == Act::kTanh ? detail::reduced_tanh_polys(kmax) : detail::reduced_sigmoid_polys(kmax);
+      at(0, 0) = 1.0;
+      for (int k = 1; k <= kmax; ++k)
+        for (size_t j = 0; j < r[k].size(); ++j) at(k, 1 + j) = r[k][j];
       break;
     }
     case Act::kSoftplus: {
-      // c_0 = softplus; c_k = sigmoid^(k-1) / k! = S_{k-1} / k with S the normalized sigmoid polys.
+      // c_0 = softplus; c_k = sigmoid^(k-1) / k! = S_{k-1} / k with S the normalized sigmoid
+      // derivatives: c_1 = p (g_1), c_k = pq R_{k-1}(y) / k for k >= 2 (g_{2+j} = pq y^j).
       at(0, 0) = 1.0;
-      const auto s = detail::self_derivative_polys({0.0, 1.0, -1.0}, kmax > 0 ? kmax - 1 : 0);
-      for (int k = 1; k <= kmax; ++k)
-        for (size_t j = 0; j < s[k - 1].size() && 1 + static_cast<int>(j) < J; ++j)
-          at(k, 1 + j) = s[k - 1][j] / k;
+      if (kmax >= 1) at(1, 1) = 1.0;
+      const auto r = detail::reduced_sigmoid_polys(kmax > 1 ? kmax - 1 : 0);
+      for (int k = 2; k <= kmax; ++k)
+        for (size_t j = 0; j < r[k - 1].size(); ++j) at(k, 2 + j) = r[k - 1][j] / k;
       break;
     }
     case Act::kSilu: {
-      // silu^(k) = z sigmoid^(k) + k sigmoid^(k-1)  =>  c_k = z S_k + S_{k-1}.
-      const int h = J / 2;
-      const auto s = detail::self_derivative_polys({0.0, 1.0, -1.0}, kmax);
+      // silu^(k) = z sigmoid^(k) + k sigmoid^(k-1)  =>  c_k = z S_k + S_{k-1}, with S_0 = p and
+      // S_k = pq R_k(y). Basis: g_0 = p, g_1 = z p, g_{2+j} = pq y^j, g_{2+kmax+j} = z pq y^j.
+      const auto r = detail::reduced_sigmoid_polys(kmax);
+      auto add_s = [&](int k, int s_index, bool times_z) {
+        if (s_index == 0) {
+          at(k, times_z ? 1 : 0) += 1.0;
+          return;
+        }
+        for (size_t j = 0; j < r[s_index].size(); ++j) at(k, 2 + (times_z ? kmax : 0) + j) += r[s_index][j];
+      };
       for (int k = 0; k <= kmax; ++k) {
-        for (size_t j = 0; j < s[k].size(); ++j) at(k, h + j) += s[k][j];
-        if (k > 0)
-          for (size_t j = 0; j < s[k - 1].size(); ++j) at(k, j) += s[k - 1][j];
+        add_s(k, k, true);
+        if (k > 0) add_s(k, k - 1, false);
       }
       break;
     }
