@@ -1,6 +1,8 @@
-# Two entry points, each doing all set-up on a fresh machine:
+# Entry points, each doing all set-up on a fresh machine:
 #   make demo   - train a small sign-randomized quadratic Taylor model (the main job)
 #   make test   - run the test suite
+#   make cuda-check - compile and link the CUDA kernels against a CUDA build of torch (no GPU needed)
+#   make bench  - the quick benchmark of the fused ops against autograd and torch.compile
 # TORCH selects the torch installed into the virtual environment; TORCH= (empty) keeps the torch
 # already installed for $(PYTHON) (the environment then sees the system site-packages).
 PYTHON ?= python3
@@ -11,7 +13,7 @@ BUILD_DEPS := numpy tqdm matplotlib scikit-learn scikit-build-core pybind11 ninj
 SOURCES := $(shell find csrc taylornet cmake -type f -name '*.*' -not -name '*.so' -not -path '*/__pycache__/*') \
            CMakeLists.txt pyproject.toml
 
-.PHONY: demo test bench install clean
+.PHONY: demo test bench cuda-check install clean
 
 demo: $(VENV)/.installed
 	$(PY) -P -m taylornet demo
@@ -19,7 +21,14 @@ demo: $(VENV)/.installed
 test: $(VENV)/.installed
 	$(PY) -P -m pytest tests -q
 
+bench: $(VENV)/.installed
+	$(PY) -P -m taylornet bench --quick
+
 install: $(VENV)/.installed
+
+# Compile and link the CUDA kernels against a CUDA build of torch (no GPU needed).
+cuda-check:
+	bash tools/cuda_build_check.sh
 
 $(VENV)/.created:
 	$(PYTHON) -m venv $(if $(TORCH),,--system-site-packages) $(VENV)
@@ -31,4 +40,4 @@ $(VENV)/.installed: $(VENV)/.created $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build $(VENV)
+	rm -rf build $(VENV) .venv-cuda

@@ -1,16 +1,29 @@
-# CUDA kernels: enabled when the installed torch was built with CUDA and a CUDA compiler is found.
+# CUDA kernels: built when the installed torch has CUDA and a CUDA compiler is found
+# (TAYLORNET_CUDA=AUTO), required with TAYLORNET_CUDA=ON.
 include(CheckLanguage)
 check_language(CUDA)
-if(TARGET torch_cuda OR TORCH_CUDA_LIBRARIES)
+file(GLOB TN_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
+set(TN_TORCH_HAS_CUDA OFF)
+if(TARGET torch_cuda OR TARGET c10_cuda)
   set(TN_TORCH_HAS_CUDA ON)
 endif()
-file(GLOB TN_CUDA_SOURCES CONFIGURE_DEPENDS ${CMAKE_CURRENT_SOURCE_DIR}/csrc/cuda/*.cu)
+
 if(CMAKE_CUDA_COMPILER AND TN_TORCH_HAS_CUDA AND TN_CUDA_SOURCES)
-  message(STATUS "taylornet: building CUDA kernels")
-  # (filled by the CUDA kernels)
+  # The -gencode flags come from torch (TORCH_CUDA_ARCH_LIST, see CMakeLists.txt), not from CMake.
+  set(CMAKE_CUDA_ARCHITECTURES OFF)
+  enable_language(CUDA)
+  set(CMAKE_CUDA_STANDARD 20)
+  set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  message(STATUS "taylornet: building CUDA kernels for TORCH_CUDA_ARCH_LIST=$ENV{TORCH_CUDA_ARCH_LIST}")
+  # One object library per dtype file so they compile in parallel; -Xptxas -v reports registers
+  # and spills of every kernel in the build log.
+  add_library(taylornet_cuda OBJECT ${TN_CUDA_SOURCES})
+  target_include_directories(taylornet_cuda PRIVATE csrc)
+  target_compile_options(taylornet_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 -lineinfo -Xptxas=-v>)
+  target_sources(taylornet_ops PRIVATE $<TARGET_OBJECTS:taylornet_cuda>)
+  target_compile_definitions(taylornet_ops PRIVATE TAYLORNET_WITH_CUDA)
 elseif(TAYLORNET_CUDA STREQUAL "ON")
-  message(FATAL_ERROR "taylornet: TAYLORNET_CUDA=ON but torch has no CUDA, nvcc is missing, or "
-                      "there are no CUDA sources")
+  message(FATAL_ERROR "taylornet: TAYLORNET_CUDA=ON but torch has no CUDA or nvcc is missing")
 else()
   message(STATUS "taylornet: CPU-only build")
 endif()

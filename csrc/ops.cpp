@@ -267,3 +267,321 @@ TORCH_LIBRARY_IMPL(taylornet, CPU, m) {
   m.impl("moments_backward", &tn::moments_backward_cpu);
   m.impl("philox_signs", &tn::philox_signs);
 }
+
+// ------------------------------------------------------------------------------------------------
+// CUDA: the same checks and plans, then the kernels of cuda/ on the current stream. Results that
+// are sums over many blocks are accumulated in float32 (float64 for float64) and cast at the end.
+#ifdef TAYLORNET_WITH_CUDA
+#include <c10/cuda/CUDAStream.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include "cuda/taylor_cuda.h"
+
+namespace tn {
+namespace {
+
+template <typename S>
+struct DeviceType {
+  using type = S;
+};
+template <>
+struct DeviceType<at::Half> {
+  using type = __half;
+};
+template <>
+struct DeviceType<at::BFloat16> {
+  using type = __nv_bfloat16;
+};
+
+at::ScalarType acc_dtype(at::ScalarType t) { return t == at::kDouble ? at::kDouble : at::kFloat; }
+
+// The plan's tables on the device; the tensors keep them alive for the call.
+struct DevicePlan {
+  Tensor ints, coef;
+};
+
+template <typename T>
+cuda::Problem<T> make_problem(const cpu::Args& args, const Plan& plan, DevicePlan& dp) {
+  using Acc = cuda::acc_t<T>;
+  const auto dev = args.x.device();
+  const int64_t rows = static_cast<int64_t>(plan.row_j.size());
+  Tensor ints = at::empty({3 * std::max<int64_t>(rows, 1)}, at::kInt);
+  for (int64_t r = 0; r < rows; ++r) {
+    ints.mutable_data_ptr<int>()[r] = plan.row_j[r];
+    ints.mutable_data_ptr<int>()[rows + r] = plan.row_deg[r];
+    ints.mutable_data_ptr<int>()[2 * rows + r] = plan.row_off[r];
+  }
+  Tensor coef = at::tensor(plan.coef.empty() ? std::vector<double>{0.0} : plan.coef, at::kDouble)
+                    .to(std::is_same_v<Acc, double> ? at::kDouble : at::kFloat);
+  dp.ints = ints.to(dev);
+  dp.coef = coef.to(dev);
+  cuda::Problem<T> p;
+  auto ptr = [](const Tensor& t) -> const T* {
+    return t.defined() ? reinterpret_cast<const T*>(t.const_data_ptr()) : nullptr;
+  };
+  p.x = ptr(args.x);
+  p.w0 = ptr(args.w0);
+  p.w = ptr(args.w);
+  p.b0 = ptr(args.b0);
+  p.b = ptr(args.b);
+  p.a = ptr(args.a);
+  p.n = args.x.size(0);
+  p.d = args.x.size(1);
+  p.m = args.w.size(0);
+  p.c = args.a.defined() ? args.a.size(0) : 0;
+  if (args.signs.kind == cpu::Signs::kTensor) p.signs = ptr(args.signs.values);
+  p.philox = args.signs.kind == cpu::Signs::kPhilox;
+  p.seed = args.signs.seed;
+  p.offset = args.signs.offset;
+  p.first = args.signs.first_neuron;
+  p.scale[0] = static_cast<Acc>(args.scale);
+  p.scale[1] = static_cast<Acc>(args.scale * args.scale);
+  const int* di = dp.ints.const_data_ptr<int>();
+  p.plan.act = plan.act;
+  p.plan.exact = plan.exact;
+  p.plan.basis = plan.basis;
+  for (int q = 0; q <= kNumQuantities; ++q) p.plan.row_begin[q] = plan.row_begin[q];
+  p.plan.row_j = di;
+  p.plan.row_deg = di + rows;
+  p.plan.row_off = di + 2 * rows;
+  p.plan.coef = dp.coef.const_data_ptr<Acc>();
+  return p;
+}
+
+template <typename F>
+void dispatch_cuda_dtype(at::ScalarType t, F&& f) {
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, t, "taylornet_cuda", [&] {
+    f(static_cast<typename DeviceType<scalar_t>::type*>(nullptr));
+  });
+}
+
+template <typename T>
+T* mut(Tensor& t) {
+  return reinterpret_cast<T*>(t.mutable_data_ptr());
+}
+
+Tensor features_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
+                     const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
+                     c10::string_view activation, at::IntArrayRef orders, bool exact) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
+  const Plan plan(act, orders.vec(), exact, false);
+  Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
+  if (out.numel() == 0) return out;
+  dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
+    using T = std::remove_pointer_t<decltype(tag)>;
+    DevicePlan dp;
+    const auto p = make_problem<T>(args, plan, dp);
+    cuda::features_forward<T>(p, mut<T>(out), c10::cuda::getCurrentCUDAStream());
+  });
+  return out;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cuda(
+    const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
+    const OptTensor& b, const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
+    at::IntArrayRef orders, bool exact, std::array<bool, 5> needs_in) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
+  const Tensor g = checked_param(grad, "grad", x, {x.size(0), w.size(0)});
+  const bool nx = needs_in[0], nw0 = needs_in[1], nw = needs_in[2];
+  const bool nb0 = needs_in[3] && b0.has_value(), nb = needs_in[4] && b.has_value();
+  const bool need_dz = nx || nw0 || nb0;
+  const Plan plan(act, orders.vec(), exact, need_dz);
+  Tensor G = at::zeros({x.size(0), w.size(0)}, x.options());
+  Tensor G0 = need_dz ? at::zeros_like(G) : Tensor();
+  if (G.numel() > 0) {
+    dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      DevicePlan dp;
+      const auto p = make_problem<T>(args, plan, dp);
+      cuda::features_grads<T>(p, reinterpret_cast<const T*>(g.const_data_ptr()), mut<T>(G),
+                              need_dz ? mut<T>(G0) : nullptr, c10::cuda::getCurrentCUDAStream());
+    });
+  }
+  Tensor dx, dw0, dw, db0, db;
+  if (nx) dx = at::addmm(at::mm(G, args.w), G0, args.w0);
+  if (nw) dw = at::mm(G.t(), args.x);
+  if (nw0) dw0 = at::mm(G0.t(), args.x);
+  if (nb) db = G.sum(0);
+  if (nb0) db0 = G0.sum(0);
+  return {or_empty(dx, x), or_empty(dw0, x), or_empty(dw, x), or_empty(db0, x), or_empty(db, x)};
+}
+
+// out = scale * Phi A^T (and, for the moments, var = scale^2 Phi1 (A*A)^T).
+std::vector<Tensor> readout_cuda(const cpu::Args& args, const Plan& plan, bool moments) {
+  const int64_t n = args.x.size(0), c = args.a.size(0), m = args.w.size(0);
+  const auto acc_opt = args.x.options().dtype(acc_dtype(args.x.scalar_type()));
+  std::vector<Tensor> outs;
+  for (int k = 0; k < (moments ? 2 : 1); ++k) outs.push_back(at::zeros({n, c}, acc_opt));
+  if (n > 0 && c > 0) {
+    dispatch_cuda_dtype(args.x.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      using Acc = cuda::acc_t<T>;
+      DevicePlan dp;
+      auto p = make_problem<T>(args, plan, dp);
+      p.moments = moments;
+      cuda::NeuronSum<T> s;
+      s.terms = moments ? 2 : 1;
+      s.ncols = c;
+      s.ld_out = c;
+      for (int t = 0; t < s.terms; ++t) {
+        s.field[t] = t == 0 ? cuda::kPhi0 : cuda::kPhi1;
+        s.z[t] = p.a;  // Z[r][j] = A[j][r]
+        s.z_row[t] = 1;
+        s.z_col[t] = m;
+        s.square[t] = t == 1;
+        s.out[t] = mut<Acc>(outs[t]);
+        s.scale[t] = p.scale[t];
+      }
+      cuda::neuron_sum<T>(p, s, c10::cuda::getCurrentCUDAStream());
+    });
+  }
+  for (auto& o : outs) o = o.to(args.x.scalar_type());
+  return outs;
+}
+
+Tensor net_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const Tensor& a,
+                const OptTensor& b0, const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
+                c10::string_view activation, at::IntArrayRef orders, bool exact, double scale) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  check_scale(scale);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
+  args.scale = scale;
+  const Plan plan(act, orders.vec(), exact, false);
+  return readout_cuda(args, plan, false)[0];
+}
+
+std::tuple<Tensor, Tensor> moments_cuda(const Tensor& x, const Tensor& w0, const Tensor& w,
+                                        const Tensor& a, const OptTensor& b0, const OptTensor& b,
+                                        c10::string_view activation, at::IntArrayRef orders,
+                                        bool exact, double scale) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  check_scale(scale);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cpu::Args args = make_args(x, w0, w, a, b0, b, std::nullopt, std::nullopt);
+  args.scale = scale;
+  const Plan plan(act, orders.vec(), exact, false);
+  auto outs = readout_cuda(args, plan, true);
+  return {outs[0], outs[1]};
+}
+
+SixGrads net_backward_common_cuda(const std::vector<Tensor>& grads, const Tensor& x, const Tensor& w0,
+                                  const Tensor& w, const Tensor& a, const OptTensor& b0,
+                                  const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
+                                  c10::string_view activation, at::IntArrayRef orders, bool exact,
+                                  double scale, std::array<bool, 6> needs_in, bool moments) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  check_scale(scale);
+  const c10::cuda::CUDAGuard guard(x.device());
+  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
+  args.scale = scale;
+  std::vector<Tensor> g;
+  for (const auto& gi : grads) g.push_back(checked_param(gi, "grad", x, {x.size(0), a.size(0)}));
+  const bool nx = needs_in[0], nw0 = needs_in[1], nw = needs_in[2], na = needs_in[3];
+  const bool nb0 = needs_in[4] && b0.has_value(), nb = needs_in[5] && b.has_value();
+  const Plan plan(act, orders.vec(), exact, nx || nw0 || nb0);
+  const int64_t n = x.size(0), d = x.size(1), m = w.size(0), c = a.size(0);
+  const auto acc_opt = x.options().dtype(acc_dtype(x.scalar_type()));
+  Tensor dx = nx ? at::zeros({n, d}, acc_opt) : Tensor();
+  Tensor dw0 = nw0 ? at::zeros({m, d}, acc_opt) : Tensor();
+  Tensor dw = nw ? at::zeros({m, d}, acc_opt) : Tensor();
+  Tensor db0 = nb0 ? at::zeros({m}, acc_opt) : Tensor();
+  Tensor db = nb ? at::zeros({m}, acc_opt) : Tensor();
+  Tensor da_t[2];  // (m, c): dA^T per readout
+  for (int k = 0; k < (moments ? 2 : 1); ++k)
+    if (na) da_t[k] = at::zeros({m, c}, acc_opt);
+  if (n > 0 && c > 0) {
+    dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      using Acc = cuda::acc_t<T>;
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      DevicePlan dp;
+      auto p = make_problem<T>(args, plan, dp);
+      p.moments = moments;
+      for (size_t k = 0; k < g.size(); ++k) p.gout[k] = reinterpret_cast<const T*>(g[k].const_data_ptr());
+      if (nx) {  // dX = G W + G0 W0
+        cuda::NeuronSum<T> s;
+        s.terms = 2;
+        s.field[0] = cuda::kGradU;
+        s.field[1] = cuda::kGradZ;
+        s.z[0] = p.w;
+        s.z[1] = p.w0;
+        for (int t = 0; t < 2; ++t) {
+          s.z_row[t] = d;
+          s.z_col[t] = 1;
+          s.out[t] = mut<Acc>(dx);
+        }
+        s.ncols = d;
+        s.ld_out = d;
+        cuda::neuron_sum<T>(p, s, stream);
+      }
+      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out,
+                            Acc scl) {
+        cuda::SampleSum<T> s;
+        s.field = field;
+        s.y = y;
+        s.ld_y = ld_y;
+        s.ncols = ncols;
+        s.out = mut<Acc>(out);
+        s.ld_out = ncols;
+        s.scale = scl;
+        cuda::sample_sum<T>(p, s, stream);
+      };
+      if (nw) sample_sum(cuda::kGradU, p.x, d, d, dw, Acc(1));
+      if (nw0) sample_sum(cuda::kGradZ, p.x, d, d, dw0, Acc(1));
+      if (nb) sample_sum(cuda::kGradU, nullptr, 0, 1, db, Acc(1));
+      if (nb0) sample_sum(cuda::kGradZ, nullptr, 0, 1, db0, Acc(1));
+      if (na)
+        for (int k = 0; k < (moments ? 2 : 1); ++k)
+          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], c, c, da_t[k], p.scale[k]);
+    });
+  }
+  Tensor da;
+  if (na) {
+    da = da_t[0].t();
+    if (moments) da = da + 2 * a.to(da.scalar_type()) * da_t[1].t();
+  }
+  auto cast = [&](const Tensor& t) { return t.defined() ? t.to(x.scalar_type()).contiguous() : at::empty({0}, x.options()); };
+  return {cast(dx), cast(dw0), cast(dw), cast(da), cast(db0), cast(db)};
+}
+
+SixGrads net_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w,
+                           const Tensor& a, const OptTensor& b0, const OptTensor& b,
+                           const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
+                           at::IntArrayRef orders, bool exact, double scale, std::array<bool, 6> needs) {
+  return net_backward_common_cuda({grad}, x, w0, w, a, b0, b, signs, seed, activation, orders, exact,
+                                  scale, needs, false);
+}
+
+SixGrads moments_backward_cuda(const Tensor& grad_mean, const Tensor& grad_var, const Tensor& x,
+                               const Tensor& w0, const Tensor& w, const Tensor& a,
+                               const OptTensor& b0, const OptTensor& b, c10::string_view activation,
+                               at::IntArrayRef orders, bool exact, double scale,
+                               std::array<bool, 6> needs) {
+  return net_backward_common_cuda({grad_mean, grad_var}, x, w0, w, a, b0, b, std::nullopt,
+                                  std::nullopt, activation, orders, exact, scale, needs, true);
+}
+
+}  // namespace
+}  // namespace tn
+
+TORCH_LIBRARY_IMPL(taylornet, CUDA, m) {
+  m.impl("features", &tn::features_cuda);
+  m.impl("features_backward", &tn::features_backward_cuda);
+  m.impl("net", &tn::net_cuda);
+  m.impl("net_backward", &tn::net_backward_cuda);
+  m.impl("moments", &tn::moments_cuda);
+  m.impl("moments_backward", &tn::moments_backward_cuda);
+}
+#endif  // TAYLORNET_WITH_CUDA

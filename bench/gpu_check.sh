@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
+# build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
+# CUDA targets, and write results.json plus the logs into OUTDIR. Sized to finish inside 8 minutes
+# on an H200; each step has its own time limit and a failed step does not stop the next.
+#   bench/gpu_check.sh OUTDIR
+set -uo pipefail
+OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
+mkdir -p "$OUT"
+cd "$(dirname "$0")/.."
+export PYTHONUNBUFFERED=1
+# Only the architecture of this GPU: the build is the first thing that must fit in the time.
+ARCH=$(python3 -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}.{p[1]}')" 2>/dev/null || echo "9.0")
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
+START=$(date +%s)
+status() { echo "$1=$2" >> "$OUT/steps.env"; }
+: > "$OUT/steps.env"
+
+echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
+timeout 240 python3 -m pip install --no-build-isolation --no-deps -v . > "$OUT/build.log" 2>&1
+status build $?
+grep -E "Compiling entry|registers|spill" "$OUT/build.log" > "$OUT/ptxas.txt" || true
+
+echo "== CUDA tests"
+timeout 180 python3 -P -m pytest tests/test_cuda.py -q -p no:cacheprovider --junitxml="$OUT/tests.xml" \
+  > "$OUT/tests.log" 2>&1
+status tests $?
+tail -5 "$OUT/tests.log"
+
+echo "== benchmark"
+timeout 150 python3 -P -m taylornet bench --preset cuda-target --repeats 5 --out "$OUT/bench" --no-progress \
+  > "$OUT/bench.log" 2>&1
+status bench $?
+tail -25 "$OUT/bench.log"
+
+python3 - "$OUT" "$START" <<'PY'
+import json, os, sys, time, glob
+out, start = sys.argv[1], int(sys.argv[2])
+steps = dict(line.strip().split("=") for line in open(os.path.join(out, "steps.env")) if "=" in line)
+info = {"steps": {k: int(v) for k, v in steps.items()}, "seconds": int(time.time()) - start}
+try:
+    import torch
+    info.update(torch=torch.__version__, cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(0))
+except Exception as exc:  # the summary is written whatever failed
+    info["torch_error"] = repr(exc)
+tests = os.path.join(out, "tests.xml")
+if os.path.exists(tests):
+    import xml.etree.ElementTree as ET
+    suite = ET.parse(tests).getroot()
+    suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+    info["tests"] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+info["bench"] = sorted(glob.glob(os.path.join(out, "bench", "*.json")))
+json.dump(info, open(os.path.join(out, "results.json"), "w"), indent=2)
+print(json.dumps(info, indent=2))
+PY

@@ -1,0 +1,88 @@
+// Launchers of the CUDA kernels. Free of torch headers: raw pointers, sizes and the stream; ops.cpp
+// owns the tensors. T is the storage type (float, double, __half, __nv_bfloat16), Acc the
+// accumulation type (double for double, float otherwise).
+#pragma once
+
+#include <cstdint>
+
+#include <cuda_runtime.h>
+
+#include "taylornet/series.h"
+
+namespace tn::cuda {
+
+template <typename T>
+struct AccType {
+  using type = float;
+};
+template <>
+struct AccType<double> {
+  using type = double;
+};
+template <typename T>
+using acc_t = typename AccType<T>::type;
+
+// Everything one call needs; pointers are device pointers, optional ones may be null.
+template <typename T>
+struct Problem {
+  using Acc = acc_t<T>;
+  const T *x = nullptr, *w0 = nullptr, *w = nullptr;  // (n, d), (m, d), (m, d)
+  const T *b0 = nullptr, *b = nullptr;                // (m,)
+  const T* a = nullptr;                               // (c, m) readout
+  const T* signs = nullptr;                           // (m,) explicit signs
+  bool philox = false;                                // else signs from (seed, offset, first)
+  uint64_t seed = 0, offset = 0, first = 0;
+  int64_t n = 0, d = 0, m = 0, c = 0;
+  bool moments = false;                               // readouts (e, o^2) instead of h
+  Acc scale[2] = {1, 1};                              // scale and scale^2
+  const T* gout[2] = {nullptr, nullptr};              // (n, c) output cotangents (backward)
+  PlanView<Acc> plan{};
+};
+
+// Per-element quantities a reduction kernel can contract.
+enum Field : int {
+  kPhi0 = 0,  // the first readout feature: h (net) or e (moments)
+  kPhi1 = 1,  // the second readout feature: o^2 (moments)
+  kGradU = 2,  // G  = sum_rho g_rho d phi_rho / du
+  kGradZ = 3,  // G0 = sum_rho g_rho d phi_rho / dz0
+};
+
+// out[i][col] += scale[t] * sum_r F_t[i][r] * Z_t[r][col] for t < terms, where
+// Z_t[r][col] = z[t][r * z_row + col * z_col] (squared if square[t]); out[t] is (n, ncols)
+// with row stride ld_out. Reduces over neurons: the forward readout (Z = A^T) and dX (Z = W).
+template <typename T>
+struct NeuronSum {
+  int terms = 1;
+  Field field[2] = {kPhi0, kPhi0};
+  const T* z[2] = {nullptr, nullptr};
+  int64_t z_row[2] = {0, 0}, z_col[2] = {0, 0};
+  bool square[2] = {false, false};
+  acc_t<T>* out[2] = {nullptr, nullptr};
+  acc_t<T> scale[2] = {1, 1};
+  int64_t ncols = 0, ld_out = 0;
+};
+
+// out[r][col] += scale * sum_i F[i][r] * Y[i][col], with Y = y (row stride ld_y) or a column of
+// ones when y is null; out is (m, ncols) with row stride ld_out. Reduces over samples: dW, dW0,
+// db, db0 and dA.
+template <typename T>
+struct SampleSum {
+  Field field = kGradU;
+  const T* y = nullptr;
+  int64_t ld_y = 0, ncols = 1;
+  acc_t<T>* out = nullptr;
+  int64_t ld_out = 0;
+  acc_t<T> scale = 1;
+};
+
+template <typename T>
+void features_forward(const Problem<T>& p, T* out, cudaStream_t stream);
+// G = grad * dh/du and (if G0) G0 = grad * dh/dz0, both (n, m).
+template <typename T>
+void features_grads(const Problem<T>& p, const T* grad, T* G, T* G0, cudaStream_t stream);
+template <typename T>
+void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream);
+template <typename T>
+void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream);
+
+}  // namespace tn::cuda

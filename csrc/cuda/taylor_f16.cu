@@ -1,0 +1,4 @@
+#include "cuda/kernels.cuh"
+namespace tn::cuda {
+TN_INSTANTIATE_CUDA(__half)
+}

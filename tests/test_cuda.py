@@ -1,0 +1,155 @@
+"""The CUDA kernels against the float64 reference and against the CPU kernels: the CPU matrix re-run
+on the GPU, low precision judged by a same-precision reference, tile edges, signs that agree across
+devices. Skipped where no CUDA device is present (bench/gpu_check.sh runs them on a GPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import taylornet as tn
+import taylornet.reference as ref
+from _utils import assert_close_verbose, assert_error_bounded, make_problem
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+F64, F32 = torch.float64, torch.float32
+ORDERS = [0, 1, 2, 3, (2,), (0, 2), (1, 3), 6, "exact"]
+CASES = [(a, o) for a in tn.ACTIVATIONS for o in ([0, 1, "exact"] if a == "relu" else ORDERS)]
+SIGN_SEED = (0x0DDBA11 - 2**40, 2**33 + 5)
+INPUTS = {"features": ("x", "w0", "w", "b0", "b"), "net": ("x", "w0", "w", "a", "b0", "b"),
+          "moments": ("x", "w0", "w", "a", "b0", "b")}
+
+
+def on(p, device, dtype=None):
+    return {k: (v.to(device=device, dtype=dtype or v.dtype) if v is not None else None) for k, v in p.items()}
+
+
+def outputs_and_grads(impl, op, p, cot=None, *, activation, order, sign_seed=None):
+    """Outputs of op and gradients of all its present inputs (cotangents drawn if not given)."""
+    names = [k for k in INPUTS[op] if p[k] is not None]
+    leaves = {k: (v.detach().requires_grad_(True) if k in names else v) for k, v in p.items()}
+    x, w0, w, a, b0, b = (leaves[k] for k in ("x", "w0", "w", "a", "b0", "b"))
+    kw = {"activation": activation, "order": order}
+    if op != "moments" and sign_seed is not None:
+        if impl is tn:
+            kw["sign_seed"] = sign_seed
+        else:
+            kw["signs"] = tn.philox_signs(w.shape[0], sign_seed, dtype=x.dtype, device=x.device)
+    if op == "features":
+        outs = (impl.taylor_features(x, w0, w, b0, b, **kw),)
+    elif op == "net":
+        outs = (impl.taylor_net(x, w0, w, a, b0, b, **kw),)
+    else:
+        outs = tuple(impl.taylor_net_moments(x, w0, w, a, b0, b, **kw))
+    if cot is None:
+        g = torch.Generator().manual_seed(7)
+        cot = [torch.randn(o.shape, generator=g, dtype=F64) for o in outs]
+    cot = [c.to(device=outs[0].device, dtype=outs[0].dtype) for c in cot]
+    grads = torch.autograd.grad(outs, [leaves[k] for k in names], cot, allow_unused=impl is not tn,
+                                materialize_grads=impl is not tn)
+    return [o.detach() for o in outs], dict(zip(names, grads)), cot
+
+
+@pytest.mark.parametrize("sign_seed", [None, SIGN_SEED], ids=["nosigns", "signs"])
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+@pytest.mark.parametrize("activation,order", CASES, ids=[f"{a}-{o}".replace(" ", "") for a, o in CASES])
+def test_float64_matches_reference(activation, order, op, sign_seed):
+    p = make_problem(n=37, d=13, m=131, c=3, bias=True)
+    outs, grads, cot = outputs_and_grads(tn, op, on(p, "cuda"), activation=activation, order=order,
+                                         sign_seed=sign_seed)
+    routs, rgrads, _ = outputs_and_grads(ref, op, p, [c.cpu() for c in cot], activation=activation,
+                                         order=order, sign_seed=sign_seed)
+    for o, r in zip(outs, routs):
+        assert o.device.type == "cuda"
+        assert_close_verbose(o.cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9, name="out")
+    for k in rgrads:
+        r = rgrads[k]
+        assert_close_verbose(grads[k].cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9,
+                             name=f"grad {k}")
+
+
+LOW = [("tanh", 2), ("gelu", 2), ("silu", (1, 3)), ("sigmoid", 6), ("erf", "exact"), ("relu3", 3)]
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+@pytest.mark.parametrize("activation,order", LOW)
+def test_low_precision_within_twice_the_same_precision_reference(activation, order, op, dtype):
+    p = make_problem(n=70, d=33, m=150, c=4, bias=True)
+    kw = {"activation": activation, "order": order, "sign_seed": SIGN_SEED}
+    routs64, rgrads64, cot = outputs_and_grads(ref, op, on(p, "cuda"), **kw)
+    pl = on(p, "cuda", dtype)
+    outs, grads, _ = outputs_and_grads(tn, op, pl, cot, **kw)
+    routs, rgrads, _ = outputs_and_grads(ref, op, pl, cot, **kw)
+    for i in range(len(outs)):
+        assert outs[i].dtype == dtype
+        assert_error_bounded(outs[i], routs[i], routs64[i], name=f"{dtype} output {i}")
+    for k in grads:
+        assert_error_bounded(grads[k], rgrads[k], rgrads64[k], name=f"{dtype} grad {k}")
+
+
+@pytest.mark.parametrize("n,d,m,c", [(1, 1, 1, 1), (65, 129, 97, 16), (200, 512, 300, 7), (3, 8, 4099, 2),
+                                     (4099, 5, 3, 1)])
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+def test_tile_edges_match_the_cpu_kernels(n, d, m, c, op):
+    p = make_problem(n=n, d=d, m=m, c=c, bias=True)
+    kw = {"activation": "gelu", "order": 3, "sign_seed": SIGN_SEED}
+    outs, grads, cot = outputs_and_grads(tn, op, on(p, "cuda"), **kw)
+    couts, cgrads, _ = outputs_and_grads(tn, op, p, [x.cpu() for x in cot], **kw)
+    for o, r in zip(outs, couts):
+        assert_close_verbose(o.cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9, name="out")
+    for k in cgrads:
+        r = cgrads[k]
+        assert_close_verbose(grads[k].cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9,
+                             name=f"grad {k}")
+
+
+def test_in_kernel_signs_are_the_cpu_signs():
+    # One neuron per sign, z0 = 0 and u = 1 for exp order (1,): h_r = s_r exactly.
+    m = 1000
+    x = torch.ones(1, 1, dtype=F64)
+    w0, w = torch.zeros(m, 1, dtype=F64), torch.ones(m, 1, dtype=F64)
+    for seed in [(1, 2), (3, 4, 5000), SIGN_SEED]:
+        cpu = tn.taylor_features(x, w0, w, activation="exp", order=(1,), sign_seed=seed)
+        gpu = tn.taylor_features(x.cuda(), w0.cuda(), w.cuda(), activation="exp", order=(1,), sign_seed=seed)
+        assert torch.equal(gpu.cpu(), cpu)
+        assert torch.equal(cpu[0], tn.philox_signs(m, seed, dtype=F64))
+
+
+def test_module_trains_on_cuda_like_on_cpu():
+    torch.manual_seed(0)
+    cpu = tn.TaylorNet(8, 256, 3, order=2, sign_randomization=True, dtype=F64)
+    gpu = tn.TaylorNet(8, 256, 3, order=2, sign_randomization=True, dtype=F64).cuda()
+    gpu.load_state_dict(cpu.state_dict())
+    x, y = torch.randn(50, 8, dtype=F64), torch.randn(50, 3, dtype=F64)
+    for model, xs, ys in ((cpu, x, y), (gpu, x.cuda(), y.cuda())):
+        torch.manual_seed(1)
+        opt = torch.optim.SGD(model.parameters(), lr=0.5)
+        for _ in range(3):
+            opt.zero_grad()
+            ((model(xs) - ys) ** 2).mean().backward()
+            opt.step()
+    assert_close_verbose(gpu.weight.detach().cpu(), cpu.weight.detach(), atol=1e-10, rtol=1e-9, name="weight")
+
+
+def test_compiled_matches_eager_on_cuda():
+    p = on(make_problem(n=40, d=16, m=96, c=2), "cuda", F32)
+    f = lambda x, w0, w, a: tn.taylor_net(x, w0, w, a, activation="tanh", order=2)  # noqa: E731
+    args = (p["x"], p["w0"], p["w"], p["a"])
+    assert_close_verbose(torch.compile(f, fullgraph=True)(*args), f(*args), atol=1e-6, rtol=1e-5, name="compiled")
+
+
+def test_large_width_runs_without_an_n_by_m_buffer():
+    n, d, m = 512, 32, 2**20
+    torch.manual_seed(0)
+    x = torch.randn(n, d, device="cuda")
+    w0 = torch.randn(m, d, device="cuda") / d**0.5
+    w = torch.zeros(m, d, device="cuda", requires_grad=True)
+    a = torch.randint(0, 2, (m,), device="cuda").float() * 2 - 1
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    tn.taylor_net(x, w0, w, a).sum().backward()
+    torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    assert extra < n * m * 4 / 4, f"peak extra memory {extra / 2**20:.0f} MiB is of the order of an n x m buffer"

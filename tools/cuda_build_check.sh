@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Compile and link the CUDA extension without a GPU: a CUDA build of torch in .venv-cuda, every .cu
+# through nvcc for sm_80 and sm_90 (ptxas reports registers and spills), then the library loaded
+# into that torch with its CUDA kernels registered. Fails on any error.
+#   CUDA_HOME    toolkit root (default /usr/local/cuda-13.0, else the directory of nvcc)
+#   TORCH_CUDA   torch requirement for the environment (default torch==2.14.1)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV_CUDA:-.venv-cuda}
+TORCH_CUDA=${TORCH_CUDA:-torch==2.14.1}
+if [ -z "${CUDA_HOME:-}" ]; then
+  if [ -x /usr/local/cuda-13.0/bin/nvcc ]; then CUDA_HOME=/usr/local/cuda-13.0
+  else CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); fi
+fi
+export CUDA_HOME CUDACXX="$CUDA_HOME/bin/nvcc"
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
+
+if [ ! -f "$VENV/.created" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q "$TORCH_CUDA" numpy ninja "cmake>=3.26"
+  touch "$VENV/.created"
+fi
+PY="$VENV/bin/python"
+SP=$("$PY" -c "import site; print(site.getsitepackages()[0])")
+# The CUDA wheels carry the libraries that a minimal toolkit lacks (nvrtc and friends).
+"$VENV/bin/cmake" -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON \
+  -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCUDAToolkit_ROOT="$CUDA_HOME" \
+  -DCUDA_CUDART_LIBRARY="$CUDA_HOME/lib64/libcudart.so" \
+  -DCUDA_nvrtc_LIBRARY="$SP/nvidia/cu13/lib/libnvrtc.so.13" \
+  -DCMAKE_MAKE_PROGRAM="$VENV/bin/ninja" > build/cuda-configure.log 2>&1 || { cat build/cuda-configure.log; exit 1; }
+"$VENV/bin/cmake" --build build/cuda -j "$(nproc)" 2>&1 | tee build/cuda-build.log | grep -E "error|FAILED" || true
+[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "CUDA build failed (build/cuda-build.log)"; exit 1; }
+
+python3 tools/ptxas_report.py build/cuda-build.log
+
+"$PY" - <<'PY'
+import torch
+torch.ops.load_library("build/cuda/libtaylornet_ops.so")
+ops = ["features", "features_backward", "net", "net_backward", "moments", "moments_backward"]
+missing = [o for o in ops if not torch._C._dispatch_has_kernel_for_dispatch_key(f"taylornet::{o}", "CUDA")]
+assert not missing, f"CUDA kernels not registered for {missing}"
+print(f"CUDA build OK: torch {torch.__version__} (CUDA {torch.version.cuda}), "
+      f"{len(ops)} ops with CUDA kernels")
+PY
