@@ -15,10 +15,13 @@ from .functional import (
     taylor_net_moments,
 )
 from .modules import TaylorLinear, TaylorNet
+from .distributed import ShardedTaylorNet
+from .taylorize import TaylorizedModule, empirical_ntk, taylorize
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "ACTIVATIONS", "MAX_ORDER", "TaylorLinear", "TaylorNet", "expected_squared_loss", "philox_signs",
-    "reference", "taylor_features", "taylor_net", "taylor_net_moments",
+    "ACTIVATIONS", "MAX_ORDER", "ShardedTaylorNet", "TaylorLinear", "TaylorNet", "TaylorizedModule",
+    "empirical_ntk", "expected_squared_loss", "philox_signs", "reference", "taylor_features", "taylor_net",
+    "taylor_net_moments", "taylorize",
 ]

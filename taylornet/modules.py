@@ -18,7 +18,7 @@ from torch import nn
 from . import functional as F
 from .activations import check_activation, parse_order
 
-__all__ = ["TaylorLinear", "TaylorNet", "draw_sign_seed"]
+__all__ = ["TaylorLinear", "TaylorNet", "draw_init_seed", "draw_sign_seed", "taylor_net_init"]
 
 _EVAL_SIGNS = ("expectation", "none")
 
@@ -38,6 +38,143 @@ def _check_size(name: str, value, minimum: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{name}: expected an int >= {minimum}, got {value!r}")
     return value
+
+
+# ---- initialization: counter-based, so that any slice of neurons is generated on its own ---------
+#
+# TaylorNet's frozen initialization is a function of one 64-bit "init seed" (drawn from torch's
+# default generator, so torch.manual_seed reproduces it) and of the global neuron index: base row j
+# of W0 takes the Philox4x32-10 words of counters (call, j_lo, j_hi, stream) under key = init seed,
+# turned into N(0, 1) by the inverse normal CDF (torch.special.ndtri, an elementwise scalar kernel:
+# the same bits whatever the slicing, on a given device). So a rank holding neurons [lo, hi) of a
+# width-sharded model generates exactly those rows, equal to the unsharded model's bit for bit.
+# Cost on CPU: about 4x torch.randn (m = 2^20, d = 128: ~2 s on one core); on CUDA, a few passes.
+
+_MASK32 = 0xFFFFFFFF
+_STREAM_W0, _STREAM_A, _STREAM_B0 = 0, 1, 2  # counter word 3: what the random words are for
+
+
+def draw_init_seed() -> int:
+    """A fresh 64-bit initialization seed from torch's default generator (one draw)."""
+    return int(torch.randint(-(2**63), 2**63 - 1, (), dtype=torch.int64))
+
+
+def _philox4x32_10(c0, c1, c2, c3, k0: int, k1: int):
+    """Philox4x32-10 on int64 tensors holding 32-bit words (the kernels' generator, csrc/taylornet/
+    philox.h). int64 products of two 32-bit words wrap exactly like uint64, so >> 32 and the mask
+    give the high and low words. Updates the counter tensors in place and returns them."""
+    p0, p1 = torch.empty_like(c0), torch.empty_like(c0)
+    for round_ in range(10):
+        if round_:
+            k0, k1 = (k0 + 0x9E3779B9) & _MASK32, (k1 + 0xBB67AE85) & _MASK32
+        torch.mul(c0, 0xD2511F53, out=p0)
+        torch.mul(c2, 0xCD9E8D57, out=p1)
+        torch.bitwise_right_shift(p1, 32, out=c0).bitwise_and_(_MASK32).bitwise_xor_(c1).bitwise_xor_(k0)
+        torch.bitwise_right_shift(p0, 32, out=c2).bitwise_and_(_MASK32).bitwise_xor_(c3).bitwise_xor_(k1)
+        torch.bitwise_and(p1, _MASK32, out=c1)
+        torch.bitwise_and(p0, _MASK32, out=c3)
+    return c0, c1, c2, c3
+
+
+def _philox_rows(seed: int, stream: int, lo: int, hi: int, n_words: int, device, fill) -> None:
+    """For every row j in [lo, hi): the first ``n_words`` 32-bit words of the counters
+    (call, j_lo, j_hi, stream), call = 0, 1, ..., as int64 blocks ``fill(row0, row1, words)``."""
+    k0, k1 = seed & _MASK32, (seed >> 32) & _MASK32
+    calls = -(-n_words // 4)
+    # CPU: 2^15 words a chunk, small enough to stay in cache and run on one thread (threaded small ops
+    # stall under load); CUDA: big chunks.
+    per_chunk = (1 << 13) if device.type == "cpu" else (1 << 22)
+    step = max(1, per_chunk // calls)
+    call = torch.arange(calls, dtype=torch.int64, device=device)
+    for r0 in range(lo, hi, step):
+        r1 = min(r0 + step, hi)
+        rows = torch.arange(r0, r1, dtype=torch.int64, device=device)[:, None]
+        shape = (r1 - r0, calls)
+        c0 = call.expand(shape).clone()
+        c1 = (rows & _MASK32).expand(shape).clone()
+        c2 = (rows >> 32).expand(shape).clone()
+        c3 = torch.full(shape, stream, dtype=torch.int64, device=device)
+        words = torch.stack(_philox4x32_10(c0, c1, c2, c3, k0, k1), dim=-1).reshape(r1 - r0, 4 * calls)
+        fill(r0 - lo, r1 - lo, words[:, :n_words])
+
+
+def _normal_from_words(words: torch.Tensor) -> torch.Tensor:
+    """N(0, 1) in float64 from uniform 32-bit words: ndtri((w + 1/2) / 2^32), |z| < 6.3."""
+    return torch.special.ndtri(words.to(torch.float64).add_(0.5).mul_(2.0**-32))
+
+
+def _init_base_rows(seed, lo, hi, in_features, out_features, bias, dtype, device):
+    """Rows [lo, hi) of the (unsymmetrized) initialization: w0 (rows, d), a (c, rows), b0 (rows,)."""
+    rows = hi - lo
+    w0 = torch.empty(rows, in_features, dtype=dtype, device=device)
+    a = torch.empty(out_features, rows, dtype=dtype, device=device)
+    b0 = torch.empty(rows, dtype=dtype, device=device) if bias else None
+    device = w0.device  # None: the default device
+    if device.type == "meta" or rows == 0:
+        return w0, a, b0
+    inv_sqrt_d = 1.0 / math.sqrt(in_features)
+
+    def fill_w0(i, j, words):
+        w0[i:j] = _normal_from_words(words).mul_(inv_sqrt_d)
+
+    def fill_a(i, j, words):  # the top bit of word k: readout k of the neuron is -1
+        a[:, i:j] = (1 - 2 * (words >> 31)).t()
+
+    def fill_b0(i, j, words):
+        b0[i:j] = _normal_from_words(words[:, 0])
+
+    _philox_rows(seed, _STREAM_W0, lo, hi, in_features, device, fill_w0)
+    _philox_rows(seed, _STREAM_A, lo, hi, out_features, device, fill_a)
+    if bias:
+        _philox_rows(seed, _STREAM_B0, lo, hi, 1, device, fill_b0)
+    return w0, a, b0
+
+
+def taylor_net_init(init_seed: int, lo: int, hi: int, *, in_features: int, out_features: int, width: int,
+                    symmetric_init: bool = True, bias: bool = False, dtype=None, device=None):
+    """Neurons [lo, hi) of TaylorNet's initialization for ``init_seed``: (w0, a, b0) of shapes
+    (hi - lo, in), (out, hi - lo), (hi - lo,) or None.
+
+    w0 ~ N(0, 1/in), a ~ +-1, b0 ~ N(0, 1). With ``symmetric_init`` neuron r + width/2 repeats neuron
+    r's w0 and b0 with the readout negated. The result depends only on the seed and the global neuron
+    indices: concatenating slices gives the whole layer, bit for bit, and only the slice (plus, with
+    symmetric_init, its mirror rows when they are not in it) is generated.
+    """
+    dtype = dtype if dtype is not None else torch.get_default_dtype()
+    if not 0 <= lo <= hi <= width:
+        raise ValueError(f"neurons [lo, hi): expected 0 <= lo <= hi <= width = {width}, got [{lo}, {hi})")
+    if symmetric_init and width % 2:
+        raise ValueError(f"width: symmetric_init pairs neurons, so width must be even, got {width}")
+    seed = int(init_seed) & (2**64 - 1)
+    half = width // 2 if symmetric_init else width
+    # (global start, global end, base row start, readout sign): the first half is its own base, the
+    # second half mirrors it.
+    pieces = [(s, e, s - base, sign) for s, e, base, sign in
+              ((lo, min(hi, half), 0, 1), (max(lo, half), hi, half, -1)) if s < e]
+    if len(pieces) == 2 and pieces[1][2] < pieces[0][2] + (pieces[0][1] - pieces[0][0]) \
+            and pieces[0][2] < pieces[1][2] + (pieces[1][1] - pieces[1][0]):
+        # The slice holds overlapping base rows in both halves: generate their union once.
+        b_lo = min(p[2] for p in pieces)
+        b_hi = max(p[2] + p[1] - p[0] for p in pieces)
+        union = _init_base_rows(seed, b_lo, b_hi, in_features, out_features, bias, dtype, device)
+        parts = []
+        for s, e, b, sign in pieces:
+            i, j = b - b_lo, b - b_lo + (e - s)
+            parts.append((union[0][i:j], union[1][:, i:j] * sign, None if union[2] is None else union[2][i:j]))
+    else:
+        parts = []
+        for s, e, b, sign in pieces:
+            w0, a, b0 = _init_base_rows(seed, b, b + (e - s), in_features, out_features, bias, dtype, device)
+            parts.append((w0, a * sign if sign < 0 else a, b0))
+    if not parts:
+        return _init_base_rows(seed, 0, 0, in_features, out_features, bias, dtype, device)
+    if len(parts) == 1:
+        w0, a, b0 = parts[0]
+        return w0.contiguous(), a.contiguous(), None if b0 is None else b0.contiguous()
+    w0 = torch.cat([p[0] for p in parts])
+    a = torch.cat([p[1] for p in parts], dim=1)
+    b0 = torch.cat([p[2] for p in parts]) if bias else None
+    return w0, a, b0
 
 
 class _TaylorBase(nn.Module):
@@ -123,14 +260,12 @@ class TaylorNet(_TaylorBase):
         self.scale = F._check_scale(scale, width)
         self.symmetric_init = bool(symmetric_init)
         kw = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        half = width // 2 if symmetric_init else width
-        w0 = torch.randn(half, in_features, **kw) / math.sqrt(in_features)
-        a = torch.randint(0, 2, (out_features, half), device=device).to(kw["dtype"]) * 2 - 1
-        b0 = torch.randn(half, **kw) if bias else None
-        if symmetric_init:
-            w0 = torch.cat([w0, w0])
-            a = torch.cat([a, -a], dim=1)
-            b0 = torch.cat([b0, b0]) if bias else None
+        # One draw from the default generator keys the whole initialization; any slice of neurons
+        # can be regenerated from it alone (taylornet.distributed.ShardedTaylorNet does).
+        w0, a, b0 = taylor_net_init(
+            draw_init_seed(), 0, width, in_features=in_features, out_features=out_features,
+            width=width, symmetric_init=symmetric_init, bias=bias, **kw,
+        )
         self.register_buffer("weight0", w0)
         self.register_buffer("bias0", b0)
         if train_readout:
