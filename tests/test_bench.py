@@ -1,0 +1,107 @@
+"""The benchmark tool: a smoke run of the CLI on one tiny case, and its small pure pieces."""
+import csv
+import json
+import math
+
+import pytest
+
+from taylornet.bench import budget, cli, timing
+from taylornet.bench.cases import Case, parse_width, width_range
+from taylornet.bench.flops import MatmulCeiling, gemms, model_flops
+
+
+def _case(op="net_fb", **kw):
+    base = dict(op=op, n=64, d=8, m=256, order=2, activation="tanh", dtype="float32", device="cpu")
+    base.update(kw)
+    return Case(**base)
+
+
+def test_cli_smoke_writes_json_csv_png(tmp_path):
+    argv = ["--ops", "net_fb", "--n", "64", "--dims", "8", "--widths", "256", "512", "--orders", "2",
+            "--activations", "tanh", "--repeats", "1", "--warmup", "1", "--min-time", "0", "--no-compile",
+            "--out", str(tmp_path), "--tag", "smoke", "--no-progress", "--threads", "1"]
+    assert cli.main(argv) == 0
+    doc = json.loads((tmp_path / "smoke.json").read_text())
+    assert doc["status"] == "complete"
+    assert doc["settings"]["impls"] == ["taylornet", "eager"]
+    assert "torch" in doc["software"] and "env" in doc["allocator"] and "torch_threads" in doc["allocator"]
+    rows = {(r["m"], r["impl"]): r for r in doc["results"]}
+    assert set(rows) == {(m, i) for m in (256, 512) for i in ("taylornet", "eager", "matmul")}
+    for (m, impl), r in rows.items():
+        assert r["status"] == "ok", r
+        assert r["median_s"] > 0 and r["flops"] == model_flops(_case(m=m))
+        if impl != "matmul":
+            assert r["peak_bytes"] is not None and r["total_bytes"] >= r["input_bytes"]
+    fused = rows[(512, "taylornet")]
+    assert fused["check"] == "ok" and fused["speedup_vs_eager"] > 0
+    with open(tmp_path / "smoke.csv") as f:
+        table = list(csv.DictReader(f))
+    assert len(table) == 6 and {"median_s", "speedup_vs_eager", "setting_threads"} <= set(table[0])
+    pytest.importorskip("matplotlib")
+    for kind in ("speedup", "time", "memory"):
+        png = tmp_path / f"smoke_{kind}_float32_tanh.png"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_flop_model_follows_the_brief():
+    n, d, m = 64, 8, 256
+    assert model_flops(_case("features")) == 4 * n * m * d
+    assert model_flops(_case("net")) == 4 * n * m * d + 2 * n * m
+    assert model_flops(_case("moments", outputs=3)) == 4 * n * m * d + 4 * n * m * 3
+    # forward 4nmd + 2nmc; backward: recompute 4nmd, g 2nmc, dW 2nmd
+    assert model_flops(_case("net_fb")) == 10 * n * m * d + 4 * n * m
+    # also dX (4nmd) and dW0 (2nmd)
+    assert model_flops(_case("net_fb", grad_wrt=("w", "x", "w0"))) == 16 * n * m * d + 4 * n * m
+    assert model_flops(_case("features_fb")) == 10 * n * m * d
+
+
+def test_matmul_ceiling_runs_the_model_gemms_and_splits_wide_cases():
+    case = _case("net_fb", m=4096)
+    mm = MatmulCeiling(case, max_bytes=float("inf"))
+    mm()
+    assert mm.chunks == 1 and len(mm.gemms) == len(gemms(case))
+    small = MatmulCeiling(case, max_bytes=mm.nbytes / 3)
+    assert small.chunks == 4 and small.flops == mm.flops
+
+
+def test_summary_statistics():
+    s = timing.summarize([3.0, 1.0, 2.0, 4.0, 100.0])
+    assert s["median_s"] == 3.0 and s["q25_s"] == 2.0 and s["q75_s"] == 4.0
+    assert s["iqr_rel"] == pytest.approx(2 / 3) and s["samples"] == 5
+    assert timing.calibrate(0.001, 0.05) == 50 and timing.calibrate(1.0, 0.05) == 1
+    assert timing.repeats_within(10.0, 10, 30.0) == 3 and timing.repeats_within(0.1, 10, 30.0) == 10
+
+
+def test_budget_width_extrapolates_and_interpolates():
+    pts = [(1024, 100 + 1024 * 10), (4096, 100 + 4096 * 10)]
+    a, b = budget.fit_affine(pts)
+    assert a == pytest.approx(100) and b == pytest.approx(10)
+    got = budget.budget_width(pts, 100 + 10 * 100_000)
+    assert got["how"] == "extrapolated" and got["width"] == pytest.approx(100_000)
+    got = budget.budget_width(pts, 20_000)
+    assert got["how"] == "measured" and 1024 < got["width"] < 4096
+    assert budget.predict(pts, 8192) >= 100 + 8192 * 10
+
+
+def test_width_parsing():
+    assert parse_width("2^14") == 16384 and parse_width("16k") == 16384 and parse_width("300") == 300
+    assert width_range(1024, 65536, 4) == [1024, 4096, 16384, 65536]
+    assert math.isclose(len(width_range(2**10, 2**22, 2)), 13)
+
+
+def test_cpu_peak_measures_resident_bytes():
+    """The CPU method reads what a call really touches: one fresh 32 MiB tensor reads as 32 MiB."""
+    import torch
+
+    from taylornet.bench.memory import cpu_peak_here
+
+    numel = 8 * 2**20
+
+    def call():
+        return torch.empty(numel).fill_(1.0)
+
+    call()
+    res = cpu_peak_here(call)
+    assert res["method"] in ("vmhwm-reset", "vmhwm")
+    if res["method"] == "vmhwm-reset":
+        assert 0.95 <= res["peak_bytes"] / (4 * numel) <= 1.1
