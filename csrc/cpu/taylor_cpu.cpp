@@ -219,6 +219,18 @@ std::vector<T> plan_coefficients(const Plan& plan) {
   return std::vector<T>(plan.coef.begin(), plan.coef.end());
 }
 
+// Runs tile(worker, block) for blocks 0..nblocks-1 split round-robin over `workers` workers.
+// The tiles call ATen ops on the operands; the guard keeps those calls below autograd on every
+// thread (dispatcher state is thread-local and OpenMP workers do not inherit it).
+template <typename F>
+void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
+  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    for (int64_t w = begin; w < end; ++w)
+      for (int64_t blk = w; blk < nblocks; blk += workers) tile(w, blk);
+  });
+}
+
 // ---------------------------------------------------------------------------------------------
 // taylor_features: the n x m output is the point of the op, so it is computed whole: two BLAS
 // products, then one vectorized pass over rows.
@@ -230,20 +242,25 @@ Tensor features_forward_impl(const Args& args) {
   const int64_t n = args.x.size(0), m = args.w.size(0);
   Tensor out = at::empty({n, m}, args.x.options());
   if (n == 0 || m == 0) return out;
-  const Tensor z0 = at::mm(args.x, args.w0.t());
-  at::mm_out(out, args.x, args.w.t());
   std::vector<T> signs(m);
   fill_signs<T>(args.signs, 0, m, signs.data());
   const auto coef = plan_coefficients<T>(*args.plan);
   const PlanView<T> plan = args.plan->view(coef.data());
   const T* b0 = ptr_or_null<T>(args.b0);
   const T* b = ptr_or_null<T>(args.b);
-  const T* z0p = z0.const_data_ptr<T>();
-  T* outp = out.mutable_data_ptr<T>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 16384 / m), [&](int64_t begin, int64_t end) {
-    for (int64_t i = begin; i < end; ++i) {
-      const T* zr = z0p + i * m;
-      T* ur = outp + i * m;
+  // Blocks of rows: u goes straight into the output rows, z0 into a scratch block of about 2^18
+  // numbers, so the only n x m tensor is the output itself.
+  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / m, 1, 256);
+  const int64_t nblocks = ceil_div(n, rows);
+  for_each_block(std::min<int64_t>(at::get_num_threads(), nblocks), nblocks, [&](int64_t, int64_t blk) {
+    const int64_t i0 = blk * rows, nb = std::min(rows, n - i0);
+    const Tensor xb = args.x.narrow(0, i0, nb);
+    const Tensor z0 = at::mm(xb, args.w0.t());
+    Tensor ub = out.narrow(0, i0, nb);
+    at::mm_out(ub, xb, args.w.t());
+    for (int64_t i = 0; i < nb; ++i) {
+      const T* zr = z0.const_data_ptr<T>() + i * m;
+      T* ur = ub.mutable_data_ptr<T>() + i * m;
       for_each_vector<T>(m, [&](int64_t r, int cnt) {
         const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
         const V u = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
@@ -404,18 +421,6 @@ void forward_tile(const NetProblem<T>& p, Scratch<T>& ws, int64_t i0, int64_t nb
   const Tensor phi[2] = {z0, u};
   for (int k = 0; k < p.R; ++k)
     outs[k].narrow(0, i0, nb).addmm_(phi[k], p.A[k].narrow(1, r0, mb).t(), 1, p.scale[k]);
-}
-
-// Runs tile(worker, block) for blocks 0..nblocks-1 split round-robin over `workers` workers.
-// The tiles call ATen ops on the operands; the guard keeps those calls below autograd on every
-// thread (dispatcher state is thread-local and OpenMP workers do not inherit it).
-template <typename F>
-void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
-  at::parallel_for(0, workers, 1, [&](int64_t begin, int64_t end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    for (int64_t w = begin; w < end; ++w)
-      for (int64_t blk = w; blk < nblocks; blk += workers) tile(w, blk);
-  });
 }
 
 template <typename T>
