@@ -21,6 +21,7 @@ if [ ! -f "$VENV/.created" ]; then
   touch "$VENV/.created"
 fi
 PY="$VENV/bin/python"
+mkdir -p build
 SP=$("$PY" -c "import site; print(site.getsitepackages()[0])")
 # The CUDA wheels carry the libraries that a minimal toolkit lacks (nvrtc and friends).
 "$VENV/bin/cmake" -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON \
