@@ -20,16 +20,17 @@ if [ ! -f "$VENV/.created" ]; then
   "$VENV/bin/pip" install -q "$TORCH_CUDA" numpy ninja "cmake>=3.26"
   touch "$VENV/.created"
 fi
-PY="$VENV/bin/python"
+PY="$PWD/$VENV/bin/python"
+export PATH="$PWD/$VENV/bin:$PATH"  # its cmake and ninja
 mkdir -p build
 SP=$("$PY" -c "import site; print(site.getsitepackages()[0])")
 # The CUDA wheels carry the libraries that a minimal toolkit lacks (nvrtc and friends).
-"$VENV/bin/cmake" -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON \
+cmake -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON \
   -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCUDAToolkit_ROOT="$CUDA_HOME" \
   -DCUDA_CUDART_LIBRARY="$CUDA_HOME/lib64/libcudart.so" \
   -DCUDA_nvrtc_LIBRARY="$SP/nvidia/cu13/lib/libnvrtc.so.13" \
-  -DCMAKE_MAKE_PROGRAM="$VENV/bin/ninja" > build/cuda-configure.log 2>&1 || { cat build/cuda-configure.log; exit 1; }
-"$VENV/bin/cmake" --build build/cuda -j "$(nproc)" 2>&1 | tee build/cuda-build.log | grep -E "error|FAILED" || true
+  > build/cuda-configure.log 2>&1 || { cat build/cuda-configure.log; exit 1; }
+cmake --build build/cuda -j "$(nproc)" 2>&1 | tee build/cuda-build.log | grep -E "error|FAILED" || true
 [ "${PIPESTATUS[0]}" -eq 0 ] || { echo "CUDA build failed (build/cuda-build.log)"; exit 1; }
 
 python3 tools/ptxas_report.py build/cuda-build.log
