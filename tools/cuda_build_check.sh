@@ -30,8 +30,11 @@ cmake -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON 
   -DCUDA_CUDART_LIBRARY="$CUDA_HOME/lib64/libcudart.so" \
   -DCUDA_nvrtc_LIBRARY="$SP/nvidia/cu13/lib/libnvrtc.so.13" \
   > build/cuda-configure.log 2>&1 || { cat build/cuda-configure.log; exit 1; }
-cmake --build build/cuda -j "$(nproc)" 2>&1 | tee build/cuda-build.log | grep -E "error|FAILED" || true
-[ "${PIPESTATUS[0]}" -eq 0 ] || { echo "CUDA build failed (build/cuda-build.log)"; exit 1; }
+if ! cmake --build build/cuda -j "$(nproc)" > build/cuda-build.log 2>&1; then
+  grep -E "error|FAILED" build/cuda-build.log | head -50
+  echo "CUDA build failed (build/cuda-build.log)"
+  exit 1
+fi
 
 python3 tools/ptxas_report.py build/cuda-build.log
 
