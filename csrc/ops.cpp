@@ -5,6 +5,8 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <memory>
+#include <optional>
 #include <string>
 #include <tuple>
 #include <vector>
@@ -110,55 +112,88 @@ void check_scale(double scale) {
                     "number, got ", scale);
 }
 
-// ---- features ----
+// One checked call: operands, sign source, the Taylor plan and the gradients asked for. Every op
+// implementation, CPU or CUDA, starts from one of these.
+struct Call {
+  cpu::Args args;
+  cpu::Needs needs;
+  std::unique_ptr<const Plan> plan;  // args.plan points here
+};
+
+Call prepare(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& a,
+             const OptTensor& b0, const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
+             c10::string_view activation, at::IntArrayRef orders, bool exact,
+             std::optional<double> scale, const cpu::Needs& needs = {}) {
+  const Act act = checked_activation(std::string(activation));
+  check_orders(act, orders, exact);
+  if (scale) check_scale(*scale);
+  Call c;
+  c.args = make_args(x, w0, w, a, b0, b, signs, seed);
+  c.args.scale = scale.value_or(1.0);
+  c.needs = needs;
+  c.needs.b0 = needs.b0 && b0.has_value();
+  c.needs.b = needs.b && b.has_value();
+  c.plan = std::make_unique<const Plan>(act, orders.vec(), exact, c.needs.dz());
+  c.args.plan = c.plan.get();
+  return c;
+}
+
+// The needs lists of the backward schemas: (x, w0, w, b0, b) and (x, w0, w, a, b0, b).
+cpu::Needs feature_needs(const std::array<bool, 5>& n) {
+  cpu::Needs r;
+  r.x = n[0];
+  r.w0 = n[1];
+  r.w = n[2];
+  r.b0 = n[3];
+  r.b = n[4];
+  return r;
+}
+
+cpu::Needs net_needs(const std::array<bool, 6>& n) {
+  cpu::Needs r;
+  r.x = n[0];
+  r.w0 = n[1];
+  r.w = n[2];
+  r.a = n[3];
+  r.b0 = n[4];
+  r.b = n[5];
+  return r;
+}
+
+std::vector<Tensor> checked_grads(const std::vector<Tensor>& grads, const Tensor& x, int64_t c) {
+  std::vector<Tensor> g;
+  for (const auto& gi : grads) g.push_back(checked_param(gi, "grad", x, {x.size(0), c}));
+  return g;
+}
+
+// ---- CPU ----
 
 Tensor features_cpu(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
                     const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
                     c10::string_view activation, at::IntArrayRef orders, bool exact) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
-  const Plan plan(act, orders.vec(), exact, false);
-  args.plan = &plan;
-  return cpu::kernels().features_forward(args);
+  const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact, std::nullopt);
+  return cpu::kernels().features_forward(c.args);
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cpu(
     const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
     const OptTensor& b, const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
-    at::IntArrayRef orders, bool exact, std::array<bool, 5> needs_in) {
+    at::IntArrayRef orders, bool exact, std::array<bool, 5> needs) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
+  const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact,
+                         std::nullopt, feature_needs(needs));
   const Tensor g = checked_param(grad, "grad", x, {x.size(0), w.size(0)});
-  cpu::Needs needs;
-  needs.x = needs_in[0];
-  needs.w0 = needs_in[1];
-  needs.w = needs_in[2];
-  needs.b0 = needs_in[3] && b0.has_value();
-  needs.b = needs_in[4] && b.has_value();
-  const Plan plan(act, orders.vec(), exact, needs.dz());
-  args.plan = &plan;
-  const cpu::Grads r = cpu::kernels().features_backward(args, g, needs);
+  const cpu::Grads r = cpu::kernels().features_backward(c.args, g, c.needs);
   return {or_empty(r.x, x), or_empty(r.w0, x), or_empty(r.w, x), or_empty(r.b0, x), or_empty(r.b, x)};
 }
-
-// ---- net and moments ----
 
 Tensor net_cpu(const Tensor& x, const Tensor& w0, const Tensor& w, const Tensor& a,
                const OptTensor& b0, const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
                c10::string_view activation, at::IntArrayRef orders, bool exact, double scale) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
-  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
-  const Plan plan(act, orders.vec(), exact, false);
-  args.plan = &plan;
-  args.scale = scale;
-  return cpu::kernels().net_forward(args, false)[0];
+  const Call c = prepare(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale);
+  return cpu::kernels().net_forward(c.args, false)[0];
 }
 
 std::tuple<Tensor, Tensor> moments_cpu(const Tensor& x, const Tensor& w0, const Tensor& w,
@@ -166,44 +201,16 @@ std::tuple<Tensor, Tensor> moments_cpu(const Tensor& x, const Tensor& w0, const 
                                        c10::string_view activation, at::IntArrayRef orders,
                                        bool exact, double scale) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
-  cpu::Args args = make_args(x, w0, w, a, b0, b, std::nullopt, std::nullopt);
-  const Plan plan(act, orders.vec(), exact, false);
-  args.plan = &plan;
-  args.scale = scale;
-  auto outs = cpu::kernels().net_forward(args, true);
+  const Call c = prepare(x, w0, w, a, b0, b, std::nullopt, std::nullopt, activation, orders, exact, scale);
+  auto outs = cpu::kernels().net_forward(c.args, true);
   return {outs[0], outs[1]};
 }
 
 using SixGrads = std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor>;
 
-SixGrads net_backward_common(const std::vector<Tensor>& grads, const Tensor& x, const Tensor& w0,
-                             const Tensor& w, const Tensor& a, const OptTensor& b0,
-                             const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
-                             c10::string_view activation, at::IntArrayRef orders, bool exact,
-                             double scale, std::array<bool, 6> needs_in, bool moments) {
-  const at::AutoDispatchBelowADInplaceOrView below_autograd;
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
-  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
-  std::vector<Tensor> g;
-  for (const auto& gi : grads) g.push_back(checked_param(gi, "grad", x, {x.size(0), a.size(0)}));
-  cpu::Needs needs;
-  needs.x = needs_in[0];
-  needs.w0 = needs_in[1];
-  needs.w = needs_in[2];
-  needs.a = needs_in[3];
-  needs.b0 = needs_in[4] && b0.has_value();
-  needs.b = needs_in[5] && b.has_value();
-  const Plan plan(act, orders.vec(), exact, needs.dz());
-  args.plan = &plan;
-  args.scale = scale;
-  const cpu::Grads r = cpu::kernels().net_backward(args, moments, g, needs);
-  return {or_empty(r.x, x),  or_empty(r.w0, x), or_empty(r.w, x),
-          or_empty(r.a, x),  or_empty(r.b0, x), or_empty(r.b, x)};
+SixGrads six(const cpu::Grads& r, const Tensor& x) {
+  return {or_empty(r.x, x), or_empty(r.w0, x), or_empty(r.w, x),
+          or_empty(r.a, x), or_empty(r.b0, x), or_empty(r.b, x)};
 }
 
 SixGrads net_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w,
@@ -211,8 +218,9 @@ SixGrads net_backward_cpu(const Tensor& grad, const Tensor& x, const Tensor& w0,
                           const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
                           at::IntArrayRef orders, bool exact, double scale,
                           std::array<bool, 6> needs) {
-  return net_backward_common({grad}, x, w0, w, a, b0, b, signs, seed, activation, orders, exact,
-                             scale, needs, false);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale, net_needs(needs));
+  return six(cpu::kernels().net_backward(c.args, false, checked_grads({grad}, x, a.size(0)), c.needs), x);
 }
 
 SixGrads moments_backward_cpu(const Tensor& grad_mean, const Tensor& grad_var, const Tensor& x,
@@ -220,8 +228,11 @@ SixGrads moments_backward_cpu(const Tensor& grad_mean, const Tensor& grad_var, c
                               const OptTensor& b0, const OptTensor& b, c10::string_view activation,
                               at::IntArrayRef orders, bool exact, double scale,
                               std::array<bool, 6> needs) {
-  return net_backward_common({grad_mean, grad_var}, x, w0, w, a, b0, b, std::nullopt, std::nullopt,
-                             activation, orders, exact, scale, needs, true);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, a, b0, b, std::nullopt, std::nullopt, activation, orders, exact,
+                         scale, net_needs(needs));
+  const auto g = checked_grads({grad_mean, grad_var}, x, a.size(0));
+  return six(cpu::kernels().net_backward(c.args, true, g, c.needs), x);
 }
 
 // The signs that (seed, offset[, first]) gives neurons first ... first+m-1, as float32 on the CPU.
@@ -365,17 +376,15 @@ T* mut(Tensor& t) {
 Tensor features_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
                      const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
                      c10::string_view activation, at::IntArrayRef orders, bool exact) {
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
   const c10::cuda::CUDAGuard guard(x.device());
-  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
-  const Plan plan(act, orders.vec(), exact, false);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact, std::nullopt);
   Tensor out = at::empty({x.size(0), w.size(0)}, x.options());
   if (out.numel() == 0) return out;
   dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
     using T = std::remove_pointer_t<decltype(tag)>;
     DevicePlan dp;
-    const auto p = make_problem<T>(args, plan, dp);
+    const auto p = make_problem<T>(c.args, *c.plan, dp);
     cuda::features_forward<T>(p, mut<T>(out), c10::cuda::getCurrentCUDAStream());
   });
   return out;
@@ -384,53 +393,52 @@ Tensor features_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const O
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cuda(
     const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
     const OptTensor& b, const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
-    at::IntArrayRef orders, bool exact, std::array<bool, 5> needs_in) {
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
+    at::IntArrayRef orders, bool exact, std::array<bool, 5> needs) {
   const c10::cuda::CUDAGuard guard(x.device());
-  cpu::Args args = make_args(x, w0, w, std::nullopt, b0, b, signs, seed);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact,
+                         std::nullopt, feature_needs(needs));
   const Tensor g = checked_param(grad, "grad", x, {x.size(0), w.size(0)});
-  const bool nx = needs_in[0], nw0 = needs_in[1], nw = needs_in[2];
-  const bool nb0 = needs_in[3] && b0.has_value(), nb = needs_in[4] && b.has_value();
-  const bool need_dz = nx || nw0 || nb0;
-  const Plan plan(act, orders.vec(), exact, need_dz);
+  const bool need_dz = c.needs.dz();
+  // G = grad * dh/du and G0 = grad * dh/dz0 (n x m, like the op's output), then matrix products.
   Tensor G = at::zeros({x.size(0), w.size(0)}, x.options());
   Tensor G0 = need_dz ? at::zeros_like(G) : Tensor();
   if (G.numel() > 0) {
     dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       DevicePlan dp;
-      const auto p = make_problem<T>(args, plan, dp);
+      const auto p = make_problem<T>(c.args, *c.plan, dp);
       cuda::features_grads<T>(p, reinterpret_cast<const T*>(g.const_data_ptr()), mut<T>(G),
                               need_dz ? mut<T>(G0) : nullptr, c10::cuda::getCurrentCUDAStream());
     });
   }
-  Tensor dx, dw0, dw, db0, db;
-  if (nx) dx = at::addmm(at::mm(G, args.w), G0, args.w0);
-  if (nw) dw = at::mm(G.t(), args.x);
-  if (nw0) dw0 = at::mm(G0.t(), args.x);
-  if (nb) db = G.sum(0);
-  if (nb0) db0 = G0.sum(0);
-  return {or_empty(dx, x), or_empty(dw0, x), or_empty(dw, x), or_empty(db0, x), or_empty(db, x)};
+  cpu::Grads r;
+  if (c.needs.x) r.x = at::addmm(at::mm(G, c.args.w), G0, c.args.w0);
+  if (c.needs.w) r.w = at::mm(G.t(), c.args.x);
+  if (c.needs.w0) r.w0 = at::mm(G0.t(), c.args.x);
+  if (c.needs.b) r.b = G.sum(0);
+  if (c.needs.b0) r.b0 = G0.sum(0);
+  return {or_empty(r.x, x), or_empty(r.w0, x), or_empty(r.w, x), or_empty(r.b0, x), or_empty(r.b, x)};
 }
 
 // out = scale * Phi A^T (and, for the moments, var = scale^2 Phi1 (A*A)^T).
-std::vector<Tensor> readout_cuda(const cpu::Args& args, const Plan& plan, bool moments) {
-  const int64_t n = args.x.size(0), c = args.a.size(0), m = args.w.size(0);
+std::vector<Tensor> readout_cuda(const Call& c, bool moments) {
+  const cpu::Args& args = c.args;
+  const int64_t n = args.x.size(0), nc = args.a.size(0), m = args.w.size(0);
   const auto acc_opt = args.x.options().dtype(acc_dtype(args.x.scalar_type()));
   std::vector<Tensor> outs;
-  for (int k = 0; k < (moments ? 2 : 1); ++k) outs.push_back(at::zeros({n, c}, acc_opt));
-  if (n > 0 && c > 0) {
+  for (int k = 0; k < (moments ? 2 : 1); ++k) outs.push_back(at::zeros({n, nc}, acc_opt));
+  if (n > 0 && nc > 0) {
     dispatch_cuda_dtype(args.x.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       using Acc = cuda::acc_t<T>;
       DevicePlan dp;
-      auto p = make_problem<T>(args, plan, dp);
+      auto p = make_problem<T>(args, *c.plan, dp);
       p.moments = moments;
       cuda::NeuronSum<T> s;
       s.terms = moments ? 2 : 1;
-      s.ncols = c;
-      s.ld_out = c;
+      s.ncols = nc;
+      s.ld_out = nc;
       for (int t = 0; t < s.terms; ++t) {
         s.field[t] = t == 0 ? cuda::kPhi0 : cuda::kPhi1;
         s.z[t] = p.a;  // Z[r][j] = A[j][r]
@@ -450,67 +458,48 @@ std::vector<Tensor> readout_cuda(const cpu::Args& args, const Plan& plan, bool m
 Tensor net_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const Tensor& a,
                 const OptTensor& b0, const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
                 c10::string_view activation, at::IntArrayRef orders, bool exact, double scale) {
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
   const c10::cuda::CUDAGuard guard(x.device());
-  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
-  args.scale = scale;
-  const Plan plan(act, orders.vec(), exact, false);
-  return readout_cuda(args, plan, false)[0];
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return readout_cuda(prepare(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale), false)[0];
 }
 
 std::tuple<Tensor, Tensor> moments_cuda(const Tensor& x, const Tensor& w0, const Tensor& w,
                                         const Tensor& a, const OptTensor& b0, const OptTensor& b,
                                         c10::string_view activation, at::IntArrayRef orders,
                                         bool exact, double scale) {
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
   const c10::cuda::CUDAGuard guard(x.device());
-  cpu::Args args = make_args(x, w0, w, a, b0, b, std::nullopt, std::nullopt);
-  args.scale = scale;
-  const Plan plan(act, orders.vec(), exact, false);
-  auto outs = readout_cuda(args, plan, true);
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  auto outs = readout_cuda(
+      prepare(x, w0, w, a, b0, b, std::nullopt, std::nullopt, activation, orders, exact, scale), true);
   return {outs[0], outs[1]};
 }
 
-SixGrads net_backward_common_cuda(const std::vector<Tensor>& grads, const Tensor& x, const Tensor& w0,
-                                  const Tensor& w, const Tensor& a, const OptTensor& b0,
-                                  const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
-                                  c10::string_view activation, at::IntArrayRef orders, bool exact,
-                                  double scale, std::array<bool, 6> needs_in, bool moments) {
-  const Act act = checked_activation(std::string(activation));
-  check_orders(act, orders, exact);
-  check_scale(scale);
-  const c10::cuda::CUDAGuard guard(x.device());
-  cpu::Args args = make_args(x, w0, w, a, b0, b, signs, seed);
-  args.scale = scale;
-  std::vector<Tensor> g;
-  for (const auto& gi : grads) g.push_back(checked_param(gi, "grad", x, {x.size(0), a.size(0)}));
-  const bool nx = needs_in[0], nw0 = needs_in[1], nw = needs_in[2], na = needs_in[3];
-  const bool nb0 = needs_in[4] && b0.has_value(), nb = needs_in[5] && b.has_value();
-  const Plan plan(act, orders.vec(), exact, nx || nw0 || nb0);
-  const int64_t n = x.size(0), d = x.size(1), m = w.size(0), c = a.size(0);
+// dX by a reduction over neurons; dW, dW0, db, db0, dA by reductions over samples.
+SixGrads net_backward_cuda_impl(const Call& c, const std::vector<Tensor>& g, bool moments) {
+  const cpu::Args& args = c.args;
+  const cpu::Needs& need = c.needs;
+  const Tensor& x = args.x;
+  const int64_t n = x.size(0), d = x.size(1), m = args.w.size(0), nc = args.a.size(0);
   const auto acc_opt = x.options().dtype(acc_dtype(x.scalar_type()));
-  Tensor dx = nx ? at::zeros({n, d}, acc_opt) : Tensor();
-  Tensor dw0 = nw0 ? at::zeros({m, d}, acc_opt) : Tensor();
-  Tensor dw = nw ? at::zeros({m, d}, acc_opt) : Tensor();
-  Tensor db0 = nb0 ? at::zeros({m}, acc_opt) : Tensor();
-  Tensor db = nb ? at::zeros({m}, acc_opt) : Tensor();
+  cpu::Grads r;
+  if (need.x) r.x = at::zeros({n, d}, acc_opt);
+  if (need.w0) r.w0 = at::zeros({m, d}, acc_opt);
+  if (need.w) r.w = at::zeros({m, d}, acc_opt);
+  if (need.b0) r.b0 = at::zeros({m}, acc_opt);
+  if (need.b) r.b = at::zeros({m}, acc_opt);
   Tensor da_t[2];  // (m, c): dA^T per readout
   for (int k = 0; k < (moments ? 2 : 1); ++k)
-    if (na) da_t[k] = at::zeros({m, c}, acc_opt);
-  if (n > 0 && c > 0) {
+    if (need.a) da_t[k] = at::zeros({m, nc}, acc_opt);
+  if (n > 0 && nc > 0) {
     dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
       using T = std::remove_pointer_t<decltype(tag)>;
       using Acc = cuda::acc_t<T>;
       const auto stream = c10::cuda::getCurrentCUDAStream();
       DevicePlan dp;
-      auto p = make_problem<T>(args, plan, dp);
+      auto p = make_problem<T>(args, *c.plan, dp);
       p.moments = moments;
       for (size_t k = 0; k < g.size(); ++k) p.gout[k] = reinterpret_cast<const T*>(g[k].const_data_ptr());
-      if (nx) {  // dX = G W + G0 W0
+      if (need.x) {  // dX = G W + G0 W0
         cuda::NeuronSum<T> s;
         s.terms = 2;
         s.field[0] = cuda::kGradU;
@@ -520,14 +509,13 @@ SixGrads net_backward_common_cuda(const std::vector<Tensor>& grads, const Tensor
         for (int t = 0; t < 2; ++t) {
           s.z_row[t] = d;
           s.z_col[t] = 1;
-          s.out[t] = mut<Acc>(dx);
+          s.out[t] = mut<Acc>(r.x);
         }
         s.ncols = d;
         s.ld_out = d;
         cuda::neuron_sum<T>(p, s, stream);
       }
-      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out,
-                            Acc scl) {
+      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out, Acc scl) {
         cuda::SampleSum<T> s;
         s.field = field;
         s.y = y;
@@ -538,30 +526,32 @@ SixGrads net_backward_common_cuda(const std::vector<Tensor>& grads, const Tensor
         s.scale = scl;
         cuda::sample_sum<T>(p, s, stream);
       };
-      if (nw) sample_sum(cuda::kGradU, p.x, d, d, dw, Acc(1));
-      if (nw0) sample_sum(cuda::kGradZ, p.x, d, d, dw0, Acc(1));
-      if (nb) sample_sum(cuda::kGradU, nullptr, 0, 1, db, Acc(1));
-      if (nb0) sample_sum(cuda::kGradZ, nullptr, 0, 1, db0, Acc(1));
-      if (na)
+      if (need.w) sample_sum(cuda::kGradU, p.x, d, d, r.w, Acc(1));
+      if (need.w0) sample_sum(cuda::kGradZ, p.x, d, d, r.w0, Acc(1));
+      if (need.b) sample_sum(cuda::kGradU, nullptr, 0, 1, r.b, Acc(1));
+      if (need.b0) sample_sum(cuda::kGradZ, nullptr, 0, 1, r.b0, Acc(1));
+      if (need.a)
         for (int k = 0; k < (moments ? 2 : 1); ++k)
-          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], c, c, da_t[k], p.scale[k]);
+          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, nc, da_t[k], p.scale[k]);
     });
   }
-  Tensor da;
-  if (na) {
-    da = da_t[0].t();
-    if (moments) da = da + 2 * a.to(da.scalar_type()) * da_t[1].t();
+  if (need.a) {
+    r.a = da_t[0].t();
+    if (moments) r.a = r.a + 2 * args.a.to(r.a.scalar_type()) * da_t[1].t();
   }
-  auto cast = [&](const Tensor& t) { return t.defined() ? t.to(x.scalar_type()).contiguous() : at::empty({0}, x.options()); };
-  return {cast(dx), cast(dw0), cast(dw), cast(da), cast(db0), cast(db)};
+  for (Tensor* t : {&r.x, &r.w0, &r.w, &r.a, &r.b0, &r.b})
+    if (t->defined()) *t = t->to(x.scalar_type()).contiguous();
+  return six(r, x);
 }
 
 SixGrads net_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w,
                            const Tensor& a, const OptTensor& b0, const OptTensor& b,
                            const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
                            at::IntArrayRef orders, bool exact, double scale, std::array<bool, 6> needs) {
-  return net_backward_common_cuda({grad}, x, w0, w, a, b0, b, signs, seed, activation, orders, exact,
-                                  scale, needs, false);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale, net_needs(needs));
+  return net_backward_cuda_impl(c, checked_grads({grad}, x, a.size(0)), false);
 }
 
 SixGrads moments_backward_cuda(const Tensor& grad_mean, const Tensor& grad_var, const Tensor& x,
@@ -569,8 +559,11 @@ SixGrads moments_backward_cuda(const Tensor& grad_mean, const Tensor& grad_var, 
                                const OptTensor& b0, const OptTensor& b, c10::string_view activation,
                                at::IntArrayRef orders, bool exact, double scale,
                                std::array<bool, 6> needs) {
-  return net_backward_common_cuda({grad_mean, grad_var}, x, w0, w, a, b0, b, std::nullopt,
-                                  std::nullopt, activation, orders, exact, scale, needs, true);
+  const c10::cuda::CUDAGuard guard(x.device());
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  const Call c = prepare(x, w0, w, a, b0, b, std::nullopt, std::nullopt, activation, orders, exact,
+                         scale, net_needs(needs));
+  return net_backward_cuda_impl(c, checked_grads({grad_mean, grad_var}, x, a.size(0)), true);
 }
 
 }  // namespace
