@@ -251,7 +251,8 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
   __shared__ Smem<Acc> sm;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, r0 = static_cast<int64_t>(blockIdx.y) * B;
+  // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
   Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
   preactivations(p, i0, r0, sm, z0, u);
   tile_fields<T, TM>(p, 1u << kPhi0, i0, r0, z0, u, f);
@@ -274,7 +275,8 @@ __global__ void __launch_bounds__(kThreads) features_grads_kernel(Problem<T> p, 
   using M = DeviceMath<Acc>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
   __shared__ Smem<Acc> sm;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, r0 = static_cast<int64_t>(blockIdx.y) * B;
+  // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
   Acc z0[TM][TM], u[TM][TM];
   preactivations(p, i0, r0, sm, z0, u);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -430,14 +432,14 @@ inline int64_t inner_splits(int64_t outer_blocks, int64_t inner_tiles) {
 template <typename T>
 void features_forward(const Problem<T>& p, T* out, cudaStream_t stream) {
   constexpr int B = tile<acc_t<T>>();
-  const dim3 grid(ceil_div(p.n, B), ceil_div(p.m, B));
+  const dim3 grid(ceil_div(p.m, B), ceil_div(p.n, B));
   features_forward_kernel<T><<<grid, kThreads, 0, stream>>>(p, out);
 }
 
 template <typename T>
 void features_grads(const Problem<T>& p, const T* grad, T* G, T* G0, cudaStream_t stream) {
   constexpr int B = tile<acc_t<T>>();
-  const dim3 grid(ceil_div(p.n, B), ceil_div(p.m, B));
+  const dim3 grid(ceil_div(p.m, B), ceil_div(p.n, B));
   features_grads_kernel<T><<<grid, kThreads, 0, stream>>>(p, grad, G, G0);
 }
 
