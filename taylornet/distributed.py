@@ -43,7 +43,7 @@ from torch import nn
 
 from . import functional as F
 from .modules import (
-    TaylorNet, _check_size, _TaylorBase, draw_init_seed, draw_sign_seed, taylor_net_init,
+    TaylorNet, _check_size, _TaylorBase, draw_init_seed, draw_sign_seed, register_net_state, taylor_net_init,
 )
 
 __all__ = ["ShardedTaylorNet", "shard_range"]
@@ -132,14 +132,7 @@ class ShardedTaylorNet(_TaylorBase):
             self.init_seed, self.lo, self.hi, in_features=in_features, out_features=out_features,
             width=width, symmetric_init=symmetric_init, bias=bias, **kw,
         )
-        self.register_buffer("weight0", w0)
-        self.register_buffer("bias0", b0)
-        if train_readout:
-            self.a = nn.Parameter(a)
-        else:
-            self.register_buffer("a", a)
-        self.weight = nn.Parameter(torch.zeros(self.local_width, in_features, **kw))
-        self.bias = nn.Parameter(torch.zeros(self.local_width, **kw)) if bias else None
+        register_net_state(self, w0, a, b0, train_readout=train_readout)
 
     # ---- communication ------------------------------------------------------------------------
 

@@ -237,6 +237,19 @@ class TaylorLinear(_TaylorBase):
                 f"sign_randomization={self.sign_randomization}")
 
 
+def register_net_state(module: nn.Module, w0, a, b0, *, train_readout: bool) -> None:
+    """The state of a (slice of a) two-layer Taylor model: frozen ``weight0`` / ``bias0``, the readout
+    ``a`` (a parameter only when trained) and the movement ``weight`` / ``bias``, zero at start."""
+    module.register_buffer("weight0", w0)
+    module.register_buffer("bias0", b0)
+    if train_readout:
+        module.a = nn.Parameter(a)
+    else:
+        module.register_buffer("a", a)
+    module.weight = nn.Parameter(torch.zeros_like(w0))
+    module.bias = nn.Parameter(torch.zeros_like(b0)) if b0 is not None else None
+
+
 class TaylorNet(_TaylorBase):
     """f(x) = scale * A h(x): the two-layer Taylor model of Bai & Lee around a random initialization.
 
@@ -266,14 +279,7 @@ class TaylorNet(_TaylorBase):
             draw_init_seed(), 0, width, in_features=in_features, out_features=out_features,
             width=width, symmetric_init=symmetric_init, bias=bias, **kw,
         )
-        self.register_buffer("weight0", w0)
-        self.register_buffer("bias0", b0)
-        if train_readout:
-            self.a = nn.Parameter(a)
-        else:
-            self.register_buffer("a", a)
-        self.weight = nn.Parameter(torch.zeros(width, in_features, **kw))
-        self.bias = nn.Parameter(torch.zeros(width, **kw)) if bias else None
+        register_net_state(self, w0, a, b0, train_readout=train_readout)
 
     def _args(self, x):
         return (x, self.weight0, self.weight, self.a, self.bias0, self.bias)
