@@ -5,6 +5,7 @@ is accepted by the compiled ops.
 """
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 
 ACTIVATIONS: tuple[str, ...] = (
@@ -35,7 +36,8 @@ def parse_order(order, activation: str) -> tuple[tuple[int, ...], bool]:
         return (), True
     if isinstance(order, bool):
         raise TypeError(f"order: expected an int, a sequence of ints or 'exact', got {order!r}")
-    if isinstance(order, int):
+    if isinstance(order, numbers.Integral):  # int, numpy integers
+        order = int(order)
         if order < 0:
             raise ValueError(f"order: expected a non-negative int, got {order}")
         orders = tuple(range(order + 1))
@@ -44,13 +46,13 @@ def parse_order(order, activation: str) -> tuple[tuple[int, ...], bool]:
         if len(orders) == 0:
             raise ValueError("order: expected at least one order, got an empty sequence")
         for k in orders:
-            if isinstance(k, bool) or not isinstance(k, int):
+            if isinstance(k, bool) or not isinstance(k, numbers.Integral):
                 raise TypeError(f"order: every order must be an int, got {k!r} in {order!r}")
             if k < 0:
                 raise ValueError(f"order: orders must be non-negative, got {k} in {order!r}")
         if len(set(orders)) != len(orders):
             raise ValueError(f"order: orders must be distinct, got {order!r}")
-        orders = tuple(sorted(orders))
+        orders = tuple(sorted(int(k) for k in orders))
     else:
         raise TypeError(f"order: expected an int, a sequence of ints or 'exact', got {order!r}")
     if orders[-1] > MAX_ORDER:

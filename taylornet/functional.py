@@ -180,12 +180,15 @@ def taylor_net(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, sign
     return out.reshape(*lead, a2.shape[0]) if multi else out.reshape(lead)
 
 
-def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, scale=None):
+def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, signs=None, scale=None):
     """(E_S f, Var_S f): mean and variance of ``taylor_net`` over independent uniform signs.
 
     E_S f keeps the even orders, Var_S f = scale^2 sum_r A_jr^2 (odd part of h_r)^2; for "exact"
     the even and odd parts are (sigma(z0 + u) +- sigma(z0 - u)) / 2. Shapes as ``taylor_net``.
+    ``signs`` is accepted for a signature shared with ``taylor_net`` and must be None: the moments
+    average over all signs.
     """
+    _check_no_signs(signs)
     activation, orders, exact = _check_order(order, activation)
     x2, lead, m = _check_inputs(x, w0, w, b0, b)
     a2, multi = _check_readout(a, x, m)
@@ -193,6 +196,12 @@ def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order
     mean, var = _ops_ns.moments(x2, w0, w, a2, b0, b, activation, orders, exact, scale)
     shape = (*lead, a2.shape[0]) if multi else lead
     return mean.reshape(shape), var.reshape(shape)
+
+
+def _check_no_signs(signs) -> None:
+    if signs is not None:
+        raise ValueError("signs: the moments average over uniformly random signs; pass signs=None "
+                         "(use taylor_net for one sign pattern)")
 
 
 def expected_squared_loss(mean, var, y):

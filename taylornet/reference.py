@@ -208,12 +208,14 @@ def taylor_net(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, sign
     return _readout(h, a, scale)
 
 
-def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, scale=None):
-    """(E_S f, Var_S f) over independent uniformly random signs s_r in {+1, -1}.
+def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, signs=None, scale=None):
+    """(E_S f, Var_S f) over independent uniformly random signs s_r in {+1, -1} (``signs`` must be None).
 
     Only the odd-order part of h changes sign with s_r, so with e = even part and o = odd part:
     mean = scale * e A^T, var = scale^2 * o^2 (A^2)^T.
     """
+    if signs is not None:
+        raise ValueError("signs: the moments average over uniformly random signs; pass signs=None")
     orders, exact = parse_order(order, activation)
     z0, u = _pre_activations(x, w0, w, b0, b)
     if exact:

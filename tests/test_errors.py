@@ -348,3 +348,17 @@ def test_direct_op_calls_raise(case):
     _, _, fn, match = DIRECT[case]
     with pytest.raises((RuntimeError, ValueError), match=match):
         fn()
+
+
+def test_moments_take_no_sign_pattern():
+    import numpy as np
+
+    x, w0, w, a = torch.randn(4, 3), torch.randn(5, 3), torch.zeros(5, 3), torch.randn(5)
+    mean, var = tn.taylor_net_moments(x, w0, w, a, signs=None)
+    assert mean.shape == var.shape == (4,)
+    for impl in (tn, tn.reference):
+        with pytest.raises(ValueError, match="^signs: the moments average over"):
+            impl.taylor_net_moments(x, w0, w, a, signs=torch.ones(5))
+    # numpy integers are orders too
+    assert torch.equal(tn.taylor_net(x, w0, w, a, order=np.int64(2)), tn.taylor_net(x, w0, w, a, order=2))
+    assert torch.equal(tn.taylor_net(x, w0, w, a, order=[np.int32(0), 2]), tn.taylor_net(x, w0, w, a, order=(0, 2)))
