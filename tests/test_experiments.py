@@ -1,0 +1,296 @@
+"""The experiments' building blocks (data, random features, NTK Gram, kernel ridge, sign-expectation
+loss, NoisySGD, threshold search) and tiny smoke runs of every `taylornet experiment` command."""
+import itertools
+import json
+import math
+
+import pytest
+import torch
+from torch.func import jacrev
+
+import taylornet as tn
+from taylornet.__main__ import main
+from taylornet.experiments import learners
+from taylornet.experiments.common import fit_power_law
+from taylornet.experiments.data import LowRankPolynomial, load_digits, sample_sphere, sphere_moment
+from taylornet.experiments.features import RandomFeatures, hermite
+from taylornet.experiments.ntk import activation_derivative, kernel_ridge, ntk_gram
+from taylornet.experiments.sample_complexity import find_threshold, sample_grid
+from taylornet.optim import NoisySGD
+
+DT = torch.float64
+
+
+def _gen(seed=0):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+def test_digits_split_is_fixed_and_standardized():
+    data = load_digits()
+    assert data.x_train.shape == (1437, 64) and data.x_test.shape == (360, 64)
+    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert set(data.y_train.tolist()) == set(range(10)) and set(data.y_test.tolist()) == set(range(10))
+    x = data.x_train.double()
+    varying = x.std(0) > 0
+    torch.testing.assert_close(x.mean(0), torch.zeros(64, dtype=DT), atol=1e-6, rtol=0)
+    torch.testing.assert_close(x.std(0)[varying], torch.ones(int(varying.sum()), dtype=DT), atol=1e-6, rtol=0)
+    again = load_digits()
+    assert torch.equal(again.x_test, data.x_test) and torch.equal(again.y_train, data.y_train)
+
+
+def test_sphere_points_have_radius_sqrt_d_and_repeat():
+    x = sample_sphere(100, 7, _gen(1), dtype=DT)
+    torch.testing.assert_close(x.norm(dim=1), torch.full((100,), math.sqrt(7), dtype=DT))
+    assert torch.equal(x, sample_sphere(100, 7, _gen(1), dtype=DT))
+    torch.testing.assert_close(sample_sphere(5, 3, _gen(2), radius=2.0).norm(dim=1), torch.full((5,), 2.0))
+
+
+@pytest.mark.parametrize("k", [2, 4, 6])
+def test_sphere_moments_match_monte_carlo(k):
+    d = 5
+    t = sample_sphere(400_000, d, _gen(3), dtype=DT)[:, 0]
+    assert abs(t.pow(k).mean().item() - sphere_moment(k, d)) < 0.03 * sphere_moment(k, d)
+    assert sphere_moment(k - 1, d) == 0.0
+
+
+def test_low_rank_polynomial_is_centered_with_unit_variance():
+    d, rank, degree = 10, 3, 3
+    f = LowRankPolynomial.random(d, rank, degree, _gen(4), dtype=DT)
+    assert f.alpha.shape == (rank,) and f.beta.shape == (rank, d)
+    torch.testing.assert_close(f.beta @ f.beta.T, torch.eye(rank, dtype=DT))
+    torch.testing.assert_close(f.alpha.abs(), torch.full((rank,), rank**-0.5, dtype=DT))
+    y = f(sample_sphere(200_000, d, _gen(5), dtype=DT))
+    assert y.shape == (200_000,)
+    assert abs(y.mean().item()) < 0.02 and abs(y.var().item() - 1) < 0.1
+    with pytest.raises(ValueError, match="rank"):
+        LowRankPolynomial.random(3, 4, 2, _gen())
+
+
+# ---------------------------------------------------------------------------------------------
+# random features
+
+def test_hermite_polynomials():
+    t = torch.linspace(-2, 2, 9, dtype=DT)
+    torch.testing.assert_close(hermite(t, 0), torch.ones_like(t))
+    torch.testing.assert_close(hermite(t, 2), t**2 - 1)
+    torch.testing.assert_close(hermite(t, 3), t**3 - 3 * t)
+    torch.testing.assert_close(hermite(t, 4), t**4 - 6 * t**2 + 3)
+
+
+@pytest.mark.parametrize("degree", [1, 2, 3])
+def test_random_features_shape_scale_and_determinism(degree):
+    d, D = 6, 40
+    feats = RandomFeatures(d, D, degree, _gen(6), dtype=DT)
+    assert feats.num_features == D
+    torch.testing.assert_close(feats.directions.norm(dim=1), torch.ones(D, dtype=DT))
+    x = sample_sphere(100_000, d, _gen(7), dtype=DT)
+    h = feats(x)
+    assert h.shape == (100_000, D) and h.dtype == DT
+    assert h.mean(0).abs().max() < 0.03 and (h.var(0) - 1).abs().max() < 0.05  # exact on the sphere
+    assert torch.equal(RandomFeatures(d, D, degree, _gen(6), dtype=DT)(x[:10]), feats(x[:10]))
+    assert not torch.allclose(RandomFeatures(d, D, degree, _gen(8), dtype=DT)(x[:10]), feats(x[:10]))
+
+
+# ---------------------------------------------------------------------------------------------
+# NTK Gram and kernel ridge
+
+@pytest.mark.parametrize("activation", ["tanh", "softplus", "gelu", "exp"])
+def test_ntk_gram_equals_jacobian_product(activation):
+    """K = J J^T with J the autograd Jacobian in W at W = 0, for the network and its order-1 model."""
+    g = _gen(9)
+    n1, n2, m, d = 5, 4, 6, 3
+    x1, x2 = torch.randn(n1, d, generator=g, dtype=DT), torch.randn(n2, d, generator=g, dtype=DT)
+    w0 = torch.randn(m, d, generator=g, dtype=DT) / math.sqrt(d)
+    a = torch.randn(m, generator=g, dtype=DT)
+    zero = torch.zeros(m, d, dtype=DT)
+    for order in ("exact", 1):
+        def f(w, x):
+            return tn.reference.taylor_net(x, w0, w, a, activation=activation, order=order, scale=0.3)
+
+        j1, j2 = jacrev(f)(zero, x1).reshape(n1, -1), jacrev(f)(zero, x2).reshape(n2, -1)
+        for chunk in (None, 4):
+            gram = ntk_gram(x1, x2, w0, a, activation=activation, scale=0.3, chunk=chunk)
+            torch.testing.assert_close(gram, j1 @ j2.T, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(ntk_gram(x1, x1, w0, a.reshape(1, m), activation=activation), (j1 @ j1.T) / (0.3**2 * m))
+    z = x1 @ w0.T
+    sigma = tn.reference.activation_function(activation)
+    expected = torch.func.vmap(torch.func.grad(lambda v: sigma(v)))(z.reshape(-1)).reshape(z.shape)
+    torch.testing.assert_close(activation_derivative(x1, w0, activation=activation), expected)
+
+
+def test_trained_order1_model_converges_to_kernel_ridge():
+    d, n = 4, 12
+    g = _gen(10)
+    target = LowRankPolynomial.random(d, 1, 2, g, dtype=DT)
+    x, x_test = sample_sphere(n, d, g, dtype=DT), sample_sphere(20, d, g, dtype=DT)
+    settings = learners.LearnerSettings(width=32, ridge=1e-2, lbfgs_iters=300)
+    krr = learners.ntk_krr(x, target(x), x_test, settings)
+    gd = learners.ntk_gd(x, target(x), x_test, settings)
+    assert gd.dtype == DT
+    torch.testing.assert_close(gd, krr, rtol=1e-5, atol=1e-6)
+
+
+def test_kernel_ridge_interpolates_with_zero_ridge():
+    g = _gen(11)
+    feats = torch.randn(6, 10, generator=g, dtype=DT)
+    gram = feats @ feats.T
+    y = torch.randn(6, generator=g, dtype=DT)
+    torch.testing.assert_close(kernel_ridge(gram, y, gram, 0.0), y)
+    shrunk = kernel_ridge(gram, y, gram, 1e3)
+    assert shrunk.norm() < 0.5 * y.norm()
+
+
+# ---------------------------------------------------------------------------------------------
+# the sign-expectation loss
+
+@pytest.mark.parametrize("order", [2, 3, "exact"])
+def test_expected_loss_is_the_average_over_all_sign_patterns(order):
+    """E_S (f - y)^2 from the moments == the mean over all 2^m patterns of the loss with those signs;
+    so are its gradients in W."""
+    torch.manual_seed(12)
+    m, d = 6, 3
+    net = tn.TaylorNet(d, m, 2, order=order, activation="softplus", sign_randomization=True, dtype=DT)
+    with torch.no_grad():
+        net.weight.normal_(0, 0.5)
+    x = torch.randn(5, d, dtype=DT)
+    y = torch.randn(5, 2, dtype=DT)
+    patterns = torch.tensor(list(itertools.product((1.0, -1.0), repeat=m)), dtype=DT)
+
+    def loss_with(signs):
+        out = tn.taylor_net(x, net.weight0, net.weight, net.a, activation="softplus", order=order, signs=signs)
+        return (out - y).pow(2).mean()
+
+    average = torch.stack([loss_with(s) for s in patterns]).mean()
+    (grad_average,) = torch.autograd.grad(average, net.weight)
+    expected = net.expected_loss(x, y)
+    (grad_expected,) = torch.autograd.grad(expected, net.weight)
+    torch.testing.assert_close(expected, average, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(grad_expected, grad_average, rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------
+# NoisySGD
+
+def _quadratic_problem():
+    torch.manual_seed(13)
+    model = torch.nn.Linear(4, 3)
+    x, y = torch.randn(16, 4), torch.randn(16, 3)
+    return model, lambda: (model(x) - y).pow(2).mean()
+
+
+def _train(make_opt, steps=5):
+    model, loss_fn = _quadratic_problem()
+    opt = make_opt(model.parameters())
+    for _ in range(steps):
+        opt.zero_grad()
+        loss_fn().backward()
+        opt.step()
+    return [p.detach().clone() for p in model.parameters()]
+
+
+def test_noisy_sgd_without_noise_is_sgd():
+    ours = _train(lambda p: NoisySGD(p, lr=0.1, weight_decay=0.01))
+    sgd = _train(lambda p: torch.optim.SGD(p, lr=0.1, weight_decay=0.01))
+    for a, b in zip(ours, sgd):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+
+
+def test_noisy_sgd_noise_is_seeded_and_escapes_the_saddle():
+    torch.manual_seed(14)
+    first = _train(lambda p: NoisySGD(p, lr=0.1, noise_std=0.1))
+    torch.manual_seed(14)
+    again = _train(lambda p: NoisySGD(p, lr=0.1, noise_std=0.1))
+    sgd = _train(lambda p: NoisySGD(p, lr=0.1))
+    assert all(torch.equal(a, b) for a, b in zip(first, again))
+    assert not all(torch.allclose(a, b) for a, b in zip(first, sgd))
+    # W = 0 is a critical point of the sign-expectation loss: plain GD never moves, the noise does.
+    torch.manual_seed(15)
+    net = tn.TaylorNet(5, 64, order=2, sign_randomization=True, activation="softplus")
+    x, y = torch.randn(32, 5), torch.randn(32, 1)
+    for noise_std, moves in ((0.0, False), (1e-3, True)):
+        with torch.no_grad():
+            net.weight.zero_()
+        opt = NoisySGD(net.parameters(), lr=1.0, noise_std=noise_std)
+        for _ in range(3):
+            opt.zero_grad()
+            net.expected_loss(x, y).backward()
+            opt.step()
+        assert bool(net.weight.abs().max() > 0) == moves
+    with pytest.raises(ValueError, match="noise_std"):
+        NoisySGD(net.parameters(), lr=1.0, noise_std=-1.0)
+
+
+# ---------------------------------------------------------------------------------------------
+# threshold search and exponent fit
+
+def test_threshold_search_interpolates_and_walks_both_ways():
+    grid = sample_grid(2.0, 1024)
+    assert grid == [4, 8, 16, 32, 64, 128, 256, 512, 1024]
+    calls = []
+
+    def error_at(n):
+        calls.append(n)
+        return 100.0 / n
+
+    for start in (0, 7):
+        calls.clear()
+        n_star, hit = find_threshold(error_at, grid, start, target=1.0)
+        assert grid[hit] == 128 and 64 < n_star < 128 and 64 in calls and 128 in calls
+        assert n_star == pytest.approx(2 ** (6 + (100 / 64 - 1) / (100 / 64 - 100 / 128)))
+    assert math.isnan(find_threshold(error_at, grid, 0, target=0.01)[0])
+    assert find_threshold(error_at, grid, 3, target=100.0) == (4.0, 0)
+    # a plateau above the target ends the walk after `patience` points without a 5% better error
+    calls.clear()
+    assert math.isnan(find_threshold(lambda n: calls.append(n) or 0.3, grid, 0, target=0.1, patience=2)[0])
+    assert calls == [4, 8, 16]
+    # but a stall before the learner is halfway to the target does not
+    calls.clear()
+    errors = {4: 1.2, 8: 1.3, 16: 1.25, 32: 1.3, 64: 0.05}
+    assert find_threshold(lambda n: calls.append(n) or errors.get(n, 0.01), grid, 0, target=0.1, patience=2)[1] == 4
+
+
+def test_power_law_fit():
+    slope, intercept = fit_power_law([2, 4, 8, float("nan")], [3 * 2**1.5, 3 * 4**1.5, 3 * 8**1.5, 1.0])
+    assert slope == pytest.approx(1.5) and math.exp(intercept) == pytest.approx(3.0)
+    assert math.isnan(fit_power_law([2], [1.0])[0])
+
+
+# ---------------------------------------------------------------------------------------------
+# smoke runs of the commands: files written, verdict line printed, CPU runs repeat exactly
+
+SMOKE = {
+    "taylorized": ["--width", "64", "--steps", "6", "--eval-every", "3", "--batch-size", "32",
+                   "--sweep-widths", "32", "64", "--sweep-steps", "3", "--synthetic-train", "64",
+                   "--synthetic-test", "32"],
+    "sample-complexity": ["--dims", "4", "6", "--width", "64", "--steps", "20", "--test-samples", "64",
+                          "--max-samples", "32", "--grid-ratio", "2", "--lbfgs-iters", "10"],
+    "hierarchical": ["--dims", "3", "4", "--width", "64", "--steps", "20", "--test-samples", "64",
+                     "--max-samples", "32", "--grid-ratio", "2", "--target-error", "0.5"],
+}
+STEMS = {"taylorized": ["taylorized", "taylorized_distances"], "sample-complexity": ["sample_complexity"],
+         "hierarchical": ["hierarchical"]}
+
+
+@pytest.mark.parametrize("name", list(SMOKE))
+def test_experiment_smoke_run(name, tmp_path, capsys):
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["experiment", name, "--no-progress", "--seed", "3", "--out", str(out), *SMOKE[name]]) == 0
+    printed = capsys.readouterr().out
+    assert printed.count(f"verdict ({name}): ") == 2
+    record = json.loads((outs[0] / f"{name}.json").read_text())
+    assert record["verdict"]["status"] in ("HELD", "PARTLY HELD", "NOT HELD")
+    assert record["verdict"]["line"] in printed and record["seed"] == 3
+    csvs = [f for f in record["files"] if f.endswith(".csv")]
+    assert csvs and all((outs[0] / f).stat().st_size > 0 for f in csvs)
+    for stem in STEMS[name]:
+        assert (outs[0] / f"{stem}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    again = json.loads((outs[1] / f"{name}.json").read_text())
+    assert again["summary"] == record["summary"]
+    for f in csvs:
+        runs = [(out / f).read_text() for out in outs]
+        if "seconds" not in runs[0].splitlines()[0]:
+            assert runs[0] == runs[1], f
