@@ -128,10 +128,9 @@ struct VecMath {
 };
 
 // Tile sizes: NB samples x MB neurons, a few such tiles per worker stay in L2.
-template <typename T>
 constexpr int64_t kTileSamples = 128;
 template <typename T>
-constexpr int64_t kTileNeurons = 1024 / sizeof(T) * 2;  // 512 floats, 256 doubles
+constexpr int64_t kTileNeurons = 2048 / sizeof(T);  // 512 floats, 256 doubles
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -336,7 +335,7 @@ struct NetProblem {
   T scale[2];
   std::vector<T> coef;
   PlanView<T> plan;
-  int64_t NB = kTileSamples<T>, MB = kTileNeurons<T>;
+  const int64_t NB = kTileSamples, MB = kTileNeurons<T>;
 
   NetProblem(const Args& a, bool is_moments)
       : args(a), moments(is_moments), R(is_moments ? 2 : 1), n(a.x.size(0)), d(a.x.size(1)),
@@ -358,10 +357,8 @@ template <typename T>
 struct Scratch {
   Tensor storage;
   std::vector<T> signs;
-  int64_t tile_elems;
   Scratch(const NetProblem<T>& p, int tiles)
-      : storage(at::empty({tiles, p.NB * p.MB}, p.args.x.options())), signs(p.MB),
-        tile_elems(p.NB * p.MB) {}
+      : storage(at::empty({tiles, p.NB * p.MB}, p.args.x.options())), signs(p.MB) {}
   Tensor tile(int k, int64_t rows, int64_t cols) {
     return storage.select(0, k).narrow(0, 0, rows * cols).view({rows, cols});
   }
