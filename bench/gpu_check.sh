@@ -6,7 +6,7 @@
 #   bench/gpu_check.sh OUTDIR
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
-mkdir -p "$OUT"
+mkdir -p "$OUT" && OUT=$(cd "$OUT" && pwd)  # absolute, before changing directory
 cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 # Only the architecture of this GPU: the build is the first thing that must fit in the time.
