@@ -179,9 +179,10 @@ Pack<T> load(const T* p, int cnt) {
   return r;
 }
 
+// A product (x w0^T or x w^T) at columns [c, c + cnt) plus its bias, if there is one.
 template <typename T>
-Pack<T> load_or(const T* p, int cnt, T fallback) {
-  return p ? load(p, cnt) : Pack<T>(fallback);
+Pack<T> with_bias(const T* product, const T* bias, int64_t c, int cnt) {
+  return bias ? load(product + c, cnt) + load(bias + c, cnt) : load(product + c, cnt);
 }
 
 template <typename T>
@@ -261,8 +262,7 @@ Tensor features_forward_impl(const Args& args) {
       const T* zr = z0.const_data_ptr<T>() + i * m;
       T* ur = ub.mutable_data_ptr<T>() + i * m;
       for_each_vector<T>(m, [&](int64_t r, int cnt) {
-        const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
-        const V u = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+        const V z = with_bias(zr, b0, r, cnt), u = with_bias(ur, b, r, cnt);
         store(feature<V, M>(plan, z, u, load(signs.data() + r, cnt)), ur + r, cnt);
       });
     }
@@ -296,8 +296,7 @@ Grads features_backward_impl(const Args& args, const Tensor& grad, const Needs& 
         T* ur = up + i * m;
         const T* gr = gp + i * m;
         for_each_vector<T>(m, [&](int64_t c, int cnt) {
-          const V z = load(zr + c, cnt) + load_or(b0 ? b0 + c : nullptr, cnt, T(0));
-          const V uu = load(ur + c, cnt) + load_or(b ? b + c : nullptr, cnt, T(0));
+          const V z = with_bias(zr, b0, c, cnt), uu = with_bias(ur, b, c, cnt);
           const V g = load(gr + c, cnt);
           const auto d = feature_grads<V, M>(plan, z, uu, load(signs.data() + c, cnt), false, need_dz);
           if (need_g) store(g * d.du, ur + c, cnt);
@@ -391,8 +390,7 @@ void forward_tile(const NetProblem<T>& p, Scratch<T>& ws, int64_t i0, int64_t nb
     T* ur = upp + i * mb;
     V acc0(T(0)), acc1(T(0));
     for_each_vector<T>(mb, [&](int64_t r, int cnt) {
-      const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
-      const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+      const V z = with_bias(zr, b0, r, cnt), uu = with_bias(ur, b, r, cnt);
       V phi0, phi1;
       if (p.moments) {
         const auto mo = moments<V, M>(p.plan, z, uu, false, false);
@@ -501,8 +499,7 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
     T* f1 = f1p ? f1p + i * mb : nullptr;
     const V go0i(outer ? go0[i] : T(0)), go1i(outer && go1 ? go1[i] : T(0));
     for_each_vector<T>(mb, [&](int64_t r, int cnt) {
-      const V z = load(zr + r, cnt) + load_or(b0 ? b0 + r : nullptr, cnt, T(0));
-      const V uu = load(ur + r, cnt) + load_or(b ? b + r : nullptr, cnt, T(0));
+      const V z = with_bias(zr, b0, r, cnt), uu = with_bias(ur, b, r, cnt);
       V G, G0;
       if (p.moments) {
         const V gm = s0 * (outer ? go0i * load(a0 + r, cnt) : load(f0 + r, cnt));
