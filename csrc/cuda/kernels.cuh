@@ -42,58 +42,25 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 
 // ---- scalar math for the shared epilogue (series.h / activations.h) ----
 
+// CUDA's math headers overload ::exp, ::tanh, ... for float and double alike.
 template <typename A>
-struct DeviceMath;
-
-template <>
-struct DeviceMath<float> {
-  using V = float;
-  static __device__ __forceinline__ void tanh_sech2(V z, V& t, V& s) {
-    const V a = ::fabsf(z);
-    t = ::tanhf(z);
-    if (a < 0.4f) {
-      s = 1.0f - t * t;
-    } else {  // 1 - |t| = w = 2 / (exp(2|z|) + 1), without cancellation
-      const V w = 2.0f / (::expf(2.0f * a) + 1.0f);
-      s = w * (2.0f - w);
-    }
-  }
-  static __device__ __forceinline__ void sigmoid_pair(V z, V& p, V& q) {
-    const V e = ::expf(-::fabsf(z));
-    const V r = 1.0f / (1.0f + e);
-    p = z < 0.0f ? e * r : r;
-    q = z < 0.0f ? r : e * r;
-  }
-  static __device__ __forceinline__ V exp(V x) { return ::expf(x); }
-  static __device__ __forceinline__ V log1p(V x) { return ::log1pf(x); }
-  static __device__ __forceinline__ V erf(V x) { return ::erff(x); }
-  static __device__ __forceinline__ V erfc(V x) { return ::erfcf(x); }
-  static __device__ __forceinline__ V sin(V x) { return ::sinf(x); }
-  static __device__ __forceinline__ V cos(V x) { return ::cosf(x); }
-  static __device__ __forceinline__ V abs(V x) { return ::fabsf(x); }
-  static __device__ __forceinline__ V max0(V x) { return x > 0.0f ? x : (x == x ? 0.0f : x); }
-  static __device__ __forceinline__ V step(V x) { return x > 0.0f ? 1.0f : 0.0f; }
-  static __device__ __forceinline__ V fma(V a, V b, V c) { return ::fmaf(a, b, c); }
-};
-
-template <>
-struct DeviceMath<double> {
-  using V = double;
+struct DeviceMath {
+  using V = A;
   static __device__ __forceinline__ void tanh_sech2(V z, V& t, V& s) {
     const V a = ::fabs(z);
     t = ::tanh(z);
-    if (a < 0.4) {
-      s = 1.0 - t * t;
-    } else {
-      const V w = 2.0 / (::exp(2.0 * a) + 1.0);
-      s = w * (2.0 - w);
+    if (a < V(0.4)) {
+      s = V(1) - t * t;
+    } else {  // 1 - |t| = w = 2 / (exp(2|z|) + 1), without cancellation
+      const V w = V(2) / (::exp(V(2) * a) + V(1));
+      s = w * (V(2) - w);
     }
   }
   static __device__ __forceinline__ void sigmoid_pair(V z, V& p, V& q) {
     const V e = ::exp(-::fabs(z));
-    const V r = 1.0 / (1.0 + e);
-    p = z < 0.0 ? e * r : r;
-    q = z < 0.0 ? r : e * r;
+    const V r = V(1) / (V(1) + e);
+    p = z < V(0) ? e * r : r;
+    q = z < V(0) ? r : e * r;
   }
   static __device__ __forceinline__ V exp(V x) { return ::exp(x); }
   static __device__ __forceinline__ V log1p(V x) { return ::log1p(x); }
@@ -102,8 +69,8 @@ struct DeviceMath<double> {
   static __device__ __forceinline__ V sin(V x) { return ::sin(x); }
   static __device__ __forceinline__ V cos(V x) { return ::cos(x); }
   static __device__ __forceinline__ V abs(V x) { return ::fabs(x); }
-  static __device__ __forceinline__ V max0(V x) { return x > 0.0 ? x : (x == x ? 0.0 : x); }
-  static __device__ __forceinline__ V step(V x) { return x > 0.0 ? 1.0 : 0.0; }
+  static __device__ __forceinline__ V max0(V x) { return x > V(0) ? x : (x == x ? V(0) : x); }  // NaN stays
+  static __device__ __forceinline__ V step(V x) { return x > V(0) ? V(1) : V(0); }
   static __device__ __forceinline__ V fma(V a, V b, V c) { return ::fma(a, b, c); }
 };
 
