@@ -232,8 +232,8 @@ void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// taylor_features: the n x m output is the point of the op, so it is computed whole: two BLAS
-// products, then one vectorized pass over rows.
+// taylor_features: the n x m output is the point of the op. Its backward is the net's backward
+// (below) with the cotangent of h in place of gout A, so it holds no other n x m tensor.
 
 template <typename T>
 Tensor features_forward_impl(const Args& args) {
@@ -270,55 +270,6 @@ Tensor features_forward_impl(const Args& args) {
   return out;
 }
 
-template <typename T>
-Grads features_backward_impl(const Args& args, const Tensor& grad, const Needs& needs) {
-  using V = Pack<T>;
-  using M = VecMath<T>;
-  const int64_t n = args.x.size(0), m = args.w.size(0);
-  Grads r;
-  const bool need_g = needs.x || needs.w || needs.b;
-  const bool need_dz = needs.dz();
-  Tensor z0 = at::mm(args.x, args.w0.t());  // becomes G0 = grad * dh/dz0
-  Tensor u = at::mm(args.x, args.w.t());    // becomes G = grad * dh/du
-  if (n > 0 && m > 0) {
-    std::vector<T> signs(m);
-    fill_signs<T>(args.signs, 0, m, signs.data());
-    const auto coef = plan_coefficients<T>(*args.plan);
-    const PlanView<T> plan = args.plan->view(coef.data());
-    const T* b0 = ptr_or_null<T>(args.b0);
-    const T* b = ptr_or_null<T>(args.b);
-    const T* gp = grad.const_data_ptr<T>();
-    T* z0p = z0.mutable_data_ptr<T>();
-    T* up = u.mutable_data_ptr<T>();
-    at::parallel_for(0, n, std::max<int64_t>(1, 16384 / m), [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        T* zr = z0p + i * m;
-        T* ur = up + i * m;
-        const T* gr = gp + i * m;
-        for_each_vector<T>(m, [&](int64_t c, int cnt) {
-          const V z = with_bias(zr, b0, c, cnt), uu = with_bias(ur, b, c, cnt);
-          const V g = load(gr + c, cnt);
-          const auto d = feature_grads<V, M>(plan, z, uu, load(signs.data() + c, cnt), false, need_dz);
-          if (need_g) store(g * d.du, ur + c, cnt);
-          if (need_dz) store(g * d.dz, zr + c, cnt);
-        });
-      }
-    });
-  } else {
-    z0.zero_();
-    u.zero_();
-  }
-  if (needs.x) {
-    r.x = at::mm(u, args.w);
-    r.x.addmm_(z0, args.w0);
-  }
-  if (needs.w) r.w = at::mm(u.t(), args.x);
-  if (needs.w0) r.w0 = at::mm(z0.t(), args.x);
-  if (needs.b) r.b = u.sum(0);
-  if (needs.b0) r.b0 = z0.sum(0);
-  return r;
-}
-
 // ---------------------------------------------------------------------------------------------
 // taylor_net and taylor_net_moments: R readouts of the per-neuron features phi_rho,
 //   out_rho = scale_rho * Phi_rho A_rho^T
@@ -332,13 +283,15 @@ struct NetProblem {
   int64_t n, d, m, c;
   Tensor A[2];
   T scale[2];
+  // The features' backward: the (n, m) cotangent of h itself takes the place of g = gout A.
+  const T* grad_h = nullptr;
   std::vector<T> coef;
   PlanView<T> plan;
   const int64_t NB = kTileSamples, MB = kTileNeurons<T>;
 
   NetProblem(const Args& a, bool is_moments)
       : args(a), moments(is_moments), R(is_moments ? 2 : 1), n(a.x.size(0)), d(a.x.size(1)),
-        m(a.w.size(0)), c(a.a.size(0)), coef(plan_coefficients<T>(*a.plan)),
+        m(a.w.size(0)), c(a.a.defined() ? a.a.size(0) : 1), coef(plan_coefficients<T>(*a.plan)),
         plan(a.plan->view(coef.data())) {
     A[0] = a.a;
     scale[0] = static_cast<T>(a.scale);
@@ -473,16 +426,16 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
   at::mm_out(u, xb, p.args.w.narrow(0, r0, mb).t());
   // g = gout A: with one output an outer product, formed in the epilogue; else a product into the
   // phi tiles, which then receive the features for dA.
-  const bool outer = p.c == 1;
+  const bool outer = p.c == 1 && !p.grad_h;
   Tensor phi[2];
   for (int k = 0; k < p.R; ++k) {
     phi[k] = ws.tile(kPhi0 + k, nb, mb);
-    if (!outer) at::mm_out(phi[k], gout[k].narrow(0, i0, nb), p.A[k].narrow(1, r0, mb));
+    if (!outer && !p.grad_h) at::mm_out(phi[k], gout[k].narrow(0, i0, nb), p.A[k].narrow(1, r0, mb));
   }
-  const T* a0 = p.A[0].template const_data_ptr<T>() + r0;
-  const T* a1 = p.R > 1 ? p.A[1].template const_data_ptr<T>() + r0 : nullptr;
-  const T* go0 = gout[0].template const_data_ptr<T>() + i0;
-  const T* go1 = p.R > 1 ? gout[1].template const_data_ptr<T>() + i0 : nullptr;
+  const T* a0 = outer ? p.A[0].template const_data_ptr<T>() + r0 : nullptr;
+  const T* a1 = outer && p.R > 1 ? p.A[1].template const_data_ptr<T>() + r0 : nullptr;
+  const T* go0 = outer ? gout[0].template const_data_ptr<T>() + i0 : nullptr;
+  const T* go1 = outer && p.R > 1 ? gout[1].template const_data_ptr<T>() + i0 : nullptr;
   fill_signs<T>(p.args.signs, r0, mb, ws.signs.data());
   const T* b0 = ptr_or_null<T>(p.args.b0, r0);
   const T* b = ptr_or_null<T>(p.args.b, r0);
@@ -498,6 +451,7 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
     T* f0 = f0p + i * mb;
     T* f1 = f1p ? f1p + i * mb : nullptr;
     const V go0i(outer ? go0[i] : T(0)), go1i(outer && go1 ? go1[i] : T(0));
+    const T* gh = p.grad_h ? p.grad_h + (i0 + i) * p.m + r0 : nullptr;
     for_each_vector<T>(mb, [&](int64_t r, int cnt) {
       const V z = with_bias(zr, b0, r, cnt), uu = with_bias(ur, b, r, cnt);
       V G, G0;
@@ -513,7 +467,7 @@ void backward_tile(const NetProblem<T>& p, Scratch<T>& ws, const std::vector<Ten
           store(mo.o.value * mo.o.value, f1 + r, cnt);
         }
       } else {
-        const V g = s0 * (outer ? go0i * load(a0 + r, cnt) : load(f0 + r, cnt));
+        const V g = s0 * (gh ? load(gh + r, cnt) : outer ? go0i * load(a0 + r, cnt) : load(f0 + r, cnt));
         const auto d = feature_grads<V, M>(p.plan, z, uu, load(s + r, cnt), need_phi, need_dz);
         G = g * d.du;
         G0 = g * d.dz;
@@ -570,8 +524,9 @@ void add_targets(Targets& into, const Targets& from) {
 
 template <typename T>
 Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor>& gout,
-                        const Needs& needs) {
+                        const Needs& needs, const Tensor& grad_h = Tensor()) {
   NetProblem<T> p(args, moments);
+  if (grad_h.defined()) p.grad_h = grad_h.const_data_ptr<T>();
   const bool params = needs.w || needs.w0 || needs.b || needs.b0 || needs.a;
   Targets t = make_targets(p, needs, params, needs.x);
   if (p.n > 0 && p.m > 0 && p.c > 0) {
@@ -640,7 +595,7 @@ Tensor features_forward(const Args& a) {
   return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_forward_impl, a);
 }
 Grads features_backward(const Args& a, const Tensor& grad, const Needs& needs) {
-  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_backward_impl, a, grad, needs);
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), net_backward_impl, a, false, {}, needs, grad);
 }
 std::vector<Tensor> net_forward(const Args& a, bool moments) {
   return TN_DISPATCH_FLOAT(a.x.scalar_type(), net_forward_impl, a, moments);
