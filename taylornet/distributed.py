@@ -43,7 +43,7 @@ from torch import nn
 
 from . import functional as F
 from .modules import (
-    TaylorNet, _check_size, _TaylorBase, draw_init_seed, draw_sign_seed, register_net_state, taylor_net_init,
+    TaylorNet, _TaylorBase, draw_init_seed, draw_sign_seed, register_net_state, taylor_net_init,
 )
 
 __all__ = ["ShardedTaylorNet", "shard_range"]
@@ -109,13 +109,8 @@ class ShardedTaylorNet(_TaylorBase):
                 "ShardedTaylorNet: torch.distributed is not initialized; call "
                 "torch.distributed.init_process_group first (e.g. under torchrun)"
             )
-        self.in_features = _check_size("in_features", in_features)
-        self.width = _check_size("width", width)
-        self.out_features = _check_size("out_features", out_features)
-        if symmetric_init and width % 2:
-            raise ValueError(f"width: symmetric_init pairs neurons, so width must be even, got {width}")
+        self._configure_net(in_features, width, out_features, symmetric_init, scale)  # global width
         self._configure(activation, order, sign_randomization, eval_signs)
-        self.scale = F._check_scale(scale, width)  # 1/sqrt of the *global* width
         self.symmetric_init = bool(symmetric_init)
         self.process_group = process_group
         self.sync_seeds = bool(sync_seeds)

@@ -185,6 +185,15 @@ class _TaylorBase(nn.Module):
         self.sign_randomization = bool(sign_randomization)
         self.eval_signs = _check_eval_signs(eval_signs)
 
+    def _configure_net(self, in_features, width, out_features, symmetric_init, scale):
+        """Sizes and readout scale of a two-layer model of (global) width ``width``."""
+        self.in_features = _check_size("in_features", in_features)
+        self.width = _check_size("width", width)
+        self.out_features = _check_size("out_features", out_features)
+        if symmetric_init and width % 2:
+            raise ValueError(f"width: symmetric_init pairs neurons, so width must be even, got {width}")
+        self.scale = F._check_scale(scale, width)
+
     def _sign_seed(self):
         """Fresh signs while training with sign randomization; None otherwise."""
         return draw_sign_seed() if self.sign_randomization and self.training else None
@@ -264,13 +273,8 @@ class TaylorNet(_TaylorBase):
                  train_readout: bool = False, scale: float | None = None, bias: bool = False,
                  eval_signs: str = "expectation", device=None, dtype=None):
         super().__init__()
-        self.in_features = _check_size("in_features", in_features)
-        self.width = _check_size("width", width)
-        self.out_features = _check_size("out_features", out_features)
-        if symmetric_init and width % 2:
-            raise ValueError(f"width: symmetric_init pairs neurons, so width must be even, got {width}")
+        self._configure_net(in_features, width, out_features, symmetric_init, scale)
         self._configure(activation, order, sign_randomization, eval_signs)
-        self.scale = F._check_scale(scale, width)
         self.symmetric_init = bool(symmetric_init)
         kw = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
         # One draw from the default generator keys the whole initialization; any slice of neurons
