@@ -212,6 +212,13 @@ __device__ void tile_fields(const Problem<T>& p, unsigned want, int64_t i0, int6
 }
 
 // ---- kernels ----
+// The tiles [begin, end) of the inner loop that split blockIdx.z takes.
+__device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_split, int64_t& begin,
+                                                 int64_t& end) {
+  begin = static_cast<int64_t>(blockIdx.z) * per_split;
+  end = begin + per_split < tiles ? begin + per_split : tiles;
+}
+
 
 template <typename T>
 __global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p, T* out) {
@@ -274,9 +281,8 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, Neur
   __shared__ Smem<Acc> sm;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
-  const int64_t tiles = (p.m + B - 1) / B;
-  const int64_t t_begin = static_cast<int64_t>(blockIdx.z) * tiles_per_split;
-  const int64_t t_end = t_begin + tiles_per_split < tiles ? t_begin + tiles_per_split : tiles;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.m + B - 1) / B, tiles_per_split, t_begin, t_end);
   unsigned want = 0;
   for (int t = 0; t < s.terms; ++t) want |= 1u << s.field[t];
   Acc acc[2][TM][TM];
@@ -336,9 +342,8 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
   __shared__ Smem<Acc> sm;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
-  const int64_t tiles = (p.n + B - 1) / B;
-  const int64_t t_begin = static_cast<int64_t>(blockIdx.z) * tiles_per_split;
-  const int64_t t_end = t_begin + tiles_per_split < tiles ? t_begin + tiles_per_split : tiles;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
   Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
 #pragma unroll
   for (int a = 0; a < TM; ++a)
