@@ -347,6 +347,10 @@ cuda::Problem<T> make_problem(const cpu::Args& args, const Plan& plan, DevicePla
   p.seed = args.signs.seed;
   p.offset = args.signs.offset;
   p.first = args.signs.first_neuron;
+  // bf16/fp16 always run on tensor cores; float32 only where torch allows TF32 matmuls
+  // (torch.backends.cuda.matmul.allow_tf32, or float32_matmul_precision "high"/"medium").
+  if constexpr (std::is_same_v<T, float>) p.tensor_cores = at::globalContext().allowTF32CuBLAS();
+  else p.tensor_cores = !std::is_same_v<T, double>;
   p.scale[0] = static_cast<Acc>(args.scale);
   p.scale[1] = static_cast<Acc>(args.scale * args.scale);
   const int* di = dp.ints.const_data_ptr<int>();

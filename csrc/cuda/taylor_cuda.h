@@ -34,6 +34,7 @@ struct Problem {
   uint64_t seed = 0, offset = 0, first = 0;
   int64_t n = 0, d = 0, m = 0, c = 0;
   bool moments = false;                               // readouts (e, o^2) instead of h
+  bool tensor_cores = false;                          // mma where the GPU has it (never for double)
   Acc scale[2] = {1, 1};                              // scale and scale^2
   const T* gout[2] = {nullptr, nullptr};              // (n, c) output cotangents (backward)
   PlanView<Acc> plan{};

@@ -1,0 +1,156 @@
+// Device pieces shared by the SIMT kernels (simt.cuh) and the tensor-core kernels (tensor_cores.cuh):
+// element conversions, the scalar math of the shared epilogue, in-kernel signs, and the fields of
+// one (sample, neuron) element.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+
+#include "cuda/taylor_cuda.h"
+#include "taylornet/philox.h"
+
+namespace tn::cuda {
+
+constexpr int kThreads = 256;  // threads per block of every kernel
+
+// ---- element conversions ----
+
+__device__ __forceinline__ float to_acc(float v) { return v; }
+__device__ __forceinline__ double to_acc(double v) { return v; }
+__device__ __forceinline__ float to_acc(__half v) { return __half2float(v); }
+__device__ __forceinline__ float to_acc(__nv_bfloat16 v) { return __bfloat162float(v); }
+
+template <typename T>
+__device__ __forceinline__ T from_acc(acc_t<T> v);
+template <>
+__device__ __forceinline__ float from_acc<float>(float v) { return v; }
+template <>
+__device__ __forceinline__ double from_acc<double>(double v) { return v; }
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) { return __float2half_rn(v); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// ---- scalar math for the shared epilogue (series.h / activations.h) ----
+
+// CUDA's math headers overload ::exp, ::tanh, ... for float and double alike.
+template <typename A>
+struct DeviceMath {
+  using V = A;
+  static __device__ __forceinline__ void tanh_sech2(V z, V& t, V& s) {
+    const V a = ::fabs(z);
+    t = ::tanh(z);
+    if (a < V(0.4)) {
+      s = V(1) - t * t;
+    } else {  // 1 - |t| = w = 2 / (exp(2|z|) + 1), without cancellation
+      const V w = V(2) / (::exp(V(2) * a) + V(1));
+      s = w * (V(2) - w);
+    }
+  }
+  static __device__ __forceinline__ void sigmoid_pair(V z, V& p, V& q) {
+    const V e = ::exp(-::fabs(z));
+    const V r = V(1) / (V(1) + e);
+    p = z < V(0) ? e * r : r;
+    q = z < V(0) ? r : e * r;
+  }
+  static __device__ __forceinline__ V exp(V x) { return ::exp(x); }
+  static __device__ __forceinline__ V log1p(V x) { return ::log1p(x); }
+  static __device__ __forceinline__ V erf(V x) { return ::erf(x); }
+  static __device__ __forceinline__ V erfc(V x) { return ::erfc(x); }
+  static __device__ __forceinline__ V sin(V x) { return ::sin(x); }
+  static __device__ __forceinline__ V cos(V x) { return ::cos(x); }
+  static __device__ __forceinline__ V abs(V x) { return ::fabs(x); }
+  static __device__ __forceinline__ V max0(V x) { return x > V(0) ? x : (x == x ? V(0) : x); }  // NaN stays
+  static __device__ __forceinline__ V step(V x) { return x > V(0) ? V(1) : V(0); }
+  static __device__ __forceinline__ V fma(V a, V b, V c) { return ::fma(a, b, c); }
+};
+
+template <typename T>
+__device__ __forceinline__ acc_t<T> neuron_sign_of(const Problem<T>& p, int64_t r) {
+  using Acc = acc_t<T>;
+  if (p.signs) return to_acc(p.signs[r]);
+  if (p.philox) return neuron_sign<Acc>(p.seed, p.offset, p.first + static_cast<uint64_t>(r));
+  return Acc(1);
+}
+
+// The requested fields at one valid (sample i, neuron r), from the pre-activations z (with b0) and
+// u (with b). `want` is a bit mask of Fields; out[f] receives field f.
+// Not inlined: one copy of the whole epilogue per kernel keeps compile time and registers in check.
+template <typename T>
+__device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, int64_t i, int64_t r, acc_t<T> z,
+                          acc_t<T> u, acc_t<T> s, acc_t<T> (&out)[4]) {
+  using Acc = acc_t<T>;
+  using M = DeviceMath<Acc>;
+  const bool grads = want & ((1u << kGradU) | (1u << kGradZ));
+  const bool need_dz = want & (1u << kGradZ);
+  Acc g[2] = {Acc(0), Acc(0)};
+  if (grads) {  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
+    for (int64_t j = 0; j < p.c; ++j) {
+      const Acc aj = to_acc(p.a[j * p.m + r]);
+      g[0] = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, g[0]);
+      if (p.moments) g[1] = ::fma(to_acc(p.gout[1][i * p.c + j]), aj * aj, g[1]);
+    }
+    g[0] *= p.scale[0];
+    g[1] *= p.scale[1];
+  }
+  if (p.moments) {
+    const Moments<Acc> mo = moments<Acc, M>(p.plan, z, u, grads, need_dz);
+    out[kPhi0] = mo.e.value;
+    out[kPhi1] = mo.o.value * mo.o.value;
+    const Acc go = Acc(2) * g[1] * mo.o.value;
+    out[kGradU] = g[0] * mo.e.du + go * mo.o.du;
+    out[kGradZ] = g[0] * mo.e.dz + go * mo.o.dz;
+  } else if (grads) {
+    const Grads<Acc> d = feature_grads<Acc, M>(p.plan, z, u, s, (want & 1u) != 0, need_dz);
+    out[kPhi0] = d.value;
+    out[kPhi1] = Acc(0);
+    out[kGradU] = g[0] * d.du;
+    out[kGradZ] = g[0] * d.dz;
+  } else {
+    out[kPhi0] = feature<Acc, M>(p.plan, z, u, s);
+    out[kPhi1] = out[kGradU] = out[kGradZ] = Acc(0);
+  }
+}
+
+
+// The tiles [begin, end) of the inner loop that split blockIdx.z takes.
+__device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_split, int64_t& begin,
+                                                 int64_t& end) {
+  begin = static_cast<int64_t>(blockIdx.z) * per_split;
+  end = begin + per_split < tiles ? begin + per_split : tiles;
+}
+
+// ---- launch geometry (host) ----
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// A reduction kernel's grid: gx x gy output blocks, each inner loop of `tiles` tiles split about
+// `splits` ways over grid.z (tiles_per_split each; the last split may take fewer).
+struct SplitLaunch {
+  dim3 grid;
+  int64_t tiles_per_split;
+};
+inline SplitLaunch split_launch(int64_t gx, int64_t gy, int64_t tiles, int64_t splits) {
+  const int64_t per = std::max<int64_t>(1, ceil_div(tiles, std::max<int64_t>(1, splits)));
+  return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
+               static_cast<unsigned>(std::max<int64_t>(1, ceil_div(tiles, per)))),
+          per};
+}
+
+// The gradient fields carry g = scale * gout A, tiny in float16 for wide layers (scale = 1/sqrt(m)):
+// kernels that round the fields to the input type apply scale to the sums instead (the moments'
+// scale^2 term keeps one factor scale). Returns the factor for the sums (1 when unchanged).
+template <typename T>
+acc_t<T> factor_out_scale(Problem<T>& p, Field field) {
+  if ((field != kGradU && field != kGradZ) || p.scale[0] == acc_t<T>(0)) return acc_t<T>(1);
+  const acc_t<T> f = p.scale[0];
+  p.scale[1] /= f;
+  p.scale[0] = acc_t<T>(1);
+  return f;
+}
+
+}  // namespace tn::cuda

@@ -1,0 +1,277 @@
+// CUDA-core (SIMT) kernels of taylornet, templated on the storage type T: the path for float64, for
+// float32 without TF32, and for GPUs or builds without tensor cores.
+//
+// Every kernel recomputes its tile of pre-activations z0 = x w0^T + b0 and u = x w^T + b from
+// x, w0, w in shared-memory chunks (a 16x16 thread block, each thread a TM x TM micro-tile of both
+// z0 and u, so a neuron's pair meets in one thread's registers), applies the Taylor epilogue of
+// taylornet/series.h in registers, and contracts the result on chip. No n x m buffer exists except
+// the features op's own output.
+//   neuron_sum: blocks own sample tiles, loop over neurons    -> readout, dX
+//   sample_sum: blocks own neuron tiles, loop over samples    -> dW, dW0, db, db0, dA
+// Either loop can be split over blockIdx.z for parallelism, the partial sums meeting in atomics.
+#pragma once
+
+#include "cuda/device.cuh"
+
+namespace tn::cuda {
+
+// ---- tiling ----
+
+constexpr int kChunk = 16;  // reduction chunk over d (16 x 16 threads)
+
+// Micro-tile edge: 4 x 4 (tile 64) for float accumulation, 2 x 2 (tile 32) for double, which keeps
+// the shared memory of every kernel under the 48 KiB static limit.
+template <typename Acc>
+__host__ __device__ constexpr int micro_tile() { return sizeof(Acc) == 4 ? 4 : 2; }
+template <typename Acc>
+__host__ __device__ constexpr int tile() { return 16 * micro_tile<Acc>(); }
+
+template <typename Acc>
+struct Smem {
+  static constexpr int B = tile<Acc>();
+  Acc xs[kChunk * B], w0s[kChunk * B], ws[kChunk * B];  // k-major chunks of x, w0, w
+  Acc fs[B * B];                                        // the contracted field F
+  Acc ys[B * B];                                        // the other factor (Z or Y chunk)
+};
+
+// z0[a][b], u[a][b] for sample i0 + ty + 16a and neuron r0 + tx + 16b (biases not added).
+template <typename T>
+__device__ void preactivations(const Problem<T>& p, int64_t i0, int64_t r0, Smem<acc_t<T>>& sm,
+                               acc_t<T> (&z0)[micro_tile<acc_t<T>>()][micro_tile<acc_t<T>>()],
+                               acc_t<T> (&u)[micro_tile<acc_t<T>>()][micro_tile<acc_t<T>>()]) {
+  using Acc = acc_t<T>;
+  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int a = 0; a < TM; ++a)
+#pragma unroll
+    for (int b = 0; b < TM; ++b) z0[a][b] = u[a][b] = Acc(0);
+  for (int64_t k0 = 0; k0 < p.d; k0 += kChunk) {
+    for (int e = threadIdx.x; e < B * kChunk; e += kThreads) {
+      const int row = e % B, k = e / B;
+      const int64_t kk = k0 + k;
+      const bool kin = kk < p.d;
+      const int64_t i = i0 + row, r = r0 + row;
+      sm.xs[k * B + row] = (kin && i < p.n) ? to_acc(p.x[i * p.d + kk]) : Acc(0);
+      sm.w0s[k * B + row] = (kin && r < p.m) ? to_acc(p.w0[r * p.d + kk]) : Acc(0);
+      sm.ws[k * B + row] = (kin && r < p.m) ? to_acc(p.w[r * p.d + kk]) : Acc(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kChunk; ++k) {
+      Acc xa[TM], wa0[TM], wa[TM];
+#pragma unroll
+      for (int a = 0; a < TM; ++a) xa[a] = sm.xs[k * B + ty + 16 * a];
+#pragma unroll
+      for (int b = 0; b < TM; ++b) {
+        wa0[b] = sm.w0s[k * B + tx + 16 * b];
+        wa[b] = sm.ws[k * B + tx + 16 * b];
+      }
+#pragma unroll
+      for (int a = 0; a < TM; ++a)
+#pragma unroll
+        for (int b = 0; b < TM; ++b) {
+          z0[a][b] = ::fma(xa[a], wa0[b], z0[a][b]);
+          u[a][b] = ::fma(xa[a], wa[b], u[a][b]);
+        }
+    }
+    __syncthreads();
+  }
+}
+
+// Fields over the thread's micro-tile; zero outside the problem so that padding never contributes.
+template <typename T, int TM>
+__device__ void tile_fields(const Problem<T>& p, unsigned want, int64_t i0, int64_t r0,
+                            acc_t<T> (&z0)[TM][TM], acc_t<T> (&u)[TM][TM],
+                            acc_t<T> (&f)[4][TM][TM]) {
+  using Acc = acc_t<T>;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int b = 0; b < TM; ++b) {
+    const int64_t r = r0 + tx + 16 * b;
+    const bool rin = r < p.m;
+    const Acc s = rin ? neuron_sign_of(p, r) : Acc(1);
+    const Acc b0 = (rin && p.b0) ? to_acc(p.b0[r]) : Acc(0);
+    const Acc bb = (rin && p.b) ? to_acc(p.b[r]) : Acc(0);
+#pragma unroll
+    for (int a = 0; a < TM; ++a) {
+      const int64_t i = i0 + ty + 16 * a;
+      Acc v[4] = {Acc(0), Acc(0), Acc(0), Acc(0)};
+      if (rin && i < p.n) fields_at(p, want, i, r, z0[a][b] + b0, u[a][b] + bb, s, v);
+#pragma unroll
+      for (int q = 0; q < 4; ++q) f[q][a][b] = v[q];
+    }
+  }
+}
+
+// ---- kernels ----
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p, T* out) {
+  using Acc = acc_t<T>;
+  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
+  __shared__ Smem<Acc> sm;
+  // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
+  Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+  preactivations(p, i0, r0, sm, z0, u);
+  tile_fields<T, TM>(p, 1u << kPhi0, i0, r0, z0, u, f);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int a = 0; a < TM; ++a)
+#pragma unroll
+    for (int b = 0; b < TM; ++b) {
+      const int64_t i = i0 + ty + 16 * a, r = r0 + tx + 16 * b;
+      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(f[kPhi0][a][b]);
+    }
+}
+
+// Features backward: p.gout[0] is the (n, m) cotangent; fields use c = 1 per element, so the
+// cotangent enters as g directly.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) features_grads_kernel(Problem<T> p, const T* grad, T* G,
+                                                                   T* G0) {
+  using Acc = acc_t<T>;
+  using M = DeviceMath<Acc>;
+  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
+  __shared__ Smem<Acc> sm;
+  // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
+  Acc z0[TM][TM], u[TM][TM];
+  preactivations(p, i0, r0, sm, z0, u);
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll
+  for (int b = 0; b < TM; ++b) {
+    const int64_t r = r0 + tx + 16 * b;
+    if (r >= p.m) continue;
+    const Acc s = neuron_sign_of(p, r);
+    const Acc b0 = p.b0 ? to_acc(p.b0[r]) : Acc(0);
+    const Acc bb = p.b ? to_acc(p.b[r]) : Acc(0);
+#pragma unroll
+    for (int a = 0; a < TM; ++a) {
+      const int64_t i = i0 + ty + 16 * a;
+      if (i >= p.n) continue;
+      const Grads<Acc> d = feature_grads<Acc, M>(p.plan, z0[a][b] + b0, u[a][b] + bb, s, false, G0 != nullptr);
+      const Acc g = to_acc(grad[i * p.m + r]);
+      G[i * p.m + r] = from_acc<T>(g * d.du);
+      if (G0) G0[i * p.m + r] = from_acc<T>(g * d.dz);
+    }
+  }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, NeuronSum<T> s,
+                                                               int64_t tiles_per_split) {
+  using Acc = acc_t<T>;
+  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
+  __shared__ Smem<Acc> sm;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.m + B - 1) / B, tiles_per_split, t_begin, t_end);
+  unsigned want = 0;
+  for (int t = 0; t < s.terms; ++t) want |= 1u << s.field[t];
+  Acc acc[2][TM][TM];
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int a = 0; a < TM; ++a)
+#pragma unroll
+      for (int b = 0; b < TM; ++b) acc[t][a][b] = Acc(0);
+  for (int64_t rt = t_begin; rt < t_end; ++rt) {
+    const int64_t r0 = rt * B;
+    Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+    preactivations(p, i0, r0, sm, z0, u);
+    tile_fields<T, TM>(p, want, i0, r0, z0, u, f);
+    for (int t = 0; t < s.terms; ++t) {
+#pragma unroll
+      for (int a = 0; a < TM; ++a)
+#pragma unroll
+        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.field[t]][a][b];
+      for (int e = threadIdx.x; e < B * B; e += kThreads) {
+        const int r = e / B, col = e % B;
+        const int64_t rr = r0 + r, cc = c0 + col;
+        Acc zv = Acc(0);
+        if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
+        sm.ys[r * B + col] = s.square[t] ? zv * zv : zv;
+      }
+      __syncthreads();
+      for (int r = 0; r < B; ++r) {
+        Acc fa[TM];
+#pragma unroll
+        for (int a = 0; a < TM; ++a) fa[a] = sm.fs[(ty + 16 * a) * B + r];
+#pragma unroll
+        for (int b = 0; b < TM; ++b) {
+          const Acc zb = sm.ys[r * B + tx + 16 * b];
+#pragma unroll
+          for (int a = 0; a < TM; ++a) acc[t][a][b] = ::fma(fa[a], zb, acc[t][a][b]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int t = 0; t < s.terms; ++t)
+#pragma unroll
+    for (int a = 0; a < TM; ++a)
+#pragma unroll
+      for (int b = 0; b < TM; ++b) {
+        const int64_t i = i0 + ty + 16 * a, col = c0 + tx + 16 * b;
+        if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], s.scale[t] * acc[t][a][b]);
+      }
+}
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, SampleSum<T> s,
+                                                               int64_t tiles_per_split) {
+  using Acc = acc_t<T>;
+  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
+  __shared__ Smem<Acc> sm;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
+  Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
+#pragma unroll
+  for (int a = 0; a < TM; ++a)
+#pragma unroll
+    for (int b = 0; b < TM; ++b) acc[a][b] = Acc(0);
+  for (int64_t it = t_begin; it < t_end; ++it) {
+    const int64_t i0 = it * B;
+    Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+    preactivations(p, i0, r0, sm, z0, u);
+    tile_fields<T, TM>(p, 1u << s.field, i0, r0, z0, u, f);
+#pragma unroll
+    for (int a = 0; a < TM; ++a)
+#pragma unroll
+      for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.field][a][b];  // [i][r]
+    for (int e = threadIdx.x; e < B * B; e += kThreads) {
+      const int i = e / B, col = e % B;
+      const int64_t ii = i0 + i, cc = c0 + col;
+      Acc yv = Acc(0);
+      if (ii < p.n && cc < s.ncols) yv = s.y ? to_acc(s.y[ii * s.ld_y + cc]) : Acc(1);
+      sm.ys[i * B + col] = yv;
+    }
+    __syncthreads();
+    for (int i = 0; i < B; ++i) {
+      Acc fr[TM];
+#pragma unroll
+      for (int a = 0; a < TM; ++a) fr[a] = sm.fs[i * B + ty + 16 * a];
+#pragma unroll
+      for (int b = 0; b < TM; ++b) {
+        const Acc yb = sm.ys[i * B + tx + 16 * b];
+#pragma unroll
+        for (int a = 0; a < TM; ++a) acc[a][b] = ::fma(fr[a], yb, acc[a][b]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int a = 0; a < TM; ++a)
+#pragma unroll
+    for (int b = 0; b < TM; ++b) {
+      const int64_t r = r0 + ty + 16 * a, col = c0 + tx + 16 * b;
+      if (r < p.m && col < s.ncols) atomicAdd(&s.out[r * s.ld_out + col], s.scale * acc[a][b]);
+    }
+}
+
+}  // namespace tn::cuda

@@ -1,0 +1,396 @@
+// Tensor-core kernels of taylornet (sm_80 and newer): bfloat16 and float16 inputs (m16n16k16), and
+// float32 inputs rounded to TF32 (m16n16k8) when torch allows TF32 matmuls; accumulation in float32.
+//
+// Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons). Stage 1
+// computes the tile's z0 = x w0^T and u = x w^T with warp-level mma, each warp holding the z0 and
+// u accumulators of the same 16 x 32 sub-tile, so a neuron's pair meets in one thread's registers
+// (the two products share their A fragment: x is loaded once for both). The Taylor epilogue runs
+// on the accumulator elements in place. Stage 2 writes the contracted field to shared memory in the
+// input type and multiplies it with the other factor (A^T, W, x, gout) on tensor cores again.
+//
+// The accumulator layout of wmma is unspecified, so nothing here assumes it: every kernel loads a
+// table of (row, column) codes into an accumulator fragment once, and element e of any accumulator
+// fragment sits at the position the code fragment's element e names.
+#pragma once
+
+#include <mma.h>
+
+#include <type_traits>
+
+#include "cuda/device.cuh"
+
+// Device passes for GPUs before sm_80 have neither bf16 nor TF32 mma: their kernels trap, and the
+// launchers never pick them (they check the binary's architecture first).
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+#define TN_TENSOR_CORES 1
+#else
+#define TN_TENSOR_CORES 0
+#endif
+
+namespace tn::cuda {
+
+constexpr int kTcTile = 64;  // samples x neurons per block (and output columns per block)
+
+template <typename T>
+struct TcShape;  // k of one mma, staged k chunk, row padding (elements) against bank conflicts
+template <>
+struct TcShape<__half> {
+  static constexpr int K = 16, chunk = 32, pad = 8;
+};
+template <>
+struct TcShape<__nv_bfloat16> {
+  static constexpr int K = 16, chunk = 32, pad = 8;
+};
+template <>
+struct TcShape<float> {
+  static constexpr int K = 8, chunk = 16, pad = 4;
+};
+
+// Shared memory: stage 1's input chunks, stage 2's factors and the output tile are never live at
+// once and share one region; row strides keep every fragment pointer 32-byte aligned.
+template <typename T>
+struct TcSmem {
+  static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
+  static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
+  static constexpr int ld_out = kTcTile + 4;                         // float output tile
+  static constexpr int in_bytes = 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
+  static constexpr int mix_bytes = 2 * kTcTile * ld_mix * static_cast<int>(sizeof(T));
+  static constexpr int out_bytes = kTcTile * ld_out * 4;
+  static constexpr int shared_bytes = std::max(in_bytes, std::max(mix_bytes, out_bytes));
+  static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4;  // + codes, neuron data
+
+  unsigned char* raw;
+  __device__ T* x() const { return reinterpret_cast<T*>(raw); }
+  __device__ T* w0() const { return x() + kTcTile * ld_in; }
+  __device__ T* w() const { return w0() + kTcTile * ld_in; }
+  __device__ T* field() const { return reinterpret_cast<T*>(raw); }
+  __device__ T* factor() const { return field() + kTcTile * ld_mix; }
+  __device__ float* out() const { return reinterpret_cast<float*>(raw); }
+  __device__ float* codes() const { return reinterpret_cast<float*>(raw + shared_bytes); }
+  __device__ float* sign() const { return codes() + 256; }  // per neuron of the tile
+  __device__ float* b0() const { return sign() + kTcTile; }
+  __device__ float* b() const { return b0() + kTcTile; }
+};
+
+static_assert(TcSmem<float>::bytes <= 48 * 1024 && TcSmem<__half>::bytes <= 48 * 1024,
+              "tensor-core kernels use static shared memory (48 KiB)");
+static_assert(TcSmem<float>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half>::ld_in * 2 * 16 % 32 == 0 &&
+                  TcSmem<float>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half>::ld_mix * 2 * 16 % 32 == 0,
+              "fragment pointers must stay 32-byte aligned");
+
+#if TN_TENSOR_CORES
+namespace wmma = nvcuda::wmma;
+
+template <typename T>
+using TcIn = std::conditional_t<std::is_same_v<T, float>, wmma::precision::tf32, T>;
+template <typename T, typename Layout>
+using FragA = wmma::fragment<wmma::matrix_a, 16, 16, TcShape<T>::K, TcIn<T>, Layout>;
+template <typename T, typename Layout>
+using FragB = wmma::fragment<wmma::matrix_b, 16, 16, TcShape<T>::K, TcIn<T>, Layout>;
+template <typename T>
+using FragC = wmma::fragment<wmma::accumulator, 16, 16, TcShape<T>::K, float>;
+
+template <typename T, typename Frag>
+__device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
+  wmma::load_matrix_sync(f, ptr, ld);
+  if constexpr (std::is_same_v<T, float>) {
+#pragma unroll
+    for (int e = 0; e < f.num_elements; ++e) f.x[e] = wmma::__float_to_tf32(f.x[e]);
+  }
+}
+
+// Warp w owns the 16-row block w / 2 and the 16-column blocks 2 (w % 2) and 2 (w % 2) + 1 of a
+// 64 x 64 tile, in both stages.
+__device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) >> 1; }
+__device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) & 1) * 2 + j; }
+
+// The (row, column) code fragment; also clears nothing else. Ends with a barrier.
+template <typename T>
+__device__ void load_codes(const TcSmem<T>& sm, FragC<T>& codes) {
+  for (int e = threadIdx.x; e < 256; e += kThreads) sm.codes()[e] = static_cast<float>(e);
+  __syncthreads();
+  wmma::load_matrix_sync(codes, sm.codes(), 16, wmma::mem_row_major);
+}
+
+// Signs and biases of neurons r0 .. r0 + 63 as float; callers put a barrier before their use.
+template <typename T>
+__device__ void load_neurons(const Problem<T>& p, const TcSmem<T>& sm, int64_t r0) {
+  for (int e = threadIdx.x; e < kTcTile; e += kThreads) {
+    const int64_t r = r0 + e;
+    const bool in = r < p.m;
+    sm.sign()[e] = in ? static_cast<float>(neuron_sign_of(p, r)) : 1.0f;
+    sm.b0()[e] = (in && p.b0) ? to_acc(p.b0[r]) : 0.0f;
+    sm.b()[e] = (in && p.b) ? to_acc(p.b[r]) : 0.0f;
+  }
+}
+
+// Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. for this warp's blocks.
+template <typename T>
+__device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T>& sm, int64_t i0, int64_t r0,
+                                  FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
+  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T>::ld_in;
+  const int rb = warp_row_block();
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    wmma::fill_fragment(z0[j], 0.0f);
+    wmma::fill_fragment(u[j], 0.0f);
+  }
+  const T zero = from_acc<T>(acc_t<T>(0));
+  T *xs = sm.x(), *w0s = sm.w0(), *ws = sm.w();
+  for (int64_t k0 = 0; k0 < p.d; k0 += chunk) {
+    // Consecutive threads read consecutive k of a row: coalesced along d.
+    for (int e = threadIdx.x; e < kTcTile * chunk; e += kThreads) {
+      const int row = e / chunk, k = e % chunk;
+      const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
+      const bool kin = kk < p.d;
+      xs[row * ld + k] = (kin && i < p.n) ? p.x[i * p.d + kk] : zero;
+      w0s[row * ld + k] = (kin && r < p.m) ? p.w0[r * p.d + kk] : zero;
+      ws[row * ld + k] = (kin && r < p.m) ? p.w[r * p.d + kk] : zero;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < chunk; k += K) {
+      FragA<T, wmma::row_major> xa;
+      load_input(xa, xs + rb * 16 * ld + k, ld);
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        // w0 and w are (neuron, k) row-major, i.e. the (k, neuron) operand in column-major order.
+        FragB<T, wmma::col_major> wb;
+        load_input(wb, w0s + warp_col_block(j) * 16 * ld + k, ld);
+        wmma::mma_sync(z0[j], xa, wb, z0[j]);
+        load_input(wb, ws + warp_col_block(j) * 16 * ld + k, ld);
+        wmma::mma_sync(u[j], xa, wb, u[j]);
+      }
+    }
+    __syncthreads();
+  }
+}
+
+// Calls f(j, e, row, col) for element e of this warp's accumulator block j, at (row, col) of the
+// block's 64 x 64 tile.
+template <typename T, typename F>
+__device__ __forceinline__ void for_each_element(const FragC<T>& codes, F&& f) {
+  const int rb = warp_row_block();
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < codes.num_elements; ++e) {
+      const int code = static_cast<int>(codes.x[e]);
+      f(j, e, rb * 16 + (code >> 4), warp_col_block(j) * 16 + (code & 15));
+    }
+}
+
+// The epilogue in place: fields pick[0] and pick[1] of `want` replace z0 and u.
+template <typename T>
+__device__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes, unsigned want,
+                          const int (&pick)[2], int64_t i0, int64_t r0, FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
+  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+    const int64_t i = i0 + row, r = r0 + col;
+    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+    if (i < p.n && r < p.m)
+      fields_at(p, want, i, r, z0[j].x[e] + sm.b0()[col], u[j].x[e] + sm.b()[col], sm.sign()[col], v);
+    z0[j].x[e] = v[pick[0]];
+    u[j].x[e] = v[pick[1]];
+  });
+}
+
+// Accumulators of this warp's output blocks -> out[row][col] += scale * value (row < rows,
+// col < cols), through the float output tile. Starts and ends with a barrier.
+template <typename T>
+__device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], float* out, int64_t ld, int64_t row0,
+                         int64_t rows, int64_t col0, int64_t cols, float scale) {
+  constexpr int ld_out = TcSmem<T>::ld_out;
+  __syncthreads();
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+    wmma::store_matrix_sync(sm.out() + warp_row_block() * 16 * ld_out + warp_col_block(j) * 16, acc[j], ld_out,
+                            wmma::mem_row_major);
+  __syncthreads();
+  for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
+    const int r = e / kTcTile, col = e % kTcTile;
+    if (row0 + r < rows && col0 + col < cols)
+      atomicAdd(&out[(row0 + r) * ld + col0 + col], scale * sm.out()[r * ld_out + col]);
+  }
+  __syncthreads();
+}
+
+template <typename T>
+__device__ void features_forward_tc(const Problem<T>& p, T* out) {
+  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
+  const TcSmem<T> sm{raw};
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  FragC<T> codes, z0[2], u[2];
+  load_neurons(p, sm, r0);
+  load_codes(sm, codes);
+  tc_preactivations(p, sm, i0, r0, z0, u);
+  const int pick[2] = {kPhi0, kPhi0};
+  tc_fields(p, sm, codes, 1u << kPhi0, pick, i0, r0, z0, u);
+  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+    const int64_t i = i0 + row, r = r0 + col;
+    if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
+  });
+}
+
+template <typename T>
+__device__ void features_grads_tc(const Problem<T>& p, const T* grad, T* G, T* G0) {
+  using M = DeviceMath<float>;
+  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
+  const TcSmem<T> sm{raw};
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  FragC<T> codes, z0[2], u[2];
+  load_neurons(p, sm, r0);
+  load_codes(sm, codes);
+  tc_preactivations(p, sm, i0, r0, z0, u);
+  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+    const int64_t i = i0 + row, r = r0 + col;
+    if (i >= p.n || r >= p.m) return;
+    const Grads<float> dd = feature_grads<float, M>(p.plan, z0[j].x[e] + sm.b0()[col], u[j].x[e] + sm.b()[col],
+                                                    sm.sign()[col], false, G0 != nullptr);
+    const float g = to_acc(grad[i * p.m + r]);
+    G[i * p.m + r] = from_acc<T>(g * dd.du);
+    if (G0) G0[i * p.m + r] = from_acc<T>(g * dd.dz);
+  });
+}
+
+// Blocks own (sample tile, column tile); the loop runs over neuron tiles: the readout and dX.
+template <typename T>
+__device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
+  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
+  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
+  const TcSmem<T> sm{raw};
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
+  unsigned want = 0;
+  for (int t = 0; t < s.terms; ++t) want |= 1u << s.field[t];
+  const int pick[2] = {s.field[0], s.field[1]};
+  // Column blocks past ncols hold padding only: their warps skip stage 2, and only the columns
+  // that some warp reads are staged.
+  const int64_t cols = std::min<int64_t>(kTcTile, s.ncols - c0);
+  const int staged = static_cast<int>((cols + 15) / 16 * 16);
+  FragC<T> codes, acc[2][2];
+  load_codes(sm, codes);
+#pragma unroll
+  for (int t = 0; t < 2; ++t)
+#pragma unroll
+    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[t][j], 0.0f);
+  for (int64_t rt = t_begin; rt < t_end; ++rt) {
+    const int64_t r0 = rt * kTcTile;
+    FragC<T> z0[2], u[2];
+    load_neurons(p, sm, r0);
+    __syncthreads();
+    tc_preactivations(p, sm, i0, r0, z0, u);
+    tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);
+    for (int t = 0; t < s.terms; ++t) {
+      T *fs = sm.field(), *zs = sm.factor();
+      for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+        fs[row * ld + col] = from_acc<T>(t == 0 ? z0[j].x[e] : u[j].x[e]);  // F[i][r]
+      });
+      for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+        const int r = e / staged, col = e % staged;
+        const int64_t rr = r0 + r, cc = c0 + col;
+        float zv = 0.0f;
+        if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
+        zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z[r][col]
+      }
+      __syncthreads();
+#pragma unroll
+      for (int j = 0; j < 2; ++j) {
+        if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+#pragma unroll
+        for (int k = 0; k < kTcTile; k += K) {
+          FragA<T, wmma::row_major> fa;
+          FragB<T, wmma::row_major> zb;
+          load_input(fa, fs + warp_row_block() * 16 * ld + k, ld);
+          load_input(zb, zs + k * ld + warp_col_block(j) * 16, ld);
+          wmma::mma_sync(acc[t][j], fa, zb, acc[t][j]);
+        }
+      }
+      __syncthreads();
+    }
+  }
+  for (int t = 0; t < s.terms; ++t)
+    tc_flush(sm, acc[t], s.out[t], s.ld_out, i0, p.n, c0, s.ncols, static_cast<float>(s.scale[t]));
+}
+
+// Blocks own (neuron tile, column tile); the loop runs over sample tiles: dW, dW0, db, db0, dA.
+template <typename T>
+__device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split) {
+  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
+  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
+  const TcSmem<T> sm{raw};
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  int64_t t_begin, t_end;
+  inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
+  const int pick[2] = {s.field, s.field};
+  const int64_t cols = std::min<int64_t>(kTcTile, s.ncols - c0);
+  const int staged = static_cast<int>((cols + 15) / 16 * 16);
+  const T one = from_acc<T>(acc_t<T>(1));
+  FragC<T> codes, acc[2];
+  load_neurons(p, sm, r0);
+  load_codes(sm, codes);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[j], 0.0f);
+  for (int64_t it = t_begin; it < t_end; ++it) {
+    const int64_t i0 = it * kTcTile;
+    FragC<T> z0[2], u[2];
+    tc_preactivations(p, sm, i0, r0, z0, u);
+    tc_fields(p, sm, codes, 1u << s.field, pick, i0, r0, z0, u);
+    T *fs = sm.field(), *ys = sm.factor();
+    for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+      fs[row * ld + col] = from_acc<T>(z0[j].x[e]);  // F[i][r]
+    });
+    for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+      const int i = e / staged, col = e % staged;
+      const int64_t ii = i0 + i, cc = c0 + col;
+      T yv = from_acc<T>(acc_t<T>(0));
+      if (ii < p.n && cc < s.ncols) yv = s.y ? s.y[ii * s.ld_y + cc] : one;
+      ys[i * ld + col] = yv;  // Y[i][col]
+    }
+    __syncthreads();
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+#pragma unroll
+      for (int k = 0; k < kTcTile; k += K) {
+        // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
+        FragA<T, wmma::col_major> fa;
+        FragB<T, wmma::row_major> yb;
+        load_input(fa, fs + k * ld + warp_row_block() * 16, ld);
+        load_input(yb, ys + k * ld + warp_col_block(j) * 16, ld);
+        wmma::mma_sync(acc[j], fa, yb, acc[j]);
+      }
+    }
+    __syncthreads();
+  }
+  tc_flush(sm, acc, s.out, s.ld_out, r0, p.m, c0, s.ncols, static_cast<float>(s.scale));
+}
+#endif  // TN_TENSOR_CORES
+
+// Kernel entry points exist for every architecture; the bodies only where mma does.
+#if TN_TENSOR_CORES
+#define TN_TC_BODY(call) call
+#else
+#define TN_TC_BODY(call) __trap()
+#endif
+
+template <typename T>
+__global__ void __launch_bounds__(kThreads) features_forward_tc_kernel(Problem<T> p, T* out) {
+  TN_TC_BODY(features_forward_tc(p, out));
+}
+template <typename T>
+__global__ void __launch_bounds__(kThreads) features_grads_tc_kernel(Problem<T> p, const T* grad, T* G, T* G0) {
+  TN_TC_BODY(features_grads_tc(p, grad, G, G0));
+}
+template <typename T>
+__global__ void __launch_bounds__(kThreads) neuron_sum_tc_kernel(Problem<T> p, NeuronSum<T> s, int64_t per) {
+  TN_TC_BODY(neuron_sum_tc(p, s, per));
+}
+template <typename T>
+__global__ void __launch_bounds__(kThreads) sample_sum_tc_kernel(Problem<T> p, SampleSum<T> s, int64_t per) {
+  TN_TC_BODY(sample_sum_tc(p, s, per));
+}
+
+#undef TN_TC_BODY
+
+}  // namespace tn::cuda
