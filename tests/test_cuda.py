@@ -3,6 +3,8 @@ on the GPU, low precision judged by a same-precision reference, tile edges, sign
 devices. Skipped where no CUDA device is present (bench/gpu_check.sh runs them on a GPU)."""
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -69,39 +71,85 @@ def test_float64_matches_reference(activation, order, op, sign_seed):
 
 
 LOW = [("tanh", 2), ("gelu", 2), ("silu", (1, 3)), ("sigmoid", 6), ("erf", "exact"), ("relu3", 3)]
+# Storage dtype and whether TF32 matmuls are allowed: f32 runs the SIMT kernels, the others the
+# tensor-core kernels (tf32 = float32 storage with torch.backends.cuda.matmul.allow_tf32).
+PRECISIONS = {"f32": (F32, False), "tf32": (F32, True), "bf16": (torch.bfloat16, False), "f16": (torch.float16, False)}
 
 
-@pytest.mark.parametrize("dtype", [F32, torch.bfloat16, torch.float16], ids=["f32", "bf16", "f16"])
-@pytest.mark.parametrize("op", ["features", "net", "moments"])
-@pytest.mark.parametrize("activation,order", LOW)
-def test_low_precision_within_twice_the_same_precision_reference(activation, order, op, dtype):
-    p = make_problem(n=70, d=33, m=150, c=4, bias=True)
-    kw = {"activation": activation, "order": order, "sign_seed": SIGN_SEED}
-    routs64, rgrads64, cot = outputs_and_grads(ref, op, on(p, "cuda"), **kw)
+@contextlib.contextmanager
+def allow_tf32(on: bool):
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = on
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def check_against_same_precision(p, op, precision, **kw):
+    """The kernel's outputs and gradients within twice the error of the reference evaluated in the
+    same precision. For TF32 the reference's matmuls run in TF32 too, but its elementwise work and
+    GEMV readouts stay float32 while every product of the kernel is TF32: a factor of 3 there."""
+    dtype, tf32 = PRECISIONS[precision]
+    factor = 3.0 if tf32 else 2.0
+    with allow_tf32(False):
+        routs64, rgrads64, cot = outputs_and_grads(ref, op, on(p, "cuda"), **kw)
     pl = on(p, "cuda", dtype)
-    outs, grads, _ = outputs_and_grads(tn, op, pl, cot, **kw)
-    routs, rgrads, _ = outputs_and_grads(ref, op, pl, cot, **kw)
+    with allow_tf32(tf32):
+        outs, grads, _ = outputs_and_grads(tn, op, pl, cot, **kw)
+        routs, rgrads, _ = outputs_and_grads(ref, op, pl, cot, **kw)
     for i in range(len(outs)):
         assert outs[i].dtype == dtype
-        assert_error_bounded(outs[i], routs[i], routs64[i], name=f"{dtype} output {i}")
+        assert_error_bounded(outs[i], routs[i], routs64[i], name=f"{precision} output {i}", factor=factor)
     for k in grads:
-        assert_error_bounded(grads[k], rgrads[k], rgrads64[k], name=f"{dtype} grad {k}")
+        assert_error_bounded(grads[k], rgrads[k], rgrads64[k], name=f"{precision} grad {k}", factor=factor)
 
 
-@pytest.mark.parametrize("n,d,m,c", [(1, 1, 1, 1), (65, 129, 97, 16), (200, 512, 300, 7), (3, 8, 4099, 2),
-                                     (4099, 5, 3, 1)])
+@pytest.mark.parametrize("precision", list(PRECISIONS))
 @pytest.mark.parametrize("op", ["features", "net", "moments"])
-def test_tile_edges_match_the_cpu_kernels(n, d, m, c, op):
+@pytest.mark.parametrize("activation,order", LOW)
+def test_low_precision_within_twice_the_same_precision_reference(activation, order, op, precision):
+    p = make_problem(n=70, d=33, m=150, c=4, bias=True)
+    check_against_same_precision(p, op, precision, activation=activation, order=order, sign_seed=SIGN_SEED)
+
+
+@pytest.mark.parametrize("n,d,m,c", [(65, 129, 97, 16), (200, 512, 300, 7), (3, 8, 4099, 2), (4099, 5, 3, 1),
+                                     (130, 40, 200, 1)])
+@pytest.mark.parametrize("precision", ["tf32", "bf16", "f16"])
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+def test_tensor_core_tile_edges(n, d, m, c, op, precision):
+    # Not multiples of the 64 x 64 tiles, of the k chunks (32 / 16) or of the 16 x 16 fragments;
+    # d = 512 and c = 16 spread dX and dA over several column tiles.
     p = make_problem(n=n, d=d, m=m, c=c, bias=True)
-    kw = {"activation": "gelu", "order": 3, "sign_seed": SIGN_SEED}
-    outs, grads, cot = outputs_and_grads(tn, op, on(p, "cuda"), **kw)
-    couts, cgrads, _ = outputs_and_grads(tn, op, p, [x.cpu() for x in cot], **kw)
-    for o, r in zip(outs, couts):
-        assert_close_verbose(o.cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9, name="out")
-    for k in cgrads:
-        r = cgrads[k]
-        assert_close_verbose(grads[k].cpu(), r, atol=1e-10 * max(1.0, r.abs().max().item()), rtol=1e-9,
-                             name=f"grad {k}")
+    check_against_same_precision(p, op, precision, activation="gelu", order=3, sign_seed=SIGN_SEED)
+
+
+def test_tf32_switch_selects_the_tensor_core_path_for_float32():
+    p = on(make_problem(n=64, d=256, m=130, c=2), "cuda")
+    args = [p[k] for k in ("x", "w0", "w", "a")]
+    exact = tn.taylor_net(*args, activation="tanh", order=2)
+    errs = {}
+    for on_ in (False, True):
+        with allow_tf32(on_):
+            out = tn.taylor_net(*[t.float() for t in args], activation="tanh", order=2)
+        errs[on_] = (out.double() - exact).abs().max().item() / exact.abs().max().item()
+    assert errs[False] < 1e-5, f"float32 without TF32: relative error {errs[False]:.2e}"
+    assert errs[True] > 4 * errs[False], f"TF32 allowed but the result has float32 accuracy: {errs}"
+    assert errs[True] < 1e-2, f"TF32: relative error {errs[True]:.2e}"
+
+
+def test_float16_gradients_of_a_wide_layer_do_not_underflow():
+    # With scale = 1/sqrt(m) = 1/1024 and a cotangent of 1e-4, g = scale * gout a ~ 1e-7 would
+    # round to zero in float16; the tensor-core kernels apply the scale to the sums instead.
+    n, d, m = 64, 16, 2**20
+    p = make_problem(n=n, d=d, m=m, c=0, bias=False)
+    cot = [torch.full((n,), 1e-4, dtype=F64)]
+    kw = {"activation": "tanh", "order": 2}
+    _, r64, _ = outputs_and_grads(ref, "net", on(p, "cuda"), cot, **kw)
+    _, g16, _ = outputs_and_grads(tn, "net", on(p, "cuda", torch.float16), cot, **kw)
+    for k in ("x", "w0", "w"):
+        err = (g16[k].double() - r64[k]).abs().max().item() / r64[k].abs().max().item()
+        assert err < 2e-2, f"float16 grad {k}: relative error {err:.2e}"
 
 
 def test_in_kernel_signs_are_the_cpu_signs():

@@ -1,0 +1,185 @@
+// A CPU emulator of the slice of CUDA the taylornet kernels use, so their tiling, shared-memory
+// staging, barriers and split reductions run in the CPU test suite. Every CUDA thread of a block is
+// a fiber (ucontext) on one OS thread; blocks run one after another, so __shared__ variables are
+// function statics. A fiber runs until it reaches a barrier (__syncthreads, or the warp barrier of
+// a collective mma): the fibers of a block therefore run far apart between barriers, and a missing
+// barrier shows up as a wrong result rather than as a lucky interleaving.
+#pragma once
+
+#include <setjmp.h>
+#include <ucontext.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
+
+namespace tn_emu {
+
+constexpr int kBlockThreads = 256;
+constexpr size_t kStack = 256 * 1024;
+
+struct WarpScratch {
+  float a[16 * 16], b[16 * 16];
+};
+
+// Fibers start through makecontext/setcontext and then switch with _setjmp/_longjmp, which do not
+// save the signal mask: no system call per switch (build without _FORTIFY_SOURCE, whose longjmp
+// check rejects jumps between stacks).
+struct Fiber {
+  ucontext_t start{};
+  jmp_buf jmp;
+  bool started = false;
+  long block_phase = 0, warp_phase = 0;  // barriers passed
+  bool done = false;
+};
+
+struct ThreadState {
+  uint3 thread{0, 0, 0}, block{0, 0, 0};
+};
+inline ThreadState self;
+
+[[noreturn]] inline void fail(const char* what) {
+  std::fprintf(stderr, "emulator: %s (block %u,%u,%u thread %u)\n", what, self.block.x, self.block.y,
+               self.block.z, self.thread.x);
+  std::abort();
+}
+
+// One block at a time: 256 fibers and a round-robin scheduler.
+class Block {
+ public:
+  Block(uint3 block, const std::function<void()>& kernel) : block_(block), kernel_(&kernel) {}
+
+  void run() {
+    current_ = this;
+    for (int t = 0; t < kBlockThreads; ++t) {
+      Fiber& f = fibers_[t];
+      getcontext(&f.start);
+      f.start.uc_stack.ss_sp = stacks()[t].get();
+      f.start.uc_stack.ss_size = kStack;
+      f.start.uc_link = nullptr;  // entry() never returns: it jumps back to the scheduler
+      makecontext(&f.start, &Block::entry, 0);
+    }
+    for (;;) {
+      bool live = false;
+      for (me_ = 0; me_ < kBlockThreads; ++me_) {
+        if (fibers_[me_].done) continue;
+        live = true;
+        self = ThreadState{{static_cast<unsigned>(me_), 0, 0}, block_};
+        progressed_ = false;
+        Fiber& f = fibers_[me_];
+        if (!_setjmp(scheduler_)) {
+          if (!f.started) {
+            f.started = true;
+            setcontext(&f.start);
+          }
+          _longjmp(f.jmp, 1);
+        }
+        if (progressed_) stalled_rounds_ = 0;
+      }
+      if (!live) break;
+      if (++stalled_rounds_ > 3) fail("barrier never completes (threads wait at different barriers)");
+    }
+    current_ = nullptr;
+  }
+
+  static Block& current() { return *current_; }
+  static std::unique_ptr<char[]>* stacks() {  // allocated once, reused by every block
+    static std::unique_ptr<char[]> s[kBlockThreads];
+    if (!s[0])
+      for (auto& p : s) p.reset(new char[kStack]);
+    return s;
+  }
+  WarpScratch& warp_scratch() { return warps_[me_ / 32]; }
+
+  // Waits until every live thread of the block (first: of the warp) has passed as many barriers.
+  void sync_block() { wait(&Fiber::block_phase, 0, kBlockThreads); }
+  void sync_warp() { wait(&Fiber::warp_phase, me_ / 32 * 32, 32); }
+
+ private:
+  static void entry() {
+    Block& b = *current_;
+    (*b.kernel_)();
+    b.fibers_[b.me_].done = true;  // a finished thread no longer holds back barriers, as on the GPU
+    b.progressed_ = true;
+    _longjmp(b.scheduler_, 1);
+  }
+  void wait(long Fiber::*phase, int first, int count) {
+    Fiber& f = fibers_[me_];
+    const long target = ++(f.*phase);
+    progressed_ = true;
+    for (;;) {
+      bool all = true;
+      for (int t = first; t < first + count; ++t)
+        if (!fibers_[t].done && fibers_[t].*phase < target) all = false;
+      if (all) return;
+      if (!_setjmp(f.jmp)) _longjmp(scheduler_, 1);
+    }
+  }
+
+  uint3 block_;
+  const std::function<void()>* kernel_;
+  Fiber fibers_[kBlockThreads];
+  WarpScratch warps_[kBlockThreads / 32];
+  jmp_buf scheduler_;
+  int me_ = 0, stalled_rounds_ = 0;
+  bool progressed_ = false;
+  static inline Block* current_ = nullptr;
+};
+
+inline int lane() { return static_cast<int>(self.thread.x % 32); }
+inline WarpScratch& warp_scratch() { return Block::current().warp_scratch(); }
+inline void warp_sync() { Block::current().sync_warp(); }
+inline void sync_block() { Block::current().sync_block(); }
+
+// wmma's contract: 256-bit aligned pointers and a leading dimension of a multiple of 16 bytes.
+inline void check_aligned(const void* p, unsigned ld, size_t elem) {
+  if (reinterpret_cast<uintptr_t>(p) % 32 != 0) fail("wmma pointer not 32-byte aligned");
+  if (ld * elem % 16 != 0) fail("wmma leading dimension not a multiple of 16 bytes");
+}
+
+// Runs `kernel` for every block of `grid`, blocks in order.
+inline void launch(dim3 grid, const std::function<void()>& kernel) {
+  for (unsigned z = 0; z < grid.z; ++z)
+    for (unsigned y = 0; y < grid.y; ++y)
+      for (unsigned x = 0; x < grid.x; ++x) {
+        auto blk = std::make_unique<Block>(uint3{x, y, z}, kernel);
+        blk->run();
+      }
+}
+
+}  // namespace tn_emu
+
+// The CUDA vocabulary of the kernels, for the host compiler.
+#undef __shared__
+#define __shared__ static
+#ifndef __launch_bounds__
+#define __launch_bounds__(...)
+#endif
+#ifndef __noinline__
+#define __noinline__  // empty: libstdc++'s own __attribute__((__noinline__)) stays valid
+#endif
+#define threadIdx (tn_emu::self.thread)
+#define blockIdx (tn_emu::self.block)
+inline void __syncthreads() { tn_emu::sync_block(); }
+[[noreturn]] inline void __trap() { tn_emu::fail("__trap"); }
+// One OS thread runs every fiber: plain read-modify-writes are atomic here.
+inline float atomicAdd(float* p, float v) {
+  const float old = *p;
+  *p = old + v;
+  return old;
+}
+inline double atomicAdd(double* p, double v) {
+  const double old = *p;
+  *p = old + v;
+  return old;
+}

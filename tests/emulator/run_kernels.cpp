@@ -1,0 +1,389 @@
+// Runs the CUDA kernels (SIMT and tensor-core) under the CPU emulator on random problems and checks
+// every kernel result against sums of the float64 epilogue over the same (rounded) inputs. The
+// epilogue's math is covered by the CPU tests; this checks what only the CUDA kernels do: tiles and
+// their edges, shared-memory staging, fragment use, split reductions, signs, biases, scale handling.
+//
+//   run_kernels [filter]   prints one line per check; exit status 1 if any check fails
+#include "emu.h"
+#include "mma.h"
+
+#include <algorithm>
+#include <random>
+#include <string>
+
+#include "cuda/simt.cuh"
+#include "cuda/tensor_cores.cuh"
+
+namespace {
+
+using namespace tn;
+using namespace tn::cuda;
+
+struct Shape {
+  int64_t n, d, m, c;
+};
+
+enum class SignSource { kNone, kPhilox, kTensor };
+
+struct Config {
+  Act act;
+  std::vector<int64_t> orders;
+  bool exact, bias;
+  SignSource signs;
+  bool moments;
+  int64_t splits;  // requested splits of the inner loops
+};
+
+int failures = 0, checks = 0;
+
+template <typename T>
+const char* type_name() {
+  if constexpr (std::is_same_v<T, double>) return "f64";
+  if constexpr (std::is_same_v<T, float>) return "f32";
+  if constexpr (std::is_same_v<T, __half>) return "f16";
+  return "bf16";
+}
+
+template <typename T>
+T from_double(double v) {
+  if constexpr (std::is_same_v<T, __half>) return __double2half(v);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __double2bfloat16(v);
+  else return static_cast<T>(v);
+}
+template <typename T>
+double to_double(T v) {
+  if constexpr (std::is_same_v<T, __half>) return __half2float(v);
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return __bfloat162float(v);
+  else return static_cast<double>(v);
+}
+
+// A tensor in the kernel's storage type and the same values in double.
+template <typename T>
+struct Data {
+  std::vector<T> t;
+  std::vector<double> v;
+  Data() = default;
+  Data(size_t size, std::mt19937_64& rng, double sd) : t(size), v(size) {
+    std::normal_distribution<double> g(0.0, sd);
+    for (size_t i = 0; i < size; ++i) {
+      t[i] = from_double<T>(g(rng));
+      v[i] = to_double(t[i]);
+    }
+  }
+};
+
+template <typename Acc>
+double max_rel_err(const std::vector<Acc>& got, const std::vector<double>& want) {
+  double err = 0, scale = 1e-300;
+  for (size_t i = 0; i < want.size(); ++i) {
+    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
+    scale = std::max(scale, std::abs(want[i]));
+    if (!std::isfinite(static_cast<double>(got[i]))) return INFINITY;
+  }
+  return err / scale;
+}
+
+void report(const std::string& what, double err, double tol) {
+  ++checks;
+  const bool ok = err <= tol;
+  if (!ok) ++failures;
+  std::printf("%s %-72s rel.err %.2e (tol %.0e)\n", ok ? "ok  " : "FAIL", what.c_str(), err, tol);
+}
+
+template <typename T>
+struct Case {
+  using Acc = acc_t<T>;
+  Shape sh;
+  Config cf;
+  bool tc;
+  Plan plan;
+  std::vector<Acc> coef;
+  std::vector<double> coef64;
+  Data<T> x, w0, w, a, b0, b, gout[2], grad, signs;
+  Problem<T> p;
+  Problem<double> pd;  // the same inputs in double, for the reference
+  std::vector<double> xd, w0d, wd, ad, b0d, bd, goutd[2];
+  std::string name;
+
+  Case(Shape s, Config c, bool tensor_cores, uint64_t seed)
+      : sh(s), cf(c), tc(tensor_cores), plan(c.act, c.orders, c.exact, true) {
+    std::mt19937_64 rng(seed);
+    const double rd = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(s.d, 1)));
+    x = Data<T>(s.n * s.d, rng, 1.0);
+    w0 = Data<T>(s.m * s.d, rng, rd);
+    w = Data<T>(s.m * s.d, rng, 0.3 * rd);
+    a = Data<T>(s.c * s.m, rng, 1.0);
+    b0 = Data<T>(s.m, rng, 0.5);
+    b = Data<T>(s.m, rng, 0.3);
+    for (auto& g : gout) g = Data<T>(s.n * s.c, rng, 1.0);
+    grad = Data<T>(s.n * s.m, rng, 1.0);
+    signs = Data<T>(s.m, rng, 1.0);
+    for (int64_t r = 0; r < s.m; ++r) {
+      signs.v[r] = signs.v[r] < 0 ? -1.0 : 1.0;
+      signs.t[r] = from_double<T>(signs.v[r]);
+    }
+    coef.assign(plan.coef.begin(), plan.coef.end());
+    coef64 = plan.coef;
+    fill(p, x.t, w0.t, w.t, a.t, b0.t, b.t, gout[0].t, gout[1].t, signs.t, coef);
+    fill(pd, x.v, w0.v, w.v, a.v, b0.v, b.v, gout[0].v, gout[1].v, signs.v, coef64);
+    p.tensor_cores = tc;
+    name = std::string(type_name<T>()) + (tc ? (std::is_same_v<T, float> ? "/tf32" : "/mma") : "/simt") +
+           " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m) +
+           " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
+           (c.exact ? " exact" : "") + (c.moments ? " moments" : "") +
+           (c.signs == SignSource::kPhilox ? " philox-signs" : c.signs == SignSource::kTensor ? " sign-tensor" : "") +
+           " splits=" + std::to_string(c.splits);
+  }
+
+  template <typename S>
+  void fill(Problem<S>& q, const std::vector<S>& xs, const std::vector<S>& w0s, const std::vector<S>& ws,
+            const std::vector<S>& as, const std::vector<S>& b0s, const std::vector<S>& bs,
+            const std::vector<S>& g0, const std::vector<S>& g1, const std::vector<S>& sg,
+            const std::vector<acc_t<S>>& co) {
+    q.x = xs.data();
+    q.w0 = w0s.data();
+    q.w = ws.data();
+    q.a = as.data();
+    q.b0 = cf.bias ? b0s.data() : nullptr;
+    q.b = cf.bias ? bs.data() : nullptr;
+    q.philox = cf.signs == SignSource::kPhilox;
+    q.signs = cf.signs == SignSource::kTensor ? sg.data() : nullptr;
+    q.seed = 0x0DDBA11;
+    q.offset = 7;
+    q.first = 3;
+    q.n = sh.n;
+    q.d = sh.d;
+    q.m = sh.m;
+    q.c = sh.c;
+    q.moments = cf.moments;
+    const double scale = 1.0 / std::sqrt(static_cast<double>(sh.m));
+    q.scale[0] = static_cast<acc_t<S>>(scale);
+    q.scale[1] = static_cast<acc_t<S>>(scale * scale);
+    q.gout[0] = g0.data();
+    q.gout[1] = g1.data();
+    q.plan = plan.view(co.data());
+  }
+
+  // Reference fields at (i, r): z0 and u from the double inputs, then the shared epilogue.
+  void fields(int64_t i, int64_t r, double (&v)[4]) const {
+    double z = 0, u = 0;
+    for (int64_t k = 0; k < sh.d; ++k) {
+      z += pd.x[i * sh.d + k] * pd.w0[r * sh.d + k];
+      u += pd.x[i * sh.d + k] * pd.w[r * sh.d + k];
+    }
+    if (pd.b0) z += pd.b0[r];
+    if (pd.b) u += pd.b[r];
+    fields_at(pd, 0xfu, i, r, z, u, neuron_sign_of(pd, r), v);
+  }
+};
+
+template <typename T>
+double tolerance(bool tc) {
+  if constexpr (std::is_same_v<T, double>) return 1e-11;
+  if (std::is_same_v<T, float> && !tc) return 2e-5;
+  return 3e-2;  // fields rounded to 16-bit or TF32 operands
+}
+
+template <typename T>
+void run_case(Case<T>& cs) {
+  using Acc = acc_t<T>;
+  const Shape s = cs.sh;
+  const bool tc = cs.tc;
+  const int64_t B = tc ? kTcTile : tile<Acc>();
+  const double tol = tolerance<T>(tc);
+  // Reference fields over the whole problem.
+  std::vector<double> F[4];
+  for (auto& f : F) f.assign(s.n * s.m, 0.0);
+  for (int64_t i = 0; i < s.n; ++i)
+    for (int64_t r = 0; r < s.m; ++r) {
+      double v[4];
+      cs.fields(i, r, v);
+      for (int q = 0; q < 4; ++q) F[q][i * s.m + r] = v[q];
+    }
+
+  if (!cs.cf.moments) {  // features forward and backward (c = 1 per element, the cotangent as g)
+    std::vector<T> out(s.n * s.m, from_double<T>(0));
+    tn_emu::launch(dim3(ceil_div(s.m, B), ceil_div(s.n, B)), [&] {
+      if (tc) {
+        if constexpr (!std::is_same_v<T, double>) features_forward_tc_kernel<T>(cs.p, out.data());
+      } else {
+        features_forward_kernel<T>(cs.p, out.data());
+      }
+    });
+    std::vector<double> got(out.size());
+    for (size_t e = 0; e < out.size(); ++e) got[e] = to_double(out[e]);
+    report(cs.name + " features", max_rel_err(got, F[kPhi0]), tol);
+
+    std::vector<T> G(s.n * s.m), G0(s.n * s.m);
+    tn_emu::launch(dim3(ceil_div(s.m, B), ceil_div(s.n, B)), [&] {
+      if (tc) {
+        if constexpr (!std::is_same_v<T, double>) features_grads_tc_kernel<T>(cs.p, cs.grad.t.data(), G.data(), G0.data());
+      } else {
+        features_grads_kernel<T>(cs.p, cs.grad.t.data(), G.data(), G0.data());
+      }
+    });
+    std::vector<double> want(s.n * s.m), want0(s.n * s.m), got0(s.n * s.m);
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t r = 0; r < s.m; ++r) {
+        double z = 0, u = 0;
+        for (int64_t k = 0; k < s.d; ++k) {
+          z += cs.pd.x[i * s.d + k] * cs.pd.w0[r * s.d + k];
+          u += cs.pd.x[i * s.d + k] * cs.pd.w[r * s.d + k];
+        }
+        if (cs.pd.b0) z += cs.pd.b0[r];
+        if (cs.pd.b) u += cs.pd.b[r];
+        const auto dd = feature_grads<double, DeviceMath<double>>(cs.pd.plan, z, u, neuron_sign_of(cs.pd, r), false, true);
+        want[i * s.m + r] = cs.grad.v[i * s.m + r] * dd.du;
+        want0[i * s.m + r] = cs.grad.v[i * s.m + r] * dd.dz;
+        got[i * s.m + r] = to_double(G[i * s.m + r]);
+        got0[i * s.m + r] = to_double(G0[i * s.m + r]);
+      }
+    report(cs.name + " features grad G", max_rel_err(got, want), tol);
+    report(cs.name + " features grad G0", max_rel_err(got0, want0), tol);
+  }
+
+  // neuron sums: the readout(s) and dX.
+  auto neuron = [&](NeuronSum<T> ns, const std::string& what, const std::vector<double>* Z[2],
+                    const bool square[2], std::vector<Acc>* out[2]) {
+    const NeuronSum<T> given = ns;  // the reference uses the scales as given
+    Problem<T> q = cs.p;
+    if (tc) {  // as the launcher does
+      const Acc f = factor_out_scale(q, ns.field[0]);
+      for (int t = 0; t < ns.terms; ++t) ns.scale[t] *= f;
+    }
+    const int64_t gx = ceil_div(s.n, B), gy = ceil_div(ns.ncols, B), tiles = ceil_div(s.m, B);
+    const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
+    tn_emu::launch(l.grid, [&] {
+      if (tc) {
+        if constexpr (!std::is_same_v<T, double>) neuron_sum_tc_kernel<T>(q, ns, l.tiles_per_split);
+      } else {
+        neuron_sum_kernel<T>(q, ns, l.tiles_per_split);
+      }
+    });
+    for (int t = 0; t < ns.terms; ++t) {
+      // out[t] accumulates every term that targets it; compare once per distinct output.
+      if (t > 0 && out[t] == out[t - 1]) continue;
+      std::vector<double> want(s.n * ns.ncols, 0.0);
+      for (int u = t; u < ns.terms && out[u] == out[t]; ++u)
+        for (int64_t i = 0; i < s.n; ++i)
+          for (int64_t col = 0; col < ns.ncols; ++col) {
+            double acc = 0;
+            for (int64_t r = 0; r < s.m; ++r) {
+              const double zv = (*Z[u])[r * ns.z_row[u] + col * ns.z_col[u]];
+              acc += F[ns.field[u]][i * s.m + r] * (square[u] ? zv * zv : zv);
+            }
+            want[i * ns.ncols + col] += static_cast<double>(given.scale[u]) * acc;
+          }
+      report(cs.name + " " + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
+             max_rel_err(*out[t], want), tol);
+    }
+  };
+  {
+    NeuronSum<T> ns;
+    ns.terms = cs.cf.moments ? 2 : 1;
+    std::vector<Acc> o0(s.n * s.c, 0), o1(s.n * s.c, 0);
+    std::vector<Acc>* out[2] = {&o0, &o1};
+    const std::vector<double>* Z[2] = {&cs.a.v, &cs.a.v};
+    const bool square[2] = {false, true};
+    for (int t = 0; t < ns.terms; ++t) {
+      ns.field[t] = t == 0 ? kPhi0 : kPhi1;
+      ns.z[t] = cs.p.a;
+      ns.z_row[t] = 1;
+      ns.z_col[t] = s.m;
+      ns.square[t] = square[t];
+      ns.out[t] = out[t]->data();
+      ns.scale[t] = cs.p.scale[t];
+    }
+    ns.ncols = ns.ld_out = s.c;
+    neuron(ns, "readout", Z, square, out);
+  }
+  {
+    NeuronSum<T> ns;
+    ns.terms = 2;
+    std::vector<Acc> dx(s.n * s.d, 0);
+    std::vector<Acc>* out[2] = {&dx, &dx};
+    const std::vector<double>* Z[2] = {&cs.w.v, &cs.w0.v};
+    const bool square[2] = {false, false};
+    ns.field[0] = kGradU;
+    ns.field[1] = kGradZ;
+    ns.z[0] = cs.p.w;
+    ns.z[1] = cs.p.w0;
+    for (int t = 0; t < 2; ++t) {
+      ns.z_row[t] = s.d;
+      ns.z_col[t] = 1;
+      ns.out[t] = dx.data();
+    }
+    ns.ncols = ns.ld_out = s.d;
+    neuron(ns, "dX", Z, square, out);
+  }
+
+  // sample sums: dW, dW0, db, db0, dA.
+  auto sample = [&](Field field, const Data<T>* y, int64_t ncols, Acc scale, const std::string& what) {
+    SampleSum<T> ss;
+    ss.field = field;
+    ss.y = y ? y->t.data() : nullptr;
+    ss.ld_y = ncols;
+    ss.ncols = ss.ld_out = ncols;
+    ss.scale = scale;
+    std::vector<Acc> out(s.m * ncols, 0);
+    ss.out = out.data();
+    Problem<T> q = cs.p;
+    if (tc) ss.scale *= factor_out_scale(q, field);  // as the launcher does
+    const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ncols, B), tiles = ceil_div(s.n, B);
+    const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
+    tn_emu::launch(l.grid, [&] {
+      if (tc) {
+        if constexpr (!std::is_same_v<T, double>) sample_sum_tc_kernel<T>(q, ss, l.tiles_per_split);
+      } else {
+        sample_sum_kernel<T>(q, ss, l.tiles_per_split);
+      }
+    });
+    std::vector<double> want(s.m * ncols, 0.0);
+    for (int64_t r = 0; r < s.m; ++r)
+      for (int64_t col = 0; col < ncols; ++col) {
+        double acc = 0;
+        for (int64_t i = 0; i < s.n; ++i) acc += F[field][i * s.m + r] * (y ? y->v[i * ncols + col] : 1.0);
+        want[r * ncols + col] = static_cast<double>(scale) * acc;
+      }
+    report(cs.name + " " + what, max_rel_err(out, want), tol);
+  };
+  sample(kGradU, &cs.x, s.d, 1, "dW");
+  sample(kGradZ, &cs.x, s.d, 1, "dW0");
+  sample(kGradU, nullptr, 1, 1, "db");
+  sample(kGradZ, nullptr, 1, 1, "db0");
+  sample(kPhi0, &cs.gout[0], s.c, cs.p.scale[0], "dA");
+  if (cs.cf.moments) sample(kPhi1, &cs.gout[1], s.c, cs.p.scale[1], "dA (variance)");
+}
+
+template <typename T>
+void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
+  Case<T> cs(s, c, tc, seed);
+  if (!filter.empty() && cs.name.find(filter) == std::string::npos) return;
+  run_case(cs);
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string filter = argc > 1 ? argv[1] : "";
+  // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column tile.
+  const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}};
+  const Config configs[] = {
+      {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2},
+      {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1},
+      {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3},
+      {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100},
+  };
+  uint64_t seed = 1;
+  for (const Shape& s : shapes)
+    for (const Config& c : configs) {
+      ++seed;
+      run<double>(s, c, false, seed, filter);
+      run<float>(s, c, false, seed, filter);
+      run<float>(s, c, true, seed, filter);
+      run<__half>(s, c, true, seed, filter);
+      run<__nv_bfloat16>(s, c, true, seed, filter);
+    }
+  std::printf("%d of %d checks failed\n", failures, checks);
+  return failures ? 1 : 0;
+}
