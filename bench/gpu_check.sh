@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
 # build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
-# CUDA targets, and write results.json plus the logs into OUTDIR. Sized to finish in about 8 minutes
-# on an H200; each step has its own time limit and a failed step does not stop the next.
+# CUDA targets (float32 and bf16, then float32 with TF32), and write results.json plus the logs into
+# OUTDIR. Sized to finish in about 8 minutes on an H200; each step has its own time limit and a
+# failed step does not stop the next.
 #   bench/gpu_check.sh OUTDIR
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -32,6 +33,12 @@ timeout 240 python3 -P -m taylornet bench --preset cuda-target --repeats 5 --out
   > "$OUT/bench.log" 2>&1
 status bench $?
 tail -25 "$OUT/bench.log"
+
+echo "== benchmark, float32 with TF32 (tensor-core kernels against TF32 baselines)"
+timeout 100 python3 -P -m taylornet bench --preset cuda-target --dtypes float32 --tf32 --no-width-sweep \
+  --repeats 3 --out "$OUT/bench" --no-progress > "$OUT/bench-tf32.log" 2>&1
+status bench_tf32 $?
+tail -8 "$OUT/bench-tf32.log"
 
 python3 - "$OUT" "$START" <<'PY'
 import json, os, sys, time, glob

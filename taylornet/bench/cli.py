@@ -4,6 +4,7 @@
     taylornet bench --preset core             issue 2's acceptance case on CPU
     taylornet bench --device cuda             the GPU grid (float32 and bf16)
     taylornet bench --preset cuda-target      n=16384 d=128 m=262144 on CUDA, with a width sweep
+    taylornet bench --preset cuda-target --dtypes float32 --tf32    the same with TF32 matmuls
     taylornet bench --ops net_fb --dims 32 --widths 4096 16384 --orders 2 exact
 
 Results go to --out (default out/bench/) as TAG.json, TAG.csv and TAG_*.png; Ctrl-C stops after
@@ -62,6 +63,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--signs", action="store_true", help="pass a fixed (m,) sign vector (features, net)")
     g.add_argument("--impls", nargs="+", action=_ListAction, metavar="IMPL",
                    help=f"of {', '.join(IMPLS)} (default all)")
+    g.add_argument("--tf32", action="store_true",
+                   help="CUDA: allow TF32 matmuls (torch.backends.cuda.matmul.allow_tf32) for every implementation "
+                        "and the matmul ceiling; the float32 kernels then run on tensor cores")
     g.add_argument("--no-compile", action="store_true", help="leave out the torch.compile baseline")
     g.add_argument("--compile-mode", help="torch.compile mode (default: 'default' on CPU, "
                                           "'max-autotune-no-cudagraphs' on CUDA)")
@@ -126,8 +130,9 @@ def resolve(args) -> dict:
     s.update(outputs=args.outputs, grad_wrt=grad, bias=args.bias, signs=args.signs, memory=args.memory,
              memory_budget_gb=args.memory_budget, threads=args.threads, check=not args.no_check,
              seed=args.seed, compile_mode=args.compile_mode, sweep_compile_mode=args.sweep_compile_mode,
-             preset=args.preset, quick=args.quick)
-    s["tag"] = args.tag or f"{args.preset or ('quick' if args.quick else 'grid')}-{device}"
+             preset=args.preset, quick=args.quick, tf32=args.tf32 and device == "cuda")
+    s["tag"] = args.tag or (f"{args.preset or ('quick' if args.quick else 'grid')}-{device}"
+                            + ("-tf32" if s["tf32"] else ""))
     return s
 
 
@@ -147,6 +152,9 @@ def run(args) -> int:
         return 2
     if s["threads"]:
         torch.set_num_threads(s["threads"])
+    if args.tf32 and device != "cuda":
+        print("taylornet bench: --tf32 applies to CUDA only; ignored", file=sys.stderr)
+    torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
     total_mem = report.total_memory(device)
     budget_bytes = s["memory_budget_gb"] * 2**30 if s["memory_budget_gb"] else total_mem
     s["memory_budget_bytes"] = budget_bytes
