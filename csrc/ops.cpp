@@ -351,6 +351,9 @@ cuda::Problem<T> make_problem(const cpu::Args& args, const Plan& plan, DevicePla
   // (torch.backends.cuda.matmul.allow_tf32, or float32_matmul_precision "high"/"medium").
   if constexpr (std::is_same_v<T, float>) p.tensor_cores = at::globalContext().allowTF32CuBLAS();
   else p.tensor_cores = !std::is_same_v<T, double>;
+  // torch.use_deterministic_algorithms(True): run-to-run identical sums, at some loss of parallelism
+  // when the outer grid is small.
+  p.deterministic = at::globalContext().deterministicAlgorithms();
   p.scale[0] = static_cast<Acc>(args.scale);
   p.scale[1] = static_cast<Acc>(args.scale * args.scale);
   const int* di = dp.ints.const_data_ptr<int>();
@@ -394,6 +397,82 @@ Tensor features_cuda(const Tensor& x, const Tensor& w0, const Tensor& w, const O
   return out;
 }
 
+// dX by a reduction over neurons; dW, dW0, db, db0, dA by reductions over samples. `g` are the
+// output cotangents of the net or moments; for the features op, `gelem` is the (n, m) cotangent of
+// the features themselves and g is empty.
+cpu::Grads backward_cuda(const Call& c, const std::vector<Tensor>& g, bool moments, const Tensor& gelem = {}) {
+  const cpu::Args& args = c.args;
+  const cpu::Needs& need = c.needs;
+  const Tensor& x = args.x;
+  const int64_t n = x.size(0), d = x.size(1), m = args.w.size(0), nc = args.a.defined() ? args.a.size(0) : 0;
+  const auto acc_opt = x.options().dtype(acc_dtype(x.scalar_type()));
+  cpu::Grads r;
+  if (need.x) r.x = at::zeros({n, d}, acc_opt);
+  if (need.w0) r.w0 = at::zeros({m, d}, acc_opt);
+  if (need.w) r.w = at::zeros({m, d}, acc_opt);
+  if (need.b0) r.b0 = at::zeros({m}, acc_opt);
+  if (need.b) r.b = at::zeros({m}, acc_opt);
+  Tensor da_t[2];  // (m, c): dA^T per readout
+  for (int k = 0; k < (moments ? 2 : 1); ++k)
+    if (need.a) da_t[k] = at::zeros({m, nc}, acc_opt);
+  if (n > 0 && (nc > 0 || gelem.defined())) {
+    dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
+      using T = std::remove_pointer_t<decltype(tag)>;
+      using Acc = cuda::acc_t<T>;
+      const auto stream = c10::cuda::getCurrentCUDAStream();
+      DevicePlan dp;
+      auto p = make_problem<T>(args, *c.plan, dp);
+      p.moments = moments;
+      for (size_t k = 0; k < g.size(); ++k) p.gout[k] = reinterpret_cast<const T*>(g[k].const_data_ptr());
+      if (gelem.defined()) {
+        p.gelem = reinterpret_cast<const T*>(gelem.const_data_ptr());
+        p.scale[0] = p.scale[1] = Acc(1);
+      }
+      if (need.x) {  // dX = G W + G0 W0
+        cuda::NeuronSum<T> s;
+        s.terms = 2;
+        s.field[0] = cuda::kGradU;
+        s.field[1] = cuda::kGradZ;
+        s.z[0] = p.w;
+        s.z[1] = p.w0;
+        for (int t = 0; t < 2; ++t) {
+          s.z_row[t] = d;
+          s.z_col[t] = 1;
+          s.out[t] = mut<Acc>(r.x);
+        }
+        s.ncols = d;
+        s.ld_out = d;
+        cuda::neuron_sum<T>(p, s, stream);
+      }
+      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out, Acc scl) {
+        cuda::SampleSum<T> s;
+        s.field = field;
+        s.y = y;
+        s.ld_y = ld_y;
+        s.ncols = ncols;
+        s.out = mut<Acc>(out);
+        s.ld_out = ncols;
+        s.scale = scl;
+        cuda::sample_sum<T>(p, s, stream);
+      };
+      if (need.w) sample_sum(cuda::kGradU, p.x, d, d, r.w, Acc(1));
+      if (need.w0) sample_sum(cuda::kGradZ, p.x, d, d, r.w0, Acc(1));
+      if (need.b) sample_sum(cuda::kGradU, nullptr, 0, 1, r.b, Acc(1));
+      if (need.b0) sample_sum(cuda::kGradZ, nullptr, 0, 1, r.b0, Acc(1));
+      if (need.a)
+        for (int k = 0; k < (moments ? 2 : 1); ++k)
+          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, nc, da_t[k], p.scale[k]);
+    });
+  }
+  if (need.a) {
+    r.a = da_t[0].t();
+    if (moments) r.a = r.a + 2 * args.a.to(r.a.scalar_type()) * da_t[1].t();
+  }
+  for (Tensor* t : {&r.x, &r.w0, &r.w, &r.a, &r.b0, &r.b})
+    if (t->defined()) *t = t->to(x.scalar_type()).contiguous();
+  return r;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cuda(
     const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
     const OptTensor& b, const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
@@ -403,25 +482,8 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cuda(
   const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact,
                          std::nullopt, feature_needs(needs));
   const Tensor g = checked_param(grad, "grad", x, {x.size(0), w.size(0)});
-  const bool need_dz = c.needs.dz();
-  // G = grad * dh/du and G0 = grad * dh/dz0 (n x m, like the op's output), then matrix products.
-  Tensor G = at::zeros({x.size(0), w.size(0)}, x.options());
-  Tensor G0 = need_dz ? at::zeros_like(G) : Tensor();
-  if (G.numel() > 0) {
-    dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      DevicePlan dp;
-      const auto p = make_problem<T>(c.args, *c.plan, dp);
-      cuda::features_grads<T>(p, reinterpret_cast<const T*>(g.const_data_ptr()), mut<T>(G),
-                              need_dz ? mut<T>(G0) : nullptr, c10::cuda::getCurrentCUDAStream());
-    });
-  }
-  cpu::Grads r;
-  if (c.needs.x) r.x = at::addmm(at::mm(G, c.args.w), G0, c.args.w0);
-  if (c.needs.w) r.w = at::mm(G.t(), c.args.x);
-  if (c.needs.w0) r.w0 = at::mm(G0.t(), c.args.x);
-  if (c.needs.b) r.b = G.sum(0);
-  if (c.needs.b0) r.b0 = G0.sum(0);
+  // The net backward's reductions with the features' cotangent in place of gout A: no n x m buffer.
+  const cpu::Grads r = backward_cuda(c, {}, false, g);
   return {or_empty(r.x, x), or_empty(r.w0, x), or_empty(r.w, x), or_empty(r.b0, x), or_empty(r.b, x)};
 }
 
@@ -478,76 +540,6 @@ std::tuple<Tensor, Tensor> moments_cuda(const Tensor& x, const Tensor& w0, const
   return {outs[0], outs[1]};
 }
 
-// dX by a reduction over neurons; dW, dW0, db, db0, dA by reductions over samples.
-SixGrads net_backward_cuda_impl(const Call& c, const std::vector<Tensor>& g, bool moments) {
-  const cpu::Args& args = c.args;
-  const cpu::Needs& need = c.needs;
-  const Tensor& x = args.x;
-  const int64_t n = x.size(0), d = x.size(1), m = args.w.size(0), nc = args.a.size(0);
-  const auto acc_opt = x.options().dtype(acc_dtype(x.scalar_type()));
-  cpu::Grads r;
-  if (need.x) r.x = at::zeros({n, d}, acc_opt);
-  if (need.w0) r.w0 = at::zeros({m, d}, acc_opt);
-  if (need.w) r.w = at::zeros({m, d}, acc_opt);
-  if (need.b0) r.b0 = at::zeros({m}, acc_opt);
-  if (need.b) r.b = at::zeros({m}, acc_opt);
-  Tensor da_t[2];  // (m, c): dA^T per readout
-  for (int k = 0; k < (moments ? 2 : 1); ++k)
-    if (need.a) da_t[k] = at::zeros({m, nc}, acc_opt);
-  if (n > 0 && nc > 0) {
-    dispatch_cuda_dtype(x.scalar_type(), [&](auto* tag) {
-      using T = std::remove_pointer_t<decltype(tag)>;
-      using Acc = cuda::acc_t<T>;
-      const auto stream = c10::cuda::getCurrentCUDAStream();
-      DevicePlan dp;
-      auto p = make_problem<T>(args, *c.plan, dp);
-      p.moments = moments;
-      for (size_t k = 0; k < g.size(); ++k) p.gout[k] = reinterpret_cast<const T*>(g[k].const_data_ptr());
-      if (need.x) {  // dX = G W + G0 W0
-        cuda::NeuronSum<T> s;
-        s.terms = 2;
-        s.field[0] = cuda::kGradU;
-        s.field[1] = cuda::kGradZ;
-        s.z[0] = p.w;
-        s.z[1] = p.w0;
-        for (int t = 0; t < 2; ++t) {
-          s.z_row[t] = d;
-          s.z_col[t] = 1;
-          s.out[t] = mut<Acc>(r.x);
-        }
-        s.ncols = d;
-        s.ld_out = d;
-        cuda::neuron_sum<T>(p, s, stream);
-      }
-      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out, Acc scl) {
-        cuda::SampleSum<T> s;
-        s.field = field;
-        s.y = y;
-        s.ld_y = ld_y;
-        s.ncols = ncols;
-        s.out = mut<Acc>(out);
-        s.ld_out = ncols;
-        s.scale = scl;
-        cuda::sample_sum<T>(p, s, stream);
-      };
-      if (need.w) sample_sum(cuda::kGradU, p.x, d, d, r.w, Acc(1));
-      if (need.w0) sample_sum(cuda::kGradZ, p.x, d, d, r.w0, Acc(1));
-      if (need.b) sample_sum(cuda::kGradU, nullptr, 0, 1, r.b, Acc(1));
-      if (need.b0) sample_sum(cuda::kGradZ, nullptr, 0, 1, r.b0, Acc(1));
-      if (need.a)
-        for (int k = 0; k < (moments ? 2 : 1); ++k)
-          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, nc, da_t[k], p.scale[k]);
-    });
-  }
-  if (need.a) {
-    r.a = da_t[0].t();
-    if (moments) r.a = r.a + 2 * args.a.to(r.a.scalar_type()) * da_t[1].t();
-  }
-  for (Tensor* t : {&r.x, &r.w0, &r.w, &r.a, &r.b0, &r.b})
-    if (t->defined()) *t = t->to(x.scalar_type()).contiguous();
-  return six(r, x);
-}
-
 SixGrads net_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w,
                            const Tensor& a, const OptTensor& b0, const OptTensor& b,
                            const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
@@ -555,7 +547,7 @@ SixGrads net_backward_cuda(const Tensor& grad, const Tensor& x, const Tensor& w0
   const c10::cuda::CUDAGuard guard(x.device());
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Call c = prepare(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale, net_needs(needs));
-  return net_backward_cuda_impl(c, checked_grads({grad}, x, a.size(0)), false);
+  return six(backward_cuda(c, checked_grads({grad}, x, a.size(0)), false), x);
 }
 
 SixGrads moments_backward_cuda(const Tensor& grad_mean, const Tensor& grad_var, const Tensor& x,
@@ -567,7 +559,7 @@ SixGrads moments_backward_cuda(const Tensor& grad_mean, const Tensor& grad_var, 
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
   const Call c = prepare(x, w0, w, a, b0, b, std::nullopt, std::nullopt, activation, orders, exact,
                          scale, net_needs(needs));
-  return net_backward_cuda_impl(c, checked_grads({grad_mean, grad_var}, x, a.size(0)), true);
+  return six(backward_cuda(c, checked_grads({grad_mean, grad_var}, x, a.size(0)), true), x);
 }
 
 }  // namespace

@@ -152,6 +152,28 @@ def test_float16_gradients_of_a_wide_layer_do_not_underflow():
         assert err < 2e-2, f"float16 grad {k}: relative error {err:.2e}"
 
 
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["f32", "bf16"])
+def test_deterministic_algorithms_give_bitwise_identical_gradients(dtype):
+    # Few sample tiles and many neuron tiles: without the flag the neuron loop is split over blocks
+    # whose float atomics meet in run-dependent order.
+    p = on(make_problem(n=64, d=32, m=16384, c=2, bias=True), "cuda", dtype)
+
+    def grads():
+        leaves = {k: p[k].clone().requires_grad_(True) for k in ("x", "w0", "w", "a", "b0", "b")}
+        out = tn.taylor_net(*(leaves[k] for k in ("x", "w0", "w", "a", "b0", "b")), activation="tanh", order=2)
+        out.square().sum().backward()
+        return [out.detach()] + [leaves[k].grad for k in leaves]
+
+    old, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        first, second = grads(), grads()
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+    for a, b in zip(first, second):
+        assert torch.equal(a, b)
+
+
 def test_in_kernel_signs_are_the_cpu_signs():
     # One neuron per sign, z0 = 0 and u = 1 for exp order (1,): h_r = s_r exactly.
     m = 1000

@@ -88,7 +88,9 @@ __device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, int64
   const bool grads = want & ((1u << kGradU) | (1u << kGradZ));
   const bool need_dz = want & (1u << kGradZ);
   Acc g[2] = {Acc(0), Acc(0)};
-  if (grads) {  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
+  if (grads && p.gelem) {  // the features' own cotangent
+    g[0] = to_acc(p.gelem[i * p.m + r]);
+  } else if (grads) {  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
     for (int64_t j = 0; j < p.c; ++j) {
       const Acc aj = to_acc(p.a[j * p.m + r]);
       g[0] = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, g[0]);
@@ -146,7 +148,7 @@ inline SplitLaunch split_launch(int64_t gx, int64_t gy, int64_t tiles, int64_t s
 // scale^2 term keeps one factor scale). Returns the factor for the sums (1 when unchanged).
 template <typename T>
 acc_t<T> factor_out_scale(Problem<T>& p, Field field) {
-  if ((field != kGradU && field != kGradZ) || p.scale[0] == acc_t<T>(0)) return acc_t<T>(1);
+  if ((field != kGradU && field != kGradZ) || p.gelem || p.scale[0] == acc_t<T>(0)) return acc_t<T>(1);
   const acc_t<T> f = p.scale[0];
   p.scale[1] /= f;
   p.scale[0] = acc_t<T>(1);

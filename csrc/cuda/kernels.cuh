@@ -12,8 +12,12 @@ namespace tn::cuda {
 
 // ---- launchers ----
 
-// Splits of the inner loop so that the grid fills the device (about 4 blocks per SM).
-inline int64_t inner_splits(int64_t outer_blocks, int64_t inner_tiles) {
+// Splits of the inner loop so that the grid fills the device (about 4 blocks per SM). Deterministic
+// problems take none: every output element then receives exactly one block's sum, added to zero,
+// so the float atomics meet no other addend and the result is the same in every run.
+template <typename T>
+int64_t inner_splits(const Problem<T>& p, int64_t outer_blocks, int64_t inner_tiles) {
+  if (p.deterministic) return 1;
   int device = 0, sms = 1;
   cudaGetDevice(&device);
   cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
@@ -54,21 +58,6 @@ void features_forward(const Problem<T>& p, T* out, cudaStream_t stream) {
 }
 
 template <typename T>
-void features_grads(const Problem<T>& p, const T* grad, T* G, T* G0, cudaStream_t stream) {
-  if (p.n == 0 || p.m == 0) return;
-  if constexpr (!std::is_same_v<T, double>) {
-    if (use_tensor_cores(p, reinterpret_cast<const void*>(&features_grads_tc_kernel<T>))) {
-      const dim3 grid(ceil_div(p.m, kTcTile), ceil_div(p.n, kTcTile));
-      features_grads_tc_kernel<T><<<grid, kThreads, 0, stream>>>(p, grad, G, G0);
-      return;
-    }
-  }
-  constexpr int B = tile<acc_t<T>>();
-  const dim3 grid(ceil_div(p.m, B), ceil_div(p.n, B));
-  features_grads_kernel<T><<<grid, kThreads, 0, stream>>>(p, grad, G, G0);
-}
-
-template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   if constexpr (!std::is_same_v<T, double>) {
@@ -78,14 +67,14 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream)
       const acc_t<T> f = factor_out_scale(q, s.field[0]);
       for (int t = 0; t < s.terms; ++t) sq.scale[t] *= f;
       const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
-      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(gx * gy, tiles));
+      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
       neuron_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(q, sq, l.tiles_per_split);
       return;
     }
   }
   constexpr int B = tile<acc_t<T>>();
   const int64_t gx = ceil_div(p.n, B), gy = ceil_div(s.ncols, B), tiles = ceil_div(p.m, B);
-  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(gx * gy, tiles));
+  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
   neuron_sum_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
 }
 
@@ -98,20 +87,19 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream)
       SampleSum<T> sq = s;
       sq.scale *= factor_out_scale(q, s.field);
       const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.n, kTcTile);
-      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(gx * gy, tiles));
+      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
       sample_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(q, sq, l.tiles_per_split);
       return;
     }
   }
   constexpr int B = tile<acc_t<T>>();
   const int64_t gx = ceil_div(p.m, B), gy = ceil_div(s.ncols, B), tiles = ceil_div(p.n, B);
-  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(gx * gy, tiles));
+  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
   sample_sum_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
 }
 
 #define TN_INSTANTIATE_CUDA(T)                                                             \
   template void features_forward<T>(const Problem<T>&, T*, cudaStream_t);                  \
-  template void features_grads<T>(const Problem<T>&, const T*, T*, T*, cudaStream_t);      \
   template void neuron_sum<T>(const Problem<T>&, const NeuronSum<T>&, cudaStream_t);       \
   template void sample_sum<T>(const Problem<T>&, const SampleSum<T>&, cudaStream_t);
 

@@ -126,39 +126,6 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p
     }
 }
 
-// Features backward: p.gout[0] is the (n, m) cotangent; fields use c = 1 per element, so the
-// cotangent enters as g directly.
-template <typename T>
-__global__ void __launch_bounds__(kThreads) features_grads_kernel(Problem<T> p, const T* grad, T* G,
-                                                                   T* G0) {
-  using Acc = acc_t<T>;
-  using M = DeviceMath<Acc>;
-  constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
-  __shared__ Smem<Acc> sm;
-  // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
-  Acc z0[TM][TM], u[TM][TM];
-  preactivations(p, i0, r0, sm, z0, u);
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-#pragma unroll
-  for (int b = 0; b < TM; ++b) {
-    const int64_t r = r0 + tx + 16 * b;
-    if (r >= p.m) continue;
-    const Acc s = neuron_sign_of(p, r);
-    const Acc b0 = p.b0 ? to_acc(p.b0[r]) : Acc(0);
-    const Acc bb = p.b ? to_acc(p.b[r]) : Acc(0);
-#pragma unroll
-    for (int a = 0; a < TM; ++a) {
-      const int64_t i = i0 + ty + 16 * a;
-      if (i >= p.n) continue;
-      const Grads<Acc> d = feature_grads<Acc, M>(p.plan, z0[a][b] + b0, u[a][b] + bb, s, false, G0 != nullptr);
-      const Acc g = to_acc(grad[i * p.m + r]);
-      G[i * p.m + r] = from_acc<T>(g * d.du);
-      if (G0) G0[i * p.m + r] = from_acc<T>(g * d.dz);
-    }
-  }
-}
-
 template <typename T>
 __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, NeuronSum<T> s,
                                                                int64_t tiles_per_split) {

@@ -35,8 +35,10 @@ struct Problem {
   int64_t n = 0, d = 0, m = 0, c = 0;
   bool moments = false;                               // readouts (e, o^2) instead of h
   bool tensor_cores = false;                          // mma where the GPU has it (never for double)
+  bool deterministic = false;                         // no split reductions (bitwise reproducible)
   Acc scale[2] = {1, 1};                              // scale and scale^2
   const T* gout[2] = {nullptr, nullptr};              // (n, c) output cotangents (backward)
+  const T* gelem = nullptr;  // (n, m) cotangent of the features themselves: g = gelem[i][r], no scale
   PlanView<Acc> plan{};
 };
 
@@ -44,7 +46,7 @@ struct Problem {
 enum Field : int {
   kPhi0 = 0,  // the first readout feature: h (net) or e (moments)
   kPhi1 = 1,  // the second readout feature: o^2 (moments)
-  kGradU = 2,  // G  = sum_rho g_rho d phi_rho / du
+  kGradU = 2,  // G  = sum_rho g_rho d phi_rho / du    (g from gout and A, or gelem)
   kGradZ = 3,  // G0 = sum_rho g_rho d phi_rho / dz0
 };
 
@@ -78,9 +80,6 @@ struct SampleSum {
 
 template <typename T>
 void features_forward(const Problem<T>& p, T* out, cudaStream_t stream);
-// G = grad * dh/du and (if G0) G0 = grad * dh/dz0, both (n, m).
-template <typename T>
-void features_grads(const Problem<T>& p, const T* grad, T* G, T* G0, cudaStream_t stream);
 template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream);
 template <typename T>

@@ -231,27 +231,6 @@ __device__ void features_forward_tc(const Problem<T>& p, T* out) {
   });
 }
 
-template <typename T>
-__device__ void features_grads_tc(const Problem<T>& p, const T* grad, T* G, T* G0) {
-  using M = DeviceMath<float>;
-  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
-  const TcSmem<T> sm{raw};
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
-  FragC<T> codes, z0[2], u[2];
-  load_neurons(p, sm, r0);
-  load_codes(sm, codes);
-  tc_preactivations(p, sm, i0, r0, z0, u);
-  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-    const int64_t i = i0 + row, r = r0 + col;
-    if (i >= p.n || r >= p.m) return;
-    const Grads<float> dd = feature_grads<float, M>(p.plan, z0[j].x[e] + sm.b0()[col], u[j].x[e] + sm.b()[col],
-                                                    sm.sign()[col], false, G0 != nullptr);
-    const float g = to_acc(grad[i * p.m + r]);
-    G[i * p.m + r] = from_acc<T>(g * dd.du);
-    if (G0) G0[i * p.m + r] = from_acc<T>(g * dd.dz);
-  });
-}
-
 // Blocks own (sample tile, column tile); the loop runs over neuron tiles: the readout and dX.
 template <typename T>
 __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
@@ -377,10 +356,6 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
 template <typename T>
 __global__ void __launch_bounds__(kThreads) features_forward_tc_kernel(Problem<T> p, T* out) {
   TN_TC_BODY(features_forward_tc(p, out));
-}
-template <typename T>
-__global__ void __launch_bounds__(kThreads) features_grads_tc_kernel(Problem<T> p, const T* grad, T* G, T* G0) {
-  TN_TC_BODY(features_grads_tc(p, grad, G, G0));
 }
 template <typename T>
 __global__ void __launch_bounds__(kThreads) neuron_sum_tc_kernel(Problem<T> p, NeuronSum<T> s, int64_t per) {
