@@ -15,6 +15,8 @@
 
 #include <mma.h>
 
+#include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda/device.cuh"
@@ -46,23 +48,24 @@ struct TcShape<float> {
   static constexpr int K = 8, chunk = 16, pad = 4;
 };
 
-// Shared memory: stage 1's input chunks, stage 2's factors and the output tile are never live at
-// once and share one region; row strides keep every fragment pointer 32-byte aligned.
+// Shared memory: stage 1's input chunks (two buffers, for the asynchronous copy of the next chunk
+// during the products of this one), stage 2's factors and the output tile are never live at once
+// and share one region; row strides keep every fragment pointer 32-byte aligned.
 template <typename T>
 struct TcSmem {
   static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
   static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
   static constexpr int ld_out = kTcTile + 4;                         // float output tile
-  static constexpr int in_bytes = 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
+  static constexpr int in_bytes = 2 * 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
   static constexpr int mix_bytes = 2 * kTcTile * ld_mix * static_cast<int>(sizeof(T));
   static constexpr int out_bytes = kTcTile * ld_out * 4;
   static constexpr int shared_bytes = std::max(in_bytes, std::max(mix_bytes, out_bytes));
   static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4;  // + codes, neuron data
 
   unsigned char* raw;
-  __device__ T* x() const { return reinterpret_cast<T*>(raw); }
-  __device__ T* w0() const { return x() + kTcTile * ld_in; }
-  __device__ T* w() const { return w0() + kTcTile * ld_in; }
+  __device__ T* x(int buf) const { return reinterpret_cast<T*>(raw) + buf * 3 * kTcTile * ld_in; }
+  __device__ T* w0(int buf) const { return x(buf) + kTcTile * ld_in; }
+  __device__ T* w(int buf) const { return w0(buf) + kTcTile * ld_in; }
   __device__ T* field() const { return reinterpret_cast<T*>(raw); }
   __device__ T* factor() const { return field() + kTcTile * ld_mix; }
   __device__ float* out() const { return reinterpret_cast<float*>(raw); }
@@ -104,7 +107,7 @@ __device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
 __device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) >> 1; }
 __device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) & 1) * 2 + j; }
 
-// The (row, column) code fragment; also clears nothing else. Ends with a barrier.
+// The (row, column) code fragment. Ends with a barrier.
 template <typename T>
 __device__ void load_codes(const TcSmem<T>& sm, FragC<T>& codes) {
   for (int e = threadIdx.x; e < 256; e += kThreads) sm.codes()[e] = static_cast<float>(e);
@@ -124,45 +127,129 @@ __device__ void load_neurons(const Problem<T>& p, const TcSmem<T>& sm, int64_t r
   }
 }
 
+// 16-byte copies global -> shared that complete asynchronously (cp.async, sm_80): the next chunk
+// streams in while the tensor cores work on this one. The host pass (which the CPU emulator runs)
+// copies at once.
+__device__ __forceinline__ void copy16_async(void* smem, const void* gmem) {
+#if defined(__CUDA_ARCH__)
+  const unsigned s = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(s), "l"(gmem));
+#else
+  std::memcpy(smem, gmem, 16);
+#endif
+}
+__device__ __forceinline__ void copy_async_commit() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.commit_group;\n" ::);
+#endif
+}
+template <int Pending>  // wait until at most Pending committed groups are still in flight
+__device__ __forceinline__ void copy_async_wait() {
+#if defined(__CUDA_ARCH__)
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(Pending));
+#endif
+}
+
+// Stages x, w0, w [k0, k0 + chunk) of the tile into buffer buf, 16 bytes per copy (needs d a
+// multiple of the vector and 16-byte aligned rows).
+template <typename T>
+__device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T>& sm, int buf, int64_t k0, int64_t i0,
+                                  int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T>::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+  T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  for (int e = threadIdx.x; e < kTcTile * per_row; e += kThreads) {
+    const int row = e / per_row, k = e % per_row * V;
+    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
+    const bool kin = kk < p.d;  // whole vectors: d is a multiple of V
+    if (kin && i < p.n) copy16_async(xs + row * ld + k, p.x + i * p.d + kk);
+    else *reinterpret_cast<uint4*>(xs + row * ld + k) = make_uint4(0, 0, 0, 0);
+    if (kin && r < p.m) {
+      copy16_async(w0s + row * ld + k, p.w0 + r * p.d + kk);
+      copy16_async(ws + row * ld + k, p.w + r * p.d + kk);
+    } else {
+      *reinterpret_cast<uint4*>(w0s + row * ld + k) = make_uint4(0, 0, 0, 0);
+      *reinterpret_cast<uint4*>(ws + row * ld + k) = make_uint4(0, 0, 0, 0);
+    }
+  }
+}
+
+// Stages the same chunk element by element: any d, any alignment.
+template <typename T>
+__device__ void stage_chunk(const Problem<T>& p, const TcSmem<T>& sm, int buf, int64_t k0, int64_t i0,
+                            int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T>::ld_in;
+  const T zero = from_acc<T>(acc_t<T>(0));
+  T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  // Consecutive threads read consecutive k of a row: coalesced along d.
+  for (int e = threadIdx.x; e < kTcTile * chunk; e += kThreads) {
+    const int row = e / chunk, k = e % chunk;
+    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
+    const bool kin = kk < p.d;
+    xs[row * ld + k] = (kin && i < p.n) ? p.x[i * p.d + kk] : zero;
+    w0s[row * ld + k] = (kin && r < p.m) ? p.w0[r * p.d + kk] : zero;
+    ws[row * ld + k] = (kin && r < p.m) ? p.w[r * p.d + kk] : zero;
+  }
+}
+
+// The products of one staged chunk.
+template <typename T>
+__device__ __forceinline__ void chunk_products(const TcSmem<T>& sm, int buf, FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
+  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T>::ld_in;
+  const T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+#pragma unroll
+  for (int k = 0; k < chunk; k += K) {
+    FragA<T, wmma::row_major> xa;
+    load_input(xa, xs + warp_row_block() * 16 * ld + k, ld);
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      // w0 and w are (neuron, k) row-major, i.e. the (k, neuron) operand in column-major order.
+      FragB<T, wmma::col_major> wb;
+      load_input(wb, w0s + warp_col_block(j) * 16 * ld + k, ld);
+      wmma::mma_sync(z0[j], xa, wb, z0[j]);
+      load_input(wb, ws + warp_col_block(j) * 16 * ld + k, ld);
+      wmma::mma_sync(u[j], xa, wb, u[j]);
+    }
+  }
+}
+
+__device__ __forceinline__ bool aligned16(const void* ptr) { return reinterpret_cast<uintptr_t>(ptr) % 16 == 0; }
+
 // Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. for this warp's blocks.
+// For d > 0 it ends with a barrier, so callers may reuse the shared region at once.
 template <typename T>
 __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T>& sm, int64_t i0, int64_t r0,
                                   FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
-  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T>::ld_in;
-  const int rb = warp_row_block();
+  constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     wmma::fill_fragment(z0[j], 0.0f);
     wmma::fill_fragment(u[j], 0.0f);
   }
-  const T zero = from_acc<T>(acc_t<T>(0));
-  T *xs = sm.x(), *w0s = sm.w0(), *ws = sm.w();
-  for (int64_t k0 = 0; k0 < p.d; k0 += chunk) {
-    // Consecutive threads read consecutive k of a row: coalesced along d.
-    for (int e = threadIdx.x; e < kTcTile * chunk; e += kThreads) {
-      const int row = e / chunk, k = e % chunk;
-      const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
-      const bool kin = kk < p.d;
-      xs[row * ld + k] = (kin && i < p.n) ? p.x[i * p.d + kk] : zero;
-      w0s[row * ld + k] = (kin && r < p.m) ? p.w0[r * p.d + kk] : zero;
-      ws[row * ld + k] = (kin && r < p.m) ? p.w[r * p.d + kk] : zero;
-    }
-    __syncthreads();
-#pragma unroll
-    for (int k = 0; k < chunk; k += K) {
-      FragA<T, wmma::row_major> xa;
-      load_input(xa, xs + rb * 16 * ld + k, ld);
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        // w0 and w are (neuron, k) row-major, i.e. the (k, neuron) operand in column-major order.
-        FragB<T, wmma::col_major> wb;
-        load_input(wb, w0s + warp_col_block(j) * 16 * ld + k, ld);
-        wmma::mma_sync(z0[j], xa, wb, z0[j]);
-        load_input(wb, ws + warp_col_block(j) * 16 * ld + k, ld);
-        wmma::mma_sync(u[j], xa, wb, u[j]);
+  const int64_t chunks = (p.d + chunk - 1) / chunk;
+  if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
+    // Double-buffered: chunk c + 1 is in flight while chunk c is multiplied. The barrier at the end
+    // of each step keeps the copy issued in the next step off the buffer still being read.
+    if (chunks > 0) stage_chunk_async(p, sm, 0, 0, i0, r0);
+    copy_async_commit();
+    for (int64_t c = 0; c < chunks; ++c) {
+      if (c + 1 < chunks) {
+        stage_chunk_async(p, sm, static_cast<int>((c + 1) & 1), (c + 1) * chunk, i0, r0);
+        copy_async_commit();
+        copy_async_wait<1>();
+      } else {
+        copy_async_wait<0>();
       }
+      __syncthreads();
+      chunk_products(sm, static_cast<int>(c & 1), z0, u);
+      __syncthreads();
     }
-    __syncthreads();
+  } else {
+    for (int64_t c = 0; c < chunks; ++c) {
+      stage_chunk(p, sm, 0, c * chunk, i0, r0);
+      __syncthreads();
+      chunk_products(sm, 0, z0, u);
+      __syncthreads();
+    }
   }
 }
 

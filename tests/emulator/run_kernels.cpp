@@ -3,7 +3,8 @@
 // epilogue's math is covered by the CPU tests; this checks what only the CUDA kernels do: tiles and
 // their edges, shared-memory staging, fragment use, split reductions, signs, biases, scale handling.
 //
-//   run_kernels [filter]   prints one line per check; exit status 1 if any check fails
+//   run_kernels [prefix]   checks the cases whose name starts with prefix (e.g. bf16/mma), one line
+//                          each; exit status 1 if any check fails
 #include "emu.h"
 #include "mma.h"
 
@@ -184,15 +185,10 @@ double tolerance(bool tc) {
   return 3e-2;  // fields rounded to 16-bit or TF32 operands
 }
 
+// Reference fields over the whole problem.
 template <typename T>
-void run_case(Case<T>& cs) {
-  using Acc = acc_t<T>;
+void reference_fields(const Case<T>& cs, std::vector<double> (&F)[4]) {
   const Shape s = cs.sh;
-  const bool tc = cs.tc;
-  const int64_t B = tc ? kTcTile : tile<Acc>();
-  const double tol = tolerance<T>(tc);
-  // Reference fields over the whole problem.
-  std::vector<double> F[4];
   for (auto& f : F) f.assign(s.n * s.m, 0.0);
   for (int64_t i = 0; i < s.n; ++i)
     for (int64_t r = 0; r < s.m; ++r) {
@@ -200,8 +196,22 @@ void run_case(Case<T>& cs) {
       cs.fields(i, r, v);
       for (int q = 0; q < 4; ++q) F[q][i * s.m + r] = v[q];
     }
+}
 
-  if (!cs.cf.moments) {  // features forward and backward (c = 1 per element, the cotangent as g)
+template <typename T>
+void run_sums(Case<T>& cs, const std::string& label);
+
+template <typename T>
+void run_case(Case<T>& cs) {
+  using Acc = acc_t<T>;
+  const Shape s = cs.sh;
+  const bool tc = cs.tc;
+  const int64_t B = tc ? kTcTile : tile<Acc>();
+  const double tol = tolerance<T>(tc);
+  std::vector<double> F[4];
+  reference_fields(cs, F);
+
+  if (!cs.cf.moments) {  // features forward
     std::vector<T> out(s.n * s.m, from_double<T>(0));
     tn_emu::launch(dim3(ceil_div(s.m, B), ceil_div(s.n, B)), [&] {
       if (tc) {
@@ -214,34 +224,29 @@ void run_case(Case<T>& cs) {
     for (size_t e = 0; e < out.size(); ++e) got[e] = to_double(out[e]);
     report(cs.name + " features", max_rel_err(got, F[kPhi0]), tol);
 
-    std::vector<T> G(s.n * s.m), G0(s.n * s.m);
-    tn_emu::launch(dim3(ceil_div(s.m, B), ceil_div(s.n, B)), [&] {
-      if (tc) {
-        if constexpr (!std::is_same_v<T, double>) features_grads_tc_kernel<T>(cs.p, cs.grad.t.data(), G.data(), G0.data());
-      } else {
-        features_grads_kernel<T>(cs.p, cs.grad.t.data(), G.data(), G0.data());
-      }
-    });
-    std::vector<double> want(s.n * s.m), want0(s.n * s.m), got0(s.n * s.m);
-    for (int64_t i = 0; i < s.n; ++i)
-      for (int64_t r = 0; r < s.m; ++r) {
-        double z = 0, u = 0;
-        for (int64_t k = 0; k < s.d; ++k) {
-          z += cs.pd.x[i * s.d + k] * cs.pd.w0[r * s.d + k];
-          u += cs.pd.x[i * s.d + k] * cs.pd.w[r * s.d + k];
-        }
-        if (cs.pd.b0) z += cs.pd.b0[r];
-        if (cs.pd.b) u += cs.pd.b[r];
-        const auto dd = feature_grads<double, DeviceMath<double>>(cs.pd.plan, z, u, neuron_sign_of(cs.pd, r), false, true);
-        want[i * s.m + r] = cs.grad.v[i * s.m + r] * dd.du;
-        want0[i * s.m + r] = cs.grad.v[i * s.m + r] * dd.dz;
-        got[i * s.m + r] = to_double(G[i * s.m + r]);
-        got0[i * s.m + r] = to_double(G0[i * s.m + r]);
-      }
-    report(cs.name + " features grad G", max_rel_err(got, want), tol);
-    report(cs.name + " features grad G0", max_rel_err(got0, want0), tol);
   }
+  run_sums(cs, "");
+  if (!cs.cf.moments) {  // the features backward: the same sums with the features' own cotangent
+    cs.p.gelem = cs.grad.t.data();
+    cs.pd.gelem = cs.grad.v.data();
+    cs.p.scale[0] = cs.p.scale[1] = 1;  // as the op sets them: gelem carries no scale
+    cs.pd.scale[0] = cs.pd.scale[1] = 1;
+    run_sums(cs, "features-bwd ");
+  }
+}
 
+// The reductions over neurons (readout, dX) and over samples (dW, dW0, db, db0, dA) of the case's
+// current problem (net or moments cotangents, or the features' cotangent when gelem is set).
+template <typename T>
+void run_sums(Case<T>& cs, const std::string& label) {
+  using Acc = acc_t<T>;
+  const Shape s = cs.sh;
+  const bool tc = cs.tc;
+  const int64_t B = tc ? kTcTile : tile<Acc>();
+  const double tol = tolerance<T>(tc);
+  const bool features = cs.p.gelem != nullptr;
+  std::vector<double> F[4];
+  reference_fields(cs, F);
   // neuron sums: the readout(s) and dX.
   auto neuron = [&](NeuronSum<T> ns, const std::string& what, const std::vector<double>* Z[2],
                     const bool square[2], std::vector<Acc>* out[2]) {
@@ -274,11 +279,11 @@ void run_case(Case<T>& cs) {
             }
             want[i * ns.ncols + col] += static_cast<double>(given.scale[u]) * acc;
           }
-      report(cs.name + " " + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
+      report(cs.name + " " + label + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
              max_rel_err(*out[t], want), tol);
     }
   };
-  {
+  if (!features) {
     NeuronSum<T> ns;
     ns.terms = cs.cf.moments ? 2 : 1;
     std::vector<Acc> o0(s.n * s.c, 0), o1(s.n * s.c, 0);
@@ -345,12 +350,13 @@ void run_case(Case<T>& cs) {
         for (int64_t i = 0; i < s.n; ++i) acc += F[field][i * s.m + r] * (y ? y->v[i * ncols + col] : 1.0);
         want[r * ncols + col] = static_cast<double>(scale) * acc;
       }
-    report(cs.name + " " + what, max_rel_err(out, want), tol);
+    report(cs.name + " " + label + what, max_rel_err(out, want), tol);
   };
   sample(kGradU, &cs.x, s.d, 1, "dW");
   sample(kGradZ, &cs.x, s.d, 1, "dW0");
   sample(kGradU, nullptr, 1, 1, "db");
   sample(kGradZ, nullptr, 1, 1, "db0");
+  if (features) return;
   sample(kPhi0, &cs.gout[0], s.c, cs.p.scale[0], "dA");
   if (cs.cf.moments) sample(kPhi1, &cs.gout[1], s.c, cs.p.scale[1], "dA (variance)");
 }
@@ -358,7 +364,7 @@ void run_case(Case<T>& cs) {
 template <typename T>
 void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
   Case<T> cs(s, c, tc, seed);
-  if (!filter.empty() && cs.name.find(filter) == std::string::npos) return;
+  if (!filter.empty() && cs.name.rfind(filter, 0) != 0) return;  // names start with the path
   run_case(cs);
 }
 
@@ -367,7 +373,8 @@ void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
 int main(int argc, char** argv) {
   const std::string filter = argc > 1 ? argv[1] : "";
   // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column tile.
-  const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}};
+  // d = 8 and 96 take the vectorized, double-buffered staging of the tensor-core kernels.
+  const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}, {65, 96, 70, 5}};
   const Config configs[] = {
       {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2},
       {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1},
