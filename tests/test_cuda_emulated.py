@@ -1,6 +1,7 @@
 """The CUDA kernels, SIMT and tensor-core, run on the CPU under the emulator of tests/emulator and
 checked against float64 sums of the shared epilogue: tiles and their edges, shared-memory staging,
-barriers, wmma fragment use (under a scrambled fragment layout), split reductions, signs, biases.
+barriers, wmma fragment use (under a scrambled fragment layout), split reductions, signs, biases,
+and (built with AddressSanitizer) that every access stays inside its buffer.
 Needs a C++20 compiler and the CUDA headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h); skipped
 without them. A real GPU run is tests/test_cuda.py."""
 from __future__ import annotations
@@ -33,30 +34,48 @@ def cuda_include() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
+def build(tmp_path_factory, name: str, flags: list[str]) -> Path:
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         pytest.skip(f"no C++ compiler ({cxx})")
     inc = cuda_include()
     if inc is None:
         pytest.skip("no CUDA headers (set CUDA_HOME)")
-    exe = tmp_path_factory.mktemp("emulator") / "run_kernels"
+    exe = tmp_path_factory.mktemp("emulator") / name
     # -U_FORTIFY_SOURCE: the fibers switch stacks with _longjmp, which the fortified check rejects.
-    cmd = [cxx, "-std=c++20", "-O2", "-U_FORTIFY_SOURCE", "-Wno-attributes", f"-I{EMULATOR}", f"-I{ROOT / 'csrc'}",
-           f"-I{inc}", str(EMULATOR / "run_kernels.cpp"), "-o", str(exe)]
-    build = subprocess.run(cmd, capture_output=True, text=True)
-    assert build.returncode == 0, f"emulator build failed:\n{' '.join(cmd)}\n{build.stderr[-4000:]}"
+    cmd = [cxx, "-std=c++20", *flags, "-U_FORTIFY_SOURCE", "-Wno-attributes", f"-I{EMULATOR}",
+           f"-I{ROOT / 'csrc'}", f"-I{inc}", str(EMULATOR / "run_kernels.cpp"), "-o", str(exe)]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0 and "-fsanitize" in " ".join(flags) and "sanitize" in res.stderr:
+        pytest.skip(f"{cxx} cannot build with sanitizers here")
+    assert res.returncode == 0, f"emulator build failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}"
     return exe
+
+
+def run_checks(exe: Path, *args: str, env: dict | None = None) -> None:
+    run = subprocess.run([str(exe), *args], capture_output=True, text=True, timeout=600,
+                         env={**os.environ, **(env or {})})
+    checks = [ln for ln in run.stdout.splitlines() if ln.startswith(("ok", "FAIL"))]
+    assert checks, f"no checks ran ({' '.join(args)}):\n{run.stdout[-2000:]}\n{run.stderr[-4000:]}"
+    failed = [ln for ln in checks if ln.startswith("FAIL")]
+    assert run.returncode == 0 and not failed, (
+        f"{len(failed)} of {len(checks)} emulated kernel checks failed (exit {run.returncode}):\n"
+        + "\n".join(failed[:40]) + f"\n{run.stderr[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def emulator(tmp_path_factory):
+    return build(tmp_path_factory, "run_kernels", ["-O2"])
 
 
 @pytest.mark.parametrize("path", PATHS)
 def test_cuda_kernels_under_the_emulator(emulator, path):
-    run = subprocess.run([str(emulator), path], capture_output=True, text=True, timeout=300)
-    lines = run.stdout.splitlines()
-    checks = [ln for ln in lines if ln.startswith(("ok", "FAIL"))]
-    assert checks, f"no checks ran for {path}:\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}"
-    failed = [ln for ln in checks if ln.startswith("FAIL")]
-    assert run.returncode == 0 and not failed, (
-        f"{len(failed)} of {len(checks)} emulated kernel checks failed (exit {run.returncode}):\n"
-        + "\n".join(failed[:40]) + f"\n{run.stderr[-2000:]}")
+    run_checks(emulator, path)
+
+
+def test_cuda_kernels_read_and_write_only_in_bounds(tmp_path_factory):
+    # AddressSanitizer sees the kernels' global and shared accesses as host accesses: a tile that
+    # reads past a row of x or writes past an output fails here. Two small shapes keep it quick.
+    exe = build(tmp_path_factory, "run_kernels_asan", ["-O1", "-g", "-fsanitize=address,undefined",
+                                                       "-fno-sanitize-recover=undefined"])
+    run_checks(exe, "--small", env={"ASAN_OPTIONS": "detect_stack_use_after_return=0:detect_leaks=0"})

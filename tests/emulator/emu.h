@@ -39,8 +39,22 @@ struct Fiber {
   ucontext_t start{};
   jmp_buf jmp;
   bool started = false;
-  long block_phase = 0, warp_phase = 0;  // barriers passed
   bool done = false;
+};
+
+// A barrier over the live fibers of a group: the last to arrive opens it for all.
+struct Barrier {
+  int expected;
+  int arrived = 0;
+  long generation = 0;
+  void drop() {  // a fiber of the group finished
+    --expected;
+    if (arrived > 0 && arrived == expected) open();
+  }
+  void open() {
+    arrived = 0;
+    ++generation;
+  }
 };
 
 struct ThreadState {
@@ -101,35 +115,38 @@ class Block {
   }
   WarpScratch& warp_scratch() { return warps_[me_ / 32]; }
 
-  // Waits until every live thread of the block (first: of the warp) has passed as many barriers.
-  void sync_block() { wait(&Fiber::block_phase, 0, kBlockThreads); }
-  void sync_warp() { wait(&Fiber::warp_phase, me_ / 32 * 32, 32); }
+  // Waits until every live thread of the block (or of the warp) has arrived.
+  void sync_block() { wait(block_bar_); }
+  void sync_warp() { wait(warp_bars_[me_ / 32]); }
 
  private:
   static void entry() {
     Block& b = *current_;
     (*b.kernel_)();
     b.fibers_[b.me_].done = true;  // a finished thread no longer holds back barriers, as on the GPU
+    b.block_bar_.drop();
+    b.warp_bars_[b.me_ / 32].drop();
     b.progressed_ = true;
     _longjmp(b.scheduler_, 1);
   }
-  void wait(long Fiber::*phase, int first, int count) {
+  void wait(Barrier& bar) {
     Fiber& f = fibers_[me_];
-    const long target = ++(f.*phase);
+    const long generation = bar.generation;
     progressed_ = true;
-    for (;;) {
-      bool all = true;
-      for (int t = first; t < first + count; ++t)
-        if (!fibers_[t].done && fibers_[t].*phase < target) all = false;
-      if (all) return;
-      if (!_setjmp(f.jmp)) _longjmp(scheduler_, 1);
+    if (++bar.arrived == bar.expected) {
+      bar.open();
+      return;
     }
+    while (bar.generation == generation)
+      if (!_setjmp(f.jmp)) _longjmp(scheduler_, 1);
   }
 
   uint3 block_;
   const std::function<void()>* kernel_;
   Fiber fibers_[kBlockThreads];
   WarpScratch warps_[kBlockThreads / 32];
+  Barrier block_bar_{kBlockThreads};
+  Barrier warp_bars_[kBlockThreads / 32] = {{32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}};
   jmp_buf scheduler_;
   int me_ = 0, stalled_rounds_ = 0;
   bool progressed_ = false;
