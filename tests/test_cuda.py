@@ -11,6 +11,7 @@ import torch
 import taylornet as tn
 import taylornet.reference as ref
 from _utils import assert_close_verbose, assert_error_bounded, make_problem
+from test_ops import _opcheck_samples
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -200,6 +201,27 @@ def test_module_trains_on_cuda_like_on_cpu():
             ((model(xs) - ys) ** 2).mean().backward()
             opt.step()
     assert_close_verbose(gpu.weight.detach().cpu(), cpu.weight.detach(), atol=1e-10, rtol=1e-9, name="weight")
+
+
+def _cuda_opcheck_samples():
+    def to_cuda(v):
+        # the sign seed stays a host tensor, as the functional API passes it
+        if isinstance(v, torch.Tensor) and v.is_floating_point():
+            return v.detach().cuda().requires_grad_(v.requires_grad)
+        return v
+
+    return [(name, op, tuple(to_cuda(v) for v in args)) for name, op, args in _opcheck_samples()
+            if name != "philox_signs"]
+
+
+OPCHECK_NAMES = [s[0] for s in _opcheck_samples() if s[0] != "philox_signs"]
+
+
+@pytest.mark.parametrize("sample", range(len(OPCHECK_NAMES)), ids=OPCHECK_NAMES)
+def test_opcheck_on_cuda(sample):
+    name, op, args = _cuda_opcheck_samples()[sample]
+    result = torch.library.opcheck(op, args)
+    assert all(v == "SUCCESS" for v in result.values()), (name, result)
 
 
 def test_compiled_matches_eager_on_cuda():
