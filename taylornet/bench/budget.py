@@ -14,7 +14,7 @@ import math
 _NM_BUFFERS = {
     # (family, backward): (taylornet, reference)
     ("features", False): (2, 8),
-    ("features", True): (4, 14),
+    ("features", True): (2, 14),  # the output and its cotangent: the backward adds none
     ("net", False): (0, 8),
     ("net", True): (0, 12),
     ("moments", False): (0, 10),
