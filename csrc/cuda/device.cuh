@@ -77,47 +77,130 @@ __device__ __forceinline__ acc_t<T> neuron_sign_of(const Problem<T>& p, int64_t 
   return Acc(1);
 }
 
-// The requested fields at one valid (sample i, neuron r), from the pre-activations z (with b0) and
-// u (with b). `want` is a bit mask of Fields; out[f] receives field f.
+// N values in lock-step through the shared epilogue (series.h is generic in its value type, as the
+// CPU's vector packs use it): the plan's row lists are walked once for all N, and the N independent
+// chains of math give the scheduler instruction-level parallelism, which the tensor-core kernels
+// (one block of 8 warps per SM) need.
+template <typename A, int N>
+struct Lanes {
+  A v[N];
+  Lanes() = default;  // uninitialized, like the basis arrays it fills
+  __host__ __device__ Lanes(A x) {
+#pragma unroll
+    for (int l = 0; l < N; ++l) v[l] = x;
+  }
+#define TN_LANES_OP(op)                                                            \
+  friend __host__ __device__ Lanes operator op(const Lanes& a, const Lanes& b) {   \
+    Lanes r;                                                                       \
+    _Pragma("unroll") for (int l = 0; l < N; ++l) r.v[l] = a.v[l] op b.v[l];       \
+    return r;                                                                      \
+  }
+  TN_LANES_OP(+)
+  TN_LANES_OP(-)
+  TN_LANES_OP(*)
+  TN_LANES_OP(/)
+#undef TN_LANES_OP
+};
+
+template <typename A, int N>
+struct LaneMath {
+  using V = Lanes<A, N>;
+  using S = DeviceMath<A>;
+  static __device__ __forceinline__ void tanh_sech2(const V& z, V& t, V& s) {
+#pragma unroll
+    for (int l = 0; l < N; ++l) S::tanh_sech2(z.v[l], t.v[l], s.v[l]);
+  }
+  static __device__ __forceinline__ void sigmoid_pair(const V& z, V& p, V& q) {
+#pragma unroll
+    for (int l = 0; l < N; ++l) S::sigmoid_pair(z.v[l], p.v[l], q.v[l]);
+  }
+#define TN_LANES_FN(name)                                             \
+  static __device__ __forceinline__ V name(const V& x) {              \
+    V r;                                                              \
+    _Pragma("unroll") for (int l = 0; l < N; ++l) r.v[l] = S::name(x.v[l]); \
+    return r;                                                         \
+  }
+  TN_LANES_FN(exp)
+  TN_LANES_FN(log1p)
+  TN_LANES_FN(erf)
+  TN_LANES_FN(erfc)
+  TN_LANES_FN(sin)
+  TN_LANES_FN(cos)
+  TN_LANES_FN(abs)
+  TN_LANES_FN(max0)
+  TN_LANES_FN(step)
+#undef TN_LANES_FN
+  static __device__ __forceinline__ V fma(const V& a, const V& b, const V& c) {
+    V r;
+#pragma unroll
+    for (int l = 0; l < N; ++l) r.v[l] = S::fma(a.v[l], b.v[l], c.v[l]);
+    return r;
+  }
+};
+
+// N (sample, neuron) elements for one epilogue call: indices, whether they lie in the problem, the
+// pre-activations z (with b0) and u (with b), and the neuron's sign.
+template <typename Acc, int N>
+struct Elements {
+  int64_t i[N], r[N];
+  bool valid[N];
+  Acc z[N], u[N], s[N];
+};
+
+// The requested fields of N elements; `want` is a bit mask of Fields, out[f][l] receives field f of
+// element l (zero for elements outside the problem, so that padding never contributes).
 // Not inlined: one copy of the whole epilogue per kernel keeps compile time and registers in check.
-template <typename T>
-__device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, int64_t i, int64_t r, acc_t<T> z,
-                          acc_t<T> u, acc_t<T> s, acc_t<T> (&out)[4]) {
+template <typename T, int N>
+__device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, const Elements<acc_t<T>, N>& el,
+                                       acc_t<T> (&out)[4][N]) {
   using Acc = acc_t<T>;
-  using M = DeviceMath<Acc>;
+  using V = Lanes<Acc, N>;
+  using M = LaneMath<Acc, N>;
   const bool grads = want & ((1u << kGradU) | (1u << kGradZ));
   const bool need_dz = want & (1u << kGradZ);
-  Acc g[2] = {Acc(0), Acc(0)};
-  if (grads && p.gelem) {  // the features' own cotangent
-    g[0] = to_acc(p.gelem[i * p.m + r]);
-  } else if (grads) {  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
+  V g0(Acc(0)), g1(Acc(0)), z, u, s;
+  for (int l = 0; l < N; ++l) {
+    z.v[l] = el.valid[l] ? el.z[l] : Acc(0);
+    u.v[l] = el.valid[l] ? el.u[l] : Acc(0);
+    s.v[l] = el.valid[l] ? el.s[l] : Acc(1);
+    if (!grads || !el.valid[l]) continue;
+    const int64_t i = el.i[l], r = el.r[l];
+    if (p.gelem) {  // the features' own cotangent
+      g0.v[l] = to_acc(p.gelem[i * p.m + r]);
+      continue;
+    }
+    Acc a0 = Acc(0), a1 = Acc(0);  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
     for (int64_t j = 0; j < p.c; ++j) {
       const Acc aj = to_acc(p.a[j * p.m + r]);
-      g[0] = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, g[0]);
-      if (p.moments) g[1] = ::fma(to_acc(p.gout[1][i * p.c + j]), aj * aj, g[1]);
+      a0 = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, a0);
+      if (p.moments) a1 = ::fma(to_acc(p.gout[1][i * p.c + j]), aj * aj, a1);
     }
-    g[0] *= p.scale[0];
-    g[1] *= p.scale[1];
+    g0.v[l] = a0 * p.scale[0];
+    g1.v[l] = a1 * p.scale[1];
   }
+  V f[4];
   if (p.moments) {
-    const Moments<Acc> mo = moments<Acc, M>(p.plan, z, u, grads, need_dz);
-    out[kPhi0] = mo.e.value;
-    out[kPhi1] = mo.o.value * mo.o.value;
-    const Acc go = Acc(2) * g[1] * mo.o.value;
-    out[kGradU] = g[0] * mo.e.du + go * mo.o.du;
-    out[kGradZ] = g[0] * mo.e.dz + go * mo.o.dz;
+    const Moments<V> mo = moments<V, M>(p.plan, z, u, grads, need_dz);
+    const V go = V(Acc(2)) * g1 * mo.o.value;
+    f[kPhi0] = mo.e.value;
+    f[kPhi1] = mo.o.value * mo.o.value;
+    f[kGradU] = g0 * mo.e.du + go * mo.o.du;
+    f[kGradZ] = g0 * mo.e.dz + go * mo.o.dz;
   } else if (grads) {
-    const Grads<Acc> d = feature_grads<Acc, M>(p.plan, z, u, s, (want & 1u) != 0, need_dz);
-    out[kPhi0] = d.value;
-    out[kPhi1] = Acc(0);
-    out[kGradU] = g[0] * d.du;
-    out[kGradZ] = g[0] * d.dz;
+    const Grads<V> d = feature_grads<V, M>(p.plan, z, u, s, (want & 1u) != 0, need_dz);
+    f[kPhi0] = d.value;
+    f[kPhi1] = V(Acc(0));
+    f[kGradU] = g0 * d.du;
+    f[kGradZ] = g0 * d.dz;
   } else {
-    out[kPhi0] = feature<Acc, M>(p.plan, z, u, s);
-    out[kPhi1] = out[kGradU] = out[kGradZ] = Acc(0);
+    f[kPhi0] = feature<V, M>(p.plan, z, u, s);
+    f[kPhi1] = f[kGradU] = f[kGradZ] = V(Acc(0));
   }
+#pragma unroll
+  for (int q = 0; q < 4; ++q)
+#pragma unroll
+    for (int l = 0; l < N; ++l) out[q][l] = el.valid[l] ? f[q].v[l] : Acc(0);
 }
-
 
 // The tiles [begin, end) of the inner loop that split blockIdx.z takes.
 __device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_split, int64_t& begin,

@@ -93,14 +93,22 @@ __device__ void tile_fields(const Problem<T>& p, unsigned want, int64_t i0, int6
     const Acc s = rin ? neuron_sign_of(p, r) : Acc(1);
     const Acc b0 = (rin && p.b0) ? to_acc(p.b0[r]) : Acc(0);
     const Acc bb = (rin && p.b) ? to_acc(p.b[r]) : Acc(0);
+    Elements<Acc, TM> el;  // the thread's TM samples of neuron r, in one epilogue call
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
-      const int64_t i = i0 + ty + 16 * a;
-      Acc v[4] = {Acc(0), Acc(0), Acc(0), Acc(0)};
-      if (rin && i < p.n) fields_at(p, want, i, r, z0[a][b] + b0, u[a][b] + bb, s, v);
-#pragma unroll
-      for (int q = 0; q < 4; ++q) f[q][a][b] = v[q];
+      el.i[a] = i0 + ty + 16 * a;
+      el.r[a] = r;
+      el.valid[a] = rin && el.i[a] < p.n;
+      el.z[a] = z0[a][b] + b0;
+      el.u[a] = u[a][b] + bb;
+      el.s[a] = s;
     }
+    Acc v[4][TM];
+    fields_at<T, TM>(p, want, el, v);
+#pragma unroll
+    for (int q = 0; q < 4; ++q)
+#pragma unroll
+      for (int a = 0; a < TM; ++a) f[q][a][b] = v[q][a];
   }
 }
 

@@ -267,18 +267,38 @@ __device__ __forceinline__ void for_each_element(const FragC<T>& codes, F&& f) {
     }
 }
 
-// The epilogue in place: fields pick[0] and pick[1] of `want` replace z0 and u.
+// The epilogue in place: fields pick[0] and pick[1] of `want` replace z0 and u, four accumulator
+// elements per epilogue call.
 template <typename T>
 __device__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes, unsigned want,
                           const int (&pick)[2], int64_t i0, int64_t r0, FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
-  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-    const int64_t i = i0 + row, r = r0 + col;
-    float v[4] = {0.0f, 0.0f, 0.0f, 0.0f};
-    if (i < p.n && r < p.m)
-      fields_at(p, want, i, r, z0[j].x[e] + sm.b0()[col], u[j].x[e] + sm.b()[col], sm.sign()[col], v);
-    z0[j].x[e] = v[pick[0]];
-    u[j].x[e] = v[pick[1]];
-  });
+  constexpr int N = 4, E = FragC<T>::num_elements;
+  static_assert(E % N == 0, "accumulator fragments are taken four elements at a time");
+  const int rb = warp_row_block();
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e0 = 0; e0 < E; e0 += N) {
+      Elements<float, N> el;
+#pragma unroll
+      for (int l = 0; l < N; ++l) {
+        const int code = static_cast<int>(codes.x[e0 + l]);
+        const int row = rb * 16 + (code >> 4), col = warp_col_block(j) * 16 + (code & 15);
+        el.i[l] = i0 + row;
+        el.r[l] = r0 + col;
+        el.valid[l] = el.i[l] < p.n && el.r[l] < p.m;
+        el.z[l] = z0[j].x[e0 + l] + sm.b0()[col];
+        el.u[l] = u[j].x[e0 + l] + sm.b()[col];
+        el.s[l] = sm.sign()[col];
+      }
+      float v[4][N];
+      fields_at<T, N>(p, want, el, v);
+#pragma unroll
+      for (int l = 0; l < N; ++l) {
+        z0[j].x[e0 + l] = v[pick[0]][l];
+        u[j].x[e0 + l] = v[pick[1]][l];
+      }
+    }
 }
 
 // Accumulators of this warp's output blocks -> out[row][col] += scale * value (row < rows,

@@ -165,8 +165,10 @@ struct Case {
     q.plan = plan.view(co.data());
   }
 
-  // Reference fields at (i, r): z0 and u from the double inputs, then the shared epilogue.
+  // Reference fields at (i, r): z0 and u from the double inputs, then the scalar epilogue of
+  // series.h in double, written out here rather than through the kernels' N-wide fields_at.
   void fields(int64_t i, int64_t r, double (&v)[4]) const {
+    using M = DeviceMath<double>;
     double z = 0, u = 0;
     for (int64_t k = 0; k < sh.d; ++k) {
       z += pd.x[i * sh.d + k] * pd.w0[r * sh.d + k];
@@ -174,7 +176,32 @@ struct Case {
     }
     if (pd.b0) z += pd.b0[r];
     if (pd.b) u += pd.b[r];
-    fields_at(pd, 0xfu, i, r, z, u, neuron_sign_of(pd, r), v);
+    const double s = neuron_sign_of(pd, r);
+    double g0 = 0, g1 = 0;
+    if (pd.gelem) {
+      g0 = pd.gelem[i * sh.m + r];
+    } else {
+      for (int64_t j = 0; j < sh.c; ++j) {
+        const double aj = pd.a[j * sh.m + r];
+        g0 += pd.gout[0][i * sh.c + j] * aj;
+        g1 += pd.gout[1][i * sh.c + j] * aj * aj;
+      }
+      g0 *= pd.scale[0];
+      g1 *= pd.scale[1];
+    }
+    if (pd.moments) {
+      const Moments<double> mo = moments<double, M>(pd.plan, z, u, true, true);
+      v[kPhi0] = mo.e.value;
+      v[kPhi1] = mo.o.value * mo.o.value;
+      v[kGradU] = g0 * mo.e.du + 2 * g1 * mo.o.value * mo.o.du;
+      v[kGradZ] = g0 * mo.e.dz + 2 * g1 * mo.o.value * mo.o.dz;
+    } else {
+      const Grads<double> d = feature_grads<double, M>(pd.plan, z, u, s, true, true);
+      v[kPhi0] = d.value;
+      v[kPhi1] = 0;
+      v[kGradU] = g0 * d.du;
+      v[kGradZ] = g0 * d.dz;
+    }
   }
 };
 
