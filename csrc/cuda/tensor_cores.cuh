@@ -107,7 +107,8 @@ __device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
 __device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) >> 1; }
 __device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) & 1) * 2 + j; }
 
-// The (row, column) code fragment. Ends with a barrier.
+// The (row, column) code fragment: row * 16 + column at every element. Contains a barrier (the
+// table is complete before any warp loads it).
 template <typename T>
 __device__ void load_codes(const TcSmem<T>& sm, FragC<T>& codes) {
   for (int e = threadIdx.x; e < 256; e += kThreads) sm.codes()[e] = static_cast<float>(e);
