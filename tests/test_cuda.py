@@ -141,7 +141,7 @@ def test_tf32_switch_selects_the_tensor_core_path_for_float32():
 
 def test_float16_gradients_of_a_wide_layer_do_not_underflow():
     # With scale = 1/sqrt(m) = 1/1024 and a cotangent of 1e-4, g = scale * gout a ~ 1e-7 would
-    # round to zero in float16; the tensor-core kernels apply the scale to the sums instead.
+    # round to zero in float16; the tensor-core kernels scale each field tile into float16's range.
     n, d, m = 64, 16, 2**20
     p = make_problem(n=n, d=d, m=m, c=0, bias=False)
     cot = [torch.full((n,), 1e-4, dtype=F64)]

@@ -73,6 +73,13 @@ def test_cuda_kernels_under_the_emulator(emulator, path):
     run_checks(emulator, path)
 
 
+@pytest.mark.parametrize("path", PATHS)
+def test_cuda_kernels_on_random_cases_under_the_emulator(emulator, path):
+    # 40 seeded random cases: sizes around the tile edges, any activation, order set, sign source,
+    # moments or not, splits (`run_kernels --random K` runs more).
+    run_checks(emulator, path, "--random", "40")
+
+
 def test_cuda_kernels_read_and_write_only_in_bounds(tmp_path_factory):
     # AddressSanitizer sees the kernels' global and shared accesses as host accesses: a tile that
     # reads past a row of x or writes past an output fails here. Two small shapes keep it quick.

@@ -226,16 +226,4 @@ inline SplitLaunch split_launch(int64_t gx, int64_t gy, int64_t tiles, int64_t s
           per};
 }
 
-// The gradient fields carry g = scale * gout A, tiny in float16 for wide layers (scale = 1/sqrt(m)):
-// kernels that round the fields to the input type apply scale to the sums instead (the moments'
-// scale^2 term keeps one factor scale). Returns the factor for the sums (1 when unchanged).
-template <typename T>
-acc_t<T> factor_out_scale(Problem<T>& p, Field field) {
-  if ((field != kGradU && field != kGradZ) || p.gelem || p.scale[0] == acc_t<T>(0)) return acc_t<T>(1);
-  const acc_t<T> f = p.scale[0];
-  p.scale[1] /= f;
-  p.scale[0] = acc_t<T>(1);
-  return f;
-}
-
 }  // namespace tn::cuda

@@ -62,13 +62,9 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream)
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   if constexpr (!std::is_same_v<T, double>) {
     if (use_tensor_cores(p, reinterpret_cast<const void*>(&neuron_sum_tc_kernel<T>))) {
-      Problem<T> q = p;
-      NeuronSum<T> sq = s;
-      const acc_t<T> f = factor_out_scale(q, s.field[0]);
-      for (int t = 0; t < s.terms; ++t) sq.scale[t] *= f;
       const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
-      neuron_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(q, sq, l.tiles_per_split);
+      neuron_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
       return;
     }
   }
@@ -83,12 +79,9 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream)
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;
   if constexpr (!std::is_same_v<T, double>) {
     if (use_tensor_cores(p, reinterpret_cast<const void*>(&sample_sum_tc_kernel<T>))) {
-      Problem<T> q = p;
-      SampleSum<T> sq = s;
-      sq.scale *= factor_out_scale(q, s.field);
       const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.n, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
-      sample_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(q, sq, l.tiles_per_split);
+      sample_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
       return;
     }
   }

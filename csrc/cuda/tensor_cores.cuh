@@ -6,7 +6,8 @@
 // u accumulators of the same 16 x 32 sub-tile, so a neuron's pair meets in one thread's registers
 // (the two products share their A fragment: x is loaded once for both). The Taylor epilogue runs
 // on the accumulator elements in place. Stage 2 writes the contracted field to shared memory in the
-// input type and multiplies it with the other factor (A^T, W, x, gout) on tensor cores again.
+// input type (float16: scaled per tile into its range) and multiplies it with the other factor
+// (A^T, W, x, gout) on tensor cores again.
 //
 // The accumulator layout of wmma is unspecified, so nothing here assumes it: every kernel loads a
 // table of (row, column) codes into an accumulator fragment once, and element e of any accumulator
@@ -60,7 +61,7 @@ struct TcSmem {
   static constexpr int mix_bytes = 2 * kTcTile * ld_mix * static_cast<int>(sizeof(T));
   static constexpr int out_bytes = kTcTile * ld_out * 4;
   static constexpr int shared_bytes = std::max(in_bytes, std::max(mix_bytes, out_bytes));
-  static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4;  // + codes, neuron data
+  static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4 + 2 * 4;  // + codes, neurons, maxima
 
   unsigned char* raw;
   __device__ T* x(int buf) const { return reinterpret_cast<T*>(raw) + buf * 3 * kTcTile * ld_in; }
@@ -73,6 +74,7 @@ struct TcSmem {
   __device__ float* sign() const { return codes() + 256; }  // per neuron of the tile
   __device__ float* b0() const { return sign() + kTcTile; }
   __device__ float* b() const { return b0() + kTcTile; }
+  __device__ int* tile_max() const { return reinterpret_cast<int*>(b() + kTcTile); }  // per term, float bits
 };
 
 static_assert(TcSmem<float>::bytes <= 48 * 1024 && TcSmem<__half>::bytes <= 48 * 1024,
@@ -126,6 +128,37 @@ __device__ void load_neurons(const Problem<T>& p, const TcSmem<T>& sm, int64_t r
     sm.b0()[e] = (in && p.b0) ? to_acc(p.b0[r]) : 0.0f;
     sm.b()[e] = (in && p.b) ? to_acc(p.b[r]) : 0.0f;
   }
+}
+
+// float16 field tiles are scaled by a power of two 2^e (one per tile and term) that puts their
+// largest magnitude in [2^14, 2^15) before they are rounded to float16, and each tile's product is
+// scaled back by 2^-e as it is added to the float32 accumulators: the fields neither overflow
+// (65504) nor sink below float16's normal range (6e-5), whatever the activation, the cotangent or
+// the 1/sqrt(m) scale. bfloat16 and TF32 have float32's exponent range and need no scaling.
+template <typename T>
+constexpr bool kTileScaled = std::is_same_v<T, __half>;
+
+// The largest magnitude of this thread's elements of f, into the block's maximum at *slot (the bit
+// patterns of non-negative floats order like their values).
+template <typename T>
+__device__ __forceinline__ void tile_max(const FragC<T> (&f)[2], int* slot) {
+  float mx = 0.0f;
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < f[j].num_elements; ++e) mx = fmaxf(mx, fabsf(f[j].x[e]));
+  atomicMax(slot, __float_as_int(mx));
+}
+
+// e for a tile whose largest magnitude has the float bits `bits` (0 for an all-zero or non-finite
+// tile, whose values then pass as they are).
+__device__ __forceinline__ int tile_exponent(int bits) {
+  const float mx = __int_as_float(bits);
+  if (!(mx > 0.0f) || !(mx <= 3.4e38f)) return 0;  // zero, inf or NaN
+  int k;
+  frexpf(mx, &k);  // mx in [2^(k-1), 2^k)
+  const int e = 15 - k;
+  return e < -120 ? -120 : (e > 120 ? 120 : e);
 }
 
 // 16-byte copies global -> shared that complete asynchronously (cp.async, sm_80): the next chunk
@@ -365,13 +398,22 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
     const int64_t r0 = rt * kTcTile;
     FragC<T> z0[2], u[2];
     load_neurons(p, sm, r0);
+    if (kTileScaled<T> && threadIdx.x < 2) sm.tile_max()[threadIdx.x] = 0;
     __syncthreads();
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);
+    int exponent[2] = {0, 0};
+    if constexpr (kTileScaled<T>) {
+      tile_max<T>(z0, sm.tile_max());
+      if (s.terms > 1) tile_max<T>(u, sm.tile_max() + 1);
+      __syncthreads();
+      for (int t = 0; t < s.terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
+    }
     for (int t = 0; t < s.terms; ++t) {
       T *fs = sm.field(), *zs = sm.factor();
+      const float up = ldexpf(1.0f, exponent[t]), down = ldexpf(1.0f, -exponent[t]);
       for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-        fs[row * ld + col] = from_acc<T>(t == 0 ? z0[j].x[e] : u[j].x[e]);  // F[i][r]
+        fs[row * ld + col] = from_acc<T>((t == 0 ? z0[j].x[e] : u[j].x[e]) * up);  // F[i][r]
       });
       for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
         const int r = e / staged, col = e % staged;
@@ -384,13 +426,20 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
 #pragma unroll
       for (int j = 0; j < 2; ++j) {
         if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+        FragC<T> part;  // this tile's product, scaled back before it joins acc
+        FragC<T>& into = kTileScaled<T> ? part : acc[t][j];
+        if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
 #pragma unroll
         for (int k = 0; k < kTcTile; k += K) {
           FragA<T, wmma::row_major> fa;
           FragB<T, wmma::row_major> zb;
           load_input(fa, fs + warp_row_block() * 16 * ld + k, ld);
           load_input(zb, zs + k * ld + warp_col_block(j) * 16, ld);
-          wmma::mma_sync(acc[t][j], fa, zb, acc[t][j]);
+          wmma::mma_sync(into, fa, zb, into);
+        }
+        if constexpr (kTileScaled<T>) {
+#pragma unroll
+          for (int e = 0; e < part.num_elements; ++e) acc[t][j].x[e] = fmaf(part.x[e], down, acc[t][j].x[e]);
         }
       }
       __syncthreads();
@@ -421,11 +470,22 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
   for (int64_t it = t_begin; it < t_end; ++it) {
     const int64_t i0 = it * kTcTile;
     FragC<T> z0[2], u[2];
+    if constexpr (kTileScaled<T>) {
+      if (threadIdx.x == 0) sm.tile_max()[0] = 0;
+      __syncthreads();
+    }
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields(p, sm, codes, 1u << s.field, pick, i0, r0, z0, u);
+    int exponent = 0;
+    if constexpr (kTileScaled<T>) {
+      tile_max<T>(z0, sm.tile_max());
+      __syncthreads();
+      exponent = tile_exponent(sm.tile_max()[0]);
+    }
+    const float up = ldexpf(1.0f, exponent), down = ldexpf(1.0f, -exponent);
     T *fs = sm.field(), *ys = sm.factor();
     for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-      fs[row * ld + col] = from_acc<T>(z0[j].x[e]);  // F[i][r]
+      fs[row * ld + col] = from_acc<T>(z0[j].x[e] * up);  // F[i][r]
     });
     for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
       const int i = e / staged, col = e % staged;
@@ -438,6 +498,9 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+      FragC<T> part;  // this tile's product, scaled back before it joins acc
+      FragC<T>& into = kTileScaled<T> ? part : acc[j];
+      if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
 #pragma unroll
       for (int k = 0; k < kTcTile; k += K) {
         // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
@@ -445,7 +508,11 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
         FragB<T, wmma::row_major> yb;
         load_input(fa, fs + k * ld + warp_row_block() * 16, ld);
         load_input(yb, ys + k * ld + warp_col_block(j) * 16, ld);
-        wmma::mma_sync(acc[j], fa, yb, acc[j]);
+        wmma::mma_sync(into, fa, yb, into);
+      }
+      if constexpr (kTileScaled<T>) {
+#pragma unroll
+        for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
       }
     }
     __syncthreads();

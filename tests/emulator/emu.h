@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
 #include <memory>
 #include <vector>
@@ -189,7 +190,22 @@ inline void launch(dim3 grid, const std::function<void()>& kernel) {
 #define blockIdx (tn_emu::self.block)
 inline void __syncthreads() { tn_emu::sync_block(); }
 [[noreturn]] inline void __trap() { tn_emu::fail("__trap"); }
+inline int __float_as_int(float v) {
+  int i;
+  std::memcpy(&i, &v, 4);
+  return i;
+}
+inline float __int_as_float(int i) {
+  float v;
+  std::memcpy(&v, &i, 4);
+  return v;
+}
 // One OS thread runs every fiber: plain read-modify-writes are atomic here.
+inline int atomicMax(int* p, int v) {
+  const int old = *p;
+  *p = old > v ? old : v;
+  return old;
+}
 inline float atomicAdd(float* p, float v) {
   const float old = *p;
   *p = old + v;

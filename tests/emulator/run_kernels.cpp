@@ -3,8 +3,9 @@
 // epilogue's math is covered by the CPU tests; this checks what only the CUDA kernels do: tiles and
 // their edges, shared-memory staging, fragment use, split reductions, signs, biases, scale handling.
 //
-//   run_kernels [prefix]   checks the cases whose name starts with prefix (e.g. bf16/mma), one line
-//                          each; exit status 1 if any check fails
+//   run_kernels [prefix] [--small | --random K]
+//     checks the cases whose name starts with prefix (e.g. bf16/mma), one line each: the fixed cases,
+//     two small ones (--small), or K seeded random ones (--random); exit status 1 if any fails
 #include "emu.h"
 #include "mma.h"
 
@@ -91,6 +92,12 @@ void report(const std::string& what, double err, double tol) {
   std::printf("%s %-72s rel.err %.2e (tol %.0e)\n", ok ? "ok  " : "FAIL", what.c_str(), err, tol);
 }
 
+std::string orders_text(const std::vector<int64_t>& orders) {
+  std::string t;
+  for (auto k : orders) t += (t.empty() ? "" : ",") + std::to_string(k);
+  return "{" + t + "}";
+}
+
 template <typename T>
 struct Case {
   using Acc = acc_t<T>;
@@ -103,8 +110,17 @@ struct Case {
   Data<T> x, w0, w, a, b0, b, gout[2], grad, signs;
   Problem<T> p;
   Problem<double> pd;  // the same inputs in double, for the reference
-  std::vector<double> xd, w0d, wd, ad, b0d, bd, goutd[2];
+  std::vector<double> xr, w0r, wr;  // x, w0, w as the products read them (TF32: rounded)
   std::string name;
+
+  // v as a tensor-core operand: rounded to the input type, or to TF32 for float32 (the identity for
+  // the SIMT path). The reference rounds where the kernel does, so that tolerances test the
+  // kernel's indexing and sums rather than the input type's range and precision.
+  double operand(double v) const {
+    if (!tc) return v;
+    if constexpr (std::is_same_v<T, float>) return nvcuda::wmma::__float_to_tf32(static_cast<float>(v));
+    else return to_double(from_double<T>(static_cast<float>(v)));
+  }
 
   Case(Shape s, Config c, bool tensor_cores, uint64_t seed)
       : sh(s), cf(c), tc(tensor_cores), plan(c.act, c.orders, c.exact, true) {
@@ -126,12 +142,20 @@ struct Case {
     coef.assign(plan.coef.begin(), plan.coef.end());
     coef64 = plan.coef;
     fill(p, x.t, w0.t, w.t, a.t, b0.t, b.t, gout[0].t, gout[1].t, signs.t, coef);
-    fill(pd, x.v, w0.v, w.v, a.v, b0.v, b.v, gout[0].v, gout[1].v, signs.v, coef64);
+    auto rounded = [&](const std::vector<double>& v) {
+      std::vector<double> r(v.size());
+      for (size_t k = 0; k < v.size(); ++k) r[k] = operand(v[k]);
+      return r;
+    };
+    xr = rounded(x.v);
+    w0r = rounded(w0.v);
+    wr = rounded(w.v);
+    fill(pd, xr, w0r, wr, a.v, b0.v, b.v, gout[0].v, gout[1].v, signs.v, coef64);
     p.tensor_cores = tc;
     name = std::string(type_name<T>()) + (tc ? (std::is_same_v<T, float> ? "/tf32" : "/mma") : "/simt") +
            " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m) +
            " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
-           (c.exact ? " exact" : "") + (c.moments ? " moments" : "") +
+           (c.exact ? " exact" : " K=" + orders_text(c.orders)) + (c.moments ? " moments" : "") +
            (c.signs == SignSource::kPhilox ? " philox-signs" : c.signs == SignSource::kTensor ? " sign-tensor" : "") +
            " splits=" + std::to_string(c.splits);
   }
@@ -274,15 +298,34 @@ void run_sums(Case<T>& cs, const std::string& label) {
   const bool features = cs.p.gelem != nullptr;
   std::vector<double> F[4];
   reference_fields(cs, F);
+  // float16 tensor-core kernels scale each 64 x 64 field tile by 2^e so that its largest magnitude
+  // lies in [2^14, 2^15) before rounding (and scale the tile's product back).
+  const int64_t tiles_m = ceil_div(s.m, kTcTile);
+  std::vector<int> tile_exp[4];
+  for (int q = 0; q < 4; ++q) {
+    std::vector<double> mx(ceil_div(s.n, kTcTile) * tiles_m, 0.0);
+    for (int64_t i = 0; i < s.n; ++i)
+      for (int64_t r = 0; r < s.m; ++r) {
+        double& t = mx[(i / kTcTile) * tiles_m + r / kTcTile];
+        t = std::max(t, std::abs(static_cast<double>(static_cast<float>(F[q][i * s.m + r]))));
+      }
+    for (double v : mx) {
+      int k = 0;
+      std::frexp(v, &k);
+      tile_exp[q].push_back(v > 0 && std::isfinite(v) ? std::clamp(15 - k, -120, 120) : 0);
+    }
+  }
+  // The value of field q at (i, r) as stage 2 of the kernel multiplies it.
+  auto field_operand = [&](int q, int64_t i, int64_t r) {
+    const double f = F[q][i * s.m + r];
+    if (!tc || !std::is_same_v<T, __half>) return cs.operand(f);
+    const int e = tile_exp[q][(i / kTcTile) * tiles_m + r / kTcTile];
+    return std::ldexp(cs.operand(std::ldexp(f, e)), -e);
+  };
   // neuron sums: the readout(s) and dX.
   auto neuron = [&](NeuronSum<T> ns, const std::string& what, const std::vector<double>* Z[2],
                     const bool square[2], std::vector<Acc>* out[2]) {
-    const NeuronSum<T> given = ns;  // the reference uses the scales as given
-    Problem<T> q = cs.p;
-    if (tc) {  // as the launcher does
-      const Acc f = factor_out_scale(q, ns.field[0]);
-      for (int t = 0; t < ns.terms; ++t) ns.scale[t] *= f;
-    }
+    const Problem<T>& q = cs.p;
     const int64_t gx = ceil_div(s.n, B), gy = ceil_div(ns.ncols, B), tiles = ceil_div(s.m, B);
     const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
     tn_emu::launch(l.grid, [&] {
@@ -302,9 +345,9 @@ void run_sums(Case<T>& cs, const std::string& label) {
             double acc = 0;
             for (int64_t r = 0; r < s.m; ++r) {
               const double zv = (*Z[u])[r * ns.z_row[u] + col * ns.z_col[u]];
-              acc += F[ns.field[u]][i * s.m + r] * (square[u] ? zv * zv : zv);
+              acc += field_operand(ns.field[u], i, r) * cs.operand(square[u] ? zv * zv : zv);
             }
-            want[i * ns.ncols + col] += static_cast<double>(given.scale[u]) * acc;
+            want[i * ns.ncols + col] += static_cast<double>(ns.scale[u]) * acc;
           }
       report(cs.name + " " + label + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
              max_rel_err(*out[t], want), tol);
@@ -334,7 +377,7 @@ void run_sums(Case<T>& cs, const std::string& label) {
     ns.terms = 2;
     std::vector<Acc> dx(s.n * s.d, 0);
     std::vector<Acc>* out[2] = {&dx, &dx};
-    const std::vector<double>* Z[2] = {&cs.w.v, &cs.w0.v};
+    const std::vector<double>* Z[2] = {&cs.wr, &cs.w0r};
     const bool square[2] = {false, false};
     ns.field[0] = kGradU;
     ns.field[1] = kGradZ;
@@ -359,8 +402,7 @@ void run_sums(Case<T>& cs, const std::string& label) {
     ss.scale = scale;
     std::vector<Acc> out(s.m * ncols, 0);
     ss.out = out.data();
-    Problem<T> q = cs.p;
-    if (tc) ss.scale *= factor_out_scale(q, field);  // as the launcher does
+    const Problem<T>& q = cs.p;
     const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ncols, B), tiles = ceil_div(s.n, B);
     const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
     tn_emu::launch(l.grid, [&] {
@@ -374,12 +416,13 @@ void run_sums(Case<T>& cs, const std::string& label) {
     for (int64_t r = 0; r < s.m; ++r)
       for (int64_t col = 0; col < ncols; ++col) {
         double acc = 0;
-        for (int64_t i = 0; i < s.n; ++i) acc += F[field][i * s.m + r] * (y ? y->v[i * ncols + col] : 1.0);
+        for (int64_t i = 0; i < s.n; ++i)
+          acc += field_operand(field, i, r) * (y ? cs.operand(y->v[i * ncols + col]) : 1.0);
         want[r * ncols + col] = static_cast<double>(scale) * acc;
       }
     report(cs.name + " " + label + what, max_rel_err(out, want), tol);
   };
-  sample(kGradU, &cs.x, s.d, 1, "dW");
+  sample(kGradU, &cs.x, s.d, 1, "dW");  // y = x: its values enter through operand()
   sample(kGradZ, &cs.x, s.d, 1, "dW0");
   sample(kGradU, nullptr, 1, 1, "db");
   sample(kGradZ, nullptr, 1, 1, "db0");
@@ -397,35 +440,66 @@ void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
 
 }  // namespace
 
+// A random case of the fuzzing mode: sizes around the tile, chunk and fragment edges, any
+// activation, order set, sign source and split.
+std::pair<Shape, Config> random_case(std::mt19937_64& rng) {
+  auto pick = [&](std::initializer_list<int64_t> v) { return *(v.begin() + rng() % v.size()); };
+  const Shape s{pick({1, 2, 15, 16, 17, 31, 63, 64, 65, 100, 129}), pick({0, 1, 4, 7, 8, 16, 31, 32, 33, 64, 72}),
+                pick({1, 3, 16, 47, 64, 65, 127, 130}), pick({1, 2, 5, 16, 17, 64, 65})};
+  const int acts = static_cast<int>(Act::kCount);
+  Config c{static_cast<Act>(rng() % acts), {}, false, rng() % 2 == 0, static_cast<SignSource>(rng() % 3),
+           rng() % 3 == 0, pick({1, 2, 3, 7, 1000})};
+  const int kind = static_cast<int>(rng() % 4);
+  const int top = c.act == Act::kRelu ? 1 : 5;  // relu: orders 0 and 1 only
+  if (kind == 0) c.exact = true;
+  else if (kind == 1) c.orders = {static_cast<int64_t>(rng() % (top + 1))};
+  else for (int64_t k = 0; k <= top; ++k) if (rng() % 2) c.orders.push_back(k);
+  if (!c.exact && c.orders.empty()) c.orders = {0};
+  return {s, c};
+}
+
 int main(int argc, char** argv) {
   std::string filter;
   bool small = false;  // two small shapes (both staging paths): for the slow sanitizer build
+  int random = 0;      // --random K: K random cases (seeded, so reproducible) instead of the fixed ones
   for (int a = 1; a < argc; ++a) {
     const std::string arg = argv[a];
     if (arg == "--small") small = true;
+    else if (arg == "--random" && a + 1 < argc) random = std::atoi(argv[++a]);
     else filter = arg;
   }
-  // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column tile.
-  // d = 8, 40 and 96 take the vectorized, double-buffered staging of the tensor-core kernels.
-  const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}, {65, 96, 70, 5},
-                          {19, 40, 70, 3}, {5, 0, 9, 2}};
-  const Config configs[] = {
-      {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2},
-      {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1},
-      {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3},
-      {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100},
+  auto run_all = [&](const Shape& s, const Config& c, uint64_t seed) {
+    run<double>(s, c, false, seed, filter);
+    run<float>(s, c, false, seed, filter);
+    run<float>(s, c, true, seed, filter);
+    run<__half>(s, c, true, seed, filter);
+    run<__nv_bfloat16>(s, c, true, seed, filter);
   };
-  uint64_t seed = 1;
-  for (const Shape& s : shapes)
-    for (const Config& c : configs) {
-      ++seed;
-      if (small && !(s.d == 1 || s.d == 40)) continue;
-      run<double>(s, c, false, seed, filter);
-      run<float>(s, c, false, seed, filter);
-      run<float>(s, c, true, seed, filter);
-      run<__half>(s, c, true, seed, filter);
-      run<__nv_bfloat16>(s, c, true, seed, filter);
+  if (random > 0) {
+    std::mt19937_64 rng(20261129);
+    for (int k = 0; k < random; ++k) {
+      const auto [s, c] = random_case(rng);
+      run_all(s, c, 1000 + k);
     }
+  } else {
+    // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column
+    // tile. d = 8, 40 and 96 take the vectorized, double-buffered staging of the tensor-core kernels.
+    const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}, {65, 96, 70, 5},
+                            {19, 40, 70, 3}, {5, 0, 9, 2}};
+    const Config configs[] = {
+        {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2},
+        {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1},
+        {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3},
+        {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100},
+    };
+    uint64_t seed = 1;
+    for (const Shape& s : shapes)
+      for (const Config& c : configs) {
+        ++seed;
+        if (small && !(s.d == 1 || s.d == 40)) continue;
+        run_all(s, c, seed);
+      }
+  }
   std::printf("%d of %d checks failed\n", failures, checks);
   return failures ? 1 : 0;
 }
