@@ -74,12 +74,15 @@ struct Data {
   }
 };
 
+// max |got - want| over the largest magnitude: of `want` itself, or, for sums, of the sums of the
+// terms' magnitudes (`mag`), the scale of a sum's rounding error however much its terms cancel.
 template <typename Acc>
-double max_rel_err(const std::vector<Acc>& got, const std::vector<double>& want) {
+double max_rel_err(const std::vector<Acc>& got, const std::vector<double>& want,
+                   const std::vector<double>* mag = nullptr) {
   double err = 0, scale = 1e-300;
   for (size_t i = 0; i < want.size(); ++i) {
     err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::abs(want[i]));
+    scale = std::max(scale, std::abs(mag ? (*mag)[i] : want[i]));
     if (!std::isfinite(static_cast<double>(got[i]))) return INFINITY;
   }
   return err / scale;
@@ -338,19 +341,22 @@ void run_sums(Case<T>& cs, const std::string& label) {
     for (int t = 0; t < ns.terms; ++t) {
       // out[t] accumulates every term that targets it; compare once per distinct output.
       if (t > 0 && out[t] == out[t - 1]) continue;
-      std::vector<double> want(s.n * ns.ncols, 0.0);
+      std::vector<double> want(s.n * ns.ncols, 0.0), mag(want.size(), 0.0);
       for (int u = t; u < ns.terms && out[u] == out[t]; ++u)
         for (int64_t i = 0; i < s.n; ++i)
           for (int64_t col = 0; col < ns.ncols; ++col) {
-            double acc = 0;
+            double acc = 0, abs_acc = 0;
             for (int64_t r = 0; r < s.m; ++r) {
               const double zv = (*Z[u])[r * ns.z_row[u] + col * ns.z_col[u]];
-              acc += field_operand(ns.field[u], i, r) * cs.operand(square[u] ? zv * zv : zv);
+              const double term = field_operand(ns.field[u], i, r) * cs.operand(square[u] ? zv * zv : zv);
+              acc += term;
+              abs_acc += std::abs(term);
             }
             want[i * ns.ncols + col] += static_cast<double>(ns.scale[u]) * acc;
+            mag[i * ns.ncols + col] += std::abs(static_cast<double>(ns.scale[u])) * abs_acc;
           }
       report(cs.name + " " + label + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
-             max_rel_err(*out[t], want), tol);
+             max_rel_err(*out[t], want, &mag), tol);
     }
   };
   if (!features) {
@@ -412,15 +418,19 @@ void run_sums(Case<T>& cs, const std::string& label) {
         sample_sum_kernel<T>(q, ss, l.tiles_per_split);
       }
     });
-    std::vector<double> want(s.m * ncols, 0.0);
+    std::vector<double> want(s.m * ncols, 0.0), mag(want.size(), 0.0);
     for (int64_t r = 0; r < s.m; ++r)
       for (int64_t col = 0; col < ncols; ++col) {
-        double acc = 0;
-        for (int64_t i = 0; i < s.n; ++i)
-          acc += field_operand(field, i, r) * (y ? cs.operand(y->v[i * ncols + col]) : 1.0);
+        double acc = 0, abs_acc = 0;
+        for (int64_t i = 0; i < s.n; ++i) {
+          const double term = field_operand(field, i, r) * (y ? cs.operand(y->v[i * ncols + col]) : 1.0);
+          acc += term;
+          abs_acc += std::abs(term);
+        }
         want[r * ncols + col] = static_cast<double>(scale) * acc;
+        mag[r * ncols + col] = std::abs(static_cast<double>(scale)) * abs_acc;
       }
-    report(cs.name + " " + label + what, max_rel_err(out, want), tol);
+    report(cs.name + " " + label + what, max_rel_err(out, want, &mag), tol);
   };
   sample(kGradU, &cs.x, s.d, 1, "dW");  // y = x: its values enter through operand()
   sample(kGradZ, &cs.x, s.d, 1, "dW0");
