@@ -2,6 +2,7 @@
 import csv
 import json
 import math
+import sys
 
 import pytest
 
@@ -41,6 +42,19 @@ def test_cli_smoke_writes_json_csv_png(tmp_path):
     for kind in ("speedup", "time", "memory"):
         png = tmp_path / f"smoke_{kind}_float32_tanh.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_runs_without_tqdm_and_numpy(tmp_path, monkeypatch, capsys):
+    # GPU machines may have torch alone: the benchmark must still run and report.
+    for mod in ("tqdm", "tqdm.auto", "numpy"):
+        monkeypatch.setitem(sys.modules, mod, None)
+    argv = ["--ops", "net", "--n", "32", "--dims", "4", "--widths", "64", "--orders", "1", "--activations", "tanh",
+            "--repeats", "1", "--warmup", "1", "--min-time", "0", "--no-compile", "--memory", "none", "--no-plots",
+            "--out", str(tmp_path), "--tag", "bare", "--threads", "1"]
+    assert cli.main(argv) == 0
+    doc = json.loads((tmp_path / "bare.json").read_text())
+    assert doc["status"] == "complete" and doc["software"]["numpy"] is None
+    assert "n=32 d=4 m=64" in capsys.readouterr().out  # the per-case table
 
 
 def test_flop_model_follows_the_brief():

@@ -136,9 +136,37 @@ def resolve(args) -> dict:
     return s
 
 
+class _PlainProgress:
+    """The part of tqdm's interface the benchmark uses, for machines without tqdm: no bar, the
+    per-case tables still printed."""
+
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def set_description(self, *args, **kwargs):
+        pass
+
+    def set_postfix_str(self, *args, **kwargs):
+        pass
+
+    def update(self, *args):
+        pass
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def write(text, file=None):
+        print(text, file=file or sys.stdout, flush=True)
+
+
 def run(args) -> int:
     import torch
-    from tqdm.auto import tqdm
+
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        tqdm = _PlainProgress
 
     from . import plots, report
     from .budget import budget_width

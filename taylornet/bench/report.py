@@ -97,9 +97,14 @@ def machine_info(device: str) -> dict:
 
 
 def software_info() -> dict:
-    import numpy
-
     import taylornet
+
+    try:  # optional: recorded when present (GPU machines may run the benchmark without it)
+        import numpy
+
+        numpy_version = numpy.__version__
+    except ImportError:
+        numpy_version = None
 
     return {
         "python": sys.version.split()[0],
@@ -107,7 +112,7 @@ def software_info() -> dict:
         "torch_git": getattr(torch.version, "git_version", None),
         "taylornet": taylornet.__version__,
         "taylornet_path": str(Path(taylornet.__file__).parent),
-        "numpy": numpy.__version__,
+        "numpy": numpy_version,
         "mkl": torch.backends.mkl.is_available(),
         "mkldnn": torch.backends.mkldnn.is_available(),
         "openmp": torch.backends.openmp.is_available(),
