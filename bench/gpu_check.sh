@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
 # build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
-# CUDA targets (float32 and bf16, then float32 with TF32), and write results.json plus the logs into
-# OUTDIR. Sized to finish in about 8 minutes on an H200; each step has its own time limit and a
-# failed step does not stop the next.
+# CUDA targets (float32 and bf16, then float32 with TF32, then an epilogue probe), and write
+# results.json plus the logs into OUTDIR. Sized to finish in about 8 minutes on an H200; each step
+# has its own time limit and a failed step does not stop the next.
 #   bench/gpu_check.sh OUTDIR
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -40,6 +40,14 @@ timeout 90 python3 -P -m taylornet bench --preset cuda-target --dtypes float32 -
   --compile-mode default --repeats 3 --out "$OUT/bench" --no-progress > "$OUT/bench-tf32.log" 2>&1
 status bench_tf32 $?
 tail -8 "$OUT/bench-tf32.log"
+
+echo "== epilogue probe: the target shape with the cheapest epilogue (relu, order 1), fused op only"
+# Against the tanh order-2 time above, this shows how much of the kernels' time the epilogue takes.
+timeout 60 python3 -P -m taylornet bench --device cuda --ops net_fb --n 16384 --dims 128 --widths 262144 \
+  --orders 1 --activations relu --dtypes bfloat16 --impls taylornet --no-width-sweep --repeats 3 \
+  --tag epilogue-probe-cuda --out "$OUT/bench" --no-progress > "$OUT/bench-probe.log" 2>&1
+status bench_probe $?
+tail -6 "$OUT/bench-probe.log"
 
 python3 - "$OUT" "$START" <<'PY'
 import json, os, sys, time, glob
