@@ -444,24 +444,29 @@ cpu::Grads backward_cuda(const Call& c, const std::vector<Tensor>& g, bool momen
         s.ld_out = d;
         cuda::neuron_sum<T>(p, s, stream);
       }
-      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ld_y, int64_t ncols, Tensor& out, Acc scl) {
+      // out[r][col] = scl * sum_i F[i][r] y[i][col], and ones[r] = scl * sum_i F[i][r] in the same pass.
+      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ncols, Tensor* out, Tensor* ones, Acc scl) {
         cuda::SampleSum<T> s;
         s.field = field;
         s.y = y;
-        s.ld_y = ld_y;
+        s.ld_y = ncols;
         s.ncols = ncols;
-        s.out = mut<Acc>(out);
+        s.out = out ? mut<Acc>(*out) : nullptr;
         s.ld_out = ncols;
+        s.out_ones = ones ? mut<Acc>(*ones) : nullptr;
         s.scale = scl;
         cuda::sample_sum<T>(p, s, stream);
       };
-      if (need.w) sample_sum(cuda::kGradU, p.x, d, d, r.w, Acc(1));
-      if (need.w0) sample_sum(cuda::kGradZ, p.x, d, d, r.w0, Acc(1));
-      if (need.b) sample_sum(cuda::kGradU, nullptr, 0, 1, r.b, Acc(1));
-      if (need.b0) sample_sum(cuda::kGradZ, nullptr, 0, 1, r.b0, Acc(1));
+      // A weight gradient and its bias's come from one pass over the samples.
+      if (need.w || need.b)
+        sample_sum(cuda::kGradU, need.w ? p.x : nullptr, need.w ? d : 0, need.w ? &r.w : nullptr,
+                   need.b ? &r.b : nullptr, Acc(1));
+      if (need.w0 || need.b0)
+        sample_sum(cuda::kGradZ, need.w0 ? p.x : nullptr, need.w0 ? d : 0, need.w0 ? &r.w0 : nullptr,
+                   need.b0 ? &r.b0 : nullptr, Acc(1));
       if (need.a)
         for (int k = 0; k < (moments ? 2 : 1); ++k)
-          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, nc, da_t[k], p.scale[k]);
+          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, &da_t[k], nullptr, p.scale[k]);
     });
   }
   if (need.a) {

@@ -76,17 +76,17 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream)
 
 template <typename T>
 void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream) {
-  if (p.n == 0 || p.m == 0 || s.ncols == 0) return;
+  if (p.n == 0 || p.m == 0 || s.width() == 0) return;
   if constexpr (!std::is_same_v<T, double>) {
     if (use_tensor_cores(p, reinterpret_cast<const void*>(&sample_sum_tc_kernel<T>))) {
-      const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.n, kTcTile);
+      const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.width(), kTcTile), tiles = ceil_div(p.n, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
       sample_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
       return;
     }
   }
   constexpr int B = tile<acc_t<T>>();
-  const int64_t gx = ceil_div(p.m, B), gy = ceil_div(s.ncols, B), tiles = ceil_div(p.n, B);
+  const int64_t gx = ceil_div(p.m, B), gy = ceil_div(s.width(), B), tiles = ceil_div(p.n, B);
   const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
   sample_sum_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
 }

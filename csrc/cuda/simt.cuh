@@ -223,7 +223,8 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
       const int i = e / B, col = e % B;
       const int64_t ii = i0 + i, cc = c0 + col;
       Acc yv = Acc(0);
-      if (ii < p.n && cc < s.ncols) yv = s.y ? to_acc(s.y[ii * s.ld_y + cc]) : Acc(1);
+      if (ii < p.n && cc < s.ncols) yv = to_acc(s.y[ii * s.ld_y + cc]);
+      else if (ii < p.n && cc == s.ncols && s.out_ones) yv = Acc(1);
       sm.ys[i * B + col] = yv;
     }
     __syncthreads();
@@ -245,7 +246,9 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
 #pragma unroll
     for (int b = 0; b < TM; ++b) {
       const int64_t r = r0 + ty + 16 * a, col = c0 + tx + 16 * b;
-      if (r < p.m && col < s.ncols) atomicAdd(&s.out[r * s.ld_out + col], s.scale * acc[a][b]);
+      if (r >= p.m) continue;
+      if (col < s.ncols) atomicAdd(&s.out[r * s.ld_out + col], s.scale * acc[a][b]);
+      else if (col == s.ncols && s.out_ones) atomicAdd(&s.out_ones[r], s.scale * acc[a][b]);
     }
 }
 

@@ -65,17 +65,21 @@ struct NeuronSum {
   int64_t ncols = 0, ld_out = 0;
 };
 
-// out[r][col] += scale * sum_i F[i][r] * Y[i][col], with Y = y (row stride ld_y) or a column of
-// ones when y is null; out is (m, ncols) with row stride ld_out. Reduces over samples: dW, dW0,
-// db, db0 and dA.
+// out[r][col] += scale * sum_i F[i][r] * y[i][col] for col < ncols (y has row stride ld_y; it may
+// be null when ncols = 0), out being (m, ncols) with row stride ld_out; and, when out_ones is set,
+// out_ones[r] += scale * sum_i F[i][r], a column of ones after y's, so that a bias gradient comes
+// with its weight gradient in one pass. Reduces over samples: dW, dW0, db, db0 and dA.
 template <typename T>
 struct SampleSum {
   Field field = kGradU;
   const T* y = nullptr;
-  int64_t ld_y = 0, ncols = 1;
+  int64_t ld_y = 0, ncols = 0;
   acc_t<T>* out = nullptr;
   int64_t ld_out = 0;
+  acc_t<T>* out_ones = nullptr;
   acc_t<T> scale = 1;
+
+  __host__ __device__ int64_t width() const { return ncols + (out_ones ? 1 : 0); }  // columns of [y | 1]
 };
 
 template <typename T>

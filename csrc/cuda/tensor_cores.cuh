@@ -336,10 +336,11 @@ __device__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<
 }
 
 // Accumulators of this warp's output blocks -> out[row][col] += scale * value (row < rows,
-// col < cols), through the float output tile. Starts and ends with a barrier.
+// col < cols), through the float output tile; column `cols` goes to ones[row] when ones is set.
+// Starts and ends with a barrier.
 template <typename T>
 __device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], float* out, int64_t ld, int64_t row0,
-                         int64_t rows, int64_t col0, int64_t cols, float scale) {
+                         int64_t rows, int64_t col0, int64_t cols, float scale, float* ones = nullptr) {
   constexpr int ld_out = TcSmem<T>::ld_out;
   __syncthreads();
 #pragma unroll
@@ -349,8 +350,10 @@ __device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], float* out, in
   __syncthreads();
   for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
     const int r = e / kTcTile, col = e % kTcTile;
-    if (row0 + r < rows && col0 + col < cols)
-      atomicAdd(&out[(row0 + r) * ld + col0 + col], scale * sm.out()[r * ld_out + col]);
+    if (row0 + r >= rows) continue;
+    const float v = scale * sm.out()[r * ld_out + col];
+    if (col0 + col < cols) atomicAdd(&out[(row0 + r) * ld + col0 + col], v);
+    else if (col0 + col == cols && ones) atomicAdd(&ones[row0 + r], v);
   }
   __syncthreads();
 }
@@ -459,7 +462,7 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
   int64_t t_begin, t_end;
   inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
   const int pick[2] = {s.field, s.field};
-  const int64_t cols = std::min<int64_t>(kTcTile, s.ncols - c0);
+  const int64_t cols = std::min<int64_t>(kTcTile, s.width() - c0);
   const int staged = static_cast<int>((cols + 15) / 16 * 16);
   const T one = from_acc<T>(acc_t<T>(1));
   FragC<T> codes, acc[2];
@@ -491,8 +494,9 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
       const int i = e / staged, col = e % staged;
       const int64_t ii = i0 + i, cc = c0 + col;
       T yv = from_acc<T>(acc_t<T>(0));
-      if (ii < p.n && cc < s.ncols) yv = s.y ? s.y[ii * s.ld_y + cc] : one;
-      ys[i * ld + col] = yv;  // Y[i][col]
+      if (ii < p.n && cc < s.ncols) yv = s.y[ii * s.ld_y + cc];
+      else if (ii < p.n && cc == s.ncols && s.out_ones) yv = one;
+      ys[i * ld + col] = yv;  // [y | 1][i][col]
     }
     __syncthreads();
 #pragma unroll
@@ -517,7 +521,7 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
     }
     __syncthreads();
   }
-  tc_flush(sm, acc, s.out, s.ld_out, r0, p.m, c0, s.ncols, static_cast<float>(s.scale));
+  tc_flush(sm, acc, s.out, s.ld_out, r0, p.m, c0, s.ncols, static_cast<float>(s.scale), s.out_ones);
 }
 #endif  // TN_TENSOR_CORES
 

@@ -399,17 +399,19 @@ void run_sums(Case<T>& cs, const std::string& label) {
   }
 
   // sample sums: dW, dW0, db, db0, dA.
-  auto sample = [&](Field field, const Data<T>* y, int64_t ncols, Acc scale, const std::string& what) {
+  // out[r][col] = scale sum_i F[i][r] y[i][col] (col < ncols) and, with ones, sum_i F[i][r].
+  auto sample = [&](Field field, const Data<T>* y, int64_t ncols, bool ones, Acc scale, const std::string& what) {
     SampleSum<T> ss;
     ss.field = field;
     ss.y = y ? y->t.data() : nullptr;
     ss.ld_y = ncols;
     ss.ncols = ss.ld_out = ncols;
     ss.scale = scale;
-    std::vector<Acc> out(s.m * ncols, 0);
+    std::vector<Acc> out(s.m * ncols, 0), out1(s.m, 0);
     ss.out = out.data();
+    ss.out_ones = ones ? out1.data() : nullptr;
     const Problem<T>& q = cs.p;
-    const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ncols, B), tiles = ceil_div(s.n, B);
+    const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ss.width(), B), tiles = ceil_div(s.n, B);
     const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
     tn_emu::launch(l.grid, [&] {
       if (tc) {
@@ -418,27 +420,30 @@ void run_sums(Case<T>& cs, const std::string& label) {
         sample_sum_kernel<T>(q, ss, l.tiles_per_split);
       }
     });
-    std::vector<double> want(s.m * ncols, 0.0), mag(want.size(), 0.0);
+    const int64_t width = ncols + (ones ? 1 : 0);
+    std::vector<double> want(s.m * width, 0.0), mag(want.size(), 0.0);
+    std::vector<Acc> got(want.size());
     for (int64_t r = 0; r < s.m; ++r)
-      for (int64_t col = 0; col < ncols; ++col) {
+      for (int64_t col = 0; col < width; ++col) {
         double acc = 0, abs_acc = 0;
         for (int64_t i = 0; i < s.n; ++i) {
-          const double term = field_operand(field, i, r) * (y ? cs.operand(y->v[i * ncols + col]) : 1.0);
+          const double term = field_operand(field, i, r) * (col < ncols ? cs.operand(y->v[i * ncols + col]) : 1.0);
           acc += term;
           abs_acc += std::abs(term);
         }
-        want[r * ncols + col] = static_cast<double>(scale) * acc;
-        mag[r * ncols + col] = std::abs(static_cast<double>(scale)) * abs_acc;
+        want[r * width + col] = static_cast<double>(scale) * acc;
+        mag[r * width + col] = std::abs(static_cast<double>(scale)) * abs_acc;
+        got[r * width + col] = col < ncols ? out[r * ncols + col] : out1[r];
       }
-    report(cs.name + " " + label + what, max_rel_err(out, want, &mag), tol);
+    report(cs.name + " " + label + what, max_rel_err(got, want, &mag), tol);
   };
-  sample(kGradU, &cs.x, s.d, 1, "dW");  // y = x: its values enter through operand()
-  sample(kGradZ, &cs.x, s.d, 1, "dW0");
-  sample(kGradU, nullptr, 1, 1, "db");
-  sample(kGradZ, nullptr, 1, 1, "db0");
+  sample(kGradU, &cs.x, s.d, true, 1, "dW+db");  // y = x: its values enter through operand()
+  sample(kGradZ, &cs.x, s.d, true, 1, "dW0+db0");
+  sample(kGradZ, &cs.x, s.d, false, 1, "dW0");
+  sample(kGradU, nullptr, 0, true, 1, "db");
   if (features) return;
-  sample(kPhi0, &cs.gout[0], s.c, cs.p.scale[0], "dA");
-  if (cs.cf.moments) sample(kPhi1, &cs.gout[1], s.c, cs.p.scale[1], "dA (variance)");
+  sample(kPhi0, &cs.gout[0], s.c, false, cs.p.scale[0], "dA");
+  if (cs.cf.moments) sample(kPhi1, &cs.gout[1], s.c, false, cs.p.scale[1], "dA (variance)");
 }
 
 template <typename T>
