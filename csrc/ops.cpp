@@ -444,29 +444,36 @@ cpu::Grads backward_cuda(const Call& c, const std::vector<Tensor>& g, bool momen
         s.ld_out = d;
         cuda::neuron_sum<T>(p, s, stream);
       }
-      // out[r][col] = scl * sum_i F[i][r] y[i][col], and ones[r] = scl * sum_i F[i][r] in the same pass.
-      auto sample_sum = [&](cuda::Field field, const T* y, int64_t ncols, Tensor* out, Tensor* ones, Acc scl) {
-        cuda::SampleSum<T> s;
-        s.field = field;
-        s.y = y;
-        s.ld_y = ncols;
-        s.ncols = ncols;
-        s.out = out ? mut<Acc>(*out) : nullptr;
-        s.ld_out = ncols;
-        s.out_ones = ones ? mut<Acc>(*ones) : nullptr;
-        s.scale = scl;
-        cuda::sample_sum<T>(p, s, stream);
+      // Reductions over samples, two terms per pass (one recomputation of the pre-activations and
+      // the epilogue): a weight gradient with its bias's (a column of ones), dA beside them.
+      std::vector<cuda::SampleTerm<T>> terms;
+      auto add_term = [&](cuda::Field field, const T* y, int64_t ncols, Tensor* out, Tensor* ones, Acc scl) {
+        cuda::SampleTerm<T> t;
+        t.field = field;
+        t.y = y;
+        t.ld_y = ncols;
+        t.ncols = ncols;
+        t.out = out ? mut<Acc>(*out) : nullptr;
+        t.ld_out = ncols;
+        t.ones = ones ? mut<Acc>(*ones) : nullptr;
+        t.scale = scl;
+        terms.push_back(t);
       };
-      // A weight gradient and its bias's come from one pass over the samples.
       if (need.w || need.b)
-        sample_sum(cuda::kGradU, need.w ? p.x : nullptr, need.w ? d : 0, need.w ? &r.w : nullptr,
-                   need.b ? &r.b : nullptr, Acc(1));
+        add_term(cuda::kGradU, need.w ? p.x : nullptr, need.w ? d : 0, need.w ? &r.w : nullptr,
+                 need.b ? &r.b : nullptr, Acc(1));
       if (need.w0 || need.b0)
-        sample_sum(cuda::kGradZ, need.w0 ? p.x : nullptr, need.w0 ? d : 0, need.w0 ? &r.w0 : nullptr,
-                   need.b0 ? &r.b0 : nullptr, Acc(1));
+        add_term(cuda::kGradZ, need.w0 ? p.x : nullptr, need.w0 ? d : 0, need.w0 ? &r.w0 : nullptr,
+                 need.b0 ? &r.b0 : nullptr, Acc(1));
       if (need.a)
         for (int k = 0; k < (moments ? 2 : 1); ++k)
-          sample_sum(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, &da_t[k], nullptr, p.scale[k]);
+          add_term(k == 0 ? cuda::kPhi0 : cuda::kPhi1, p.gout[k], nc, &da_t[k], nullptr, p.scale[k]);
+      for (size_t t = 0; t < terms.size(); t += 2) {
+        cuda::SampleSum<T> s;
+        s.terms = terms.size() - t > 1 ? 2 : 1;
+        for (int k = 0; k < s.terms; ++k) s.term[k] = terms[t + k];
+        cuda::sample_sum<T>(p, s, stream);
+      }
     });
   }
   if (need.a) {

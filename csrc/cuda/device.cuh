@@ -202,6 +202,34 @@ __device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, const
     for (int l = 0; l < N; ++l) out[q][l] = el.valid[l] ? f[q].v[l] : Acc(0);
 }
 
+// The factor of term t at (sample i, column col of the reduction): y_t, 1 in its ones column, 0 in
+// the other term's columns. The caller checks i < n.
+template <typename T>
+__device__ __forceinline__ acc_t<T> sample_factor(const SampleSum<T>& s, int t, int64_t i, int64_t col) {
+  const SampleTerm<T>& term = s.term[t];
+  const int64_t k = col - s.first(t);
+  if (k < 0 || k >= term.width()) return acc_t<T>(0);
+  return k < term.ncols ? to_acc(term.y[i * term.ld_y + k]) : acc_t<T>(1);
+}
+
+// Adds the sum v of neuron r, column col of the reduction, to the output of the term it belongs to.
+template <typename T>
+__device__ __forceinline__ void sample_store(const SampleSum<T>& s, int64_t r, int64_t col, acc_t<T> v) {
+  for (int t = 0; t < s.terms; ++t) {
+    const SampleTerm<T>& term = s.term[t];
+    const int64_t k = col - s.first(t);
+    if (k < 0 || k >= term.width()) continue;
+    if (k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * v);
+    else atomicAdd(&term.ones[r], term.scale * v);
+  }
+}
+
+// Whether term t of s has columns in [c0, c0 + width).
+template <typename T>
+__device__ __forceinline__ bool term_in_tile(const SampleSum<T>& s, int t, int64_t c0, int64_t width) {
+  return s.first(t) < c0 + width && c0 < s.first(t) + s.term[t].width();
+}
+
 // The tiles [begin, end) of the inner loop that split blockIdx.z takes.
 __device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_split, int64_t& begin,
                                                  int64_t& end) {

@@ -205,6 +205,8 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
+  unsigned want = 0;
+  for (int t = 0; t < s.terms; ++t) want |= 1u << s.term[t].field;
   Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
 #pragma unroll
   for (int a = 0; a < TM; ++a)
@@ -214,41 +216,39 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
     const int64_t i0 = it * B;
     Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
     preactivations(p, i0, r0, sm, z0, u);
-    tile_fields<T, TM>(p, 1u << s.field, i0, r0, z0, u, f);
+    tile_fields<T, TM>(p, want, i0, r0, z0, u, f);
+    for (int t = 0; t < s.terms; ++t) {
+      if (!term_in_tile(s, t, c0, B)) continue;  // block-uniform
 #pragma unroll
-    for (int a = 0; a < TM; ++a)
+      for (int a = 0; a < TM; ++a)
 #pragma unroll
-      for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.field][a][b];  // [i][r]
-    for (int e = threadIdx.x; e < B * B; e += kThreads) {
-      const int i = e / B, col = e % B;
-      const int64_t ii = i0 + i, cc = c0 + col;
-      Acc yv = Acc(0);
-      if (ii < p.n && cc < s.ncols) yv = to_acc(s.y[ii * s.ld_y + cc]);
-      else if (ii < p.n && cc == s.ncols && s.out_ones) yv = Acc(1);
-      sm.ys[i * B + col] = yv;
-    }
-    __syncthreads();
-    for (int i = 0; i < B; ++i) {
-      Acc fr[TM];
-#pragma unroll
-      for (int a = 0; a < TM; ++a) fr[a] = sm.fs[i * B + ty + 16 * a];
-#pragma unroll
-      for (int b = 0; b < TM; ++b) {
-        const Acc yb = sm.ys[i * B + tx + 16 * b];
-#pragma unroll
-        for (int a = 0; a < TM; ++a) acc[a][b] = ::fma(fr[a], yb, acc[a][b]);
+        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.term[t].field][a][b];  // [i][r]
+      for (int e = threadIdx.x; e < B * B; e += kThreads) {
+        const int i = e / B, col = e % B;
+        const int64_t ii = i0 + i;
+        sm.ys[i * B + col] = ii < p.n ? sample_factor(s, t, ii, c0 + col) : Acc(0);
       }
+      __syncthreads();
+      for (int i = 0; i < B; ++i) {
+        Acc fr[TM];
+#pragma unroll
+        for (int a = 0; a < TM; ++a) fr[a] = sm.fs[i * B + ty + 16 * a];
+#pragma unroll
+        for (int b = 0; b < TM; ++b) {
+          const Acc yb = sm.ys[i * B + tx + 16 * b];
+#pragma unroll
+          for (int a = 0; a < TM; ++a) acc[a][b] = ::fma(fr[a], yb, acc[a][b]);
+        }
+      }
+      __syncthreads();
     }
-    __syncthreads();
   }
 #pragma unroll
   for (int a = 0; a < TM; ++a)
 #pragma unroll
     for (int b = 0; b < TM; ++b) {
-      const int64_t r = r0 + ty + 16 * a, col = c0 + tx + 16 * b;
-      if (r >= p.m) continue;
-      if (col < s.ncols) atomicAdd(&s.out[r * s.ld_out + col], s.scale * acc[a][b]);
-      else if (col == s.ncols && s.out_ones) atomicAdd(&s.out_ones[r], s.scale * acc[a][b]);
+      const int64_t r = r0 + ty + 16 * a;
+      if (r < p.m) sample_store(s, r, c0 + tx + 16 * b, acc[a][b]);
     }
 }
 

@@ -65,21 +65,32 @@ struct NeuronSum {
   int64_t ncols = 0, ld_out = 0;
 };
 
-// out[r][col] += scale * sum_i F[i][r] * y[i][col] for col < ncols (y has row stride ld_y; it may
-// be null when ncols = 0), out being (m, ncols) with row stride ld_out; and, when out_ones is set,
-// out_ones[r] += scale * sum_i F[i][r], a column of ones after y's, so that a bias gradient comes
-// with its weight gradient in one pass. Reduces over samples: dW, dW0, db, db0 and dA.
+// One term of a reduction over samples: out[r][col] += scale * sum_i F[i][r] * y[i][col] for
+// col < ncols (y has row stride ld_y and may be null when ncols = 0; out is (m, ncols) with row
+// stride ld_out) and, when `ones` is set, ones[r] += scale * sum_i F[i][r]: a column of ones after
+// y's, so that a bias gradient comes with its weight gradient.
 template <typename T>
-struct SampleSum {
+struct SampleTerm {
   Field field = kGradU;
   const T* y = nullptr;
   int64_t ld_y = 0, ncols = 0;
   acc_t<T>* out = nullptr;
   int64_t ld_out = 0;
-  acc_t<T>* out_ones = nullptr;
+  acc_t<T>* ones = nullptr;
   acc_t<T> scale = 1;
 
-  __host__ __device__ int64_t width() const { return ncols + (out_ones ? 1 : 0); }  // columns of [y | 1]
+  __host__ __device__ int64_t width() const { return ncols + (ones ? 1 : 0); }
+};
+
+// Up to two terms in one pass over the samples (one recomputation of the pre-activations and the
+// epilogue), their columns side by side: [y_0 | 1] then [y_1 | 1]. dW, dW0, db, db0 and dA.
+template <typename T>
+struct SampleSum {
+  int terms = 1;
+  SampleTerm<T> term[2];
+
+  __host__ __device__ int64_t first(int t) const { return t == 0 ? 0 : term[0].width(); }
+  __host__ __device__ int64_t width() const { return first(terms - 1) + term[terms - 1].width(); }
 };
 
 template <typename T>

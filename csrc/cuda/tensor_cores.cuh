@@ -335,12 +335,11 @@ __device__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<
     }
 }
 
-// Accumulators of this warp's output blocks -> out[row][col] += scale * value (row < rows,
-// col < cols), through the float output tile; column `cols` goes to ones[row] when ones is set.
-// Starts and ends with a barrier.
-template <typename T>
-__device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], float* out, int64_t ld, int64_t row0,
-                         int64_t rows, int64_t col0, int64_t cols, float scale, float* ones = nullptr) {
+// Accumulators of this warp's output blocks -> store(row0 + row, col0 + col, value) for every
+// element of the block's 64 x 64 output tile, through the float output tile. Starts and ends with
+// a barrier.
+template <typename T, typename Store>
+__device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], int64_t row0, int64_t col0, Store&& store) {
   constexpr int ld_out = TcSmem<T>::ld_out;
   __syncthreads();
 #pragma unroll
@@ -350,10 +349,7 @@ __device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], float* out, in
   __syncthreads();
   for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
     const int r = e / kTcTile, col = e % kTcTile;
-    if (row0 + r >= rows) continue;
-    const float v = scale * sm.out()[r * ld_out + col];
-    if (col0 + col < cols) atomicAdd(&out[(row0 + r) * ld + col0 + col], v);
-    else if (col0 + col == cols && ones) atomicAdd(&ones[row0 + r], v);
+    store(row0 + r, col0 + col, sm.out()[r * ld_out + col]);
   }
   __syncthreads();
 }
@@ -448,8 +444,12 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
       __syncthreads();
     }
   }
-  for (int t = 0; t < s.terms; ++t)
-    tc_flush(sm, acc[t], s.out[t], s.ld_out, i0, p.n, c0, s.ncols, static_cast<float>(s.scale[t]));
+  for (int t = 0; t < s.terms; ++t) {
+    const float scale = static_cast<float>(s.scale[t]);
+    tc_flush(sm, acc[t], i0, c0, [&](int64_t i, int64_t col, float v) {
+      if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], scale * v);
+    });
+  }
 }
 
 // Blocks own (neuron tile, column tile); the loop runs over sample tiles: dW, dW0, db, db0, dA.
@@ -461,10 +461,13 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  const int pick[2] = {s.field, s.field};
+  unsigned want = 0;
+  for (int t = 0; t < s.terms; ++t) want |= 1u << s.term[t].field;
+  const int pick[2] = {s.term[0].field, s.term[s.terms - 1].field};
+  // Column blocks past the reduction's width hold padding only: their warps skip stage 2, and only
+  // the columns that some warp reads are staged.
   const int64_t cols = std::min<int64_t>(kTcTile, s.width() - c0);
   const int staged = static_cast<int>((cols + 15) / 16 * 16);
-  const T one = from_acc<T>(acc_t<T>(1));
   FragC<T> codes, acc[2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
@@ -474,54 +477,57 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
     const int64_t i0 = it * kTcTile;
     FragC<T> z0[2], u[2];
     if constexpr (kTileScaled<T>) {
-      if (threadIdx.x == 0) sm.tile_max()[0] = 0;
+      if (threadIdx.x < 2) sm.tile_max()[threadIdx.x] = 0;
       __syncthreads();
     }
     tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields(p, sm, codes, 1u << s.field, pick, i0, r0, z0, u);
-    int exponent = 0;
+    tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
+    int exponent[2] = {0, 0};
     if constexpr (kTileScaled<T>) {
       tile_max<T>(z0, sm.tile_max());
+      if (s.terms > 1) tile_max<T>(u, sm.tile_max() + 1);
       __syncthreads();
-      exponent = tile_exponent(sm.tile_max()[0]);
+      for (int t = 0; t < s.terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
     }
-    const float up = ldexpf(1.0f, exponent), down = ldexpf(1.0f, -exponent);
-    T *fs = sm.field(), *ys = sm.factor();
-    for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-      fs[row * ld + col] = from_acc<T>(z0[j].x[e] * up);  // F[i][r]
-    });
-    for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
-      const int i = e / staged, col = e % staged;
-      const int64_t ii = i0 + i, cc = c0 + col;
-      T yv = from_acc<T>(acc_t<T>(0));
-      if (ii < p.n && cc < s.ncols) yv = s.y[ii * s.ld_y + cc];
-      else if (ii < p.n && cc == s.ncols && s.out_ones) yv = one;
-      ys[i * ld + col] = yv;  // [y | 1][i][col]
-    }
-    __syncthreads();
-#pragma unroll
-    for (int j = 0; j < 2; ++j) {
-      if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
-      FragC<T> part;  // this tile's product, scaled back before it joins acc
-      FragC<T>& into = kTileScaled<T> ? part : acc[j];
-      if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
-#pragma unroll
-      for (int k = 0; k < kTcTile; k += K) {
-        // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
-        FragA<T, wmma::col_major> fa;
-        FragB<T, wmma::row_major> yb;
-        load_input(fa, fs + k * ld + warp_row_block() * 16, ld);
-        load_input(yb, ys + k * ld + warp_col_block(j) * 16, ld);
-        wmma::mma_sync(into, fa, yb, into);
+    for (int t = 0; t < s.terms; ++t) {
+      if (!term_in_tile(s, t, c0, kTcTile)) continue;  // block-uniform
+      const float up = ldexpf(1.0f, exponent[t]), down = ldexpf(1.0f, -exponent[t]);
+      T *fs = sm.field(), *ys = sm.factor();
+      for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+        fs[row * ld + col] = from_acc<T>((t == 0 ? z0[j].x[e] : u[j].x[e]) * up);  // F[i][r]
+      });
+      for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+        const int i = e / staged, col = e % staged;
+        const int64_t ii = i0 + i;
+        ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(s, t, ii, c0 + col) : 0.0f);  // Y_t[i][col]
       }
-      if constexpr (kTileScaled<T>) {
+      __syncthreads();
 #pragma unroll
-        for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
+      for (int j = 0; j < 2; ++j) {
+        if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+        FragC<T> part;  // this tile's product, scaled back before it joins acc
+        FragC<T>& into = kTileScaled<T> ? part : acc[j];
+        if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
+#pragma unroll
+        for (int k = 0; k < kTcTile; k += K) {
+          // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
+          FragA<T, wmma::col_major> fa;
+          FragB<T, wmma::row_major> yb;
+          load_input(fa, fs + k * ld + warp_row_block() * 16, ld);
+          load_input(yb, ys + k * ld + warp_col_block(j) * 16, ld);
+          wmma::mma_sync(into, fa, yb, into);
+        }
+        if constexpr (kTileScaled<T>) {
+#pragma unroll
+          for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
+        }
       }
+      __syncthreads();
     }
-    __syncthreads();
   }
-  tc_flush(sm, acc, s.out, s.ld_out, r0, p.m, c0, s.ncols, static_cast<float>(s.scale), s.out_ones);
+  tc_flush(sm, acc, r0, c0, [&](int64_t r, int64_t col, float v) {
+    if (r < p.m) sample_store(s, r, col, v);
+  });
 }
 #endif  // TN_TENSOR_CORES
 

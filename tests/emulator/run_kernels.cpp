@@ -399,17 +399,33 @@ void run_sums(Case<T>& cs, const std::string& label) {
   }
 
   // sample sums: dW, dW0, db, db0, dA.
-  // out[r][col] = scale sum_i F[i][r] y[i][col] (col < ncols) and, with ones, sum_i F[i][r].
-  auto sample = [&](Field field, const Data<T>* y, int64_t ncols, bool ones, Acc scale, const std::string& what) {
+  // One term of a reduction over samples: out[r][col] = scale sum_i F[i][r] y[i][col] (col < ncols)
+  // and, with ones, sum_i F[i][r].
+  struct Term {
+    Field field;
+    const Data<T>* y;
+    int64_t ncols;
+    bool ones;
+    Acc scale;
+    std::string what;
+  };
+  // Runs one pass with one or two terms and checks every output of each term.
+  auto sample = [&](const std::vector<Term>& terms) {
     SampleSum<T> ss;
-    ss.field = field;
-    ss.y = y ? y->t.data() : nullptr;
-    ss.ld_y = ncols;
-    ss.ncols = ss.ld_out = ncols;
-    ss.scale = scale;
-    std::vector<Acc> out(s.m * ncols, 0), out1(s.m, 0);
-    ss.out = out.data();
-    ss.out_ones = ones ? out1.data() : nullptr;
+    ss.terms = static_cast<int>(terms.size());
+    std::vector<std::vector<Acc>> out(terms.size()), out1(terms.size());
+    for (size_t t = 0; t < terms.size(); ++t) {
+      const Term& tm = terms[t];
+      out[t].assign(s.m * tm.ncols, 0);
+      out1[t].assign(s.m, 0);
+      SampleTerm<T>& st = ss.term[t];
+      st.field = tm.field;
+      st.y = tm.y ? tm.y->t.data() : nullptr;
+      st.ld_y = st.ncols = st.ld_out = tm.ncols;
+      st.out = out[t].data();
+      st.ones = tm.ones ? out1[t].data() : nullptr;
+      st.scale = tm.scale;
+    }
     const Problem<T>& q = cs.p;
     const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ss.width(), B), tiles = ceil_div(s.n, B);
     const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
@@ -420,30 +436,42 @@ void run_sums(Case<T>& cs, const std::string& label) {
         sample_sum_kernel<T>(q, ss, l.tiles_per_split);
       }
     });
-    const int64_t width = ncols + (ones ? 1 : 0);
-    std::vector<double> want(s.m * width, 0.0), mag(want.size(), 0.0);
-    std::vector<Acc> got(want.size());
-    for (int64_t r = 0; r < s.m; ++r)
-      for (int64_t col = 0; col < width; ++col) {
-        double acc = 0, abs_acc = 0;
-        for (int64_t i = 0; i < s.n; ++i) {
-          const double term = field_operand(field, i, r) * (col < ncols ? cs.operand(y->v[i * ncols + col]) : 1.0);
-          acc += term;
-          abs_acc += std::abs(term);
+    for (size_t t = 0; t < terms.size(); ++t) {
+      const Term& tm = terms[t];
+      const int64_t width = tm.ncols + (tm.ones ? 1 : 0);
+      std::vector<double> want(s.m * width, 0.0), mag(want.size(), 0.0);
+      std::vector<Acc> got(want.size());
+      for (int64_t r = 0; r < s.m; ++r)
+        for (int64_t col = 0; col < width; ++col) {
+          double acc = 0, abs_acc = 0;
+          for (int64_t i = 0; i < s.n; ++i) {
+            const double term = field_operand(tm.field, i, r) *
+                                (col < tm.ncols ? cs.operand(tm.y->v[i * tm.ncols + col]) : 1.0);
+            acc += term;
+            abs_acc += std::abs(term);
+          }
+          want[r * width + col] = static_cast<double>(tm.scale) * acc;
+          mag[r * width + col] = std::abs(static_cast<double>(tm.scale)) * abs_acc;
+          got[r * width + col] = col < tm.ncols ? out[t][r * tm.ncols + col] : out1[t][r];
         }
-        want[r * width + col] = static_cast<double>(scale) * acc;
-        mag[r * width + col] = std::abs(static_cast<double>(scale)) * abs_acc;
-        got[r * width + col] = col < ncols ? out[r * ncols + col] : out1[r];
-      }
-    report(cs.name + " " + label + what, max_rel_err(got, want, &mag), tol);
+      report(cs.name + " " + label + tm.what + (terms.size() > 1 ? " (of " + std::to_string(terms.size()) + ")" : ""),
+             max_rel_err(got, want, &mag), tol);
+    }
   };
-  sample(kGradU, &cs.x, s.d, true, 1, "dW+db");  // y = x: its values enter through operand()
-  sample(kGradZ, &cs.x, s.d, true, 1, "dW0+db0");
-  sample(kGradZ, &cs.x, s.d, false, 1, "dW0");
-  sample(kGradU, nullptr, 0, true, 1, "db");
+  const Term dw{kGradU, &cs.x, s.d, true, 1, "dW+db"}, dw0{kGradZ, &cs.x, s.d, true, 1, "dW0+db0"};
+  const Term dw0_only{kGradZ, &cs.x, s.d, false, 1, "dW0"}, db{kGradU, nullptr, 0, true, 1, "db"};
+  sample({dw});
+  sample({dw0_only});
+  sample({db});
+  sample({dw, dw0});
   if (features) return;
-  sample(kPhi0, &cs.gout[0], s.c, false, cs.p.scale[0], "dA");
-  if (cs.cf.moments) sample(kPhi1, &cs.gout[1], s.c, false, cs.p.scale[1], "dA (variance)");
+  const Term da{kPhi0, &cs.gout[0], s.c, false, cs.p.scale[0], "dA"};
+  const Term da1{kPhi1, &cs.gout[1], s.c, false, cs.p.scale[1], "dA (variance)"};
+  sample({da});
+  sample({dw, da});
+  sample({db, da});
+  if (cs.cf.moments) sample({da, da1});
+
 }
 
 template <typename T>
