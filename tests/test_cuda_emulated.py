@@ -81,6 +81,12 @@ def test_cuda_kernels_on_random_cases_under_the_emulator(emulator, path):
     run_checks(emulator, path, "--random", "40")
 
 
+@pytest.mark.parametrize("dtype", ["f32", "f64"])
+def test_device_tanh_sech2_against_long_double(emulator, dtype):
+    # The kernels' tanh/sech^2 (one exp, or a series near 0; no tanh call), swept over [-30, 30].
+    run_checks(emulator, f"{dtype}/math")
+
+
 def test_cuda_kernels_read_and_write_only_in_bounds(tmp_path_factory):
     # AddressSanitizer sees the kernels' global and shared accesses as host accesses: a tile that
     # reads past a row of x or writes past an output fails here. Two small shapes keep it quick.

@@ -10,6 +10,7 @@
 #include "mma.h"
 
 #include <algorithm>
+#include <limits>
 #include <random>
 #include <string>
 
@@ -481,6 +482,28 @@ void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
   run_case(cs);
 }
 
+// The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over
+// z in [-30, 30] and near 0, as the largest error in units of the type's epsilon.
+template <typename A>
+void check_tanh_sech2(const std::string& filter) {
+  const std::string name = std::string(std::is_same_v<A, float> ? "f32" : "f64") + "/math";
+  if (!filter.empty() && name.rfind(filter, 0) != 0) return;
+  double worst_t = 0, worst_s = 0;
+  for (int k = -300000; k <= 300000; ++k) {
+    for (const long double z : {k * 1e-4L, k * 1e-9L}) {
+      A t, s;
+      DeviceMath<A>::tanh_sech2(static_cast<A>(z), t, s);
+      const long double zz = static_cast<A>(z);
+      const long double tt = std::tanh(zz), ss = 1.0L / (std::cosh(zz) * std::cosh(zz));
+      if (tt != 0) worst_t = std::max(worst_t, static_cast<double>(std::abs((t - tt) / tt)));
+      if (ss > 1e-30L) worst_s = std::max(worst_s, static_cast<double>(std::abs((s - ss) / ss)));
+    }
+  }
+  const double eps = std::numeric_limits<A>::epsilon();
+  report(name + " tanh, relative error in epsilons", worst_t / eps, 4);
+  report(name + " sech^2, relative error in epsilons", worst_s / eps, 8);
+}
+
 }  // namespace
 
 // A random case of the fuzzing mode: sizes around the tile, chunk and fragment edges, any
@@ -543,6 +566,10 @@ int main(int argc, char** argv) {
         if (small && (!(s.d == 1 || s.d == 40) || c.act == Act::kGelu || c.act == Act::kSigmoid)) continue;
         run_all(s, c, seed);
       }
+  }
+  if (random == 0) {
+    check_tanh_sech2<float>(filter);
+    check_tanh_sech2<double>(filter);
   }
   std::printf("%d of %d checks failed\n", failures, checks);
   return failures ? 1 : 0;
