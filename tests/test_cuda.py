@@ -231,6 +231,19 @@ def test_compiled_matches_eager_on_cuda():
     assert_close_verbose(torch.compile(f, fullgraph=True)(*args), f(*args), atol=1e-6, rtol=1e-5, name="compiled")
 
 
+@pytest.mark.parametrize("dtype", [F32, F64], ids=["f32", "f64"])
+def test_features_of_more_rows_than_one_grid_holds(dtype):
+    # grid.y stops at 65535 sample tiles (64 rows, 32 in float64): taller inputs go in slabs.
+    n = 65535 * 64 + 77
+    g = torch.Generator().manual_seed(3)
+    x, w0, w = (torch.randn(*shape, generator=g, dtype=dtype) for shape in ((n, 2), (3, 2), (3, 2)))
+    kw = {"activation": "tanh", "order": 2, "sign_seed": SIGN_SEED}
+    cpu = tn.taylor_features(x, w0, w, **kw)
+    gpu = tn.taylor_features(x.cuda(), w0.cuda(), w.cuda(), **kw).cpu()
+    tol = 1e-12 if dtype == F64 else 1e-5
+    assert_close_verbose(gpu, cpu, atol=tol, rtol=tol, name="features")
+
+
 def test_large_width_runs_without_an_n_by_m_buffer():
     n, d, m = 512, 32, 2**20
     torch.manual_seed(0)

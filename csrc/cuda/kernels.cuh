@@ -45,16 +45,26 @@ bool use_tensor_cores(const Problem<T>& p, const void* kernel) {
 template <typename T>
 void features_forward(const Problem<T>& p, T* out, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0) return;  // no blocks: an empty grid is a launch error
-  if constexpr (!std::is_same_v<T, double>) {
-    if (use_tensor_cores(p, reinterpret_cast<const void*>(&features_forward_tc_kernel<T>))) {
-      const dim3 grid(ceil_div(p.m, kTcTile), ceil_div(p.n, kTcTile));
-      features_forward_tc_kernel<T><<<grid, kThreads, 0, stream>>>(p, out);
-      return;
+  bool tc = false;
+  if constexpr (!std::is_same_v<T, double>)
+    tc = use_tensor_cores(p, reinterpret_cast<const void*>(&features_forward_tc_kernel<T>));
+  const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
+  // (rows are independent; the signs depend on the neuron only).
+  const int64_t slab = 65535 * B;
+  for (int64_t i = 0; i < p.n; i += slab) {
+    Problem<T> q = p;
+    q.x = p.x + i * p.d;
+    q.n = std::min(slab, p.n - i);
+    const dim3 grid(ceil_div(p.m, B), ceil_div(q.n, B));
+    if constexpr (!std::is_same_v<T, double>) {
+      if (tc) {
+        features_forward_tc_kernel<T><<<grid, kThreads, 0, stream>>>(q, out + i * p.m);
+        continue;
+      }
     }
+    features_forward_kernel<T><<<grid, kThreads, 0, stream>>>(q, out + i * p.m);
   }
-  constexpr int B = tile<acc_t<T>>();
-  const dim3 grid(ceil_div(p.m, B), ceil_div(p.n, B));
-  features_forward_kernel<T><<<grid, kThreads, 0, stream>>>(p, out);
 }
 
 template <typename T>
