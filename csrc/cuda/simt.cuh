@@ -144,8 +144,7 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, Neur
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
   int64_t t_begin, t_end;
   inner_tile_range((p.m + B - 1) / B, tiles_per_split, t_begin, t_end);
-  unsigned want = 0;
-  for (int t = 0; t < s.terms; ++t) want |= 1u << s.field[t];
+  const unsigned want = s.fields();
   Acc acc[2][TM][TM];
 #pragma unroll
   for (int t = 0; t < 2; ++t)
@@ -205,8 +204,7 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, Samp
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
-  unsigned want = 0;
-  for (int t = 0; t < s.terms; ++t) want |= 1u << s.term[t].field;
+  const unsigned want = s.fields();
   Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
 #pragma unroll
   for (int a = 0; a < TM; ++a)

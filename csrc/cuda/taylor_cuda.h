@@ -63,6 +63,12 @@ struct NeuronSum {
   acc_t<T>* out[2] = {nullptr, nullptr};
   acc_t<T> scale[2] = {1, 1};
   int64_t ncols = 0, ld_out = 0;
+
+  __host__ __device__ unsigned fields() const {  // bit mask of the fields the terms contract
+    unsigned f = 0;
+    for (int t = 0; t < terms; ++t) f |= 1u << field[t];
+    return f;
+  }
 };
 
 // One term of a reduction over samples: out[r][col] += scale * sum_i F[i][r] * y[i][col] for
@@ -91,6 +97,11 @@ struct SampleSum {
 
   __host__ __device__ int64_t first(int t) const { return t == 0 ? 0 : term[0].width(); }
   __host__ __device__ int64_t width() const { return first(terms - 1) + term[terms - 1].width(); }
+  __host__ __device__ unsigned fields() const {  // bit mask of the fields the terms contract
+    unsigned f = 0;
+    for (int t = 0; t < terms; ++t) f |= 1u << term[t].field;
+    return f;
+  }
 };
 
 template <typename T>

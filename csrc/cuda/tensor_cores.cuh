@@ -371,17 +371,67 @@ __device__ void features_forward_tc(const Problem<T>& p, T* out) {
   });
 }
 
+// The exponents of this tile's field tiles (term 0 in z0, term 1 in u): 0 unless float16. The
+// maxima slots must have been cleared before a barrier that precedes this call; ends with one.
+template <typename T>
+__device__ __forceinline__ void tile_exponents(const TcSmem<T>& sm, const FragC<T> (&z0)[2], const FragC<T> (&u)[2],
+                                               int terms, int (&exponent)[2]) {
+  exponent[0] = exponent[1] = 0;
+  if constexpr (kTileScaled<T>) {
+    tile_max<T>(z0, sm.tile_max());
+    if (terms > 1) tile_max<T>(u, sm.tile_max() + 1);
+    __syncthreads();
+    for (int t = 0; t < terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
+  }
+}
+
+// The field tile f (F[i][r] at fs[i * ld + r]), times 2^exponent, in the input type.
+template <typename T>
+__device__ __forceinline__ void store_field(const FragC<T>& codes, const FragC<T> (&f)[2], int exponent, T* fs) {
+  constexpr int ld = TcSmem<T>::ld_mix;
+  const float up = ldexpf(1.0f, exponent);
+  for_each_element<T>(codes, [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
+}
+
+// Stage 2 for this warp's output blocks: acc[j] += 2^-exponent * sum_k A[.][k] B[k][.] over the
+// tile's 64 k, A's 16 rows from `a` (A's layout; stepping `a_step` elements per k) and column block
+// j of B from `b` (row-major). Blocks at or past `cols` hold padding only and are skipped.
+template <typename T, typename LayoutA>
+__device__ __forceinline__ void tile_products(FragC<T> (&acc)[2], const T* a, int a_step, const T* b, int64_t cols,
+                                              int exponent) {
+  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
+  const float down = ldexpf(1.0f, -exponent);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
+    FragC<T> part;  // this tile's product, scaled back before it joins acc
+    FragC<T>& into = kTileScaled<T> ? part : acc[j];
+    if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
+#pragma unroll
+    for (int k = 0; k < kTcTile; k += K) {
+      FragA<T, LayoutA> fa;
+      FragB<T, wmma::row_major> fb;
+      load_input(fa, a + k * a_step, ld);
+      load_input(fb, b + k * ld + warp_col_block(j) * 16, ld);
+      wmma::mma_sync(into, fa, fb, into);
+    }
+    if constexpr (kTileScaled<T>) {
+#pragma unroll
+      for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
+    }
+  }
+}
+
 // Blocks own (sample tile, column tile); the loop runs over neuron tiles: the readout and dX.
 template <typename T>
 __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
-  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
+  constexpr int ld = TcSmem<T>::ld_mix;
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
   const TcSmem<T> sm{raw};
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   int64_t t_begin, t_end;
   inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  unsigned want = 0;
-  for (int t = 0; t < s.terms; ++t) want |= 1u << s.field[t];
+  const unsigned want = s.fields();
   const int pick[2] = {s.field[0], s.field[1]};
   // Column blocks past ncols hold padding only: their warps skip stage 2, and only the columns
   // that some warp reads are staged.
@@ -401,19 +451,11 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
     __syncthreads();
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);
-    int exponent[2] = {0, 0};
-    if constexpr (kTileScaled<T>) {
-      tile_max<T>(z0, sm.tile_max());
-      if (s.terms > 1) tile_max<T>(u, sm.tile_max() + 1);
-      __syncthreads();
-      for (int t = 0; t < s.terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
-    }
+    int exponent[2];
+    tile_exponents<T>(sm, z0, u, s.terms, exponent);
     for (int t = 0; t < s.terms; ++t) {
       T *fs = sm.field(), *zs = sm.factor();
-      const float up = ldexpf(1.0f, exponent[t]), down = ldexpf(1.0f, -exponent[t]);
-      for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-        fs[row * ld + col] = from_acc<T>((t == 0 ? z0[j].x[e] : u[j].x[e]) * up);  // F[i][r]
-      });
+      store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
       for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
         const int r = e / staged, col = e % staged;
         const int64_t rr = r0 + r, cc = c0 + col;
@@ -422,25 +464,7 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
         zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z[r][col]
       }
       __syncthreads();
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
-        FragC<T> part;  // this tile's product, scaled back before it joins acc
-        FragC<T>& into = kTileScaled<T> ? part : acc[t][j];
-        if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
-#pragma unroll
-        for (int k = 0; k < kTcTile; k += K) {
-          FragA<T, wmma::row_major> fa;
-          FragB<T, wmma::row_major> zb;
-          load_input(fa, fs + warp_row_block() * 16 * ld + k, ld);
-          load_input(zb, zs + k * ld + warp_col_block(j) * 16, ld);
-          wmma::mma_sync(into, fa, zb, into);
-        }
-        if constexpr (kTileScaled<T>) {
-#pragma unroll
-          for (int e = 0; e < part.num_elements; ++e) acc[t][j].x[e] = fmaf(part.x[e], down, acc[t][j].x[e]);
-        }
-      }
+      tile_products<T, wmma::row_major>(acc[t], fs + warp_row_block() * 16 * ld, 1, zs, cols, exponent[t]);
       __syncthreads();
     }
   }
@@ -455,14 +479,13 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
 // Blocks own (neuron tile, column tile); the loop runs over sample tiles: dW, dW0, db, db0, dA.
 template <typename T>
 __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split) {
-  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
+  constexpr int ld = TcSmem<T>::ld_mix;
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
   const TcSmem<T> sm{raw};
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  unsigned want = 0;
-  for (int t = 0; t < s.terms; ++t) want |= 1u << s.term[t].field;
+  const unsigned want = s.fields();
   const int pick[2] = {s.term[0].field, s.term[s.terms - 1].field};
   // Column blocks past the reduction's width hold padding only: their warps skip stage 2, and only
   // the columns that some warp reads are staged.
@@ -482,46 +505,20 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
     }
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
-    int exponent[2] = {0, 0};
-    if constexpr (kTileScaled<T>) {
-      tile_max<T>(z0, sm.tile_max());
-      if (s.terms > 1) tile_max<T>(u, sm.tile_max() + 1);
-      __syncthreads();
-      for (int t = 0; t < s.terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
-    }
+    int exponent[2];
+    tile_exponents<T>(sm, z0, u, s.terms, exponent);
     for (int t = 0; t < s.terms; ++t) {
       if (!term_in_tile(s, t, c0, kTcTile)) continue;  // block-uniform
-      const float up = ldexpf(1.0f, exponent[t]), down = ldexpf(1.0f, -exponent[t]);
       T *fs = sm.field(), *ys = sm.factor();
-      for_each_element<T>(codes, [&](int j, int e, int row, int col) {
-        fs[row * ld + col] = from_acc<T>((t == 0 ? z0[j].x[e] : u[j].x[e]) * up);  // F[i][r]
-      });
+      store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
       for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
         const int i = e / staged, col = e % staged;
         const int64_t ii = i0 + i;
         ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(s, t, ii, c0 + col) : 0.0f);  // Y_t[i][col]
       }
       __syncthreads();
-#pragma unroll
-      for (int j = 0; j < 2; ++j) {
-        if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
-        FragC<T> part;  // this tile's product, scaled back before it joins acc
-        FragC<T>& into = kTileScaled<T> ? part : acc[j];
-        if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
-#pragma unroll
-        for (int k = 0; k < kTcTile; k += K) {
-          // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
-          FragA<T, wmma::col_major> fa;
-          FragB<T, wmma::row_major> yb;
-          load_input(fa, fs + k * ld + warp_row_block() * 16, ld);
-          load_input(yb, ys + k * ld + warp_col_block(j) * 16, ld);
-          wmma::mma_sync(into, fa, yb, into);
-        }
-        if constexpr (kTileScaled<T>) {
-#pragma unroll
-          for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
-        }
-      }
+      // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
+      tile_products<T, wmma::col_major>(acc, fs + warp_row_block() * 16, ld, ys, cols, exponent[t]);
       __syncthreads();
     }
   }
