@@ -6,6 +6,7 @@
 #include "cuda/simt.cuh"
 #include "cuda/tensor_cores.cuh"
 
+#include <atomic>
 #include <type_traits>
 
 namespace tn::cuda {
@@ -25,21 +26,33 @@ int64_t inner_splits(const Problem<T>& p, int64_t outer_blocks, int64_t inner_ti
   return std::max<int64_t>(1, std::min(want, inner_tiles));
 }
 
+// Whether the binary loaded for the current device holds sm_80+ code for Kernel. Asked of the
+// runtime once per kernel and device (cudaFuncGetAttributes is not free; launches are frequent).
+template <auto Kernel>
+bool mma_binary() {
+  constexpr int kDevices = 64;
+  static std::atomic<int> known[kDevices];  // 0: not asked yet, 1: no, 2: yes
+  int device = 0;
+  cudaGetDevice(&device);
+  int answer = device < kDevices ? known[device].load(std::memory_order_relaxed) : 0;
+  if (answer == 0) {
+    cudaFuncAttributes attr{};
+    if (cudaFuncGetAttributes(&attr, reinterpret_cast<const void*>(Kernel)) != cudaSuccess) {
+      cudaGetLastError();  // not sticky; leave no error behind for the caller
+      attr.binaryVersion = 0;
+    }
+    answer = attr.binaryVersion >= 80 ? 2 : 1;
+    if (device < kDevices) known[device].store(answer, std::memory_order_relaxed);
+  }
+  return answer == 2;
+}
+
 // Whether a tensor-core kernel runs: the problem asks for it (bf16/fp16 always, float32 when TF32
 // is allowed) and the binary loaded for this device was compiled for sm_80 or newer.
-template <typename T>
-bool use_tensor_cores(const Problem<T>& p, const void* kernel) {
-  if constexpr (std::is_same_v<T, double>) {
-    return false;
-  } else {
-    if (!p.tensor_cores) return false;
-    cudaFuncAttributes attr{};
-    if (cudaFuncGetAttributes(&attr, kernel) != cudaSuccess) {
-      cudaGetLastError();  // not sticky; leave no error behind for the caller
-      return false;
-    }
-    return attr.binaryVersion >= 80;
-  }
+template <auto Kernel, typename T>
+bool use_tensor_cores(const Problem<T>& p) {
+  if constexpr (std::is_same_v<T, double>) return false;
+  else return p.tensor_cores && mma_binary<Kernel>();
 }
 
 template <typename T>
@@ -47,7 +60,7 @@ void features_forward(const Problem<T>& p, T* out, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0) return;  // no blocks: an empty grid is a launch error
   bool tc = false;
   if constexpr (!std::is_same_v<T, double>)
-    tc = use_tensor_cores(p, reinterpret_cast<const void*>(&features_forward_tc_kernel<T>));
+    tc = use_tensor_cores<&features_forward_tc_kernel<T>>(p);
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
   // (rows are independent; the signs depend on the neuron only).
@@ -71,7 +84,7 @@ template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   if constexpr (!std::is_same_v<T, double>) {
-    if (use_tensor_cores(p, reinterpret_cast<const void*>(&neuron_sum_tc_kernel<T>))) {
+    if (use_tensor_cores<&neuron_sum_tc_kernel<T>>(p)) {
       const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
       neuron_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
@@ -88,7 +101,7 @@ template <typename T>
 void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream) {
   if (p.n == 0 || p.m == 0 || s.width() == 0) return;
   if constexpr (!std::is_same_v<T, double>) {
-    if (use_tensor_cores(p, reinterpret_cast<const void*>(&sample_sum_tc_kernel<T>))) {
+    if (use_tensor_cores<&sample_sum_tc_kernel<T>>(p)) {
       const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.width(), kTcTile), tiles = ceil_div(p.n, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(p, gx * gy, tiles));
       sample_sum_tc_kernel<T><<<l.grid, kThreads, 0, stream>>>(p, s, l.tiles_per_split);
