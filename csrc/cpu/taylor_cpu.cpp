@@ -29,31 +29,37 @@ using at::Tensor;
 // the basis powers) then overlap, and the table lookups are shared by all of them.
 constexpr int kUnroll = 4;
 
-template <typename T>
+template <typename T, int U = kUnroll>
 struct Pack {
   using Vec = at::vec::Vectorized<T>;
   // In a union so that default construction leaves the lanes uninitialized: Vectorized's own
   // default constructor zeroes them, which for the epilogue's basis arrays costs more than the math.
   union {
-    Vec v[kUnroll];
+    Vec v[U];
   };
 
-  static constexpr int size() { return kUnroll * Vec::size(); }
+  static constexpr int size() { return U * Vec::size(); }
   Pack() {}
   template <typename A, std::enable_if_t<std::is_arithmetic_v<A>, int> = 0>
   Pack(A x) {  // broadcast
     for (auto& e : v) e = Vec(static_cast<T>(x));
   }
+  // The same vector in every slot (the fused kernels: one slot per sample row, lanes = neurons).
+  static Pack rows(const Vec& x) {
+    Pack r;
+    for (auto& e : r.v) e = x;
+    return r;
+  }
   template <typename F>
   static Pack map(F&& f, const Pack& a) {
     Pack r;
-    for (int j = 0; j < kUnroll; ++j) r.v[j] = f(a.v[j]);
+    for (int j = 0; j < U; ++j) r.v[j] = f(a.v[j]);
     return r;
   }
   template <typename F>
   static Pack map(F&& f, const Pack& a, const Pack& b) {
     Pack r;
-    for (int j = 0; j < kUnroll; ++j) r.v[j] = f(a.v[j], b.v[j]);
+    for (int j = 0; j < U; ++j) r.v[j] = f(a.v[j], b.v[j]);
     return r;
   }
   friend Pack operator+(const Pack& a, const Pack& b) { return map(std::plus<>(), a, b); }
@@ -62,15 +68,15 @@ struct Pack {
   friend Pack operator/(const Pack& a, const Pack& b) { return map(std::divides<>(), a, b); }
 };
 
-template <typename T>
+template <typename T, int U = kUnroll>
 struct VecMath {
-  using P = Pack<T>;
+  using P = Pack<T, U>;
   using Vec = at::vec::Vectorized<T>;
   static void tanh_sech2(const P& z, P& t, P& s) {
-    for (int j = 0; j < kUnroll; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
+    for (int j = 0; j < U; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
   }
   static void sigmoid_pair(const P& z, P& p, P& q) {
-    for (int j = 0; j < kUnroll; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
+    for (int j = 0; j < U; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
   }
 
   // t = tanh z and s = 1 - t^2. With E = exp(2|z|) and w = 2 / (E + 1) = 1 - |t|, s = w (2 - w) keeps
@@ -122,7 +128,7 @@ struct VecMath {
   static P step(const P& x) { return P::map([](const Vec& a) { return a.gt(Vec(T(0))); }, x); }
   static P fma(const P& a, const P& b, const P& c) {
     P r;
-    for (int j = 0; j < kUnroll; ++j) r.v[j] = at::vec::fmadd(a.v[j], b.v[j], c.v[j]);
+    for (int j = 0; j < U; ++j) r.v[j] = at::vec::fmadd(a.v[j], b.v[j], c.v[j]);
     return r;
   }
 };
@@ -133,6 +139,32 @@ template <typename T>
 constexpr int64_t kTileNeurons = 2048 / sizeof(T);  // 512 floats, 256 doubles
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// The fused dual-product kernels (below) and where they take over from the BLAS tile path.
+#if defined(CPU_CAPABILITY_AVX512)
+constexpr int kRows = 8;  // 2 x 8 accumulators + 2 weight vectors + 1 broadcast of 32 zmm registers
+constexpr bool kHaveFused = true;
+#elif defined(CPU_CAPABILITY_AVX2)
+constexpr int kRows = 6;  // 2 x 6 + 2 + 1 of 16 ymm registers
+constexpr bool kHaveFused = true;
+#else
+constexpr int kRows = 6;
+constexpr bool kHaveFused = false;  // the portable build keeps the BLAS tile path everywhere
+#endif
+
+// Largest d the fused kernels take; above it ATen's BLAS computes the products (measured crossover,
+// see docs/benchmarks.md). Largest readout c contracted in registers.
+constexpr int64_t kFusedMaxDim = 512;
+constexpr int64_t kFusedMaxOutputs = 16;
+
+bool fused_dim_ok(int64_t d) { return kHaveFused && d <= kFusedMaxDim; }
+
+template <typename T>
+struct NetProblem;
+template <typename T>
+void fused_features_forward(const Args& args, Tensor& out);
+template <typename T>
+void fused_net_forward(const NetProblem<T>& p, Tensor& out);
 
 template <typename T>
 void fill_signs(const Signs& s, int64_t r0, int64_t count, T* out) {
@@ -242,6 +274,10 @@ Tensor features_forward_impl(const Args& args) {
   const int64_t n = args.x.size(0), m = args.w.size(0);
   Tensor out = at::empty({n, m}, args.x.options());
   if (n == 0 || m == 0) return out;
+  if (fused_dim_ok(args.x.size(1))) {
+    fused_features_forward<T>(args, out);
+    return out;
+  }
   std::vector<T> signs(m);
   fill_signs<T>(args.signs, 0, m, signs.data());
   const auto coef = plan_coefficients<T>(*args.plan);
@@ -377,6 +413,10 @@ std::vector<Tensor> net_forward_impl(const Args& args, bool moments) {
   std::vector<Tensor> outs;
   for (int k = 0; k < p.R; ++k) outs.push_back(at::zeros({p.n, p.c}, args.x.options()));
   if (p.n == 0 || p.m == 0 || p.c == 0) return outs;
+  if (!moments && p.c <= kFusedMaxOutputs && fused_dim_ok(p.d)) {
+    fused_net_forward(p, outs[0]);
+    return outs;
+  }
   const int64_t threads = at::get_num_threads();
   const int64_t nsb = p.sample_blocks(), nnb = p.neuron_blocks();
   if (nsb >= threads || nsb >= nnb) {
@@ -522,6 +562,435 @@ void add_targets(Targets& into, const Targets& from) {
   add(into.da[1], from.da[1]);
 }
 
+// ---------------------------------------------------------------------------------------------
+// Fused dual-product kernels (the AVX2 and AVX-512 builds).
+//
+// Register tile: kRows samples x one SIMD vector of neurons (8 floats on AVX2, 16 on AVX-512), for
+// both products at once. Per step k of the inner dimension: one load of w0^T[k] and one of w^T[k]
+// from a packed panel, one broadcast of x[i][k] per row, 2 kRows FMAs. The tile's z0 and u then go
+// through the Taylor epilogue (series.h) as one Pack of kRows vectors, rows in lock-step, and
+// straight into the readout, the cotangent or the output rows: z0 and u never reach memory.
+//
+// The weight gradients dW = G^T X (and dW0 = G0^T X) accumulate in a second register kernel of the
+// same shape, kRows input dimensions x one vector of neurons, over a panel of G kept in L2.
+// For large d the products dominate and ATen's BLAS runs them faster than this kernel: the tile
+// path above (kFusedMaxDim) takes over.
+template <typename T>
+using RowPack = Pack<T, kRows>;
+template <typename T>
+using RowMath = VecMath<T, kRows>;
+
+int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
+
+// The weights of one call in the kernels' layout: per group of VL neurons, d rows of
+// [w0^T (VL) | w^T (VL)]; biases, signs and readout rows padded to whole groups.
+template <typename T>
+struct FusedWeights {
+  using Vec = at::vec::Vectorized<T>;
+  static constexpr int VL = Vec::size();
+  int64_t d = 0, m = 0, groups = 0, c = 0;
+  std::vector<T> panel, b0, b, s, a;  // a: c x groups*VL
+  bool has_b0 = false, has_b = false;
+
+  FusedWeights(const Args& args, const Tensor& A) {
+    d = args.x.size(1);
+    m = args.w.size(0);
+    groups = ceil_div(m, VL);
+    const int64_t mp = groups * VL;
+    panel.assign(groups * d * 2 * VL, T(0));
+    const T* w0p = args.w0.const_data_ptr<T>();
+    const T* wp = args.w.const_data_ptr<T>();
+    at::parallel_for(0, groups, 64, [&](int64_t g0, int64_t g1) {
+      for (int64_t g = g0; g < g1; ++g) {
+        T* dst = panel.data() + g * d * 2 * VL;
+        for (int64_t l = 0; l < VL && g * VL + l < m; ++l) {
+          const T* r0 = w0p + (g * VL + l) * d;
+          const T* r1 = wp + (g * VL + l) * d;
+          for (int64_t k = 0; k < d; ++k) {
+            dst[k * 2 * VL + l] = r0[k];
+            dst[k * 2 * VL + VL + l] = r1[k];
+          }
+        }
+      }
+    });
+    has_b0 = args.b0.defined();
+    has_b = args.b.defined();
+    b0.assign(mp, T(0));
+    b.assign(mp, T(0));
+    s.assign(mp, T(1));
+    if (has_b0) std::copy_n(args.b0.const_data_ptr<T>(), m, b0.data());
+    if (has_b) std::copy_n(args.b.const_data_ptr<T>(), m, b.data());
+    fill_signs<T>(args.signs, 0, m, s.data());
+    if (A.defined()) {
+      c = A.size(0);
+      a.assign(c * mp, T(0));
+      const T* ap = A.const_data_ptr<T>();
+      for (int64_t j = 0; j < c; ++j) std::copy_n(ap + j * m, m, a.data() + j * mp);
+    }
+  }
+  int64_t padded() const { return groups * VL; }
+  const T* group_panel(int64_t g) const { return panel.data() + g * d * 2 * VL; }
+  int count(int64_t g) const { return static_cast<int>(std::min<int64_t>(VL, m - g * VL)); }
+};
+
+// Rows [i0, i0 + rows) of x into buf, ld columns wide, zero-padded to rows_pad rows and ld columns.
+template <typename T>
+void copy_rows(const T* x, int64_t d, int64_t i0, int64_t rows, int64_t rows_pad, int64_t ld, T* buf) {
+  std::fill(buf, buf + rows_pad * ld, T(0));
+  for (int64_t i = 0; i < rows; ++i) std::copy_n(x + (i0 + i) * d, d, buf + i * ld);
+}
+
+// The register tile: z0 and u of kRows rows of x (stride ld) against one group panel.
+template <typename T>
+__attribute__((always_inline)) inline void dual_product(const T* x, int64_t ld, const T* panel, int64_t d,
+                                                        RowPack<T>& z, RowPack<T>& u) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  Vec cz[kRows], cu[kRows];
+#pragma GCC unroll 16
+  for (int i = 0; i < kRows; ++i) cz[i] = cu[i] = Vec(T(0));
+  for (int64_t k = 0; k < d; ++k) {
+    const Vec w0 = Vec::loadu(panel + 2 * VL * k), w = Vec::loadu(panel + 2 * VL * k + VL);
+#pragma GCC unroll 16
+    for (int i = 0; i < kRows; ++i) {
+      const Vec xi(x[i * ld + k]);
+      cz[i] = at::vec::fmadd(xi, w0, cz[i]);
+      cu[i] = at::vec::fmadd(xi, w, cu[i]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < kRows; ++i) {
+    z.v[i] = cz[i];
+    u.v[i] = cu[i];
+  }
+}
+
+// z0 and u of one tile with the biases added.
+template <typename T>
+inline void tile_products(const FusedWeights<T>& f, const T* x, int64_t ld, int64_t g, RowPack<T>& z,
+                          RowPack<T>& u) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  dual_product(x, ld, f.group_panel(g), f.d, z, u);
+  if (f.has_b0) z = z + RowPack<T>::rows(Vec::loadu(f.b0.data() + g * VL));
+  if (f.has_b) u = u + RowPack<T>::rows(Vec::loadu(f.b.data() + g * VL));
+}
+
+// acc[kk][j] (kk < kRows, j < NG vectors) += sum_i x[i][k0 + kk] * G[i][j]: the weight-gradient
+// register kernel, over `rows` rows of x (stride ldx) and of G (stride ldg).
+template <typename T, int NG>
+inline void rank_update(const T* x, int64_t ldx, int64_t k0, const T* G, int64_t ldg, int64_t rows, T* acc,
+                        int64_t ldacc) {
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  Vec c[kRows][NG];
+#pragma GCC unroll 16
+  for (int kk = 0; kk < kRows; ++kk)
+    for (int j = 0; j < NG; ++j) c[kk][j] = Vec::loadu(acc + kk * ldacc + j * VL);
+  for (int64_t i = 0; i < rows; ++i) {
+    Vec gv[NG];
+    for (int j = 0; j < NG; ++j) gv[j] = Vec::loadu(G + i * ldg + j * VL);
+#pragma GCC unroll 16
+    for (int kk = 0; kk < kRows; ++kk) {
+      const Vec xv(x[i * ldx + k0 + kk]);
+      for (int j = 0; j < NG; ++j) c[kk][j] = at::vec::fmadd(xv, gv[j], c[kk][j]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int kk = 0; kk < kRows; ++kk)
+    for (int j = 0; j < NG; ++j) c[kk][j].store(acc + kk * ldacc + j * VL);
+}
+
+// accT (ld x width, row kk = input dimension kk) += x^T G over `rows` rows; ld is a multiple of kRows.
+template <typename T>
+void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_t rows, T* accT) {
+  constexpr int VL = at::vec::Vectorized<T>::size();
+  for (int64_t k0 = 0; k0 < ld; k0 += kRows) {
+    int64_t col = 0;
+    for (; col + 2 * VL <= width; col += 2 * VL)
+      rank_update<T, 2>(x, ld, k0, G + col, width, rows, accT + k0 * width + col, width);
+    for (; col < width; col += VL)
+      rank_update<T, 1>(x, ld, k0, G + col, width, rows, accT + k0 * width + col, width);
+  }
+}
+
+// ---- taylor_features forward: h straight from the register tile into the output rows.
+
+template <typename T>
+void fused_features_forward(const Args& args, Tensor& out) {
+  using V = RowPack<T>;
+  using M = RowMath<T>;
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  const FusedWeights<T> f(args, Tensor());
+  const int64_t n = args.x.size(0), d = f.d, m = f.m;
+  const int64_t block_rows = 8 * kRows, block_groups = std::max<int64_t>(1, 1024 / VL);
+  const int64_t nsb = ceil_div(n, block_rows), ngb = ceil_div(f.groups, block_groups);
+  const auto coef = plan_coefficients<T>(*args.plan);
+  const PlanView<T> plan = args.plan->view(coef.data());
+  const T* x = args.x.const_data_ptr<T>();
+  T* o = out.mutable_data_ptr<T>();
+  at::parallel_for(0, nsb * ngb, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<T> xb(block_rows * std::max<int64_t>(d, 1));
+    int64_t loaded = -1;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t sb = t / ngb, gb = t % ngb;
+      const int64_t i0 = sb * block_rows, rows = std::min(block_rows, n - i0);
+      const int64_t rows_pad = round_up(rows, kRows);
+      if (sb != loaded) {
+        copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
+        loaded = sb;
+      }
+      for (int64_t g = gb * block_groups; g < std::min(f.groups, (gb + 1) * block_groups); ++g) {
+        const int cnt = f.count(g);
+        const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+        for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+          V z, u;
+          tile_products(f, xb.data() + r0 * d, d, g, z, u);
+          const V h = feature<V, M>(plan, z, u, s);
+          for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+            T* dst = o + (i0 + r0 + i) * m + g * VL;
+            if (cnt == VL) h.v[i].store(dst);
+            else h.v[i].store(dst, cnt);
+          }
+        }
+      }
+    }
+  });
+}
+
+// ---- taylor_net forward: the readout contracted in registers, per row and output.
+
+template <typename T>
+void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, const T* x, T scale,
+                             int64_t i0, int64_t rows, int64_t g0, int64_t g1, T* out, std::vector<T>& xb,
+                             std::vector<at::vec::Vectorized<T>>& acc) {
+  using V = RowPack<T>;
+  using M = RowMath<T>;
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  const int64_t d = f.d, c = f.c, mp = f.padded();
+  const int64_t rows_pad = round_up(rows, kRows);
+  copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
+  std::fill(acc.begin(), acc.begin() + rows_pad * c, Vec(T(0)));
+  for (int64_t g = g0; g < g1; ++g) {
+    const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+    for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
+      V z, u;
+      tile_products(f, xb.data() + r0 * d, d, g, z, u);
+      const V h = feature<V, M>(plan, z, u, s);
+      for (int64_t j = 0; j < c; ++j) {
+        const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
+        Vec* accj = acc.data() + r0 * c + j;
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) accj[i * c] = at::vec::fmadd(h.v[i], aj, accj[i * c]);
+      }
+    }
+  }
+  for (int64_t i = 0; i < rows; ++i)
+    for (int64_t j = 0; j < c; ++j) {
+      const Vec v = acc[i * c + j];
+      T lanes[VL];
+      v.store(lanes);
+      T sum = 0;
+      for (T e : lanes) sum += e;
+      out[(i0 + i) * c + j] += scale * sum;
+    }
+}
+
+template <typename T>
+void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
+  const FusedWeights<T> f(p.args, p.A[0]);
+  const int64_t n = p.n, c = p.c;
+  const int64_t block_rows = 8 * kRows;
+  const int64_t threads = at::get_num_threads();
+  const int64_t nsb = ceil_div(n, block_rows);
+  const T* x = p.args.x.template const_data_ptr<T>();
+  auto scratch = [&](std::vector<T>& xb, std::vector<at::vec::Vectorized<T>>& acc) {
+    xb.resize(block_rows * std::max<int64_t>(f.d, 1));
+    acc.resize(block_rows * c);
+  };
+  if (nsb >= threads || nsb >= f.groups) {
+    // Workers own sample blocks and sweep all neurons.
+    T* o = out.mutable_data_ptr<T>();
+    at::parallel_for(0, nsb, 1, [&](int64_t b0, int64_t b1) {
+      std::vector<T> xb;
+      std::vector<at::vec::Vectorized<T>> acc;
+      scratch(xb, acc);
+      for (int64_t sb = b0; sb < b1; ++sb) {
+        const int64_t i0 = sb * block_rows;
+        fused_net_forward_block(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), 0, f.groups, o, xb, acc);
+      }
+    });
+    return;
+  }
+  // Few samples: split the neurons, each worker sums into its own partial outputs.
+  const int64_t workers = std::min(threads, f.groups);
+  std::vector<Tensor> partial;
+  for (int64_t w = 0; w < workers; ++w) partial.push_back(at::zeros({n, c}, p.args.x.options()));
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    std::vector<T> xb;
+    std::vector<at::vec::Vectorized<T>> acc;
+    scratch(xb, acc);
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t g0 = f.groups * w / workers, g1 = f.groups * (w + 1) / workers;
+      for (int64_t i0 = 0; i0 < n; i0 += block_rows)
+        fused_net_forward_block(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), g0, g1,
+                                partial[w].template mutable_data_ptr<T>(), xb, acc);
+    }
+  });
+  for (auto& t : partial) out.add_(t);
+}
+
+// ---- backward: dW, dW0, db, db0 and dA of the net (g = gout A) or of the features (g = grad_h).
+
+template <typename T>
+struct FusedGrads {
+  // Per block of neurons (groups [g0, g0 + ng)): transposed weight gradients (ld x width), bias
+  // gradient and dA accumulators (vectors), and the panel of G and G0 (panel rows x width).
+  int64_t width = 0, ld = 0;
+  std::vector<T> dwT, dw0T, G, G0, xb;
+  std::vector<at::vec::Vectorized<T>> db, db0, da;
+};
+
+template <typename T>
+void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, const T* gout, const Needs& needs,
+                          int64_t i_begin, int64_t i_end, int64_t g0, int64_t g1, Targets& t) {
+  using V = RowPack<T>;
+  using M = RowMath<T>;
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  const int64_t d = f.d, c = p.grad_h ? 0 : p.c, m = f.m, mp = f.padded();
+  const int64_t ld = round_up(std::max<int64_t>(d, 1), kRows);
+  const int64_t panel_rows = 16 * kRows;
+  const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
+  const bool need_g = needs.w || needs.b, need_dz = needs.w0 || needs.b0, need_phi = needs.a;
+  const T* x = p.args.x.template const_data_ptr<T>();
+  const T scale = p.scale[0];
+  FusedGrads<T> s;
+  s.xb.resize(panel_rows * ld);
+  for (int64_t gb = g0; gb < g1; gb += block_groups) {
+    const int64_t ng = std::min(block_groups, g1 - gb), width = ng * VL;
+    if (needs.w) s.dwT.assign(ld * width, T(0));
+    if (needs.w0) s.dw0T.assign(ld * width, T(0));
+    if (need_g) s.G.assign(panel_rows * width, T(0));
+    if (need_dz) s.G0.assign(panel_rows * width, T(0));
+    s.db.assign(ng, Vec(T(0)));
+    s.db0.assign(ng, Vec(T(0)));
+    if (need_phi) s.da.assign(c * ng, Vec(T(0)));
+    for (int64_t p0 = i_begin; p0 < i_end; p0 += panel_rows) {
+      const int64_t rows = std::min(panel_rows, i_end - p0), rows_pad = round_up(rows, kRows);
+      copy_rows(x, d, p0, rows, rows_pad, ld, s.xb.data());
+      for (int64_t g = gb; g < gb + ng; ++g) {
+        const int64_t col = (g - gb) * VL;
+        const int cnt = f.count(g);
+        const V sg = V::rows(Vec::loadu(f.s.data() + g * VL));
+        for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
+          V z, u;
+          tile_products(f, s.xb.data() + r0 * ld, ld, g, z, u);
+          // g = dL/dh of the tile's rows; zero on padding rows and neurons.
+          V gh;
+          for (int i = 0; i < kRows; ++i) {
+            const int64_t row = p0 + r0 + i;
+            if (r0 + i >= rows) {
+              gh.v[i] = Vec(T(0));
+            } else if (p.grad_h) {
+              const T* src = p.grad_h + row * m + g * VL;
+              gh.v[i] = cnt == VL ? Vec::loadu(src) : Vec::loadu(src, cnt);
+            } else {
+              Vec acc(T(0));
+              for (int64_t j = 0; j < c; ++j)
+                acc = at::vec::fmadd(Vec(scale * gout[row * c + j]), Vec::loadu(f.a.data() + j * mp + g * VL), acc);
+              gh.v[i] = acc;
+            }
+          }
+          const auto dh = feature_grads<V, M>(p.plan, z, u, sg, need_phi, need_dz);
+          if (need_g) {
+            const V G = gh * dh.du;
+            Vec sum(T(0));
+            for (int i = 0; i < kRows; ++i) {
+              G.v[i].store(s.G.data() + (r0 + i) * width + col);
+              sum = sum + G.v[i];
+            }
+            s.db[g - gb] = s.db[g - gb] + sum;
+          }
+          if (need_dz) {
+            const V G0 = gh * dh.dz;
+            Vec sum(T(0));
+            for (int i = 0; i < kRows; ++i) {
+              G0.v[i].store(s.G0.data() + (r0 + i) * width + col);
+              sum = sum + G0.v[i];
+            }
+            s.db0[g - gb] = s.db0[g - gb] + sum;
+          }
+          if (need_phi) {
+            for (int64_t j = 0; j < c; ++j) {
+              Vec acc = s.da[j * ng + (g - gb)];
+              for (int i = 0; i < kRows && r0 + i < rows; ++i)
+                acc = at::vec::fmadd(Vec(scale * gout[(p0 + r0 + i) * c + j]), dh.value.v[i], acc);
+              s.da[j * ng + (g - gb)] = acc;
+            }
+          }
+        }
+      }
+      if (needs.w) weight_grad_panel(s.xb.data(), ld, s.G.data(), width, rows_pad, s.dwT.data());
+      if (needs.w0) weight_grad_panel(s.xb.data(), ld, s.G0.data(), width, rows_pad, s.dw0T.data());
+    }
+    // Into the targets: transpose the block's weight gradients, add up the vector accumulators.
+    const int64_t r_begin = gb * VL, r_end = std::min(m, (gb + ng) * VL);
+    auto add_weight = [&](Tensor& dst, const std::vector<T>& srcT) {
+      T* o = dst.mutable_data_ptr<T>();
+      for (int64_t r = r_begin; r < r_end; ++r)
+        for (int64_t k = 0; k < d; ++k) o[r * d + k] += srcT[k * width + (r - r_begin)];
+    };
+    auto add_vec = [&](T* o, const Vec* v) {
+      for (int64_t gi = 0; gi < ng; ++gi) {
+        T lanes[VL];
+        v[gi].store(lanes);
+        for (int l = 0; l < VL && (gb + gi) * VL + l < m; ++l) o[(gb + gi) * VL + l] += lanes[l];
+      }
+    };
+    if (needs.w) add_weight(t.dw, s.dwT);
+    if (needs.w0) add_weight(t.dw0, s.dw0T);
+    if (needs.b) add_vec(t.db.template mutable_data_ptr<T>(), s.db.data());
+    if (needs.b0) add_vec(t.db0.template mutable_data_ptr<T>(), s.db0.data());
+    if (need_phi)
+      for (int64_t j = 0; j < c; ++j) add_vec(t.da[0].template mutable_data_ptr<T>() + j * m, s.da.data() + j * ng);
+  }
+}
+
+// The parameter gradients by the fused kernels: workers own blocks of neurons and sweep all
+// samples, or, with few neurons, own sample ranges and keep partial gradients.
+template <typename T>
+void fused_param_grads(const NetProblem<T>& p, const std::vector<Tensor>& gout, const Needs& needs, Targets& t) {
+  Needs params = needs;
+  params.x = false;
+  const FusedWeights<T> f(p.args, p.grad_h ? Tensor() : p.A[0]);
+  const T* go = p.grad_h ? nullptr : gout[0].template const_data_ptr<T>();
+  const int64_t threads = at::get_num_threads();
+  const int64_t VL = FusedWeights<T>::VL;
+  const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
+  const int64_t nnb = ceil_div(f.groups, block_groups), nsb = ceil_div(p.n, 16 * kRows);
+  if (nnb >= threads || nnb >= nsb) {
+    at::parallel_for(0, nnb, 1, [&](int64_t b0, int64_t b1) {
+      for (int64_t nb = b0; nb < b1; ++nb)
+        fused_backward_block(f, p, go, params, 0, p.n, nb * block_groups,
+                             std::min(f.groups, (nb + 1) * block_groups), t);
+    });
+    return;
+  }
+  const int64_t workers = std::min(threads, nsb);
+  std::vector<Targets> partial;
+  for (int64_t w = 0; w < workers; ++w) partial.push_back(make_targets(p, params, true, false));
+  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+    for (int64_t w = w0; w < w1; ++w) {
+      const int64_t i0 = p.n * w / workers, i1 = p.n * (w + 1) / workers;
+      fused_backward_block(f, p, go, params, i0, i1, 0, f.groups, partial[w]);
+    }
+  });
+  for (auto& tw : partial) add_targets(t, tw);
+}
+
 template <typename T>
 Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor>& gout,
                         const Needs& needs, const Tensor& grad_h = Tensor()) {
@@ -529,11 +998,22 @@ Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor
   if (grad_h.defined()) p.grad_h = grad_h.const_data_ptr<T>();
   const bool params = needs.w || needs.w0 || needs.b || needs.b0 || needs.a;
   Targets t = make_targets(p, needs, params, needs.x);
+  const bool fused = !moments && fused_dim_ok(p.d) && (p.grad_h || p.c <= kFusedMaxOutputs);
   if (p.n > 0 && p.m > 0 && p.c > 0) {
     const int64_t threads = at::get_num_threads();
     const int64_t nsb = p.sample_blocks(), nnb = p.neuron_blocks();
     const int tiles = 2 + p.R;
-    if (nnb >= threads || nnb >= nsb) {
+    if (fused) {
+      if (params) fused_param_grads(p, gout, needs, t);
+      if (needs.x) {  // dX sums over neurons: BLAS tiles, workers owning sample blocks
+        for_each_block(std::min(threads, nsb), nsb, [&](int64_t, int64_t sb) {
+          Scratch<T> ws(p, tiles);
+          const int64_t i0 = sb * p.NB, nb = std::min(p.NB, p.n - i0);
+          for (int64_t r0 = 0; r0 < p.m; r0 += p.MB)
+            backward_tile(p, ws, gout, needs, false, true, i0, nb, r0, std::min(p.MB, p.m - r0), t);
+        });
+      }
+    } else if (nnb >= threads || nnb >= nsb) {
       // Parameter gradients: each worker owns whole neuron blocks and sweeps all samples.
       if (params) {
         for_each_block(std::min(threads, nnb), nnb, [&](int64_t, int64_t nbk) {
