@@ -247,6 +247,12 @@ Tensor philox_signs(const Tensor& seed, int64_t m) {
   return out;
 }
 
+// The instruction set of the CPU kernels; with a name, forces that one first (tests, benchmarks).
+std::string cpu_capability(const std::optional<std::string>& name) {
+  if (name) cpu::set_capability(*name);
+  return cpu::capability();
+}
+
 }  // namespace
 }  // namespace tn
 
@@ -267,6 +273,7 @@ TORCH_LIBRARY(taylornet, m) {
         "Tensor a, Tensor? b0, Tensor? b, str activation, int[] orders, bool exact, float scale, "
         "bool[6] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("philox_signs(Tensor seed, int m) -> Tensor");
+  m.def("cpu_capability(str? name=None) -> str", &tn::cpu_capability);
 }
 
 TORCH_LIBRARY_IMPL(taylornet, CPU, m) {

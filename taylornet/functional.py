@@ -67,7 +67,7 @@ def _check_inputs(x, w0, w, b0, b):
             _check_tensor(name, t, like=x)
             _check_shape(name, t, (m,), f"(m,) = ({m},)")
     lead = tuple(x.shape[:-1])
-    return x.reshape(-1, d), lead, m
+    return x.reshape(math.prod(lead), d), lead, m  # not -1: d may be 0
 
 
 def _check_signs(signs, x: torch.Tensor, m: int):

@@ -26,6 +26,16 @@ _load_library()
 ops = torch.ops.taylornet
 
 
+def cpu_capability(name: str | None = None) -> str:
+    """The instruction set the CPU kernels run with: "AVX512", "AVX2" or "DEFAULT" (portable).
+
+    With ``name``, forces that build first (one the CPU supports; "" restores the best), for
+    instance to test or time each build on one machine. The environment variable
+    ``TAYLORNET_CPU_CAPABILITY`` sets the choice at start-up.
+    """
+    return ops.cpu_capability(name)
+
+
 def _grad_or_empty(need: bool, like: torch.Tensor, shape) -> torch.Tensor:
     return like.new_empty(shape) if need else like.new_empty((0,))
 

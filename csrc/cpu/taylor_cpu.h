@@ -1,11 +1,12 @@
 // CPU kernels of the taylornet ops. The implementation (taylor_cpu.cpp) is compiled once per
-// instruction set (CPU_CAPABILITY = DEFAULT, AVX2, AVX512); kernels() picks the best one the
-// machine supports, as ATen's own kernels do.
+// instruction set (CPU_CAPABILITY = DEFAULT, AVX2, AVX512); kernels() returns the best one the
+// machine supports, as ATen's own kernels do, unless a lower one was forced.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "taylornet/series.h"
@@ -48,5 +49,11 @@ struct Kernels {
 };
 
 const Kernels& kernels();
+
+// The instruction set of kernels(): "DEFAULT", "AVX2" or "AVX512". set_capability forces one the
+// CPU supports ("" restores the best); the environment variable TAYLORNET_CPU_CAPABILITY sets the
+// starting choice. An unsupported name raises a ValueError naming the supported ones.
+std::string capability();
+void set_capability(const std::string& name);
 
 }  // namespace tn::cpu

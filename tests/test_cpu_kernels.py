@@ -1,0 +1,90 @@
+"""The CPU kernels under each instruction-set build (DEFAULT, AVX2, AVX512 where the CPU has it),
+forced through taylornet.ops.cpu_capability: the fused dual-product register kernels at the edges
+of their tiles (n, m, d not multiples of the register tile of kRows samples x one SIMD vector of
+neurons, nor of the sample and neuron blocks; d = 0 and 1; c = 1 and c > 1), and the BLAS tile
+path they hand over to (large d, many outputs), all against the float64 reference.
+
+The full matrix of activations and orders runs in test_ops.py on the default pick; this file runs
+a representative subset per build."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import taylornet as tn
+from taylornet.ops import cpu_capability
+from _utils import make_problem, num_threads
+from test_ops import check_float32, check_float64
+
+BUILDS = ("DEFAULT", "AVX2", "AVX512")
+
+
+@pytest.fixture(params=BUILDS)
+def build(request):
+    best = cpu_capability()
+    try:
+        cpu_capability(request.param)
+    except ValueError as exc:
+        pytest.skip(f"{request.param} not available here: {exc}")
+    try:
+        yield request.param
+    finally:
+        cpu_capability(best)
+
+
+def test_capability_switch_names_the_supported_builds():
+    best = cpu_capability()
+    assert best in BUILDS
+    with pytest.raises(ValueError, match="expected one of"):
+        cpu_capability("SSE9")
+    assert cpu_capability() == best
+    assert cpu_capability("DEFAULT") == "DEFAULT"
+    assert cpu_capability("") == best
+
+
+# (n, d, m, c): register-tile, block and panel edges of the fused kernels (kRows = 6 or 8 samples,
+# 8 or 16 neurons per vector; 48-row sample blocks, 128-neuron blocks, 96-row panels).
+EDGE_SHAPES = [
+    (1, 0, 5, 1),       # d = 0: z0 = b0, u = b
+    (7, 1, 9, 3),       # d = 1, one row past a 6-row tile, one neuron past a vector
+    (13, 5, 17, 1),
+    (53, 7, 131, 2),    # past a 48-row block, 131 neurons = 16 vectors + 3 on AVX2
+    (101, 33, 300, 1),  # past a 96-row panel and two 128-neuron blocks
+]
+
+
+@pytest.mark.parametrize("shape", EDGE_SHAPES, ids=[f"n{n}-d{d}-m{m}-c{c}" for n, d, m, c in EDGE_SHAPES])
+@pytest.mark.parametrize("act,order", [("tanh", 2), ("silu", (0, 2)), ("gelu", "exact")])
+def test_tile_edges(build, shape, act, order):
+    n, d, m, c = shape
+    p = make_problem(n=n, d=d, m=m, c=c if c > 1 else 0, seed=n + m)
+    for op in ("features", "net"):
+        check_float64(op, p, name=f"{build} {op}", activation=act, order=order)
+
+
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+def test_float32_and_threads(build, op):
+    p = make_problem(n=67, d=19, m=203, c=3, seed=5)
+    for threads in (1, 2):
+        with num_threads(threads):
+            check_float32(op, p, name=f"{build} {op} {threads} threads", activation="tanh", order=2,
+                          **({} if op == "moments" else {}))
+
+
+@pytest.mark.parametrize("shape", [(9, 520, 37, 1), (11, 6, 29, 20)], ids=["large-d", "many-outputs"])
+def test_blas_path(build, shape):
+    """Where the fused kernels hand over to BLAS tiles: d above their limit, more outputs than
+    they contract in registers."""
+    n, d, m, c = shape
+    p = make_problem(n=n, d=d, m=m, c=c if c > 1 else 0, seed=3)
+    for op in ("features", "net"):
+        check_float64(op, p, name=f"{build} {op}", activation="silu", order=2)
+
+
+def test_sign_seed_under_each_build(build):
+    p = make_problem(n=23, d=4, m=45, c=0, seed=9)
+    seed = (12345, 678)
+    got = tn.taylor_features(p["x"], p["w0"], p["w"], p["b0"], p["b"], order=3, sign_seed=seed)
+    want = tn.reference.taylor_features(p["x"], p["w0"], p["w"], p["b0"], p["b"], order=3,
+                                        signs=tn.philox_signs(45, seed, dtype=torch.float64))
+    torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
