@@ -5,6 +5,7 @@
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <memory>
 #include <optional>
 #include <string>
@@ -176,6 +177,61 @@ Tensor features_cpu(const Tensor& x, const Tensor& w0, const Tensor& w, const Op
   return cpu::kernels().features_forward(c.args);
 }
 
+// The features with the derivatives that their backward needs (training with a large d, where
+// recomputing the products in the backward would cost more than keeping one or two n x m tensors).
+std::tuple<Tensor, Tensor, Tensor> features_saving_cpu(
+    const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0, const OptTensor& b,
+    const OptTensor& signs, const OptTensor& seed, c10::string_view activation, at::IntArrayRef orders,
+    bool exact, bool need_dz) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  cpu::Needs needs;
+  needs.w0 = need_dz;  // the plan then carries c_{K+1} for dh/dz0
+  const Call c = prepare(x, w0, w, std::nullopt, b0, b, signs, seed, activation, orders, exact,
+                         std::nullopt, needs);
+  auto outs = cpu::kernels().features_forward_saving(c.args, need_dz);
+  return {outs[0], outs[1], outs[2]};
+}
+
+// The features' gradients from the saved derivatives: G = grad * dh/du, G0 = grad * dh/dz0, then
+// dW = G^T x, db = sum G, dW0 = G0^T x, db0 = sum G0, dx = G w + G0 w0, by ATen's BLAS on blocks
+// of rows (no further n x m tensor).
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_saved_cpu(
+    const Tensor& grad, const Tensor& du, const Tensor& dz, const Tensor& x, const Tensor& w0,
+    const Tensor& w, bool has_b0, bool has_b, std::array<bool, 5> needs) {
+  const at::AutoDispatchBelowADInplaceOrView below_autograd;
+  TORCH_CHECK_VALUE(x.dim() == 2 && w.dim() == 2 && w.size(1) == x.size(1) && w0.sizes() == w.sizes(),
+                    "taylornet: features_backward_saved: expected x (n, d), w0 and w (m, d), got ",
+                    x.sizes(), ", ", w0.sizes(), ", ", w.sizes());
+  const int64_t n = x.size(0), m = w.size(0);
+  const bool need_dz = needs[0] || needs[1] || (needs[3] && has_b0);
+  const Tensor g = checked_param(grad, "grad", x, {n, m});
+  const Tensor su = checked_param(du, "du", x, {n, m});
+  const Tensor sz = need_dz ? checked_param(dz, "dz", x, {n, m}) : Tensor();
+  const Tensor xc = x.contiguous();
+  Tensor dx = needs[0] ? at::empty_like(xc) : Tensor();
+  Tensor dw0 = needs[1] ? at::zeros_like(w0) : Tensor();
+  Tensor dw = needs[2] ? at::zeros_like(w) : Tensor();
+  Tensor db0 = needs[3] && has_b0 ? at::zeros({m}, x.options()) : Tensor();
+  Tensor db = needs[4] && has_b ? at::zeros({m}, x.options()) : Tensor();
+  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(m, 1), 16, 1024);
+  for (int64_t i0 = 0; i0 < n; i0 += rows) {
+    const int64_t nb = std::min(rows, n - i0);
+    const Tensor xb = xc.narrow(0, i0, nb), gb = g.narrow(0, i0, nb);
+    const Tensor G = gb * su.narrow(0, i0, nb);
+    const Tensor G0 = need_dz ? gb * sz.narrow(0, i0, nb) : Tensor();
+    if (dw.defined()) dw.addmm_(G.t(), xb);
+    if (db.defined()) db.add_(G.sum(0));
+    if (dw0.defined()) dw0.addmm_(G0.t(), xb);
+    if (db0.defined()) db0.add_(G0.sum(0));
+    if (dx.defined()) {
+      Tensor dxb = dx.narrow(0, i0, nb);
+      at::mm_out(dxb, G, w.contiguous());
+      dxb.addmm_(G0, w0.contiguous());
+    }
+  }
+  return {or_empty(dx, x), or_empty(dw0, x), or_empty(dw, x), or_empty(db0, x), or_empty(db, x)};
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_cpu(
     const Tensor& grad, const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& b0,
     const OptTensor& b, const OptTensor& signs, const OptTensor& seed, c10::string_view activation,
@@ -262,6 +318,10 @@ TORCH_LIBRARY(taylornet, m) {
   m.def("features_backward(Tensor grad, Tensor x, Tensor w0, Tensor w, Tensor? b0, Tensor? b, "
         "Tensor? signs, Tensor? seed, str activation, int[] orders, bool exact, bool[5] needs) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("features_saving(Tensor x, Tensor w0, Tensor w, Tensor? b0, Tensor? b, Tensor? signs, "
+        "Tensor? seed, str activation, int[] orders, bool exact, bool need_dz) -> (Tensor, Tensor, Tensor)");
+  m.def("features_backward_saved(Tensor grad, Tensor du, Tensor dz, Tensor x, Tensor w0, Tensor w, "
+        "bool has_b0, bool has_b, bool[5] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("net(Tensor x, Tensor w0, Tensor w, Tensor a, Tensor? b0, Tensor? b, Tensor? signs, "
         "Tensor? seed, str activation, int[] orders, bool exact, float scale) -> Tensor");
   m.def("net_backward(Tensor grad, Tensor x, Tensor w0, Tensor w, Tensor a, Tensor? b0, Tensor? b, "
@@ -279,6 +339,8 @@ TORCH_LIBRARY(taylornet, m) {
 TORCH_LIBRARY_IMPL(taylornet, CPU, m) {
   m.impl("features", &tn::features_cpu);
   m.impl("features_backward", &tn::features_backward_cpu);
+  m.impl("features_saving", &tn::features_saving_cpu);
+  m.impl("features_backward_saved", &tn::features_backward_saved_cpu);
   m.impl("net", &tn::net_cpu);
   m.impl("net_backward", &tn::net_backward_cpu);
   m.impl("moments", &tn::moments_cpu);

@@ -157,8 +157,25 @@ def taylor_features(x, w0, w, b0=None, b=None, *, activation="tanh", order=2, si
     seed = _seed_tensor(sign_seed)
     if signs is not None and seed is not None:
         raise ValueError("signs / sign_seed: pass at most one of them")
-    out = _ops_ns.features(x2, w0, w, b0, b, signs, seed, activation, orders, exact)
+    if _keeps_derivatives(x2, w0, w, b0, b):
+        need_dz = x.requires_grad or w0.requires_grad or (b0 is not None and b0.requires_grad)
+        out = _ops_ns.features_saving(x2, w0, w, b0, b, signs, seed, activation, orders, exact, need_dz)[0]
+    else:
+        out = _ops_ns.features(x2, w0, w, b0, b, signs, seed, activation, orders, exact)
     return out.reshape(*lead, m)
+
+
+# From this input dimension on, a CPU forward that will be differentiated keeps dh/du (and dh/dz0
+# when x, w0 or b0 need gradients): one or two n x m tensors, the size of the output, in exchange for
+# not recomputing x w0^T and x w^T (4nmd FLOPs) in the backward. Below it the fused kernels
+# recompute them faster than the extra n x m traffic would cost (measured: docs/benchmarks.md).
+KEEP_DERIVATIVES_MIN_DIM = 128
+
+
+def _keeps_derivatives(x2, w0, w, b0, b) -> bool:
+    if x2.device.type != "cpu" or x2.shape[1] < KEEP_DERIVATIVES_MIN_DIM or not torch.is_grad_enabled():
+        return False
+    return any(t is not None and t.requires_grad for t in (x2, w0, w, b0, b))
 
 
 def taylor_net(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, signs=None, scale=None,

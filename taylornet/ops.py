@@ -59,6 +59,24 @@ def _features_backward_fake(grad, x, w0, w, b0, b, signs, seed, activation, orde
     )
 
 
+@torch.library.register_fake("taylornet::features_saving")
+def _features_saving_fake(x, w0, w, b0, b, signs, seed, activation, orders, exact, need_dz):
+    n, m = x.shape[0], w.shape[0]
+    return x.new_empty((n, m)), x.new_empty((n, m)), x.new_empty((n, m) if need_dz else (0,))
+
+
+@torch.library.register_fake("taylornet::features_backward_saved")
+def _features_backward_saved_fake(grad, du, dz, x, w0, w, has_b0, has_b, needs):
+    m = w.shape[0]
+    return (
+        _grad_or_empty(needs[0], x, x.shape),
+        _grad_or_empty(needs[1], x, w0.shape),
+        _grad_or_empty(needs[2], x, w.shape),
+        _grad_or_empty(needs[3] and has_b0, x, (m,)),
+        _grad_or_empty(needs[4] and has_b, x, (m,)),
+    )
+
+
 @torch.library.register_fake("taylornet::net")
 def _net_fake(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale):
     return x.new_empty((x.shape[0], a.shape[0]))
@@ -119,6 +137,26 @@ def _features_backward(ctx, grad):
 torch.library.register_autograd("taylornet::features", _features_backward, setup_context=_features_setup)
 
 
+# features_saving: the derivatives it returns are saved for the backward (and are not
+# differentiable outputs themselves).
+def _features_saving_setup(ctx, inputs, output):
+    x, w0, w, b0, b = inputs[:5]
+    _, du, dz = output
+    ctx.save_for_backward(x, w0, w, du, dz)
+    ctx.bias = (b0 is not None, b is not None)
+
+
+def _features_saving_backward(ctx, grad, _grad_du, _grad_dz):
+    x, w0, w, du, dz = ctx.saved_tensors
+    needs = list(ctx.needs_input_grad[:5])
+    grads = ops.features_backward_saved(grad.contiguous(), du, dz, x, w0, w, *ctx.bias, needs)
+    return _grads(needs, grads) + (None,) * 6
+
+
+torch.library.register_autograd("taylornet::features_saving", _features_saving_backward,
+                                setup_context=_features_saving_setup)
+
+
 def _net_setup(ctx, inputs, output):
     x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale = inputs
     ctx.save_for_backward(x, w0, w, a, b0, b, signs, seed)
@@ -172,5 +210,5 @@ def _no_double_backward(op_name):
     torch.library.register_autograd(f"taylornet::{op_name}", backward, setup_context=setup_context)
 
 
-for _name in ("features_backward", "net_backward", "moments_backward"):
+for _name in ("features_backward", "features_backward_saved", "net_backward", "moments_backward"):
     _no_double_backward(_name)

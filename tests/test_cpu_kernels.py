@@ -88,3 +88,63 @@ def test_sign_seed_under_each_build(build):
     want = tn.reference.taylor_features(p["x"], p["w0"], p["w"], p["b0"], p["b"], order=3,
                                         signs=tn.philox_signs(45, seed, dtype=torch.float64))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+
+
+# ---- the forward that keeps dh/du and dh/dz0 for the backward (CPU training at d >= 128) ----------
+
+SAVE_D = 130  # >= functional.KEEP_DERIVATIVES_MIN_DIM, not a multiple of any tile
+
+
+def test_keeping_derivatives_is_taken_for_large_d():
+    from taylornet.functional import KEEP_DERIVATIVES_MIN_DIM, _keeps_derivatives
+
+    assert SAVE_D >= KEEP_DERIVATIVES_MIN_DIM
+    p = make_problem(n=3, d=SAVE_D, m=5, c=0)
+    w = p["w"].clone().requires_grad_()
+    assert _keeps_derivatives(p["x"], p["w0"], w, None, None)
+    assert not _keeps_derivatives(p["x"], p["w0"], p["w"], None, None)  # nothing requires grad
+    with torch.no_grad():
+        assert not _keeps_derivatives(p["x"], p["w0"], w, None, None)
+
+
+@pytest.mark.parametrize("wrt", ["w", "w,b", "x,w0,w,b0,b"])
+@pytest.mark.parametrize("act,order", [("silu", 2), ("tanh", (1, 3)), ("gelu", "exact")])
+def test_kept_derivatives_match_the_reference(build, wrt, act, order):
+    p = make_problem(n=41, d=SAVE_D, m=37, c=0, seed=2)
+    names = wrt.split(",")
+    leaves = {k: (v.clone().requires_grad_(k in names) if v is not None else None) for k, v in p.items()}
+    signs = torch.where(torch.arange(37) % 3 == 0, -1.0, 1.0).double()
+    args = [leaves[k] for k in ("x", "w0", "w", "b0", "b")]
+    h = tn.taylor_features(*args, activation=act, order=order, signs=signs)
+    r = tn.reference.taylor_features(*args, activation=act, order=order, signs=signs)
+    torch.testing.assert_close(h, r, rtol=1e-9, atol=1e-10)
+    cot = torch.randn(h.shape, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    inputs = [leaves[k] for k in names]
+    got = torch.autograd.grad(h, inputs, cot)
+    want = torch.autograd.grad(r, inputs, cot)
+    for k, g1, g2 in zip(names, got, want):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10, msg=f"grad {k}")
+
+
+def test_kept_derivatives_gradcheck_and_opcheck():
+    p = make_problem(n=4, d=SAVE_D, m=6, c=0, seed=7)
+    leaves = [p[k].clone().requires_grad_() for k in ("x", "w0", "w", "b0", "b")]
+    assert torch.autograd.gradcheck(lambda *a: tn.taylor_features(*a, activation="silu", order=2), leaves)
+    ops = torch.ops.taylornet
+    x, w0, w, b0, b = (p[k] for k in ("x", "w0", "w", "b0", "b"))
+    for need_dz in (False, True):
+        torch.library.opcheck(ops.features_saving, (x, w0, w, b0, b, None, None, "silu", [0, 1, 2], False, need_dz))
+    h, du, dz = ops.features_saving(x, w0, w, b0, b, None, None, "silu", [0, 1, 2], False, True)
+    grad = torch.randn_like(h)
+    torch.library.opcheck(ops.features_backward_saved, (grad, du, dz, x, w0, w, True, True, [True] * 5))
+    with pytest.raises(ValueError, match="dz"):
+        ops.features_backward_saved(grad, du, torch.empty(0, dtype=du.dtype), x, w0, w, True, True, [True] * 5)
+
+
+def test_kept_derivatives_under_compile():
+    p = make_problem(n=9, d=SAVE_D, m=11, c=0, seed=8, dtype=torch.float32)
+    w = p["w"].clone().requires_grad_()
+    f = torch.compile(lambda x, w0, w: tn.taylor_features(x, w0, w, activation="silu", order=2), fullgraph=True)
+    got = torch.autograd.grad(f(p["x"], p["w0"], w).sum(), w)[0]
+    want = torch.autograd.grad(tn.reference.taylor_features(p["x"], p["w0"], w, activation="silu", order=2).sum(), w)[0]
+    torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)

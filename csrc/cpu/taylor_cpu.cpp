@@ -193,7 +193,7 @@ bool fused_dim_ok(int64_t d) { return kHaveFused && d <= kFusedMaxDim; }
 template <typename T>
 struct NetProblem;
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out);
+void fused_features_forward(const Args& args, Tensor& out, T* const saved[2]);
 template <typename T>
 void fused_net_forward(const NetProblem<T>& p, Tensor& out);
 
@@ -298,17 +298,26 @@ void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
 // taylor_features: the n x m output is the point of the op. Its backward is the net's backward
 // (below) with the cotangent of h in place of gout A, so it holds no other n x m tensor.
 
+// With `save`, also dh/du (and dh/dz0 when `need_dz`) into outs[1] (and outs[2]): the features'
+// backward then needs no recomputation of the products.
 template <typename T>
-Tensor features_forward_impl(const Args& args) {
+std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need_dz) {
   using V = Pack<T>;
   using M = VecMath<T>;
   const int64_t n = args.x.size(0), m = args.w.size(0);
-  Tensor out = at::empty({n, m}, args.x.options());
-  if (n == 0 || m == 0) return out;
-  if (fused_dim_ok(args.x.size(1))) {
-    fused_features_forward<T>(args, out);
-    return out;
+  std::vector<Tensor> outs{at::empty({n, m}, args.x.options())};
+  if (save) {
+    outs.push_back(at::empty({n, m}, args.x.options()));
+    outs.push_back(need_dz ? at::empty({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
+  if (n == 0 || m == 0) return outs;
+  T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,
+                 save && need_dz ? outs[2].mutable_data_ptr<T>() : nullptr};
+  if (fused_dim_ok(args.x.size(1))) {
+    fused_features_forward<T>(args, outs[0], saved);
+    return outs;
+  }
+  Tensor& out = outs[0];
   std::vector<T> signs(m);
   fill_signs<T>(args.signs, 0, m, signs.data());
   const auto coef = plan_coefficients<T>(*args.plan);
@@ -316,7 +325,7 @@ Tensor features_forward_impl(const Args& args) {
   const T* b0 = ptr_or_null<T>(args.b0);
   const T* b = ptr_or_null<T>(args.b);
   // Blocks of rows: u goes straight into the output rows, z0 into a scratch block of about 2^18
-  // numbers, so the only n x m tensor is the output itself.
+  // numbers, so the only n x m tensors are the outputs themselves.
   const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / m, 1, 256);
   const int64_t nblocks = ceil_div(n, rows);
   for_each_block(std::min<int64_t>(at::get_num_threads(), nblocks), nblocks, [&](int64_t, int64_t blk) {
@@ -330,11 +339,19 @@ Tensor features_forward_impl(const Args& args) {
       T* ur = ub.mutable_data_ptr<T>() + i * m;
       for_each_vector<T>(m, [&](int64_t r, int cnt) {
         const V z = with_bias(zr, b0, r, cnt), u = with_bias(ur, b, r, cnt);
-        store(feature<V, M>(plan, z, u, load(signs.data() + r, cnt)), ur + r, cnt);
+        const V s = load(signs.data() + r, cnt);
+        if (!save) {
+          store(feature<V, M>(plan, z, u, s), ur + r, cnt);
+          return;
+        }
+        const auto d = feature_grads<V, M>(plan, z, u, s, true, need_dz);
+        store(d.value, ur + r, cnt);
+        store(d.du, saved[0] + (i0 + i) * m + r, cnt);
+        if (need_dz) store(d.dz, saved[1] + (i0 + i) * m + r, cnt);
       });
     }
   });
-  return out;
+  return outs;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -748,7 +765,7 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out) {
+void fused_features_forward(const Args& args, Tensor& out, T* const saved[2]) {
   using V = RowPack<T>;
   using M = RowMath<T>;
   using Vec = at::vec::Vectorized<T>;
@@ -778,12 +795,21 @@ void fused_features_forward(const Args& args, Tensor& out) {
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
           V z, u;
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          const V h = feature<V, M>(plan, z, u, s);
-          for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-            T* dst = o + (i0 + r0 + i) * m + g * VL;
-            if (cnt == VL) h.v[i].store(dst);
-            else h.v[i].store(dst, cnt);
+          auto put = [&](const V& v, T* base) {
+            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+              T* dst = base + (i0 + r0 + i) * m + g * VL;
+              if (cnt == VL) v.v[i].store(dst);
+              else v.v[i].store(dst, cnt);
+            }
+          };
+          if (!saved[0]) {
+            put(feature<V, M>(plan, z, u, s), o);
+            continue;
           }
+          const auto dh = feature_grads<V, M>(plan, z, u, s, true, saved[1] != nullptr);
+          put(dh.value, o);
+          put(dh.du, saved[0]);
+          if (saved[1]) put(dh.dz, saved[1]);
         }
       }
     }
@@ -1103,7 +1129,10 @@ Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor
   }()
 
 Tensor features_forward(const Args& a) {
-  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_forward_impl, a);
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_forward_impl, a, false, false)[0];
+}
+std::vector<Tensor> features_forward_saving(const Args& a, bool need_dz) {
+  return TN_DISPATCH_FLOAT(a.x.scalar_type(), features_forward_impl, a, true, need_dz);
 }
 Grads features_backward(const Args& a, const Tensor& grad, const Needs& needs) {
   return TN_DISPATCH_FLOAT(a.x.scalar_type(), net_backward_impl, a, false, {}, needs, grad);
@@ -1118,7 +1147,7 @@ Grads net_backward(const Args& a, bool moments, const std::vector<Tensor>& grads
 }  // namespace
 
 const Kernels& kernels() {
-  static const Kernels k{features_forward, features_backward, net_forward, net_backward};
+  static const Kernels k{features_forward, features_forward_saving, features_backward, net_forward, net_backward};
   return k;
 }
 

@@ -42,6 +42,9 @@ struct Grads {
 
 struct Kernels {
   at::Tensor (*features_forward)(const Args&);
+  // (h, dh/du, dh/dz0): the features and the derivatives their backward needs; dh/dz0 only when
+  // need_dz (else an empty tensor).
+  std::vector<at::Tensor> (*features_forward_saving)(const Args&, bool need_dz);
   Grads (*features_backward)(const Args&, const at::Tensor& grad, const Needs&);
   // moments == false: the net, one output (n, c). moments == true: (mean, var).
   std::vector<at::Tensor> (*net_forward)(const Args&, bool moments);

@@ -40,6 +40,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("what to run")
     g.add_argument("--quick", action="store_true", help="a small grid of every op (2-core CPU: under 3 minutes)")
     g.add_argument("--preset", choices=sorted(PRESETS), help="a named configuration (options given override it)")
+    g.add_argument("--training", action="store_true",
+                   help="instead of the op grid: training steps of TaylorLinear models against the reference "
+                        "under torch.compile, and the fused ops' thread scaling (bench/training.py)")
     g.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu (the preset's device for presets)")
     g.add_argument("--ops", nargs="+", action=_ListAction, metavar="OP",
                    help=f"of {', '.join(OPS)} (default: all but moments_fb)")
@@ -90,6 +93,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="memory budget in GB (GiB, 2^30 bytes): cases predicted above it are skipped per implementation, "
                         "and the plots mark where each implementation reaches it (default: the device's memory)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    g.add_argument("--hugepages", action="store_true",
+                   help="CPU: run everything with glibc's huge-page malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
+                        "the baselines' best configuration: their fresh n x m temporaries then fault in 2 MiB pages); "
+                        "the benchmark restarts itself with the setting, recorded under allocator")
     g.add_argument("--no-check", action="store_true", help="skip the agreement check against the eager reference")
     g.add_argument("--seed", type=int, default=0)
 
@@ -161,6 +168,12 @@ class _PlainProgress:
 
 
 def run(args) -> int:
+    if getattr(args, "hugepages", False):
+        from .hugepages import reexec_with_hugepages
+        reexec_with_hugepages()  # returns only when the setting is already in force
+    if getattr(args, "training", False):
+        from .training import run as run_training
+        return run_training(args)
     import torch
 
     try:

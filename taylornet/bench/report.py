@@ -160,6 +160,7 @@ def add_derived(rows: list[dict]) -> None:
         if tr is None:
             continue
         r["gflops_per_s"] = r["flops"] / tr / 1e9 if r.get("flops") else None
+        r["floor_ratio"] = tr / r["floor_s"] if r.get("floor_s") else None
         r["ceiling_fraction"] = t_mm / tr if t_mm else None
         if r["impl"] == CEILING:
             continue
@@ -182,8 +183,8 @@ def _time(v):
     return v * 1e3
 
 
-COLUMNS = ("impl", "median ms", "IQR", "×eager", "×compiled", "GFLOP/s", "%matmul", "peak MiB", "mem ÷")
-_WIDTHS = (11, 11, 6, 8, 10, 9, 8, 10, 8)
+COLUMNS = ("impl", "median ms", "IQR", "×eager", "×compiled", "GFLOP/s", "%matmul", "×floor", "peak MiB", "mem ÷")
+_WIDTHS = (11, 11, 6, 8, 10, 9, 8, 8, 10, 8)
 
 
 def table_header() -> str:
@@ -204,7 +205,7 @@ def format_case(rows: list[dict]) -> str:
             continue
         total = r.get("total_bytes") if r.get("peak_bytes") is not None else None
         mem = None if total is None else total / 2**20
-        mem_s = _fmt(mem, ".1f", w[7]) if not r.get("memory_upper_bound") else (f"≤{mem:.1f}").rjust(w[7])
+        mem_s = _fmt(mem, ".1f", w[8]) if not r.get("memory_upper_bound") else (f"≤{mem:.1f}").rjust(w[8])
         frac = r.get("ceiling_fraction")
         line = (head + _fmt(_time(r.get("median_s")), ".2f", w[1])
                 + _fmt(100 * r["iqr_rel"] if r.get("iqr_rel") is not None else None, ".0f", w[2] - 1) + "%"
@@ -212,8 +213,9 @@ def format_case(rows: list[dict]) -> str:
                 + _fmt(r.get("speedup_vs_compiled"), ".2f", w[4])
                 + _fmt(r.get("gflops_per_s"), ".1f", w[5])
                 + _fmt(100 * frac if frac is not None else None, ".0f", w[6] - 1) + "%"
+                + _fmt(r.get("floor_ratio"), ".2f", w[7])
                 + mem_s
-                + _fmt(r.get("memory_ratio_vs_eager"), ".1f", w[8]))
+                + _fmt(r.get("memory_ratio_vs_eager"), ".1f", w[9]))
         if r.get("check") == "MISMATCH":
             line += f"  MISMATCH vs eager (rel err {r.get('max_rel_error'):.2g})"
         lines.append(line)
@@ -249,6 +251,7 @@ def write_json(path: Path, document: dict) -> None:
 CSV_FIRST = ("op", "n", "d", "m", "order", "activation", "dtype", "device", "outputs", "grad_wrt", "bias",
              "signs", "impl", "status", "median_s", "q25_s", "q75_s", "iqr_rel", "min_s", "samples", "number",
              "speedup_vs_eager", "speedup_vs_compiled", "flops", "gflops_per_s", "ceiling_fraction",
+             "floor_s", "floor_ratio", "floor_flops_per_s",
              "peak_bytes", "input_bytes", "total_bytes", "memory_ratio_vs_eager", "memory_method",
              "memory_upper_bound", "compile_s", "max_rel_error", "check", "note")
 

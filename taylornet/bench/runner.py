@@ -13,7 +13,10 @@ import torch
 from . import budget as budget_mod
 from . import memory, timing
 from .cases import CEILING, Case
+
+FLOOR = "floor"  # the 2048^3 matmul timed with the others; becomes floor_s in every row
 from .flops import MatmulCeiling, gemms, model_flops
+from .floor import FloorRate
 from .workloads import (compiled_function, input_bytes, make_call, make_inputs, max_rel_error, snapshot,
                         tolerance)
 
@@ -180,6 +183,13 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
         _free(device)
     rows[CEILING] = mm_row
 
+    # the compute floor: this case's FLOPs at the rate of a 2048^3 matmul, interleaved with the others
+    floor = FloorRate(device, case.dtype, seed=settings.seed)
+    floor()
+    calls[FLOOR] = floor
+    numbers[FLOOR] = 1
+    rows[FLOOR] = {"_t_call": timing.time_calls(floor, 1, device), "status": "ok"}
+
     # interleaved timing rounds
     repeats = {k: timing.repeats_within(rows[k]["_t_call"] * numbers[k], settings.repeats, settings.max_seconds)
                for k in calls}
@@ -191,6 +201,11 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
     stage("timing")
     samples = timing.interleaved(calls, numbers, repeats, device,
                                  on_round=lambda i, n: stage(f"timing round {i}/{n}"), on_error=failed)
+    floor_samples = samples.pop(FLOOR, [])
+    rows.pop(FLOOR, None)
+    calls.pop(FLOOR, None)
+    floor_rate = floor.rate(timing.summarize(floor_samples)["median_s"]) if floor_samples else None
+    floor = None
     for name, xs in samples.items():
         if rows[name]["status"] != "ok":
             continue
@@ -243,6 +258,9 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
     out = list(rows.values())
     for r in out:
         r.pop("_t_call", None)
+        if floor_rate:
+            r["floor_flops_per_s"] = floor_rate
+            r["floor_s"] = r["flops"] / floor_rate
     from .report import add_derived
     add_derived(out)
     return out
