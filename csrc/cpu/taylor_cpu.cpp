@@ -14,6 +14,7 @@
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <functional>
 #include <limits>
 #include <type_traits>
@@ -175,25 +176,37 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kRows = 8;  // 2 x 8 accumulators + 2 weight vectors + 1 broadcast of 32 zmm registers
 constexpr bool kHaveFused = true;
+constexpr int kFusedMaxDimDefault = 512;
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kRows = 6;  // 2 x 6 + 2 + 1 of 16 ymm registers
 constexpr bool kHaveFused = true;
+constexpr int kFusedMaxDimDefault = 512;
 #else
 constexpr int kRows = 6;
 constexpr bool kHaveFused = false;  // the portable build keeps the BLAS tile path everywhere
+constexpr int kFusedMaxDimDefault = 0;
 #endif
 
-// Largest d the fused kernels take; above it ATen's BLAS computes the products (measured crossover,
-// see docs/benchmarks.md). Largest readout c contracted in registers.
-constexpr int64_t kFusedMaxDim = 512;
+// Largest readout c contracted in registers.
 constexpr int64_t kFusedMaxOutputs = 16;
 
-bool fused_dim_ok(int64_t d) { return kHaveFused && d <= kFusedMaxDim; }
+// Largest d the fused kernels take; above it ATen's BLAS computes the products on tiles. The
+// crossover measured on AVX2 (docs/benchmarks.md, `taylornet bench --crossover`);
+// TAYLORNET_FUSED_MAX_DIM overrides it, which is how it is measured.
+int64_t fused_max_dim() {
+  static const int64_t limit = [] {
+    const char* env = std::getenv("TAYLORNET_FUSED_MAX_DIM");
+    return env && *env ? std::atoll(env) : int64_t(kFusedMaxDimDefault);
+  }();
+  return limit;
+}
+
+bool fused_dim_ok(int64_t d) { return kHaveFused && d <= fused_max_dim(); }
 
 template <typename T>
 struct NetProblem;
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out, T* const saved[2]);
+void fused_features_forward(const Args& args, Tensor& out);
 template <typename T>
 void fused_net_forward(const NetProblem<T>& p, Tensor& out);
 
@@ -299,7 +312,8 @@ void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
 // (below) with the cotangent of h in place of gout A, so it holds no other n x m tensor.
 
 // With `save`, also dh/du (and dh/dz0 when `need_dz`) into outs[1] (and outs[2]): the features'
-// backward then needs no recomputation of the products.
+// backward then needs no recomputation of the products. Saving is asked for at large d only, where
+// two whole BLAS products beat the fused kernels.
 template <typename T>
 std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need_dz) {
   using V = Pack<T>;
@@ -311,12 +325,12 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
     outs.push_back(need_dz ? at::empty({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
   if (n == 0 || m == 0) return outs;
-  T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,
-                 save && need_dz ? outs[2].mutable_data_ptr<T>() : nullptr};
-  if (fused_dim_ok(args.x.size(1))) {
-    fused_features_forward<T>(args, outs[0], saved);
+  if (!save && fused_dim_ok(args.x.size(1))) {
+    fused_features_forward<T>(args, outs[0]);
     return outs;
   }
+  T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,
+                 save && need_dz ? outs[2].mutable_data_ptr<T>() : nullptr};
   Tensor& out = outs[0];
   std::vector<T> signs(m);
   fill_signs<T>(args.signs, 0, m, signs.data());
@@ -324,6 +338,28 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
   const PlanView<T> plan = args.plan->view(coef.data());
   const T* b0 = ptr_or_null<T>(args.b0);
   const T* b = ptr_or_null<T>(args.b);
+  if (save) {
+    // Both products as two whole GEMMs straight into the output buffers (z0 into dh/du's, u into
+    // h's), then the epilogue in place: BLAS at its full rate, weights read once, no scratch.
+    at::mm_out(outs[1], args.x, args.w0.t());
+    at::mm_out(out, args.x, args.w.t());
+    T* hp = out.mutable_data_ptr<T>();
+    at::parallel_for(0, n, 16, [&](int64_t i0, int64_t i1) {
+      for (int64_t i = i0; i < i1; ++i) {
+        T* zr = saved[0] + i * m;
+        T* hr = hp + i * m;
+        T* dzr = need_dz ? saved[1] + i * m : nullptr;
+        for_each_vector<T>(m, [&](int64_t r, int cnt) {
+          const V z = with_bias(zr, b0, r, cnt), u = with_bias(hr, b, r, cnt);
+          const auto d = feature_grads<V, M>(plan, z, u, load(signs.data() + r, cnt), true, need_dz);
+          store(d.value, hr + r, cnt);
+          store(d.du, zr + r, cnt);
+          if (dzr) store(d.dz, dzr + r, cnt);
+        });
+      }
+    });
+    return outs;
+  }
   // Blocks of rows: u goes straight into the output rows, z0 into a scratch block of about 2^18
   // numbers, so the only n x m tensors are the outputs themselves.
   const int64_t rows = std::clamp<int64_t>((int64_t(1) << 18) / m, 1, 256);
@@ -339,15 +375,7 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
       T* ur = ub.mutable_data_ptr<T>() + i * m;
       for_each_vector<T>(m, [&](int64_t r, int cnt) {
         const V z = with_bias(zr, b0, r, cnt), u = with_bias(ur, b, r, cnt);
-        const V s = load(signs.data() + r, cnt);
-        if (!save) {
-          store(feature<V, M>(plan, z, u, s), ur + r, cnt);
-          return;
-        }
-        const auto d = feature_grads<V, M>(plan, z, u, s, true, need_dz);
-        store(d.value, ur + r, cnt);
-        store(d.du, saved[0] + (i0 + i) * m + r, cnt);
-        if (need_dz) store(d.dz, saved[1] + (i0 + i) * m + r, cnt);
+        store(feature<V, M>(plan, z, u, load(signs.data() + r, cnt)), ur + r, cnt);
       });
     }
   });
@@ -622,7 +650,7 @@ void add_targets(Targets& into, const Targets& from) {
 // The weight gradients dW = G^T X (and dW0 = G0^T X) accumulate in a second register kernel of the
 // same shape, kRows input dimensions x one vector of neurons, over a panel of G kept in L2.
 // For large d the products dominate and ATen's BLAS runs them faster than this kernel: the tile
-// path above (kFusedMaxDim) takes over.
+// path above (fused_max_dim) takes over.
 template <typename T>
 using RowPack = Pack<T, kRows>;
 template <typename T>
@@ -713,6 +741,20 @@ __attribute__((always_inline)) inline void dual_product(const T* x, int64_t ld, 
   }
 }
 
+// The epilogue of one register tile: kRows vectors of lanes in lock-step.
+template <typename T>
+RowPack<T> tile_feature(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u,
+                                                 const RowPack<T>& s) {
+  return feature<RowPack<T>, RowMath<T>>(plan, z, u, s);
+}
+
+template <typename T>
+tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<T>& z,
+                                                              const RowPack<T>& u, const RowPack<T>& s,
+                                                              bool need_value, bool need_dz) {
+  return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, need_value, need_dz);
+}
+
 // z0 and u of one tile with the biases added.
 template <typename T>
 inline void tile_products(const FusedWeights<T>& f, const T* x, int64_t ld, int64_t g, RowPack<T>& z,
@@ -765,7 +807,7 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out, T* const saved[2]) {
+void fused_features_forward(const Args& args, Tensor& out) {
   using V = RowPack<T>;
   using M = RowMath<T>;
   using Vec = at::vec::Vectorized<T>;
@@ -795,21 +837,12 @@ void fused_features_forward(const Args& args, Tensor& out, T* const saved[2]) {
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
           V z, u;
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          auto put = [&](const V& v, T* base) {
-            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-              T* dst = base + (i0 + r0 + i) * m + g * VL;
-              if (cnt == VL) v.v[i].store(dst);
-              else v.v[i].store(dst, cnt);
-            }
-          };
-          if (!saved[0]) {
-            put(feature<V, M>(plan, z, u, s), o);
-            continue;
+          const V h = tile_feature(plan, z, u, s);
+          for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+            T* dst = o + (i0 + r0 + i) * m + g * VL;
+            if (cnt == VL) h.v[i].store(dst);
+            else h.v[i].store(dst, cnt);
           }
-          const auto dh = feature_grads<V, M>(plan, z, u, s, true, saved[1] != nullptr);
-          put(dh.value, o);
-          put(dh.du, saved[0]);
-          if (saved[1]) put(dh.dz, saved[1]);
         }
       }
     }
@@ -835,7 +868,7 @@ void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, 
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
       V z, u;
       tile_products(f, xb.data() + r0 * d, d, g, z, u);
-      const V h = feature<V, M>(plan, z, u, s);
+      const V h = tile_feature(plan, z, u, s);
       for (int64_t j = 0; j < c; ++j) {
         const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
         Vec* accj = acc.data() + r0 * c + j;
@@ -961,7 +994,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
               gh.v[i] = acc;
             }
           }
-          const auto dh = feature_grads<V, M>(p.plan, z, u, sg, need_phi, need_dz);
+          const auto dh = tile_feature_grads(p.plan, z, u, sg, need_phi, need_dz);
           if (need_g) {
             const V G = gh * dh.du;
             Vec sum(T(0));
