@@ -190,9 +190,9 @@ constexpr int kFusedMaxDimDefault = 0;
 // Largest readout c contracted in registers.
 constexpr int64_t kFusedMaxOutputs = 16;
 
-// Largest d the fused kernels take; above it ATen's BLAS computes the products on tiles. The
-// crossover measured on AVX2 (docs/benchmarks.md, `taylornet bench --crossover`);
-// TAYLORNET_FUSED_MAX_DIM overrides it, which is how it is measured.
+// Largest d the fused kernels take; above it ATen's BLAS computes the products on tiles. The default
+// is the crossover measured on AVX2 (docs/benchmarks.md); TAYLORNET_FUSED_MAX_DIM overrides it,
+// which is how the crossover is measured (0: BLAS tiles everywhere).
 int64_t fused_max_dim() {
   static const int64_t limit = [] {
     const char* env = std::getenv("TAYLORNET_FUSED_MAX_DIM");
