@@ -1,5 +1,7 @@
-// CPU kernels: blocked over samples x neurons, matrix products by ATen's BLAS on cache-sized tiles,
-// the Taylor epilogue vectorized with at::vec, parallel with at::parallel_for.
+// CPU kernels: blocked over samples x neurons, parallel with at::parallel_for, the Taylor epilogue
+// vectorized with at::vec. On AVX2 / AVX-512 and d <= 512 both products of a register tile come
+// from a fused dual-product kernel and never leave the registers (the "Fused" section below);
+// otherwise ATen's BLAS computes them on cache-sized tiles.
 //
 // The net ops never hold an n x m tensor: each worker keeps a few tiles of NB x MB numbers. The
 // dimension with enough blocks is split among workers, who own their rows of the result; the other
