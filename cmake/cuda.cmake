@@ -14,14 +14,18 @@ if(CMAKE_CUDA_COMPILER AND TN_TORCH_HAS_CUDA AND TN_CUDA_SOURCES)
   enable_language(CUDA)
   set(CMAKE_CUDA_STANDARD 20)
   set(CMAKE_CUDA_STANDARD_REQUIRED ON)
+  # torch adds these for its own headers; the kernels need neither (device code calls no host
+  # constexpr function and no lambda crosses to the device), and building without them keeps it so.
+  string(REPLACE "--expt-relaxed-constexpr" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
+  string(REPLACE "--expt-extended-lambda" "" CMAKE_CUDA_FLAGS "${CMAKE_CUDA_FLAGS}")
   message(STATUS "taylornet: building CUDA kernels for TORCH_CUDA_ARCH_LIST=$ENV{TORCH_CUDA_ARCH_LIST}")
   # One object library per dtype file so they compile in parallel; -Xptxas -v reports registers
   # and spills of every kernel in the build log.
   add_library(taylornet_cuda OBJECT ${TN_CUDA_SOURCES})
   target_include_directories(taylornet_cuda PRIVATE csrc)
   target_compile_options(taylornet_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 -lineinfo -Xptxas=-v>)
-  target_sources(taylornet_ops PRIVATE $<TARGET_OBJECTS:taylornet_cuda>)
-  target_compile_definitions(taylornet_ops PRIVATE TAYLORNET_WITH_CUDA)
+  # ops_cuda.cpp (the C++ compiler, with torch) registers the ops' CUDA implementations.
+  target_sources(taylornet_ops PRIVATE csrc/cuda/ops_cuda.cpp $<TARGET_OBJECTS:taylornet_cuda>)
 elseif(TAYLORNET_CUDA STREQUAL "ON")
   message(FATAL_ERROR "taylornet: TAYLORNET_CUDA=ON but torch has no CUDA or nvcc is missing")
 else()

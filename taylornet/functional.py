@@ -81,8 +81,14 @@ def _check_signs(signs, x: torch.Tensor, m: int):
         raise ValueError(f"signs: expected shape (m,) = ({m},), got {tuple(signs.shape)}")
     if signs.device != x.device:
         raise ValueError(f"signs: expected device {x.device} (the device of x), got {signs.device}")
-    if not torch.compiler.is_compiling() and not bool(((signs == 1) | (signs == -1)).all()):
-        raise ValueError("signs: expected every entry to be +1 or -1")
+    if not torch.compiler.is_compiling():
+        valid = ((signs == 1) | (signs == -1)).all()
+        if signs.device.type != "cpu":
+            # Reading the answer back would wait for the GPU on every call (and break CUDA graph
+            # capture): the device asserts instead, and the error surfaces at the next synchronisation.
+            torch._assert_async(valid, "signs: expected every entry to be +1 or -1")
+        elif not bool(valid):
+            raise ValueError("signs: expected every entry to be +1 or -1")
     return signs.to(x.dtype)
 
 

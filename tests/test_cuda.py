@@ -1,9 +1,14 @@
 """The CUDA kernels against the float64 reference and against the CPU kernels: the CPU matrix re-run
 on the GPU, low precision judged by a same-precision reference, tile edges, signs that agree across
-devices. Skipped where no CUDA device is present (bench/gpu_check.sh runs them on a GPU)."""
+devices; the host path: no synchronisation, CUDA graph capture and replay, torch.compile's
+"reduce-overhead" mode, the mainloop switch and its errors. Skipped where no CUDA device is present
+(bench/gpu_check.sh runs them on a GPU)."""
 from __future__ import annotations
 
 import contextlib
+import copy
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -258,3 +263,165 @@ def test_large_width_runs_without_an_n_by_m_buffer():
     torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     assert extra < n * m * 4 / 4, f"peak extra memory {extra / 2**20:.0f} MiB is of the order of an n x m buffer"
+
+
+# ---- the host path ---------------------------------------------------------------------------
+
+
+def _model(dtype=F32):
+    torch.manual_seed(0)
+    model = tn.TaylorNet(16, 300, 3, activation="gelu", order=3, train_readout=True, bias=True, dtype=dtype).cuda()
+    with torch.no_grad():  # away from the initialization, where the movement is zero
+        model.weight.normal_(0.0, 0.1)
+        model.bias.normal_(0.0, 0.1)
+    return model
+
+
+def _loss(model, x, y):
+    return ((model(x) - y) ** 2).mean()
+
+
+@contextlib.contextmanager
+def deterministic():
+    old, old_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(old, warn_only=old_warn)
+
+
+def test_no_op_synchronizes_with_the_host():
+    # Every op, forward and backward, with explicit signs (checked on the device), a sign seed (read
+    # on the host) and none, and a module's training step: torch raises on any synchronisation.
+    p = on(make_problem(n=40, d=16, m=96, c=2, bias=True), "cuda", F32)
+    signs = tn.philox_signs(96, (1, 2), dtype=F32, device="cuda")
+    model = _model()
+    x, y = torch.randn(40, 16, device="cuda"), torch.randn(40, 3, device="cuda")
+    leaves = {k: p[k].detach().requires_grad_(True) for k in ("x", "w0", "w", "a", "b0", "b")}
+    args = [leaves[k] for k in ("x", "w0", "w", "a", "b0", "b")]
+    feature_args = args[:3] + args[4:]
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        outs = [tn.taylor_features(*feature_args, activation="tanh", order=2, signs=signs),
+                tn.taylor_features(*feature_args, activation="tanh", order=2, sign_seed=(3, 4)),
+                tn.taylor_net(*args, activation="gelu", order=(1, 3), signs=signs),
+                tn.taylor_net(*args, activation="gelu", order="exact", sign_seed=(3, 4)),
+                *tn.taylor_net_moments(*args, activation="sigmoid", order=2)]
+        grads = torch.autograd.grad(outs, args, [torch.ones_like(o) for o in outs])
+        loss = _loss(model, x, y)
+        loss.backward()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    torch.cuda.synchronize()
+    assert all(torch.isfinite(g).all() for g in grads) and torch.isfinite(loss)
+
+
+def test_invalid_signs_on_cuda_fail_without_a_synchronisation():
+    # The +-1 check of explicit signs runs on the device (torch._assert_async); a device-side assert
+    # ends the CUDA context, hence a separate process.
+    code = ("import torch, taylornet as tn\n"
+            "x = torch.randn(3, 2, device='cuda'); w = torch.randn(4, 2, device='cuda')\n"
+            "s = torch.tensor([1.0, -1.0, 0.5, 1.0], device='cuda')\n"
+            "tn.taylor_features(x, w, w, signs=s)\n"
+            "torch.cuda.synchronize()\n")
+    run = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0, "invalid signs went through"
+    assert "signs: expected every entry to be +1 or -1" in run.stderr or "device-side assert" in run.stderr, run.stderr[-2000:]
+
+
+@pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cuda_graph_replays_forward_and_backward_like_eager(dtype):
+    # A TaylorNet forward, loss and backward captured once, replayed on new inputs: outputs and every
+    # parameter's gradient as eager computes them. Deterministic mode takes the split reductions'
+    # atomics out of the comparison, so both runs are bitwise reproducible.
+    with deterministic():
+        model = _model(dtype)
+        eager = copy.deepcopy(model)
+        static_x = torch.randn(70, 16, device="cuda", dtype=dtype)
+        static_y = torch.randn(70, 3, device="cuda", dtype=dtype)
+        # Warm-up on a side stream, as graph capture asks: the first calls load the kernels.
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                model.zero_grad(set_to_none=True)
+                _loss(model, static_x, static_y).backward()
+        torch.cuda.current_stream().wait_stream(side)
+        model.zero_grad(set_to_none=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            static_out = model(static_x)
+            static_loss = ((static_out - static_y) ** 2).mean()
+            static_loss.backward()
+        named = [(name, q) for name, q in model.named_parameters() if q.requires_grad]
+        assert {name for name, _ in named} == {"weight", "bias", "a"}, named
+        for trial in range(3):
+            x = torch.randn(70, 16, device="cuda", dtype=dtype)
+            y = torch.randn(70, 3, device="cuda", dtype=dtype)
+            static_x.copy_(x)
+            static_y.copy_(y)
+            graph.replay()
+            out = eager(x)
+            loss = ((out - y) ** 2).mean()
+            params = [p for p in eager.parameters() if p.requires_grad]
+            grads = torch.autograd.grad(loss, params)
+            torch.cuda.synchronize()
+            assert torch.equal(static_out, out), f"trial {trial}: output differs from eager"
+            assert torch.equal(static_loss, loss), f"trial {trial}: loss differs from eager"
+            assert len(params) == len(named)
+            for (name, q), g_eager in zip(named, grads):
+                assert q.grad is not None and torch.equal(q.grad, g_eager), f"trial {trial}: grad {name} differs"
+
+
+def test_training_step_under_torch_compile_reduce_overhead():
+    # The training step compiled with CUDA graphs (torch.compile's "reduce-overhead"): the same losses
+    # and parameters as eager, with no graph skipped.
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()
+    counters.clear()
+    model = _model()
+    eager = copy.deepcopy(model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    opt_eager = torch.optim.SGD(eager.parameters(), lr=0.1)
+    step = torch.compile(lambda x, y: _loss(model, x, y), mode="reduce-overhead")
+    torch.manual_seed(5)
+    for k in range(6):
+        x, y = torch.randn(64, 16, device="cuda"), torch.randn(64, 3, device="cuda")
+        torch.compiler.cudagraph_mark_step_begin()
+        loss = step(x, y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        loss_eager = _loss(eager, x, y)
+        loss_eager.backward()
+        opt_eager.step()
+        opt_eager.zero_grad(set_to_none=True)
+        assert_close_verbose(loss.detach().clone(), loss_eager.detach(), atol=1e-6, rtol=1e-5, name=f"loss {k}")
+    for (name, p), q in zip(model.named_parameters(), eager.parameters()):
+        assert_close_verbose(p.detach(), q.detach(), atol=1e-6, rtol=1e-5, name=name)
+    assert counters["inductor"]["cudagraph_skips"] == 0, dict(counters["inductor"])
+
+
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+@pytest.mark.parametrize("op", ["features", "net", "moments"])
+def test_simt_mainloop_on_request_for_16_bit_types(op, precision, monkeypatch):
+    # The SIMT kernels for bfloat16 and float16, which GPUs before sm_80 run on their own.
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "simt")
+    p = make_problem(n=70, d=33, m=150, c=4, bias=True)
+    check_against_same_precision(p, op, precision, activation="tanh", order=2, sign_seed=SIGN_SEED)
+
+
+def test_mainloop_requests_that_cannot_run_raise(monkeypatch):
+    p = on(make_problem(n=8, d=4, m=16, c=2), "cuda")
+    args = [p[k] for k in ("x", "w0", "w", "a")]
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wmma")
+    with pytest.raises(RuntimeError, match="TAYLORNET_CUDA_MAINLOOP=wmma cannot run here.*float64"):
+        tn.taylor_net(*args)
+    with allow_tf32(False), pytest.raises(RuntimeError, match="allow_tf32"):
+        tn.taylor_net(*[t.float() for t in args])
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "fastest")
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_MAINLOOP: expected one of auto, wmma, simt"):
+        tn.taylor_net(*args)

@@ -1,9 +1,11 @@
-"""The CUDA kernels, SIMT and tensor-core, run on the CPU under the emulator of tests/emulator and
-checked against float64 sums of the shared epilogue: tiles and their edges, shared-memory staging,
-barriers, wmma fragment use (under a scrambled fragment layout), split reductions, signs, biases,
-and (built with AddressSanitizer) that every access stays inside its buffer.
-Needs a C++20 compiler and the CUDA headers (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h); skipped
-without them. A real GPU run is tests/test_cuda.py."""
+"""The CUDA launch layer and its kernels, SIMT and tensor-core, run on the CPU under the emulator of
+tests/emulator, op by op as the CUDA implementation calls them, and checked against float64 sums of
+the shared epilogue: problem set-up, the plan's tables, the reductions' terms for every needs-mask,
+dA's combination, output casts, tiles and their edges, shared-memory staging, barriers, wmma
+fragment use (under a scrambled fragment layout), split reductions, signs, biases, and (built with
+AddressSanitizer) that every access stays inside its buffer; plus the kernel choice and the messages
+of failed launches. Needs a C++20 compiler and the CUDA headers (cuda_fp16.h, cuda_bf16.h,
+cuda_runtime.h); skipped without them. A real GPU run is tests/test_cuda.py."""
 from __future__ import annotations
 
 import glob
@@ -18,6 +20,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
 PATHS = ["f64/simt", "f32/simt", "f32/tf32", "f16/mma", "bf16/mma"]
+
+# Building the emulator takes a minute and its runs a few: the whole module is a long test.
+pytestmark = pytest.mark.emulator
 
 
 def cuda_include() -> str | None:
@@ -73,7 +78,15 @@ def emulator(tmp_path_factory):
 
 @pytest.mark.parametrize("path", PATHS)
 def test_cuda_kernels_under_the_emulator(emulator, path):
+    # The fixed matrix (shapes off every tile edge x four configurations), two needs-masks per op
+    # and case, and every needs-mask of every op on one small problem.
     run_checks(emulator, path)
+
+
+def test_kernel_choice_and_launch_failures(emulator):
+    # The mainloop decision for every dtype, device and request; the messages of a missing kernel
+    # image and a failed launch, raised through the layer; the plan tables' capacity.
+    run_checks(emulator, "host/")
 
 
 @pytest.mark.parametrize("path", PATHS)

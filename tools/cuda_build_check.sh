@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Compile and link the CUDA extension without a GPU: a CUDA build of torch in .venv-cuda, every .cu
-# through nvcc for sm_80 and sm_90 (ptxas reports registers and spills), then the library loaded
-# into that torch with its CUDA kernels registered. Fails on any error.
+# through plain nvcc -std=c++20 for sm_80 and sm_90, a report per kernel and architecture (ptxas:
+# registers, spills, stack frame; SASS: instructions, local loads and stores), then the library
+# loaded into that torch with its CUDA kernels registered. Fails on any error.
 #   CUDA_HOME    toolkit root (default /usr/local/cuda-13.0, else the directory of nvcc)
 #   TORCH_CUDA   torch requirement for the environment (default torch==2.14.1)
 set -euo pipefail
@@ -21,9 +22,13 @@ if [ ! -f "$VENV/.created" ]; then
   touch "$VENV/.created"
 fi
 PY="$PWD/$VENV/bin/python"
-export PATH="$PWD/$VENV/bin:$PATH"  # its cmake and ninja
-mkdir -p build
 SP=$("$PY" -c "import site; print(site.getsitepackages()[0])")
+# cuobjdump (and the nvdisasm it calls) for the SASS columns of the report: the toolkit may lack them.
+if [ ! -x "$SP/nvidia/cu13/bin/cuobjdump" ] || [ ! -x "$SP/nvidia/cu13/bin/nvdisasm" ]; then
+  "$VENV/bin/pip" install -q "nvidia-cuda-cuobjdump>=13,<14" "nvidia-cuda-nvdisasm>=13,<14"
+fi
+export PATH="$PWD/$VENV/bin:$SP/nvidia/cu13/bin:$PATH"  # its cmake, ninja, cuobjdump, nvdisasm
+mkdir -p build
 # The CUDA wheels carry the libraries that a minimal toolkit lacks (nvrtc and friends).
 cmake -S . -B build/cuda -G Ninja -DPython_EXECUTABLE="$PY" -DTAYLORNET_CUDA=ON \
   -DCUDA_TOOLKIT_ROOT_DIR="$CUDA_HOME" -DCUDAToolkit_ROOT="$CUDA_HOME" \
@@ -36,7 +41,7 @@ if ! cmake --build build/cuda -j "$(nproc)" > build/cuda-build.log 2>&1; then
   exit 1
 fi
 
-python3 tools/ptxas_report.py build/cuda-build.log
+python3 tools/ptxas_report.py build/cuda-build.log build/cuda/CMakeFiles/taylornet_cuda.dir/csrc/cuda/*.o
 
 "$PY" - <<'PY'
 import torch

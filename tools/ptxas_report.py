@@ -1,31 +1,124 @@
-"""Summarize `ptxas -v` output of a build log: registers, spills and shared memory per kernel and arch."""
+"""Per kernel (and out-of-line device function) and architecture: registers, spills, stack frame and
+shared memory from the `ptxas -v` lines of a build log, and from the SASS of the objects (cuobjdump
+-sass, which calls nvdisasm) the instruction count and the local-memory loads and stores (LDL, STL)
+that a stack frame costs at run time.
+
+    python3 tools/ptxas_report.py BUILD_LOG [OBJECT ...]
+
+Without cuobjdump on PATH (or without objects) the SASS columns read "-".
+"""
+from __future__ import annotations
+
 import re
+import shutil
+import subprocess
 import sys
+from collections import defaultdict
 
-entry = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+)'")
-spill = re.compile(r"(\d+) bytes spill stores, (\d+) bytes spill loads")
-regs = re.compile(r"Used (\d+) registers.*?(\d+) bytes smem")
-
-
-def kernel_name(mangled: str) -> str:
-    m = re.search(r"\d+([a-z_]+_kernel)I(\w+?)EE", mangled)
-    if not m:
-        return mangled[:60]
-    dtype = {"f": "float", "d": "double", "6__half": "half", "13__nv_bfloat16": "bfloat16"}.get(m.group(2), m.group(2))
-    return f"{m.group(1)}<{dtype}>"
+ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+a?)'")
+PROPS = re.compile(r"Function properties for (\w+)")
+FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
+USED = re.compile(r"Used (\d+) registers.*?(\d+) bytes smem")
+ARCH = re.compile(r"for '(sm_\d+a?)'")
+SASS_ARCH = re.compile(r"code for (sm_\d+a?)")
+SASS_FUNC = re.compile(r"Function : (\S+)")
+SASS_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)")
 
 
-rows, current, spills = [], None, None
-for line in open(sys.argv[1], errors="replace"):
-    if (m := entry.search(line)):
-        current, spills = (kernel_name(m.group(1)), m.group(2)), None
-    elif current and (m := spill.search(line)):
-        spills = (int(m.group(1)), int(m.group(2)))
-    elif current and (m := regs.search(line)):
-        rows.append((*current, int(m.group(1)), *(spills or (0, 0)), int(m.group(2))))
-        current = None
-print(f"{'kernel':36} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'smem':>6}")
-for row in sorted(set(rows)):
-    print(f"{row[0]:36} {row[1]:6} {row[2]:4d} {row[3]:8d} {row[4]:8d} {row[5]:6d}")
-if not rows:
-    print("no ptxas report found")
+def demangle(names: list[str]) -> dict[str, str]:
+    """Mangled -> short readable names: "sample_sum_kernel<double>", "fields_at<float, 4>"."""
+    names = sorted(set(names))
+    plain = names
+    if shutil.which("c++filt") and names:
+        out = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True).stdout.split("\n")
+        plain = out[: len(names)] if len(out) >= len(names) else names
+    short = {}
+    for mangled, text in zip(names, plain):
+        text = re.sub(r"^void ", "", text).replace("tn::cuda::", "").replace("tn::", "")
+        depth, cut = 0, len(text)
+        for i, ch in enumerate(text):  # drop the parameter list: the first "(" outside template brackets
+            depth += ch == "<"
+            depth -= ch == ">"
+            if ch == "(" and depth == 0:
+                cut = i
+                break
+        short[mangled] = text[:cut].replace("__nv_bfloat16", "bfloat16").replace("__half", "half")
+    return short
+
+
+def ptxas_rows(log_path: str) -> dict[tuple[str, str], dict]:
+    rows: dict[tuple[str, str], dict] = {}
+    arch, entry, props = None, None, None
+    for line in open(log_path, errors="replace"):
+        if (m := ENTRY.search(line)):
+            entry, arch = m.group(1), m.group(2)
+            rows.setdefault((entry, arch), {})
+        elif (m := ARCH.search(line)):
+            arch = m.group(1)
+        if (m := PROPS.search(line)):
+            props = m.group(1)
+        elif props and (m := FRAME.search(line)):
+            if arch:
+                rows.setdefault((props, arch), {}).update(stack=int(m.group(1)), spill_st=int(m.group(2)),
+                                                          spill_ld=int(m.group(3)))
+            props = None
+        if entry and (m := USED.search(line)):
+            rows[(entry, arch)].update(regs=int(m.group(1)), smem=int(m.group(2)))
+            entry = None
+    return rows
+
+
+def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
+    tool = shutil.which("cuobjdump")
+    if not tool or not objects:
+        return None
+    counts: dict[tuple[str, str], dict] = defaultdict(lambda: {"insns": 0, "ldl": 0, "stl": 0})
+    for obj in objects:
+        run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
+        if run.returncode != 0:
+            print(f"cuobjdump -sass {obj} failed: {run.stderr.strip()[-300:]}")
+            return None
+        arch, func = None, None
+        for line in run.stdout.splitlines():
+            if (m := SASS_ARCH.search(line)):
+                arch = m.group(1)
+            elif (m := SASS_FUNC.search(line)):
+                func = m.group(1)
+            elif func and (m := SASS_INSN.search(line)):
+                c = counts[(func, arch)]
+                op = m.group(1)
+                c["insns"] += op != "NOP"
+                c["ldl"] += op == "LDL"
+                c["stl"] += op == "STL"
+    return counts
+
+
+def main() -> None:
+    rows = ptxas_rows(sys.argv[1])
+    sass = sass_counts(sys.argv[2:])
+    names = demangle([name for name, _ in rows] + ([name for name, _ in sass] if sass else []))
+    keys = sorted(set(rows) | (set(sass) if sass else set()), key=lambda k: (names.get(k[0], k[0]), k[1]))
+    print(f"{'kernel / device function':44} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>6} "
+          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5}")
+    dash = "-"
+    with_stack = with_local = 0
+    for key in keys:
+        r = rows.get(key, {})
+        s = sass.get(key) if sass else None
+        cells = [r.get("regs", dash), r.get("spill_st", dash), r.get("spill_ld", dash), r.get("stack", dash),
+                 r.get("smem", dash)]
+        cells += [s["insns"], s["ldl"], s["stl"]] if s else [dash] * 3
+        with_stack += bool(r.get("stack"))
+        with_local += bool(s and (s["ldl"] or s["stl"]))
+        print(f"{names.get(key[0], key[0])[:44]:44} {key[1]:6} {cells[0]:>4} {cells[1]:>8} {cells[2]:>8} "
+              f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5}")
+    if not keys:
+        print("no ptxas report found")
+        return
+    print(f"{len(keys)} rows: {with_stack} with a stack frame, "
+          + (f"{with_local} with local loads or stores in their SASS" if sass is not None
+             else "SASS not read (no cuobjdump on PATH, or no objects given)"))
+
+
+if __name__ == "__main__":
+    main()

@@ -9,36 +9,12 @@
 #include <string>
 #include <vector>
 
-#include "taylornet/series.h"
+#include "op_call.h"
 
 namespace tn::cpu {
 
-struct Signs {
-  enum Kind { kNone, kTensor, kPhilox } kind = kNone;
-  at::Tensor values;  // (m,) contiguous, same dtype as x, when kind == kTensor
-  uint64_t seed = 0, offset = 0;
-  uint64_t first_neuron = 0;  // global index of local neuron 0 (width-sharded models)
-};
-
-// Contiguous operands of one call. b0 / b are undefined when absent.
-struct Args {
-  at::Tensor x, w0, w, b0, b;  // (n, d), (m, d), (m, d), (m,), (m,)
-  at::Tensor a;                // (c, m) readout, for the net ops
-  Signs signs;
-  const Plan* plan = nullptr;
-  double scale = 1.0;
-};
-
-// Which gradients to compute, in the op order x, w0, w, a, b0, b.
-struct Needs {
-  bool x = false, w0 = false, w = false, a = false, b0 = false, b = false;
-  bool dz() const { return x || w0 || b0; }
-};
-
-// Gradients in the op order; undefined where not needed.
-struct Grads {
-  at::Tensor x, w0, w, a, b0, b;
-};
+// The argument types (Signs, Args, Needs) are tn's, from op_call.h.
+using Grads = GradTensors;
 
 struct Kernels {
   at::Tensor (*features_forward)(const Args&);

@@ -15,6 +15,16 @@ namespace tn::cuda {
 
 constexpr int kThreads = 256;  // threads per block of every kernel
 
+// A kernel's read-only struct parameter: __grid_constant__, so that device functions take it by
+// reference (the out-of-line epilogue too) without a per-thread copy of the plan's tables into local
+// memory. The CPU emulator's threads share one copy by reference, as the GPU's share the parameter
+// space.
+#ifdef TN_CUDA_EMULATOR
+#define TN_PARAM(type) const type&
+#else
+#define TN_PARAM(type) const __grid_constant__ type
+#endif
+
 // ---- element conversions ----
 
 __device__ __forceinline__ float to_acc(float v) { return v; }

@@ -115,7 +115,7 @@ __device__ void tile_fields(const Problem<T>& p, unsigned want, int64_t i0, int6
 // ---- kernels ----
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p, T* out) {
+__global__ void __launch_bounds__(kThreads) features_forward_kernel(TN_PARAM(Problem<T>) p, T* out) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
   __shared__ Smem<Acc> sm;
@@ -135,7 +135,8 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(Problem<T> p
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, NeuronSum<T> s,
+__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T>) p,
+                                                               TN_PARAM(NeuronSum<T>) s,
                                                                int64_t tiles_per_split) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
@@ -195,7 +196,8 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(Problem<T> p, Neur
 }
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_sum_kernel(Problem<T> p, SampleSum<T> s,
+__global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T>) p,
+                                                               TN_PARAM(SampleSum<T>) s,
                                                                int64_t tiles_per_split) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();

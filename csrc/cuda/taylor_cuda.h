@@ -1,6 +1,6 @@
-// Launchers of the CUDA kernels. Free of torch headers: raw pointers, sizes and the stream; ops.cpp
-// owns the tensors. T is the storage type (float, double, __half, __nv_bfloat16), Acc the
-// accumulation type (double for double, float otherwise).
+// The kernels' parameters, free of torch headers: raw device pointers, sizes and the plan's tables
+// by value. T is the storage type (float, double, __half, __nv_bfloat16), Acc the accumulation type
+// (double for double, float otherwise). launch.h fills them from an op call.
 #pragma once
 
 #include <cstdint>
@@ -22,6 +22,26 @@ struct AccType<double> {
 template <typename T>
 using acc_t = typename AccType<T>::type;
 
+// The Taylor plan's tables by value (series.h's plan interface, with arrays): they travel in the
+// kernel parameters, so a call needs no device copy of them and no host synchronisation, and CUDA
+// graphs capture them with the launch. Capacities: the largest plan there is (silu, orders 0 ... 16
+// with d/dz0: 198 rows, 3086 coefficients; tests/emulator checks every activation's). Kernel
+// parameters may take 32764 bytes (CUDA 12.1 and newer, sm_70 and newer): PlanTables<double> is
+// 25.5 KB, PlanTables<float> 13.2 KB. Rows are read warp-uniformly: constant-cache broadcasts.
+constexpr int kPlanRows = 200, kPlanCoefs = 3088;
+static_assert(kMaxBasis <= 256 && kMaxOrder + 1 <= 256 && kPlanCoefs <= 65536, "row fields fit their types");
+
+template <typename S>
+struct PlanTables {
+  Act act;
+  bool exact;
+  int basis;
+  int16_t row_begin[kNumQuantities + 1];
+  uint8_t row_j[kPlanRows], row_deg[kPlanRows];
+  uint16_t row_off[kPlanRows];
+  S coef[kPlanCoefs];
+};
+
 // Everything one call needs; pointers are device pointers, optional ones may be null.
 template <typename T>
 struct Problem {
@@ -34,12 +54,10 @@ struct Problem {
   uint64_t seed = 0, offset = 0, first = 0;
   int64_t n = 0, d = 0, m = 0, c = 0;
   bool moments = false;                               // readouts (e, o^2) instead of h
-  bool tensor_cores = false;                          // mma where the GPU has it (never for double)
-  bool deterministic = false;                         // no split reductions (bitwise reproducible)
   Acc scale[2] = {1, 1};                              // scale and scale^2
   const T* gout[2] = {nullptr, nullptr};              // (n, c) output cotangents (backward)
   const T* gelem = nullptr;  // (n, m) cotangent of the features themselves: g = gelem[i][r], no scale
-  PlanView<Acc> plan{};
+  PlanTables<Acc> plan{};
 };
 
 // Per-element quantities a reduction kernel can contract.
@@ -104,11 +122,10 @@ struct SampleSum {
   }
 };
 
+// What one kernel launch carries at most: the problem, a reduction and the split's tile count.
 template <typename T>
-void features_forward(const Problem<T>& p, T* out, cudaStream_t stream);
-template <typename T>
-void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, cudaStream_t stream);
-template <typename T>
-void sample_sum(const Problem<T>& p, const SampleSum<T>& s, cudaStream_t stream);
+constexpr size_t kMaxKernelParams =
+    sizeof(Problem<T>) + (sizeof(NeuronSum<T>) > sizeof(SampleSum<T>) ? sizeof(NeuronSum<T>) : sizeof(SampleSum<T>)) +
+    sizeof(int64_t);
 
 }  // namespace tn::cuda

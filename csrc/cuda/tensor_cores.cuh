@@ -60,7 +60,8 @@ struct TcSmem {
   static constexpr int in_bytes = 2 * 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
   static constexpr int mix_bytes = 2 * kTcTile * ld_mix * static_cast<int>(sizeof(T));
   static constexpr int out_bytes = kTcTile * ld_out * 4;
-  static constexpr int shared_bytes = std::max(in_bytes, std::max(mix_bytes, out_bytes));
+  static constexpr int mix_or_out = mix_bytes > out_bytes ? mix_bytes : out_bytes;
+  static constexpr int shared_bytes = in_bytes > mix_or_out ? in_bytes : mix_or_out;
   static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4 + 2 * 4;  // + codes, neurons, maxima
 
   unsigned char* raw;
@@ -435,7 +436,7 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
   const int pick[2] = {s.field[0], s.field[1]};
   // Column blocks past ncols hold padding only: their warps skip stage 2, and only the columns
   // that some warp reads are staged.
-  const int64_t cols = std::min<int64_t>(kTcTile, s.ncols - c0);
+  const int64_t cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
   const int staged = static_cast<int>((cols + 15) / 16 * 16);
   FragC<T> codes, acc[2][2];
   load_codes(sm, codes);
@@ -489,7 +490,7 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
   const int pick[2] = {s.term[0].field, s.term[s.terms - 1].field};
   // Column blocks past the reduction's width hold padding only: their warps skip stage 2, and only
   // the columns that some warp reads are staged.
-  const int64_t cols = std::min<int64_t>(kTcTile, s.width() - c0);
+  const int64_t cols = s.width() - c0 < kTcTile ? s.width() - c0 : kTcTile;
   const int staged = static_cast<int>((cols + 15) / 16 * 16);
   FragC<T> codes, acc[2];
   load_neurons(p, sm, r0);
@@ -536,15 +537,17 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
 #endif
 
 template <typename T>
-__global__ void __launch_bounds__(kThreads) features_forward_tc_kernel(Problem<T> p, T* out) {
+__global__ void __launch_bounds__(kThreads) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
   TN_TC_BODY(features_forward_tc(p, out));
 }
 template <typename T>
-__global__ void __launch_bounds__(kThreads) neuron_sum_tc_kernel(Problem<T> p, NeuronSum<T> s, int64_t per) {
+__global__ void __launch_bounds__(kThreads) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
+                                                                  TN_PARAM(NeuronSum<T>) s, int64_t per) {
   TN_TC_BODY(neuron_sum_tc(p, s, per));
 }
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_sum_tc_kernel(Problem<T> p, SampleSum<T> s, int64_t per) {
+__global__ void __launch_bounds__(kThreads) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
+                                                                  TN_PARAM(SampleSum<T>) s, int64_t per) {
   TN_TC_BODY(sample_sum_tc(p, s, per));
 }
 

@@ -25,7 +25,9 @@ enum Quantity : int { kH = 0, kHdv, kHdz, kE, kEdu, kEdz, kO, kOdu, kOdz, kNumQu
 constexpr int kMaxOrder = 16;
 constexpr int kMaxBasis = 2 * (kMaxOrder + 3);
 
-// Raw view of a plan for the kernels: row lists per quantity into shared coefficient storage.
+// Raw view of a plan for the kernels: row lists per quantity into shared coefficient storage. The
+// functions below take any plan type P with these members (the CUDA kernels take the tables by
+// value, as arrays, in cuda/taylor_cuda.h's PlanTables).
 template <typename S>
 struct PlanView {
   Act act;
@@ -38,11 +40,11 @@ struct PlanView {
   const S* coef;
 };
 
-template <typename V, typename M, typename S>
-TN_HD V eval_quantity(const PlanView<S>& p, int q, const V* g, const V& v) {
+template <typename V, typename M, typename P>
+TN_HD V eval_quantity(const P& p, int q, const V* g, const V& v) {
   V acc(0);
   for (int row = p.row_begin[q]; row < p.row_begin[q + 1]; ++row) {
-    const S* c = p.coef + p.row_off[row];
+    const auto* c = p.coef + p.row_off[row];
     int k = p.row_deg[row];
     V poly(c[k]);
     while (--k >= 0) poly = M::fma(poly, v, V(c[k]));
@@ -55,6 +57,7 @@ TN_HD V eval_quantity(const PlanView<S>& p, int q, const V* g, const V& v) {
 struct Plan {
   Act act = Act::kTanh;
   bool exact = false;
+  bool has_dz = false;  // whether d/dz0 can be evaluated (built with need_dz, or exact)
   int basis = 0;
   int row_begin[kNumQuantities + 1] = {};
   std::vector<int> row_j, row_deg, row_off;
@@ -63,7 +66,7 @@ struct Plan {
   // `orders`: the orders in O (ignored when exact). `need_dz`: whether d/dz0 quantities are needed
   // (they need c_{K+1}, hence a larger basis).
   Plan(Act a, const std::vector<int64_t>& orders, bool is_exact, bool need_dz)
-      : act(a), exact(is_exact) {
+      : act(a), exact(is_exact), has_dz(need_dz || is_exact) {
     int K = 0;
     for (auto k : orders) K = k > K ? static_cast<int>(k) : K;
     const int kmax = exact ? 1 : K + (need_dz ? 1 : 0);
@@ -127,8 +130,8 @@ struct Grads {
 };
 
 // h(z0, s u): the (signed) Taylor feature, or sigma(z0 + s u) when exact.
-template <typename V, typename M, typename S>
-TN_HD V feature(const PlanView<S>& p, const V& z0, const V& u, const V& s) {
+template <typename V, typename M, typename P>
+TN_HD V feature(const P& p, const V& z0, const V& u, const V& s) {
   V g[kMaxBasis];
   const V v = s * u;
   if (p.exact) {
@@ -140,8 +143,8 @@ TN_HD V feature(const PlanView<S>& p, const V& z0, const V& u, const V& s) {
 }
 
 // h and its derivatives; the value and d/dz0 are computed only when asked for.
-template <typename V, typename M, typename S>
-TN_HD Grads<V> feature_grads(const PlanView<S>& p, const V& z0, const V& u, const V& s,
+template <typename V, typename M, typename P>
+TN_HD Grads<V> feature_grads(const P& p, const V& z0, const V& u, const V& s,
                              bool need_value, bool need_dz) {
   V g[kMaxBasis];
   const V v = s * u;
@@ -161,8 +164,8 @@ struct Moments {
   Grads<V> e, o;
 };
 
-template <typename V, typename M, typename S>
-TN_HD Moments<V> moments(const PlanView<S>& p, const V& z0, const V& u, bool grads, bool need_dz) {
+template <typename V, typename M, typename P>
+TN_HD Moments<V> moments(const P& p, const V& z0, const V& u, bool grads, bool need_dz) {
   Moments<V> r;
   V g[kMaxBasis];
   if (p.exact) {

@@ -1,21 +1,23 @@
-// Runs the CUDA kernels (SIMT and tensor-core) under the CPU emulator on random problems and checks
-// every kernel result against sums of the float64 epilogue over the same (rounded) inputs. The
-// epilogue's math is covered by the CPU tests; this checks what only the CUDA kernels do: tiles and
-// their edges, shared-memory staging, fragment use, split reductions, signs, biases, scale handling.
+// Runs the CUDA launch layer (csrc/cuda/launch.cuh) and its kernels, SIMT and tensor-core, under the
+// CPU emulator on random problems, op by op as the CUDA implementation calls them, and checks every
+// output against sums of the float64 epilogue over the same (rounded) inputs. The epilogue's math
+// is covered by the CPU tests; this checks what only the CUDA code does: problem set-up, the plan's
+// tables, kernel choice, tiles and their edges, shared-memory staging, fragment use, split
+// reductions, the reductions' terms for every needs-mask, dA = dA0 + 2 A dA1, the output casts,
+// signs, biases and scales; and, host-side, the kernel choice and the messages of launch failures.
 //
 //   run_kernels [prefix] [--small | --random K]
-//     checks the cases whose name starts with prefix (e.g. bf16/mma), one line each: the fixed cases,
-//     two small ones (--small), or K seeded random ones (--random); exit status 1 if any fails
-#include "emu.h"
+//     checks the cases whose name starts with prefix (e.g. bf16/mma, host/), one line each: the fixed
+//     cases, two small ones (--small), or K seeded random ones (--random); exit status 1 if any fails
+#include "runtime.h"
 #include "mma.h"
+
+#include "cuda/launch.cuh"
 
 #include <algorithm>
 #include <limits>
 #include <random>
 #include <string>
-
-#include "cuda/simt.cuh"
-#include "cuda/tensor_cores.cuh"
 
 namespace {
 
@@ -34,7 +36,8 @@ struct Config {
   bool exact, bias;
   SignSource signs;
   bool moments;
-  int64_t splits;  // requested splits of the inner loops
+  int sms;             // the emulated GPU's SM count: how far the inner loops are split
+  bool deterministic;  // no splits at all
 };
 
 int failures = 0, checks = 0;
@@ -75,25 +78,32 @@ struct Data {
   }
 };
 
-// max |got - want| over the largest magnitude: of `want` itself, or, for sums, of the sums of the
-// terms' magnitudes (`mag`), the scale of a sum's rounding error however much its terms cancel.
-template <typename Acc>
-double max_rel_err(const std::vector<Acc>& got, const std::vector<double>& want,
-                   const std::vector<double>* mag = nullptr) {
+// max |got - want| over the largest magnitude: of the sums of the terms' magnitudes (`mag`), the
+// scale of a sum's rounding error however much its terms cancel.
+template <typename T>
+double max_rel_err(const std::vector<T>& got, const std::vector<double>& want, const std::vector<double>& mag) {
   double err = 0, scale = 1e-300;
   for (size_t i = 0; i < want.size(); ++i) {
-    err = std::max(err, std::abs(static_cast<double>(got[i]) - want[i]));
-    scale = std::max(scale, std::abs(mag ? (*mag)[i] : want[i]));
-    if (!std::isfinite(static_cast<double>(got[i]))) return INFINITY;
+    const double g = to_double(got[i]);
+    if (!std::isfinite(g)) return INFINITY;
+    err = std::max(err, std::abs(g - want[i]));
+    scale = std::max(scale, std::abs(mag[i]));
   }
   return err / scale;
 }
 
-void report(const std::string& what, double err, double tol) {
+bool report(const std::string& what, double err, double tol) {
   ++checks;
   const bool ok = err <= tol;
   if (!ok) ++failures;
-  std::printf("%s %-72s rel.err %.2e (tol %.0e)\n", ok ? "ok  " : "FAIL", what.c_str(), err, tol);
+  std::printf("%s %-84s rel.err %.2e (tol %.0e)\n", ok ? "ok  " : "FAIL", what.c_str(), err, tol);
+  return ok;
+}
+
+void expect(const std::string& what, bool ok, const std::string& detail = "") {
+  ++checks;
+  if (!ok) ++failures;
+  std::printf("%s %s%s\n", ok ? "ok  " : "FAIL", what.c_str(), ok || detail.empty() ? "" : (": " + detail).c_str());
 }
 
 std::string orders_text(const std::vector<int64_t>& orders) {
@@ -102,20 +112,42 @@ std::string orders_text(const std::vector<int64_t>& orders) {
   return "{" + t + "}";
 }
 
+// Device memory of the emulated GPU is host memory; exact sizes, so that AddressSanitizer sees
+// every access past a workspace buffer.
+struct HostWorkspace final : Workspace {
+  std::vector<std::unique_ptr<char[]>> blocks;
+  void* allocate(size_t bytes) override {
+    blocks.emplace_back(new char[bytes]);
+    std::memset(blocks.back().get(), 0x7f, bytes);  // garbage: the layer must zero what it sums into
+    return blocks.back().get();
+  }
+};
+
+// The gradients of the backward ops in the op order x, w0, w, a, b0, b.
+enum Grad { kX = 0, kW0, kW, kA, kB0, kB, kNumGrads };
+const char* const kGradNames[kNumGrads] = {"dX", "dW0", "dW", "dA", "db0", "db"};
+
+std::string mask_text(unsigned mask) {
+  std::string t;
+  for (int g = 0; g < kNumGrads; ++g)
+    if (mask >> g & 1) t += (t.empty() ? "" : ",") + std::string(kGradNames[g]);
+  return "{" + t + "}";
+}
+
 template <typename T>
 struct Case {
   using Acc = acc_t<T>;
   Shape sh;
   Config cf;
+  Mainloop path;
   bool tc;
-  Plan plan;
-  std::vector<Acc> coef;
+  Plan plan;  // with d/dz0, for the reference
   std::vector<double> coef64;
   Data<T> x, w0, w, a, b0, b, gout[2], grad, signs;
-  Problem<T> p;
-  Problem<double> pd;  // the same inputs in double, for the reference
+  Problem<double> pd;  // the inputs in double, as the kernels' products read them, for the reference
   std::vector<double> xr, w0r, wr;  // x, w0, w as the products read them (TF32: rounded)
   std::string name;
+  uint64_t seed;
 
   // v as a tensor-core operand: rounded to the input type, or to TF32 for float32 (the identity for
   // the SIMT path). The reference rounds where the kernel does, so that tolerances test the
@@ -126,9 +158,9 @@ struct Case {
     else return to_double(from_double<T>(static_cast<float>(v)));
   }
 
-  Case(Shape s, Config c, bool tensor_cores, uint64_t seed)
-      : sh(s), cf(c), tc(tensor_cores), plan(c.act, c.orders, c.exact, true) {
-    std::mt19937_64 rng(seed);
+  Case(Shape s, Config c, Mainloop ml, uint64_t sd)
+      : sh(s), cf(c), path(ml), tc(ml == Mainloop::kWmma), plan(c.act, c.orders, c.exact, true), seed(sd) {
+    std::mt19937_64 rng(sd);
     const double rd = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(s.d, 1)));
     x = Data<T>(s.n * s.d, rng, 1.0);
     w0 = Data<T>(s.m * s.d, rng, rd);
@@ -143,9 +175,7 @@ struct Case {
       signs.v[r] = signs.v[r] < 0 ? -1.0 : 1.0;
       signs.t[r] = from_double<T>(signs.v[r]);
     }
-    coef.assign(plan.coef.begin(), plan.coef.end());
     coef64 = plan.coef;
-    fill(p, x.t, w0.t, w.t, a.t, b0.t, b.t, gout[0].t, gout[1].t, signs.t, coef);
     auto rounded = [&](const std::vector<double>& v) {
       std::vector<double> r(v.size());
       for (size_t k = 0; k < v.size(); ++k) r[k] = operand(v[k]);
@@ -154,43 +184,70 @@ struct Case {
     xr = rounded(x.v);
     w0r = rounded(w0.v);
     wr = rounded(w.v);
-    fill(pd, xr, w0r, wr, a.v, b0.v, b.v, gout[0].v, gout[1].v, signs.v, coef64);
-    p.tensor_cores = tc;
-    name = std::string(type_name<T>()) + (tc ? (std::is_same_v<T, float> ? "/tf32" : "/mma") : "/simt") +
-           " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) + " m=" + std::to_string(s.m) +
-           " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
+    pd.x = xr.data();
+    pd.w0 = w0r.data();
+    pd.w = wr.data();
+    pd.a = a.v.data();
+    pd.b0 = cf.bias ? b0.v.data() : nullptr;
+    pd.b = cf.bias ? b.v.data() : nullptr;
+    pd.signs = cf.signs == SignSource::kTensor ? signs.v.data() : nullptr;
+    pd.philox = cf.signs == SignSource::kPhilox;
+    pd.seed = kSeed;
+    pd.offset = kOffset;
+    pd.first = kFirst;
+    pd.n = s.n;
+    pd.d = s.d;
+    pd.m = s.m;
+    pd.c = s.c;
+    pd.moments = cf.moments;
+    pd.scale[0] = scale();
+    pd.scale[1] = scale() * scale();
+    pd.gout[0] = gout[0].v.data();
+    pd.gout[1] = gout[1].v.data();
+    const char* mode = tc ? (std::is_same_v<T, float> ? "/tf32" : "/mma") : "/simt";
+    name = std::string(type_name<T>()) + mode + " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) +
+           " m=" + std::to_string(s.m) + " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
            (c.exact ? " exact" : " K=" + orders_text(c.orders)) + (c.moments ? " moments" : "") +
            (c.signs == SignSource::kPhilox ? " philox-signs" : c.signs == SignSource::kTensor ? " sign-tensor" : "") +
-           " splits=" + std::to_string(c.splits);
+           (c.bias ? " bias" : "") + (c.deterministic ? " deterministic" : " sms=" + std::to_string(c.sms));
   }
 
-  template <typename S>
-  void fill(Problem<S>& q, const std::vector<S>& xs, const std::vector<S>& w0s, const std::vector<S>& ws,
-            const std::vector<S>& as, const std::vector<S>& b0s, const std::vector<S>& bs,
-            const std::vector<S>& g0, const std::vector<S>& g1, const std::vector<S>& sg,
-            const std::vector<acc_t<S>>& co) {
-    q.x = xs.data();
-    q.w0 = w0s.data();
-    q.w = ws.data();
-    q.a = as.data();
-    q.b0 = cf.bias ? b0s.data() : nullptr;
-    q.b = cf.bias ? bs.data() : nullptr;
-    q.philox = cf.signs == SignSource::kPhilox;
-    q.signs = cf.signs == SignSource::kTensor ? sg.data() : nullptr;
-    q.seed = 0x0DDBA11;
-    q.offset = 7;
-    q.first = 3;
-    q.n = sh.n;
-    q.d = sh.d;
-    q.m = sh.m;
-    q.c = sh.c;
-    q.moments = cf.moments;
-    const double scale = 1.0 / std::sqrt(static_cast<double>(sh.m));
-    q.scale[0] = static_cast<acc_t<S>>(scale);
-    q.scale[1] = static_cast<acc_t<S>>(scale * scale);
-    q.gout[0] = g0.data();
-    q.gout[1] = g1.data();
-    q.plan = plan.view(co.data());
+  static constexpr uint64_t kSeed = 0x0DDBA11, kOffset = 7, kFirst = 3;
+  double scale() const { return 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(sh.m, 1))); }
+
+  // The operands as the CUDA implementation hands them to the layer.
+  Operands operands(const Plan& p, bool features) const {
+    Operands op;
+    op.dtype = dtype_of<T>();
+    op.x = x.t.data();
+    op.w0 = w0.t.data();
+    op.w = w.t.data();
+    op.b0 = cf.bias ? b0.t.data() : nullptr;
+    op.b = cf.bias ? b.t.data() : nullptr;
+    op.a = features ? nullptr : a.t.data();
+    op.signs = cf.signs == SignSource::kTensor ? signs.t.data() : nullptr;
+    op.philox = cf.signs == SignSource::kPhilox;
+    op.seed = kSeed;
+    op.offset = kOffset;
+    op.first = kFirst;
+    op.n = sh.n;
+    op.d = sh.d;
+    op.m = sh.m;
+    op.c = features ? 0 : sh.c;
+    op.scale = features ? 1.0 : scale();
+    op.plan = &p;
+    return op;
+  }
+
+  Context context(Workspace& ws) const {
+    Context ctx;
+    ctx.device.arch = 90;
+    ctx.device.sms = cf.sms;
+    ctx.allow_tf32 = tc;
+    ctx.deterministic = cf.deterministic;
+    ctx.requested = path;
+    ctx.workspace = &ws;
+    return ctx;
   }
 
   // Reference fields at (i, r): z0 and u from the double inputs, then the scalar epilogue of
@@ -217,14 +274,15 @@ struct Case {
       g0 *= pd.scale[0];
       g1 *= pd.scale[1];
     }
+    const PlanView<double> pv = plan.view(coef64.data());
     if (pd.moments) {
-      const Moments<double> mo = moments<double, M>(pd.plan, z, u, true, true);
+      const Moments<double> mo = moments<double, M>(pv, z, u, true, true);
       v[kPhi0] = mo.e.value;
       v[kPhi1] = mo.o.value * mo.o.value;
       v[kGradU] = g0 * mo.e.du + 2 * g1 * mo.o.value * mo.o.du;
       v[kGradZ] = g0 * mo.e.dz + 2 * g1 * mo.o.value * mo.o.dz;
     } else {
-      const Grads<double> d = feature_grads<double, M>(pd.plan, z, u, s, true, true);
+      const Grads<double> d = feature_grads<double, M>(pv, z, u, s, true, true);
       v[kPhi0] = d.value;
       v[kPhi1] = 0;
       v[kGradU] = g0 * d.du;
@@ -240,246 +298,236 @@ double tolerance(bool tc) {
   return 3e-2;  // fields rounded to 16-bit or TF32 operands
 }
 
-// Reference fields over the whole problem.
+// The reference fields of a case's current problem, as stage 2 of the kernels multiplies them:
+// rounded to the input type on tensor cores, float16 tiles scaled by 2^e so that their largest
+// magnitude lies in [2^14, 2^15) before rounding.
 template <typename T>
-void reference_fields(const Case<T>& cs, std::vector<double> (&F)[4]) {
-  const Shape s = cs.sh;
-  for (auto& f : F) f.assign(s.n * s.m, 0.0);
-  for (int64_t i = 0; i < s.n; ++i)
-    for (int64_t r = 0; r < s.m; ++r) {
-      double v[4];
-      cs.fields(i, r, v);
-      for (int q = 0; q < 4; ++q) F[q][i * s.m + r] = v[q];
-    }
-}
-
-template <typename T>
-void run_sums(Case<T>& cs, const std::string& label);
-
-template <typename T>
-void run_case(Case<T>& cs) {
-  using Acc = acc_t<T>;
-  const Shape s = cs.sh;
-  const bool tc = cs.tc;
-  const int64_t B = tc ? kTcTile : tile<Acc>();
-  const double tol = tolerance<T>(tc);
+struct Reference {
+  const Case<T>& cs;
   std::vector<double> F[4];
-  reference_fields(cs, F);
-
-  if (!cs.cf.moments) {  // features forward
-    std::vector<T> out(s.n * s.m, from_double<T>(0));
-    tn_emu::launch(dim3(ceil_div(s.m, B), ceil_div(s.n, B)), [&] {
-      if (tc) {
-        if constexpr (!std::is_same_v<T, double>) features_forward_tc_kernel<T>(cs.p, out.data());
-      } else {
-        features_forward_kernel<T>(cs.p, out.data());
-      }
-    });
-    std::vector<double> got(out.size());
-    for (size_t e = 0; e < out.size(); ++e) got[e] = to_double(out[e]);
-    report(cs.name + " features", max_rel_err(got, F[kPhi0]), tol);
-
-  }
-  run_sums(cs, "");
-  if (!cs.cf.moments) {  // the features backward: the same sums with the features' own cotangent
-    cs.p.gelem = cs.grad.t.data();
-    cs.pd.gelem = cs.grad.v.data();
-    cs.p.scale[0] = cs.p.scale[1] = 1;  // as the op sets them: gelem carries no scale
-    cs.pd.scale[0] = cs.pd.scale[1] = 1;
-    run_sums(cs, "features-bwd ");
-  }
-}
-
-// The reductions over neurons (readout, dX) and over samples (dW, dW0, db, db0, dA) of the case's
-// current problem (net or moments cotangents, or the features' cotangent when gelem is set).
-template <typename T>
-void run_sums(Case<T>& cs, const std::string& label) {
-  using Acc = acc_t<T>;
-  const Shape s = cs.sh;
-  const bool tc = cs.tc;
-  const int64_t B = tc ? kTcTile : tile<Acc>();
-  const double tol = tolerance<T>(tc);
-  const bool features = cs.p.gelem != nullptr;
-  std::vector<double> F[4];
-  reference_fields(cs, F);
-  // float16 tensor-core kernels scale each 64 x 64 field tile by 2^e so that its largest magnitude
-  // lies in [2^14, 2^15) before rounding (and scale the tile's product back).
-  const int64_t tiles_m = ceil_div(s.m, kTcTile);
   std::vector<int> tile_exp[4];
-  for (int q = 0; q < 4; ++q) {
-    std::vector<double> mx(ceil_div(s.n, kTcTile) * tiles_m, 0.0);
+  int64_t tiles_m;
+
+  explicit Reference(const Case<T>& c) : cs(c) {
+    const Shape s = cs.sh;
+    for (auto& f : F) f.assign(s.n * s.m, 0.0);
     for (int64_t i = 0; i < s.n; ++i)
       for (int64_t r = 0; r < s.m; ++r) {
-        double& t = mx[(i / kTcTile) * tiles_m + r / kTcTile];
-        t = std::max(t, std::abs(static_cast<double>(static_cast<float>(F[q][i * s.m + r]))));
+        double v[4];
+        cs.fields(i, r, v);
+        for (int q = 0; q < 4; ++q) F[q][i * s.m + r] = v[q];
       }
-    for (double v : mx) {
-      int k = 0;
-      std::frexp(v, &k);
-      tile_exp[q].push_back(v > 0 && std::isfinite(v) ? std::clamp(15 - k, -120, 120) : 0);
+    tiles_m = ceil_div(s.m, kTcTile);
+    for (int q = 0; q < 4; ++q) {
+      std::vector<double> mx(ceil_div(s.n, kTcTile) * tiles_m, 0.0);
+      for (int64_t i = 0; i < s.n; ++i)
+        for (int64_t r = 0; r < s.m; ++r) {
+          double& t = mx[(i / kTcTile) * tiles_m + r / kTcTile];
+          t = std::max(t, std::abs(static_cast<double>(static_cast<float>(F[q][i * s.m + r]))));
+        }
+      for (double v : mx) {
+        int k = 0;
+        std::frexp(v, &k);
+        tile_exp[q].push_back(v > 0 && std::isfinite(v) ? std::clamp(15 - k, -120, 120) : 0);
+      }
     }
   }
-  // The value of field q at (i, r) as stage 2 of the kernel multiplies it.
-  auto field_operand = [&](int q, int64_t i, int64_t r) {
-    const double f = F[q][i * s.m + r];
-    if (!tc || !std::is_same_v<T, __half>) return cs.operand(f);
+
+  double field(int q, int64_t i, int64_t r) const {
+    const double f = F[q][i * cs.sh.m + r];
+    if (!cs.tc || !std::is_same_v<T, __half>) return cs.operand(f);
     const int e = tile_exp[q][(i / kTcTile) * tiles_m + r / kTcTile];
     return std::ldexp(cs.operand(std::ldexp(f, e)), -e);
-  };
-  // neuron sums: the readout(s) and dX.
-  auto neuron = [&](NeuronSum<T> ns, const std::string& what, const std::vector<double>* Z[2],
-                    const bool square[2], std::vector<Acc>* out[2]) {
-    const Problem<T>& q = cs.p;
-    const int64_t gx = ceil_div(s.n, B), gy = ceil_div(ns.ncols, B), tiles = ceil_div(s.m, B);
-    const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
-    tn_emu::launch(l.grid, [&] {
-      if (tc) {
-        if constexpr (!std::is_same_v<T, double>) neuron_sum_tc_kernel<T>(q, ns, l.tiles_per_split);
-      } else {
-        neuron_sum_kernel<T>(q, ns, l.tiles_per_split);
-      }
-    });
-    for (int t = 0; t < ns.terms; ++t) {
-      // out[t] accumulates every term that targets it; compare once per distinct output.
-      if (t > 0 && out[t] == out[t - 1]) continue;
-      std::vector<double> want(s.n * ns.ncols, 0.0), mag(want.size(), 0.0);
-      for (int u = t; u < ns.terms && out[u] == out[t]; ++u)
-        for (int64_t i = 0; i < s.n; ++i)
-          for (int64_t col = 0; col < ns.ncols; ++col) {
-            double acc = 0, abs_acc = 0;
-            for (int64_t r = 0; r < s.m; ++r) {
-              const double zv = (*Z[u])[r * ns.z_row[u] + col * ns.z_col[u]];
-              const double term = field_operand(ns.field[u], i, r) * cs.operand(square[u] ? zv * zv : zv);
-              acc += term;
-              abs_acc += std::abs(term);
-            }
-            want[i * ns.ncols + col] += static_cast<double>(ns.scale[u]) * acc;
-            mag[i * ns.ncols + col] += std::abs(static_cast<double>(ns.scale[u])) * abs_acc;
-          }
-      report(cs.name + " " + label + what + (ns.terms > 1 && out[1] != out[0] ? " term " + std::to_string(t) : ""),
-             max_rel_err(*out[t], want, &mag), tol);
-    }
-  };
-  if (!features) {
-    NeuronSum<T> ns;
-    ns.terms = cs.cf.moments ? 2 : 1;
-    std::vector<Acc> o0(s.n * s.c, 0), o1(s.n * s.c, 0);
-    std::vector<Acc>* out[2] = {&o0, &o1};
-    const std::vector<double>* Z[2] = {&cs.a.v, &cs.a.v};
-    const bool square[2] = {false, true};
-    for (int t = 0; t < ns.terms; ++t) {
-      ns.field[t] = t == 0 ? kPhi0 : kPhi1;
-      ns.z[t] = cs.p.a;
-      ns.z_row[t] = 1;
-      ns.z_col[t] = s.m;
-      ns.square[t] = square[t];
-      ns.out[t] = out[t]->data();
-      ns.scale[t] = cs.p.scale[t];
-    }
-    ns.ncols = ns.ld_out = s.c;
-    neuron(ns, "readout", Z, square, out);
-  }
-  {
-    NeuronSum<T> ns;
-    ns.terms = 2;
-    std::vector<Acc> dx(s.n * s.d, 0);
-    std::vector<Acc>* out[2] = {&dx, &dx};
-    const std::vector<double>* Z[2] = {&cs.wr, &cs.w0r};
-    const bool square[2] = {false, false};
-    ns.field[0] = kGradU;
-    ns.field[1] = kGradZ;
-    ns.z[0] = cs.p.w;
-    ns.z[1] = cs.p.w0;
-    for (int t = 0; t < 2; ++t) {
-      ns.z_row[t] = s.d;
-      ns.z_col[t] = 1;
-      ns.out[t] = dx.data();
-    }
-    ns.ncols = ns.ld_out = s.d;
-    neuron(ns, "dX", Z, square, out);
   }
 
-  // sample sums: dW, dW0, db, db0, dA.
-  // One term of a reduction over samples: out[r][col] = scale sum_i F[i][r] y[i][col] (col < ncols)
-  // and, with ones, sum_i F[i][r].
-  struct Term {
-    Field field;
-    const Data<T>* y;
-    int64_t ncols;
-    bool ones;
-    Acc scale;
-    std::string what;
-  };
-  // Runs one pass with one or two terms and checks every output of each term.
-  auto sample = [&](const std::vector<Term>& terms) {
-    SampleSum<T> ss;
-    ss.terms = static_cast<int>(terms.size());
-    std::vector<std::vector<Acc>> out(terms.size()), out1(terms.size());
-    for (size_t t = 0; t < terms.size(); ++t) {
-      const Term& tm = terms[t];
-      out[t].assign(s.m * tm.ncols, 0);
-      out1[t].assign(s.m, 0);
-      SampleTerm<T>& st = ss.term[t];
-      st.field = tm.field;
-      st.y = tm.y ? tm.y->t.data() : nullptr;
-      st.ld_y = st.ncols = st.ld_out = tm.ncols;
-      st.out = out[t].data();
-      st.ones = tm.ones ? out1[t].data() : nullptr;
-      st.scale = tm.scale;
-    }
-    const Problem<T>& q = cs.p;
-    const int64_t gx = ceil_div(s.m, B), gy = ceil_div(ss.width(), B), tiles = ceil_div(s.n, B);
-    const SplitLaunch l = split_launch(gx, gy, tiles, cs.cf.splits);
-    tn_emu::launch(l.grid, [&] {
-      if (tc) {
-        if constexpr (!std::is_same_v<T, double>) sample_sum_tc_kernel<T>(q, ss, l.tiles_per_split);
-      } else {
-        sample_sum_kernel<T>(q, ss, l.tiles_per_split);
-      }
-    });
-    for (size_t t = 0; t < terms.size(); ++t) {
-      const Term& tm = terms[t];
-      const int64_t width = tm.ncols + (tm.ones ? 1 : 0);
-      std::vector<double> want(s.m * width, 0.0), mag(want.size(), 0.0);
-      std::vector<Acc> got(want.size());
-      for (int64_t r = 0; r < s.m; ++r)
-        for (int64_t col = 0; col < width; ++col) {
-          double acc = 0, abs_acc = 0;
-          for (int64_t i = 0; i < s.n; ++i) {
-            const double term = field_operand(tm.field, i, r) *
-                                (col < tm.ncols ? cs.operand(tm.y->v[i * tm.ncols + col]) : 1.0);
-            acc += term;
-            abs_acc += std::abs(term);
-          }
-          want[r * width + col] = static_cast<double>(tm.scale) * acc;
-          mag[r * width + col] = std::abs(static_cast<double>(tm.scale)) * abs_acc;
-          got[r * width + col] = col < tm.ncols ? out[t][r * tm.ncols + col] : out1[t][r];
+  // out[i][col] += scale sum_r field(q, i, r) z(r, col), and its terms' magnitudes.
+  template <typename Z>
+  void neuron_sum(int q, int64_t ncols, double scale, Z&& z, std::vector<double>& out, std::vector<double>& mag) const {
+    for (int64_t i = 0; i < cs.sh.n; ++i)
+      for (int64_t col = 0; col < ncols; ++col) {
+        double acc = 0, abs_acc = 0;
+        for (int64_t r = 0; r < cs.sh.m; ++r) {
+          const double t = field(q, i, r) * cs.operand(z(r, col));
+          acc += t;
+          abs_acc += std::abs(t);
         }
-      report(cs.name + " " + label + tm.what + (terms.size() > 1 ? " (of " + std::to_string(terms.size()) + ")" : ""),
-             max_rel_err(got, want, &mag), tol);
-    }
-  };
-  const Term dw{kGradU, &cs.x, s.d, true, 1, "dW+db"}, dw0{kGradZ, &cs.x, s.d, true, 1, "dW0+db0"};
-  const Term dw0_only{kGradZ, &cs.x, s.d, false, 1, "dW0"}, db{kGradU, nullptr, 0, true, 1, "db"};
-  sample({dw});
-  sample({dw0_only});
-  sample({db});
-  sample({dw, dw0});
-  if (features) return;
-  const Term da{kPhi0, &cs.gout[0], s.c, false, cs.p.scale[0], "dA"};
-  const Term da1{kPhi1, &cs.gout[1], s.c, false, cs.p.scale[1], "dA (variance)"};
-  sample({da});
-  sample({dw, da});
-  sample({db, da});
-  if (cs.cf.moments) sample({da, da1});
+        out[i * ncols + col] += scale * acc;
+        mag[i * ncols + col] += std::abs(scale) * abs_acc;
+      }
+  }
 
+  // out[r][col] += scale sum_i field(q, i, r) y(i, col), and its terms' magnitudes.
+  template <typename Y>
+  void sample_sum(int q, int64_t ncols, double scale, Y&& y, std::vector<double>& out, std::vector<double>& mag) const {
+    for (int64_t r = 0; r < cs.sh.m; ++r)
+      for (int64_t col = 0; col < ncols; ++col) {
+        double acc = 0, abs_acc = 0;
+        for (int64_t i = 0; i < cs.sh.n; ++i) {
+          const double t = field(q, i, r) * cs.operand(y(i, col));
+          acc += t;
+          abs_acc += std::abs(t);
+        }
+        out[r * ncols + col] += scale * acc;
+        mag[r * ncols + col] += std::abs(scale) * abs_acc;
+      }
+  }
+};
+
+template <typename T>
+std::vector<T> garbage(size_t size) {  // outputs start as garbage: the layer writes every element
+  return std::vector<T>(size, from_double<T>(12345.0));
+}
+
+// Runs one op through the layer, turning a layer error into a failed check.
+template <typename F>
+bool run_op(const std::string& what, F&& f) {
+  try {
+    f();
+    return true;
+  } catch (const Error& e) {
+    expect(what, false, e.what());
+    return false;
+  }
 }
 
 template <typename T>
-void run(Shape s, Config c, bool tc, uint64_t seed, const std::string& filter) {
-  Case<T> cs(s, c, tc, seed);
+void check_forward(Case<T>& cs) {
+  const Shape s = cs.sh;
+  const double tol = tolerance<T>(cs.tc);
+  const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, false);  // as prepare() builds it for a forward
+  HostWorkspace ws;
+  const Context ctx = cs.context(ws);
+  const Reference<T> ref(cs);
+  if (!cs.cf.moments) {
+    std::vector<T> out = garbage<T>(s.n * s.m);
+    if (run_op(cs.name + " features", [&] { features_forward(cs.operands(plan, true), out.data(), ctx); })) {
+      std::vector<double> want(out.size()), mag(out.size());
+      for (size_t e = 0; e < out.size(); ++e) {
+        want[e] = ref.F[kPhi0][e];
+        mag[e] = std::abs(want[e]);
+      }
+      report(cs.name + " features", max_rel_err(out, want, mag), tol);
+    }
+  }
+  std::vector<T> out = garbage<T>(s.n * s.c), var = garbage<T>(s.n * s.c);
+  const std::string what = cs.name + (cs.cf.moments ? " moments" : " net");
+  if (!run_op(what, [&] { readout(cs.operands(plan, false), cs.cf.moments, out.data(), var.data(), ctx); })) return;
+  const Case<T>& c = cs;
+  auto a_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r]; };
+  auto a2_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r] * c.a.v[j * s.m + r]; };
+  for (int t = 0; t < (cs.cf.moments ? 2 : 1); ++t) {
+    std::vector<double> want(s.n * s.c, 0.0), mag(want.size(), 0.0);
+    if (t == 0) ref.neuron_sum(kPhi0, s.c, cs.pd.scale[0], a_at, want, mag);
+    else ref.neuron_sum(kPhi1, s.c, cs.pd.scale[1], a2_at, want, mag);
+    report(what + (t == 0 ? " readout" : " variance"), max_rel_err(t == 0 ? out : var, want, mag), tol);
+  }
+}
+
+// One backward call with the gradients of `mask` (bits in the op order of Grad), checked output by
+// output; the features op when `features` (its own cotangent, no dA).
+template <typename T>
+void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string& label) {
+  const Shape s = cs.sh;
+  const double tol = tolerance<T>(cs.tc);
+  if (!cs.cf.bias) mask &= ~((1u << kB0) | (1u << kB));  // prepare() drops the biases' needs
+  if (features) mask &= ~(1u << kA);
+  const bool dz = mask & ((1u << kX) | (1u << kW0) | (1u << kB0));
+  const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, dz);
+  HostWorkspace ws;
+  const Context ctx = cs.context(ws);
+  const int64_t sizes[kNumGrads] = {s.n * s.d, s.m * s.d, s.m * s.d, s.c * s.m, s.m, s.m};
+  std::vector<T> got[kNumGrads];
+  GradOutputs out;
+  void** slots[kNumGrads] = {&out.x, &out.w0, &out.w, &out.a, &out.b0, &out.b};
+  for (int g = 0; g < kNumGrads; ++g)
+    if (mask >> g & 1) {
+      got[g] = garbage<T>(sizes[g]);
+      *slots[g] = got[g].data();
+    }
+  const std::string what = cs.name + " " + label + mask_text(mask);
+  if (features) {
+    cs.pd.gelem = cs.grad.v.data();
+    cs.pd.scale[0] = cs.pd.scale[1] = 1;  // as the layer sets them: gelem carries no scale
+    if (!run_op(what, [&] { features_backward(cs.operands(plan, true), cs.grad.t.data(), out, ctx); })) return;
+  } else {
+    const void* gout[2] = {cs.gout[0].t.data(), cs.cf.moments ? cs.gout[1].t.data() : nullptr};
+    if (!run_op(what, [&] { net_backward(cs.operands(plan, false), cs.cf.moments, gout, out, ctx); })) return;
+  }
+  const Reference<T> ref(cs);
+  cs.pd.gelem = nullptr;
+  cs.pd.scale[0] = cs.scale();
+  cs.pd.scale[1] = cs.scale() * cs.scale();
+  const Case<T>& c = cs;
+  auto x_at = [&](int64_t i, int64_t k) { return c.x.v[i * s.d + k]; };
+  auto one = [](int64_t, int64_t) { return 1.0; };
+  for (int g = 0; g < kNumGrads; ++g) {
+    if (!(mask >> g & 1)) continue;
+    std::vector<double> want(sizes[g], 0.0), mag(want.size(), 0.0);
+    switch (g) {
+      case kX:
+        ref.neuron_sum(kGradU, s.d, 1.0, [&](int64_t r, int64_t k) { return c.w.v[r * s.d + k]; }, want, mag);
+        ref.neuron_sum(kGradZ, s.d, 1.0, [&](int64_t r, int64_t k) { return c.w0.v[r * s.d + k]; }, want, mag);
+        break;
+      case kW0: ref.sample_sum(kGradZ, s.d, 1.0, x_at, want, mag); break;
+      case kW: ref.sample_sum(kGradU, s.d, 1.0, x_at, want, mag); break;
+      case kB0: ref.sample_sum(kGradZ, 1, 1.0, one, want, mag); break;
+      case kB: ref.sample_sum(kGradU, 1, 1.0, one, want, mag); break;
+      case kA: {  // dA (c, m) = (m, c) sums transposed, + 2 A dA1 for the moments
+        std::vector<double> t0(s.m * s.c, 0.0), m0(t0.size(), 0.0), t1(t0.size(), 0.0), m1(t0.size(), 0.0);
+        ref.sample_sum(kPhi0, s.c, c.pd.scale[0], [&](int64_t i, int64_t j) { return c.gout[0].v[i * s.c + j]; }, t0, m0);
+        if (cs.cf.moments)
+          ref.sample_sum(kPhi1, s.c, c.pd.scale[1], [&](int64_t i, int64_t j) { return c.gout[1].v[i * s.c + j]; }, t1,
+                         m1);
+        for (int64_t j = 0; j < s.c; ++j)
+          for (int64_t r = 0; r < s.m; ++r) {
+            const double aj = c.a.v[j * s.m + r];
+            want[j * s.m + r] = t0[r * s.c + j] + 2 * aj * t1[r * s.c + j];
+            mag[j * s.m + r] = m0[r * s.c + j] + 2 * std::abs(aj) * m1[r * s.c + j];
+          }
+        break;
+      }
+    }
+    report(what + " " + kGradNames[g], max_rel_err(got[g], want, mag), tol);
+  }
+}
+
+constexpr unsigned kAllNet = (1u << kNumGrads) - 1;
+constexpr unsigned kAllFeatures = kAllNet & ~(1u << kA);
+
+template <typename T>
+void run_case(Case<T>& cs, bool extra_masks) {
+  check_forward(cs);
+  check_backward(cs, false, kAllNet, "");
+  // A second needs-mask per case, drawn from the seed: every reduction's term layout over the matrix.
+  if (extra_masks) check_backward(cs, false, static_cast<unsigned>(cs.seed * 37 % 63) + 1, "");
+  if (!cs.cf.moments) {
+    check_backward(cs, true, kAllFeatures, "features-bwd ");
+    if (extra_masks) check_backward(cs, true, static_cast<unsigned>(cs.seed * 11 % 31) + 1, "features-bwd ");
+  }
+}
+
+template <typename T>
+void run(Shape s, Config c, Mainloop ml, uint64_t seed, const std::string& filter, bool extra_masks = true) {
+  Case<T> cs(s, c, ml, seed);
   if (!filter.empty() && cs.name.rfind(filter, 0) != 0) return;  // names start with the path
-  run_case(cs);
+  run_case(cs, extra_masks);
+}
+
+// Every needs-mask of every op on one small problem (one tile): each backward result is the layer's
+// assembly of terms for exactly that mask.
+template <typename T>
+void run_masks(Mainloop ml, const std::string& filter) {
+  const Shape s{5, 3, 7, 2};
+  for (bool moments : {false, true}) {
+    const Config c{Act::kGelu, {1, 2}, false, true, SignSource::kPhilox, moments, 1, false};
+    Case<T> cs(s, c, ml, moments ? 91 : 90);
+    cs.name += " masks";
+    if (!filter.empty() && cs.name.rfind(filter, 0) != 0) return;
+    for (unsigned mask = 1; mask <= kAllNet; ++mask) check_backward(cs, false, mask, "");
+    if (!moments)
+      for (unsigned mask = 1; mask <= kAllFeatures; ++mask)
+        if (!(mask >> kA & 1)) check_backward(cs, true, mask, "features-bwd ");
+  }
 }
 
 // The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over
@@ -504,6 +552,163 @@ void check_tanh_sech2(const std::string& filter) {
   report(name + " sech^2, relative error in epsilons", worst_s / eps, 8);
 }
 
+// ---- host-side checks: kernel choice, splits, plan capacity, launch failures ----
+
+bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+KernelQuery query(DType dtype, int device, int code, Mainloop requested, bool tf32 = false, bool det = false) {
+  KernelQuery q;
+  q.device_arch = device;
+  q.code_arch[static_cast<int>(Mainloop::kWmma)] = code;
+  q.code_arch[static_cast<int>(Mainloop::kSimt)] = code;
+  q.built = {80, 90};
+  q.kernel = "sample_sum<float32>";
+  q.dtype = dtype;
+  q.allow_tf32 = tf32;
+  q.deterministic = det;
+  q.requested = requested;
+  return q;
+}
+
+void check_host(const std::string& filter) {
+  if (!filter.empty() && std::string("host/").rfind(filter, 0) != 0 && filter.rfind("host/", 0) != 0) return;
+  const auto W = Mainloop::kWmma, S = Mainloop::kSimt, A = Mainloop::kAuto;
+  auto picks = [](const KernelQuery& q, Mainloop want) {
+    const KernelChoice c = choose_kernels(q);
+    return c.error.empty() && c.mainloop == want;
+  };
+  // auto: tensor cores for bf16/fp16 on sm_80+, float32 only with TF32, never float64.
+  expect("host/choice auto bf16 sm_90 -> wmma", picks(query(DType::kBFloat16, 90, 90, A), W));
+  expect("host/choice auto fp16 sm_80 -> wmma", picks(query(DType::kFloat16, 80, 80, A), W));
+  expect("host/choice auto fp16 sm_86 (sm_80 code) -> wmma", picks(query(DType::kFloat16, 86, 80, A), W));
+  expect("host/choice auto f32 without TF32 -> simt", picks(query(DType::kFloat32, 90, 90, A), S));
+  expect("host/choice auto f32 with TF32 -> wmma", picks(query(DType::kFloat32, 90, 90, A, true), W));
+  expect("host/choice auto f64 -> simt", picks(query(DType::kFloat64, 90, 90, A, true), S));
+  expect("host/choice auto bf16 sm_75 -> simt", picks(query(DType::kBFloat16, 75, 75, A), S));
+  expect("host/choice auto bf16 sm_90 from sm_75 PTX -> simt", picks(query(DType::kBFloat16, 90, 75, A), S));
+  expect("host/choice requested simt for bf16 -> simt", picks(query(DType::kBFloat16, 90, 90, S), S));
+  {
+    KernelQuery q = query(DType::kBFloat16, 90, 90, A);
+    q.code_arch[static_cast<int>(W)] = 0;  // tensor-core code missing, SIMT present
+    expect("host/choice auto without tensor-core code -> simt", picks(q, S));
+  }
+  // deterministic: no splits; otherwise splits allowed
+  expect("host/choice deterministic takes no splits", !choose_kernels(query(DType::kFloat32, 90, 90, A, false, true)).split);
+  expect("host/choice splits otherwise", choose_kernels(query(DType::kFloat32, 90, 90, A)).split);
+  // refusals, each naming its reason
+  {
+    const KernelChoice c = choose_kernels(query(DType::kFloat64, 90, 90, W));
+    expect("host/choice wmma for float64 refused", !c.error.empty() && contains(c.error, "float64") &&
+                                                       contains(c.error, "TAYLORNET_CUDA_MAINLOOP=wmma"), c.error);
+  }
+  {
+    const KernelChoice c = choose_kernels(query(DType::kFloat32, 90, 90, W));
+    expect("host/choice wmma for float32 without TF32 refused", contains(c.error, "allow_tf32"), c.error);
+  }
+  {
+    const KernelChoice c = choose_kernels(query(DType::kBFloat16, 75, 75, W));
+    expect("host/choice wmma on sm_75 refused", contains(c.error, "8.0 or newer") && contains(c.error, "7.5"), c.error);
+  }
+  {
+    const KernelChoice c = choose_kernels(query(DType::kBFloat16, 90, 75, W));
+    expect("host/choice wmma from sm_75 PTX refused", contains(c.error, "TORCH_CUDA_ARCH_LIST=\"9.0\""), c.error);
+  }
+  {
+    const KernelChoice c = choose_kernels(query(DType::kBFloat16, 75, 0, A));
+    const std::string want = "taylornet: no CUDA kernel image of sample_sum<float32> (simt) for this GPU (compute "
+                             "capability 7.5): the extension was built for sm_80, sm_90. Rebuild it for this GPU, "
+                             "e.g. TORCH_CUDA_ARCH_LIST=\"7.5\" pip install --no-build-isolation .";
+    expect("host/choice no image: the message", c.error == want, c.error);
+  }
+  {
+    Mainloop m = A;
+    expect("host/choice parse", parse_mainloop("simt", m) && m == S && parse_mainloop("wmma", m) && m == W &&
+                                    parse_mainloop("", m) && m == A && parse_mainloop("auto", m) && m == A &&
+                                    !parse_mainloop("mma", m) && mainloop_list() == "auto, wmma, simt");
+  }
+  expect("host/message launch failure",
+         cuda_error_message("the launch", "neuron_sum_kernel<float32>", "cudaErrorInvalidConfiguration",
+                            "invalid configuration argument") ==
+             "taylornet: the launch of neuron_sum_kernel<float32> failed: cudaErrorInvalidConfiguration "
+             "(invalid configuration argument)");
+  // splits: about four blocks per SM, never more than the tiles, none when not allowed
+  expect("host/splits", inner_splits(132, true, 1, 1000) == 528 && inner_splits(132, true, 1000, 1000) == 1 &&
+                            inner_splits(132, true, 2, 10) == 10 && inner_splits(132, false, 1, 1000) == 1 &&
+                            inner_splits(0, true, 0, 0) == 1);
+  // the plan tables hold the largest plan of every activation (orders 0 ... 16 with d/dz0)
+  {
+    size_t rows = 0, coefs = 0;
+    for (int a = 0; a < static_cast<int>(Act::kCount); ++a) {
+      std::vector<int64_t> orders;
+      for (int k = 0; k <= (static_cast<Act>(a) == Act::kRelu ? 1 : kMaxOrder); ++k) orders.push_back(k);
+      for (bool dz : {false, true}) {
+        const Plan p(static_cast<Act>(a), orders, false, dz);
+        rows = std::max(rows, p.row_j.size());
+        coefs = std::max(coefs, p.coef.size());
+        bool ok = true;
+        try {
+          plan_tables<double>(p);
+        } catch (const Error&) {
+          ok = false;
+        }
+        if (!ok) expect(std::string("host/plan tables take ") + kActNames[a], false);
+      }
+    }
+    expect("host/plan tables hold the largest plan (" + std::to_string(rows) + " rows, " + std::to_string(coefs) +
+               " coefficients; PlanTables<double> " + std::to_string(sizeof(PlanTables<double>)) + " B, <float> " +
+               std::to_string(sizeof(PlanTables<float>)) + " B, kernel parameters at most " +
+               std::to_string(kMaxKernelParams<double>) + " B)",
+           rows <= static_cast<size_t>(kPlanRows) && coefs <= static_cast<size_t>(kPlanCoefs) &&
+               rows + 8 > static_cast<size_t>(kPlanRows) && coefs + 8 > static_cast<size_t>(kPlanCoefs));
+  }
+  // launch failures through the layer: a missing image and a grid past its limit raise, naming the kernel
+  {
+    const Shape s{3, 2, 5, 1};
+    const Config c{Act::kTanh, {2}, false, false, SignSource::kNone, false, 1, false};
+    Case<float> cs(s, c, Mainloop::kAuto, 5);
+    HostWorkspace ws;
+    Context ctx = cs.context(ws);
+    ctx.device.arch = 75;
+    const Plan plan(c.act, c.orders, c.exact, false);
+    std::vector<float> out(s.n * s.m);
+    tn_emu::binary.code_arch = 0;
+    std::string message;
+    try {
+      features_forward(cs.operands(plan, true), out.data(), ctx);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    tn_emu::binary.code_arch = 90;
+    expect("host/layer no image raises",
+           contains(message, "no CUDA kernel image of features_forward<float32>") &&
+               contains(message, "compute capability 7.5") && contains(message, "sm_80, sm_90") &&
+               contains(message, "TORCH_CUDA_ARCH_LIST=\"7.5\""),
+           message);
+    // d = 2^22 columns of dX: grid.y would need 65536 blocks of 64
+    Operands op = cs.operands(plan, true);
+    op.d = int64_t(1) << 22;
+    op.n = 1;
+    op.m = 1;
+    const Plan dz_plan(c.act, c.orders, c.exact, true);
+    op.plan = &dz_plan;
+    GradOutputs g;
+    std::vector<float> dx(op.n * op.d);  // zeroed, then the launch is refused before any block runs
+    g.x = dx.data();
+    message.clear();
+    const long before = tn_emu::binary.launches;
+    ctx.device.arch = 90;
+    try {
+      features_backward(op, out.data(), g, ctx);
+    } catch (const Error& e) {
+      message = e.what();
+    }
+    expect("host/layer oversized grid raises",
+           contains(message, "the launch of neuron_sum_kernel<float32> failed: cudaErrorInvalidConfiguration") &&
+               tn_emu::binary.launches == before,
+           message);
+  }
+}
+
 }  // namespace
 
 // A random case of the fuzzing mode: sizes around the tile, chunk and fragment edges, any
@@ -514,7 +719,7 @@ std::pair<Shape, Config> random_case(std::mt19937_64& rng) {
                 pick({1, 3, 16, 47, 64, 65, 127, 130}), pick({1, 2, 5, 16, 17, 64, 65})};
   const int acts = static_cast<int>(Act::kCount);
   Config c{static_cast<Act>(rng() % acts), {}, false, rng() % 2 == 0, static_cast<SignSource>(rng() % 3),
-           rng() % 3 == 0, pick({1, 2, 3, 7, 1000})};
+           rng() % 3 == 0, static_cast<int>(pick({1, 2, 3, 7, 1000})), rng() % 4 == 0};
   const int kind = static_cast<int>(rng() % 4);
   const int top = c.act == Act::kRelu ? 1 : 5;  // relu: orders 0 and 1 only
   if (kind == 0) c.exact = true;
@@ -534,18 +739,19 @@ int main(int argc, char** argv) {
     else if (arg == "--random" && a + 1 < argc) random = std::atoi(argv[++a]);
     else filter = arg;
   }
-  auto run_all = [&](const Shape& s, const Config& c, uint64_t seed) {
-    run<double>(s, c, false, seed, filter);
-    run<float>(s, c, false, seed, filter);
-    run<float>(s, c, true, seed, filter);
-    run<__half>(s, c, true, seed, filter);
-    run<__nv_bfloat16>(s, c, true, seed, filter);
+  const auto W = Mainloop::kWmma, S = Mainloop::kSimt;
+  auto run_all = [&](const Shape& s, const Config& c, uint64_t seed, bool extra_masks) {
+    run<double>(s, c, S, seed, filter, extra_masks);
+    run<float>(s, c, S, seed, filter, extra_masks);
+    run<float>(s, c, W, seed, filter, extra_masks);
+    run<__half>(s, c, W, seed, filter, extra_masks);
+    run<__nv_bfloat16>(s, c, W, seed, filter, extra_masks);
   };
   if (random > 0) {
     std::mt19937_64 rng(20261129);
     for (int k = 0; k < random; ++k) {
       const auto [s, c] = random_case(rng);
-      run_all(s, c, 1000 + k);
+      run_all(s, c, 1000 + k, false);
     }
   } else {
     // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column
@@ -553,10 +759,10 @@ int main(int argc, char** argv) {
     const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}, {65, 96, 70, 5},
                             {19, 40, 70, 3}, {5, 0, 9, 2}};
     const Config configs[] = {
-        {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2},
-        {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1},
-        {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3},
-        {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100},
+        {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2, false},
+        {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1, true},
+        {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3, false},
+        {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100, false},
     };
     uint64_t seed = 1;
     for (const Shape& s : shapes)
@@ -564,10 +770,16 @@ int main(int argc, char** argv) {
         ++seed;
         // --small: both staging paths (d = 1, d = 40), with and without moments and splits.
         if (small && (!(s.d == 1 || s.d == 40) || c.act == Act::kGelu || c.act == Act::kSigmoid)) continue;
-        run_all(s, c, seed);
+        run_all(s, c, seed, true);
       }
-  }
-  if (random == 0) {
+    if (!small) {
+      run_masks<double>(S, filter);
+      run_masks<float>(S, filter);
+      run_masks<float>(W, filter);
+      run_masks<__half>(W, filter);
+      run_masks<__nv_bfloat16>(W, filter);
+    }
+    check_host(filter);
     check_tanh_sech2<float>(filter);
     check_tanh_sech2<double>(filter);
   }

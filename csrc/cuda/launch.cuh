@@ -1,0 +1,368 @@
+// Definitions of the launch layer (launch.h), instantiated per storage type by taylor_<dtype>.cu and
+// compiled on the CPU by tests/emulator/, which supplies its own runtime.h (built_archs,
+// kernel_code_arch, launch, zero_async) before including this file.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <string>
+#include <type_traits>
+
+#include "cuda/launch.h"
+#include "cuda/simt.cuh"
+#include "cuda/tensor_cores.cuh"
+#ifndef TN_CUDA_EMULATOR
+#include "cuda/runtime.cuh"
+#endif
+
+namespace tn::cuda {
+
+template <typename T>
+constexpr DType dtype_of() {
+  if constexpr (std::is_same_v<T, double>) return DType::kFloat64;
+  else if constexpr (std::is_same_v<T, float>) return DType::kFloat32;
+  else if constexpr (std::is_same_v<T, __half>) return DType::kFloat16;
+  else return DType::kBFloat16;
+}
+
+template <typename T>
+constexpr bool kHasTensorCoreKernels = !std::is_same_v<T, double>;
+
+// The most any launch passes: the kernels' parameter space holds 32764 bytes.
+static_assert(kMaxKernelParams<double> <= 32764 && kMaxKernelParams<float> <= 32764 &&
+                  kMaxKernelParams<__half> <= 32764 && kMaxKernelParams<__nv_bfloat16> <= 32764,
+              "kernel parameters over the 32764-byte limit");
+
+// The plan's tables for the kernel parameter.
+template <typename S>
+PlanTables<S> plan_tables(const Plan& plan) {
+  const size_t rows = plan.row_j.size(), coefs = plan.coef.size();
+  if (rows > static_cast<size_t>(kPlanRows) || coefs > static_cast<size_t>(kPlanCoefs))
+    throw Error("taylornet: the Taylor plan has " + std::to_string(rows) + " rows and " + std::to_string(coefs) +
+                " coefficients; the CUDA kernels take at most " + std::to_string(kPlanRows) + " and " +
+                std::to_string(kPlanCoefs));
+  PlanTables<S> t{};
+  t.act = plan.act;
+  t.exact = plan.exact;
+  t.basis = plan.basis;
+  for (int q = 0; q <= kNumQuantities; ++q) t.row_begin[q] = static_cast<int16_t>(plan.row_begin[q]);
+  for (size_t r = 0; r < rows; ++r) {
+    t.row_j[r] = static_cast<uint8_t>(plan.row_j[r]);
+    t.row_deg[r] = static_cast<uint8_t>(plan.row_deg[r]);
+    t.row_off[r] = static_cast<uint16_t>(plan.row_off[r]);
+  }
+  for (size_t k = 0; k < coefs; ++k) t.coef[k] = static_cast<S>(plan.coef[k]);
+  return t;
+}
+
+template <typename T>
+Problem<T> make_problem(const Operands& op) {
+  using Acc = acc_t<T>;
+  if (op.plan == nullptr) throw Error("taylornet: internal: a CUDA call without a Taylor plan");
+  Problem<T> p;
+  p.x = static_cast<const T*>(op.x);
+  p.w0 = static_cast<const T*>(op.w0);
+  p.w = static_cast<const T*>(op.w);
+  p.b0 = static_cast<const T*>(op.b0);
+  p.b = static_cast<const T*>(op.b);
+  p.a = static_cast<const T*>(op.a);
+  p.signs = static_cast<const T*>(op.signs);
+  p.philox = op.philox;
+  p.seed = op.seed;
+  p.offset = op.offset;
+  p.first = op.first;
+  p.n = op.n;
+  p.d = op.d;
+  p.m = op.m;
+  p.c = op.c;
+  p.scale[0] = static_cast<Acc>(op.scale);
+  p.scale[1] = static_cast<Acc>(op.scale * op.scale);
+  p.plan = plan_tables<Acc>(*op.plan);
+  return p;
+}
+
+// "sample_sum<bfloat16>"
+template <typename T>
+std::string kernel_name(const char* family) {
+  return std::string(family) + "<" + dtype_name(dtype_of<T>()) + ">";
+}
+
+// The mainloop of one launch of a kernel family: its SIMT kernel and (but for float64) its
+// tensor-core kernel. Throws when nothing can run.
+template <typename T>
+KernelChoice choose(const Context& ctx, const std::string& family, const void* simt, const void* wmma) {
+  KernelQuery q;
+  q.device_arch = ctx.device.arch;
+  q.kernel = family;
+  q.built = built_archs();
+  q.dtype = dtype_of<T>();
+  q.allow_tf32 = ctx.allow_tf32;
+  q.deterministic = ctx.deterministic;
+  q.requested = ctx.requested;
+  q.code_arch[static_cast<int>(Mainloop::kSimt)] = kernel_code_arch(simt, family, ctx.device);
+  if (wmma) q.code_arch[static_cast<int>(Mainloop::kWmma)] = kernel_code_arch(wmma, family, ctx.device);
+  KernelChoice k = choose_kernels(q);
+  if (!k.error.empty()) throw Error(k.error);
+  return k;
+}
+
+template <typename T>
+const void* kernel_ptr(T kernel) {
+  return reinterpret_cast<const void*>(kernel);
+}
+
+// ---- the finishing kernels: accumulators to outputs ----
+
+constexpr int kFinishPerThread = 4;
+
+inline int64_t finish_blocks(int64_t count) { return ceil_div(count, static_cast<int64_t>(kThreads) * kFinishPerThread); }
+
+// out[e] = in[e], rounded to T.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) cast_kernel(const acc_t<T>* in, T* out, int64_t count) {
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kFinishPerThread + threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < kFinishPerThread; ++k) {
+    const int64_t e = base + static_cast<int64_t>(k) * kThreads;
+    if (e < count) out[e] = from_acc<T>(in[e]);
+  }
+}
+
+// dA (c, m) from the (m, c) sums over samples: dA[j][r] = da0[r][j] (+ 2 A[j][r] da1[r][j] for the
+// variance of the moments, da1 not null), rounded to T.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) readout_grad_kernel(const acc_t<T>* da0, const acc_t<T>* da1, const T* a,
+                                                                 T* out, int64_t m, int64_t c) {
+  using Acc = acc_t<T>;
+  const int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kFinishPerThread + threadIdx.x;
+#pragma unroll
+  for (int k = 0; k < kFinishPerThread; ++k) {
+    const int64_t e = base + static_cast<int64_t>(k) * kThreads;
+    if (e >= m * c) continue;
+    const int64_t j = e / m, r = e % m;
+    Acc v = da0[r * c + j];
+    if (da1) v += Acc(2) * to_acc(a[e]) * da1[r * c + j];
+    out[e] = from_acc<T>(v);
+  }
+}
+
+// Accumulator `in` (null: not asked for) to its output, where their types differ.
+template <typename T>
+void cast_out(const acc_t<T>* in, void* out, int64_t count, const Context& ctx) {
+  if constexpr (!std::is_same_v<acc_t<T>, T>) {
+    if (in && count > 0)
+      launch(kernel_name<T>("cast_kernel"), &cast_kernel<T>, dim3(static_cast<unsigned>(finish_blocks(count))), ctx, in,
+             static_cast<T*>(out), count);
+  }
+}
+
+// Device memory of `count` Acc for an accumulator: the output itself where the types agree, else
+// workspace; zeroed. Null where the output is not asked for.
+template <typename T>
+acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
+  using Acc = acc_t<T>;
+  if (out == nullptr) return nullptr;
+  Acc* acc = nullptr;
+  if constexpr (std::is_same_v<Acc, T>) acc = static_cast<Acc*>(out);
+  else acc = count > 0 ? static_cast<Acc*>(ctx.workspace->allocate(count * sizeof(Acc))) : static_cast<Acc*>(out);
+  zero_async(acc, count * sizeof(Acc), ctx, kernel_name<T>("accumulator"));
+  return acc;
+}
+
+// ---- the reductions ----
+
+template <typename T>
+void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, const Context& ctx) {
+  if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
+  const std::string family = kernel_name<T>("neuron_sum");
+  const void* wmma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&neuron_sum_tc_kernel<T>);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), wmma);
+  if constexpr (kHasTensorCoreKernels<T>) {
+    if (k.mainloop == Mainloop::kWmma) {
+      const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
+      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
+      launch(kernel_name<T>("neuron_sum_tc_kernel"), &neuron_sum_tc_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+      return;
+    }
+  }
+  constexpr int B = tile<acc_t<T>>();
+  const int64_t gx = ceil_div(p.n, B), gy = ceil_div(s.ncols, B), tiles = ceil_div(p.m, B);
+  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
+  launch(kernel_name<T>("neuron_sum_kernel"), &neuron_sum_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+}
+
+template <typename T>
+void sample_sum(const Problem<T>& p, const SampleSum<T>& s, const Context& ctx) {
+  if (p.n == 0 || p.m == 0 || s.width() == 0) return;
+  const std::string family = kernel_name<T>("sample_sum");
+  const void* wmma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&sample_sum_tc_kernel<T>);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), wmma);
+  if constexpr (kHasTensorCoreKernels<T>) {
+    if (k.mainloop == Mainloop::kWmma) {
+      const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.width(), kTcTile), tiles = ceil_div(p.n, kTcTile);
+      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
+      launch(kernel_name<T>("sample_sum_tc_kernel"), &sample_sum_tc_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+      return;
+    }
+  }
+  constexpr int B = tile<acc_t<T>>();
+  const int64_t gx = ceil_div(p.m, B), gy = ceil_div(s.width(), B), tiles = ceil_div(p.n, B);
+  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
+  launch(kernel_name<T>("sample_sum_kernel"), &sample_sum_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+}
+
+// ---- the ops ----
+
+template <typename T>
+void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Context& ctx) {
+  if (op.n == 0 || op.m == 0) return;  // no blocks: an empty grid is a launch error
+  const Problem<T> p = make_problem<T>(op);
+  T* out = static_cast<T*>(out_ptr);
+  const std::string family = kernel_name<T>("features_forward");
+  const void* wmma = nullptr;
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&features_forward_tc_kernel<T>);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), wmma);
+  const bool tc = k.mainloop == Mainloop::kWmma;
+  const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
+  // (rows are independent; the signs depend on the neuron only).
+  const int64_t slab = 65535 * B;
+  for (int64_t i = 0; i < p.n; i += slab) {
+    Problem<T> q = p;
+    q.x = p.x + i * p.d;
+    q.n = p.n - i < slab ? p.n - i : slab;
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
+    if constexpr (kHasTensorCoreKernels<T>) {
+      if (tc) {
+        launch(kernel_name<T>("features_forward_tc_kernel"), &features_forward_tc_kernel<T>, grid, ctx, q,
+               out + i * p.m);
+        continue;
+      }
+    }
+    launch(kernel_name<T>("features_forward_kernel"), &features_forward_kernel<T>, grid, ctx, q, out + i * p.m);
+  }
+}
+
+// out = scale * Phi A^T (and, for the moments, var = scale^2 Phi1 (A*A)^T), summed over neurons.
+template <typename T>
+void Launch<T>::readout(const Operands& op, bool moments, void* out, void* var, const Context& ctx) {
+  using Acc = acc_t<T>;
+  const int64_t count = op.n * op.c;
+  if (count == 0) return;
+  const int terms = moments ? 2 : 1;
+  void* const outs[2] = {out, var};
+  Acc* acc[2] = {nullptr, nullptr};
+  for (int t = 0; t < terms; ++t) acc[t] = accumulator<T>(outs[t], count, ctx);
+  if (op.m > 0) {
+    Problem<T> p = make_problem<T>(op);
+    p.moments = moments;
+    NeuronSum<T> s;
+    s.terms = terms;
+    s.ncols = op.c;
+    s.ld_out = op.c;
+    for (int t = 0; t < terms; ++t) {
+      s.field[t] = t == 0 ? kPhi0 : kPhi1;
+      s.z[t] = p.a;  // Z[r][j] = A[j][r]
+      s.z_row[t] = 1;
+      s.z_col[t] = op.m;
+      s.square[t] = t == 1;
+      s.out[t] = acc[t];
+      s.scale[t] = p.scale[t];
+    }
+    neuron_sum<T>(p, s, ctx);
+  }
+  for (int t = 0; t < terms; ++t) cast_out<T>(acc[t], outs[t], count, ctx);
+}
+
+// dX by a reduction over neurons; dW, dW0, db, db0, dA by reductions over samples, two terms per
+// pass (one recomputation of the pre-activations and the epilogue): a weight gradient with its
+// bias's (a column of ones), dA beside them. `gout` are the net's or moments' output cotangents;
+// for the features op `gelem` is the (n, m) cotangent of the features themselves.
+template <typename T>
+void Launch<T>::backward(const Operands& op, bool moments, const void* const gout[2], const void* gelem,
+                         const GradOutputs& out, const Context& ctx) {
+  using Acc = acc_t<T>;
+  const int64_t n = op.n, d = op.d, m = op.m, c = op.c;
+  if ((out.x || out.w0 || out.b0) && !(op.plan && op.plan->has_dz))
+    throw Error("taylornet: internal: d/dz0 gradients asked of a Taylor plan built without them");
+  if ((out.b0 && !op.b0) || (out.b && !op.b) || (out.a && !op.a))
+    throw Error("taylornet: internal: a gradient asked for an absent operand");
+  Acc* const gx = accumulator<T>(out.x, n * d, ctx);
+  Acc* const gw0 = accumulator<T>(out.w0, m * d, ctx);
+  Acc* const gw = accumulator<T>(out.w, m * d, ctx);
+  Acc* const gb0 = accumulator<T>(out.b0, m, ctx);
+  Acc* const gb = accumulator<T>(out.b, m, ctx);
+  Acc* da[2] = {nullptr, nullptr};  // (m, c): dA^T per readout
+  const bool need_a = out.a && m * c > 0;
+  for (int k = 0; k < (moments ? 2 : 1) && need_a; ++k)
+    da[k] = static_cast<Acc*>(ctx.workspace->allocate(m * c * sizeof(Acc)));
+  for (Acc* t : da)
+    if (t) zero_async(t, m * c * sizeof(Acc), ctx, kernel_name<T>("accumulator"));
+
+  if (n > 0 && m > 0 && (c > 0 || gelem)) {
+    Problem<T> p = make_problem<T>(op);
+    p.moments = moments;
+    if (gout)
+      for (int k = 0; k < 2; ++k) p.gout[k] = static_cast<const T*>(gout[k]);
+    if (gelem) {
+      p.gelem = static_cast<const T*>(gelem);
+      p.scale[0] = p.scale[1] = Acc(1);
+    }
+    if (gx) {  // dX = G W + G0 W0
+      NeuronSum<T> s;
+      s.terms = 2;
+      s.field[0] = kGradU;
+      s.field[1] = kGradZ;
+      s.z[0] = p.w;
+      s.z[1] = p.w0;
+      for (int t = 0; t < 2; ++t) {
+        s.z_row[t] = d;
+        s.z_col[t] = 1;
+        s.out[t] = gx;
+      }
+      s.ncols = d;
+      s.ld_out = d;
+      neuron_sum<T>(p, s, ctx);
+    }
+    SampleTerm<T> terms[4];
+    int count = 0;
+    auto add = [&](Field field, const T* y, int64_t ncols, Acc* dst, Acc* ones, Acc scale) {
+      SampleTerm<T>& t = terms[count++];
+      t.field = field;
+      t.y = y;
+      t.ld_y = ncols;
+      t.ncols = ncols;
+      t.out = dst;
+      t.ld_out = ncols;
+      t.ones = ones;
+      t.scale = scale;
+    };
+    if (gw || gb) add(kGradU, gw ? p.x : nullptr, gw ? d : 0, gw, gb, Acc(1));
+    if (gw0 || gb0) add(kGradZ, gw0 ? p.x : nullptr, gw0 ? d : 0, gw0, gb0, Acc(1));
+    for (int k = 0; k < 2; ++k)
+      if (da[k]) add(k == 0 ? kPhi0 : kPhi1, p.gout[k], c, da[k], nullptr, p.scale[k]);
+    for (int t = 0; t < count; t += 2) {
+      SampleSum<T> s;
+      s.terms = count - t > 1 ? 2 : 1;
+      for (int k = 0; k < s.terms; ++k) s.term[k] = terms[t + k];
+      sample_sum<T>(p, s, ctx);
+    }
+  }
+
+  cast_out<T>(gx, out.x, n * d, ctx);
+  cast_out<T>(gw0, out.w0, m * d, ctx);
+  cast_out<T>(gw, out.w, m * d, ctx);
+  cast_out<T>(gb0, out.b0, m, ctx);
+  cast_out<T>(gb, out.b, m, ctx);
+  if (need_a)
+    launch(kernel_name<T>("readout_grad_kernel"), &readout_grad_kernel<T>,
+           dim3(static_cast<unsigned>(finish_blocks(m * c))), ctx, da[0], da[1], static_cast<const T*>(op.a),
+           static_cast<T*>(out.a), m, c);
+}
+
+#define TN_INSTANTIATE_CUDA(T) template struct Launch<T>;
+
+}  // namespace tn::cuda

@@ -1,0 +1,87 @@
+// The launch layer's only contact with the CUDA runtime, every call checked: kernel launches, the
+// zeroing of accumulators, and which code the binary holds for a kernel on this GPU. The CPU
+// emulator (tests/emulator/runtime.h) provides the same four functions.
+#pragma once
+
+#include <cuda_runtime.h>
+
+#include <mutex>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "cuda/device.cuh"
+#include "cuda/launch.h"
+
+namespace tn::cuda {
+
+// The architectures this binary was compiled for (nvcc's __CUDA_ARCH_LIST__: 800, 900, ...).
+inline std::vector<int> built_archs() {
+#ifdef __CUDA_ARCH_LIST__
+  std::vector<int> archs = {__CUDA_ARCH_LIST__};
+  for (int& a : archs) a /= 10;
+  return archs;
+#else
+  return {};
+#endif
+}
+
+inline bool is_missing_image(cudaError_t e) {
+  return e == cudaErrorNoKernelImageForDevice || e == cudaErrorInvalidDeviceFunction;
+}
+
+// Throws the error of a failed runtime call on `kernel`, after clearing it from the runtime's
+// last-error slot so that it is not reported again by the next caller (sticky errors stay).
+[[noreturn]] inline void throw_cuda_error(cudaError_t e, const char* what, const std::string& kernel,
+                                          const Device& device) {
+  cudaGetLastError();
+  if (is_missing_image(e)) throw Error(no_image_message(kernel, device.arch, built_archs()));
+  throw Error(cuda_error_message(what, kernel, cudaGetErrorName(e), cudaGetErrorString(e)));
+}
+
+// The architecture the code of `kernel` loaded for the current device was compiled for (the
+// __CUDA_ARCH__ it saw, from cudaFuncAttributes::ptxVersion), 0 where the binary holds no code this
+// GPU can run. Asked of the runtime once per kernel and device.
+inline int kernel_code_arch(const void* kernel, const std::string& name, const Device& device) {
+  static std::mutex mutex;
+  static std::vector<std::tuple<const void*, int, int>> known;  // (kernel, device, arch)
+  {
+    const std::lock_guard<std::mutex> lock(mutex);
+    for (const auto& [k, dev, arch] : known)
+      if (k == kernel && dev == device.index) return arch;
+  }
+  cudaFuncAttributes attr{};
+  const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
+  int arch = 0;
+  if (e == cudaSuccess) arch = attr.ptxVersion;
+  else if (is_missing_image(e)) cudaGetLastError();
+  else throw_cuda_error(e, "the attribute query", name, device);
+  const std::lock_guard<std::mutex> lock(mutex);
+  known.emplace_back(kernel, device.index, arch);
+  return arch;
+}
+
+// kernel<<<grid, kThreads, 0, stream>>>(args...), checked: the launch's own status, not a stale one.
+template <typename... P, typename... A>
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, const Context& ctx, A&&... args) {
+  std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+  void* pointers[sizeof...(P)];
+  std::apply([&](auto&... p) {
+    int k = 0;
+    ((pointers[k++] = static_cast<void*>(&p)), ...);
+  }, params);
+  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), pointers, 0,
+                                         ctx.stream);
+  if (e != cudaSuccess) throw_cuda_error(e, "the launch", name, ctx.device);
+}
+
+// bytes of zeros at ptr, in stream order.
+inline void zero_async(void* ptr, size_t bytes, const Context& ctx, const std::string& name) {
+  if (bytes == 0) return;
+  const cudaError_t e = cudaMemsetAsync(ptr, 0, bytes, ctx.stream);
+  if (e != cudaSuccess) throw_cuda_error(e, "zeroing the accumulators", name, ctx.device);
+}
+
+}  // namespace tn::cuda

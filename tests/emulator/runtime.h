@@ -1,0 +1,56 @@
+// The launch layer's runtime (csrc/cuda/runtime.cuh) for the CPU emulator: kernels run block by
+// block under emu.h, device memory is host memory, and the emulated GPU (its compute capability,
+// the code the "binary" holds per mainloop, the architectures it was "built" for) is set by the
+// test. Launches are checked as the CUDA runtime checks them: an empty or oversized grid is an
+// invalid configuration, a kernel without code is a missing image.
+#pragma once
+
+#define TN_CUDA_EMULATOR 1
+
+#include <cstring>
+#include <string>
+#include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "emu.h"
+#include "cuda/launch.h"
+
+namespace tn_emu {
+
+// The emulated GPU's binary: the code architecture of every kernel (0: none) and what it was built for.
+struct Binary {
+  int code_arch = 90;
+  std::vector<int> built = {80, 90};
+  long launches = 0;  // kernel launches so far
+};
+inline Binary binary;
+
+}  // namespace tn_emu
+
+namespace tn::cuda {
+
+inline std::vector<int> built_archs() { return tn_emu::binary.built; }
+
+inline int kernel_code_arch(const void*, const std::string&, const Device&) { return tn_emu::binary.code_arch; }
+
+template <typename... P, typename... A>
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, const Context& ctx, A&&... args) {
+  const bool valid = grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
+                     grid.z <= 65535;
+  if (!valid)
+    throw Error(cuda_error_message("the launch", name, "cudaErrorInvalidConfiguration",
+                                   "invalid configuration argument: grid " + std::to_string(grid.x) + " x " +
+                                       std::to_string(grid.y) + " x " + std::to_string(grid.z)));
+  if (tn_emu::binary.code_arch == 0) throw Error(no_image_message(name, ctx.device.arch, tn_emu::binary.built));
+  ++tn_emu::binary.launches;
+  const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
+  tn_emu::launch(grid, [&] { std::apply(kernel, params); });
+}
+
+inline void zero_async(void* ptr, size_t bytes, const Context&, const std::string&) {
+  if (bytes) std::memset(ptr, 0, bytes);
+}
+
+}  // namespace tn::cuda
