@@ -4,12 +4,13 @@
 // workspace comes from torch's caching allocator in stream order, so every op may be captured in a
 // CUDA graph. A failed launch or runtime call raises RuntimeError naming the kernel and the error.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include <cstdlib>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -43,6 +44,24 @@ struct TensorWorkspace final : cuda::Workspace {
   std::vector<Tensor> held;
 };
 
+// The GPU's compute capability and SM count, asked of the runtime once per device.
+cuda::Device device_info(int index) {
+  static std::mutex mutex;
+  static std::vector<cuda::Device> known;
+  const std::lock_guard<std::mutex> lock(mutex);
+  for (const cuda::Device& d : known)
+    if (d.index == index) return d;
+  cuda::Device d;
+  d.index = index;
+  int major = 0, minor = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
+  d.arch = major * 10 + minor;
+  known.push_back(d);
+  return d;
+}
+
 // TAYLORNET_CUDA_MAINLOOP: auto (default), or one mainloop by name, for tests and benchmarks.
 cuda::Mainloop requested_mainloop() {
   const char* env = std::getenv("TAYLORNET_CUDA_MAINLOOP");
@@ -57,10 +76,7 @@ struct CudaCall {
   explicit CudaCall(const Call& c) : workspace(c.args.x.device()) {
     const Args& a = c.args;
     const int index = a.x.device().index();
-    const cudaDeviceProp* prop = at::cuda::getDeviceProperties(index);  // cached by torch
-    ctx.device.index = index;
-    ctx.device.arch = prop->major * 10 + prop->minor;
-    ctx.device.sms = prop->multiProcessorCount;
+    ctx.device = device_info(index);
     ctx.stream = c10::cuda::getCurrentCUDAStream(index).stream();
     // float32 on tensor cores where torch allows TF32 matmuls (torch.backends.cuda.matmul.allow_tf32,
     // or float32_matmul_precision "high"/"medium"); bf16 and fp16 always.

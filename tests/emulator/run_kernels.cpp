@@ -340,36 +340,32 @@ struct Reference {
     return std::ldexp(cs.operand(std::ldexp(f, e)), -e);
   }
 
-  // out[i][col] += scale sum_r field(q, i, r) z(r, col), and its terms' magnitudes.
-  template <typename Z>
-  void neuron_sum(int q, int64_t ncols, double scale, Z&& z, std::vector<double>& out, std::vector<double>& mag) const {
-    for (int64_t i = 0; i < cs.sh.n; ++i)
+  // A reduction of field q and its terms' magnitudes: over neurons, out[i][col] += scale *
+  // sum_r field(q, i, r) factor(r, col); over samples, out[r][col] += scale * sum_i field(q, i, r)
+  // factor(i, col).
+  template <typename Factor>
+  void sum(int q, bool over_neurons, int64_t ncols, double scale, Factor&& factor, std::vector<double>& out,
+           std::vector<double>& mag) const {
+    const int64_t outer = over_neurons ? cs.sh.n : cs.sh.m, inner = over_neurons ? cs.sh.m : cs.sh.n;
+    for (int64_t o = 0; o < outer; ++o)
       for (int64_t col = 0; col < ncols; ++col) {
         double acc = 0, abs_acc = 0;
-        for (int64_t r = 0; r < cs.sh.m; ++r) {
-          const double t = field(q, i, r) * cs.operand(z(r, col));
+        for (int64_t k = 0; k < inner; ++k) {
+          const double t = (over_neurons ? field(q, o, k) : field(q, k, o)) * cs.operand(factor(k, col));
           acc += t;
           abs_acc += std::abs(t);
         }
-        out[i * ncols + col] += scale * acc;
-        mag[i * ncols + col] += std::abs(scale) * abs_acc;
+        out[o * ncols + col] += scale * acc;
+        mag[o * ncols + col] += std::abs(scale) * abs_acc;
       }
   }
-
-  // out[r][col] += scale sum_i field(q, i, r) y(i, col), and its terms' magnitudes.
+  template <typename Z>
+  void neuron_sum(int q, int64_t ncols, double scale, Z&& z, std::vector<double>& out, std::vector<double>& mag) const {
+    sum(q, true, ncols, scale, z, out, mag);
+  }
   template <typename Y>
   void sample_sum(int q, int64_t ncols, double scale, Y&& y, std::vector<double>& out, std::vector<double>& mag) const {
-    for (int64_t r = 0; r < cs.sh.m; ++r)
-      for (int64_t col = 0; col < ncols; ++col) {
-        double acc = 0, abs_acc = 0;
-        for (int64_t i = 0; i < cs.sh.n; ++i) {
-          const double t = field(q, i, r) * cs.operand(y(i, col));
-          acc += t;
-          abs_acc += std::abs(t);
-        }
-        out[r * ncols + col] += scale * acc;
-        mag[r * ncols + col] += std::abs(scale) * abs_acc;
-      }
+    sum(q, false, ncols, scale, y, out, mag);
   }
 };
 
