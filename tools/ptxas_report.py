@@ -1,7 +1,8 @@
-"""Per kernel (and out-of-line device function) and architecture: registers, spills, stack frame and
-shared memory from the `ptxas -v` lines of a build log, and from the SASS of the objects (cuobjdump
--sass, which calls nvdisasm) the instruction count and the local-memory loads and stores (LDL, STL)
-that a stack frame costs at run time.
+"""Per kernel and architecture: registers, spills, stack (the kernel's cumulative stack size, its
+out-of-line callees included) and shared memory from the `ptxas -v` lines of a build log, and from
+the SASS of the objects (cuobjdump -sass, which calls nvdisasm) the instruction count and the
+local-memory loads and stores (LDL, STL) that a stack costs at run time. Out-of-line device functions
+(compiled once per calling kernel) get a row with the largest of their copies' figures.
 
     python3 tools/ptxas_report.py BUILD_LOG [OBJECT ...]
 
@@ -18,7 +19,9 @@ from collections import defaultdict
 ENTRY = re.compile(r"Compiling entry function '(\w+)' for '(sm_\d+a?)'")
 PROPS = re.compile(r"Function properties for (\w+)")
 FRAME = re.compile(r"(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads")
-USED = re.compile(r"Used (\d+) registers.*?(\d+) bytes smem")
+USED = re.compile(r"Used (\d+) registers")
+SMEM = re.compile(r"(\d+) bytes smem")
+CUMULATIVE = re.compile(r"(\d+) bytes cumulative stack size")
 ARCH = re.compile(r"for '(sm_\d+a?)'")
 SASS_ARCH = re.compile(r"code for (sm_\d+a?)")
 SASS_FUNC = re.compile(r"Function : (\S+)")
@@ -59,11 +62,17 @@ def ptxas_rows(log_path: str) -> dict[tuple[str, str], dict]:
             props = m.group(1)
         elif props and (m := FRAME.search(line)):
             if arch:
-                rows.setdefault((props, arch), {}).update(stack=int(m.group(1)), spill_st=int(m.group(2)),
-                                                          spill_ld=int(m.group(3)))
+                row = rows.setdefault((props, arch), {})
+                for key, value in zip(("stack", "spill_st", "spill_ld"), map(int, m.groups())):
+                    row[key] = max(row.get(key, 0), value)  # a device function: its largest copy
             props = None
         if entry and (m := USED.search(line)):
-            rows[(entry, arch)].update(regs=int(m.group(1)), smem=int(m.group(2)))
+            row = rows[(entry, arch)]
+            row["regs"] = int(m.group(1))
+            if (s := SMEM.search(line)):
+                row["smem"] = int(s.group(1))
+            if (c := CUMULATIVE.search(line)):
+                row["stack"] = int(c.group(1))
             entry = None
     return rows
 

@@ -81,6 +81,13 @@ struct Launch {
                        const GradOutputs& out, const Context& ctx);
 };
 
+// Each taylor_<dtype>.cu instantiates its own type (the dispatchers below name all four: without
+// these declarations every translation unit would compile every type's kernels).
+extern template struct Launch<double>;
+extern template struct Launch<float>;
+extern template struct Launch<__half>;
+extern template struct Launch<__nv_bfloat16>;
+
 template <typename F>
 void by_dtype(DType t, F&& f) {
   switch (t) {

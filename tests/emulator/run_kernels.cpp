@@ -14,6 +14,13 @@
 
 #include "cuda/launch.cuh"
 
+namespace tn::cuda {  // the layer for every type, as the four taylor_<dtype>.cu instantiate it
+TN_INSTANTIATE_CUDA(double)
+TN_INSTANTIATE_CUDA(float)
+TN_INSTANTIATE_CUDA(__half)
+TN_INSTANTIATE_CUDA(__nv_bfloat16)
+}  // namespace tn::cuda
+
 #include <algorithm>
 #include <limits>
 #include <random>
