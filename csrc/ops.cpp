@@ -211,7 +211,7 @@ std::tuple<Tensor, Tensor, Tensor> features_saving_cpu(
 // The features' gradients from the saved derivatives: G = grad * dh/du, G0 = grad * dh/dz0, then
 // dW = G^T x, db = sum G, dW0 = G0^T x, db0 = sum G0, dx = G w + G0 w0, by ATen's BLAS on blocks
 // of rows (no further n x m tensor).
-std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> features_backward_saved_cpu(
+FiveGrads features_backward_saved_cpu(
     const Tensor& grad, const Tensor& du, const Tensor& dz, const Tensor& x, const Tensor& w0,
     const Tensor& w, bool has_b0, bool has_b, std::array<bool, 5> needs) {
   const at::AutoDispatchBelowADInplaceOrView below_autograd;
