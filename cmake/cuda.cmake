@@ -26,6 +26,7 @@ if(CMAKE_CUDA_COMPILER AND TN_TORCH_HAS_CUDA AND TN_CUDA_SOURCES)
   target_compile_options(taylornet_cuda PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-O3 -lineinfo -Xptxas=-v>)
   # ops_cuda.cpp (the C++ compiler, with torch) registers the ops' CUDA implementations.
   target_sources(taylornet_ops PRIVATE csrc/cuda/ops_cuda.cpp $<TARGET_OBJECTS:taylornet_cuda>)
+  set(TAYLORNET_CUDA_BUILT ON)
 elseif(TAYLORNET_CUDA STREQUAL "ON")
   message(FATAL_ERROR "taylornet: TAYLORNET_CUDA=ON but torch has no CUDA or nvcc is missing")
 else()

@@ -1,8 +1,11 @@
 // Schemas of the taylornet ops and their CPU implementations: argument checks, sign sources and
 // Taylor plans (prepare(), shared with the CUDA implementation in cuda/ops_cuda.cpp), then the
-// kernels of cpu/. User-facing argument checking with friendly messages lives in
-// taylornet/functional.py; the checks here keep direct callers of torch.ops.taylornet safe.
+// kernels of cpu/. The checks of the tensors' dtypes, devices and shapes live here only (TypeError
+// for a dtype, ValueError for a shape or device, as torch raises them); taylornet/functional.py
+// checks what only Python sees: argument kinds, batch shapes, order and sign-seed syntax. The
+// activation table and the order limits are read by Python from here too.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
 
@@ -24,6 +27,9 @@ using at::Tensor;
 
 namespace {
 
+// "torch.float32": dtypes named as Python names them.
+std::string dtype_name(at::ScalarType t) { return "torch." + std::string(c10::getDtypeNames(t).first); }
+
 Act checked_activation(const std::string& name) {
   const int id = activation_id(name);
   TORCH_CHECK_VALUE(id >= 0, "taylornet: activation: expected one of ", activation_list(), ", got '",
@@ -40,16 +46,17 @@ void check_orders(Act act, c10::IntArrayRef orders, bool exact) {
                       kMaxOrder, "], got ", k);
     TORCH_CHECK_VALUE(!seen[k], "taylornet: orders: duplicate order ", k);
     seen[k] = true;
-    TORCH_CHECK_VALUE(act != Act::kRelu || k <= 1,
-                      "taylornet: relu has no derivatives of order >= 2; use relu2, relu3 or softplus");
+    TORCH_CHECK_VALUE(k <= max_order(act), "taylornet: orders: ", kActNames[static_cast<int>(act)],
+                      " has no derivatives of order >= ", max_order(act) + 1,
+                      "; use relu2, relu3 or softplus");
   }
 }
 
 }  // namespace
 
 Tensor checked_param(const Tensor& t, const char* name, const Tensor& x, at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(t.scalar_type() == x.scalar_type(), "taylornet: ", name, ": expected dtype ",
-                    x.scalar_type(), ", got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == x.scalar_type(), "taylornet: ", name, ": expected dtype ",
+                   dtype_name(x.scalar_type()), " (the dtype of x), got ", dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.device() == x.device(), "taylornet: ", name, ": expected device ", x.device(),
                     ", got ", t.device());
   TORCH_CHECK_VALUE(t.sizes() == shape, "taylornet: ", name, ": expected shape ", shape, ", got ",
@@ -96,8 +103,10 @@ Args make_args(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTens
                     const OptTensor& b0, const OptTensor& b, const OptTensor& signs,
                     const OptTensor& seed) {
   TORCH_CHECK_VALUE(x.dim() == 2, "taylornet: x: expected a 2-D tensor (n, d), got shape ", x.sizes());
-  TORCH_CHECK_VALUE(at::isFloatingType(x.scalar_type()),
-                    "taylornet: x: expected a floating-point tensor, got ", x.scalar_type());
+  TORCH_CHECK_TYPE(at::isFloatingType(x.scalar_type()),
+                   "taylornet: x: expected a floating-point tensor, got ", dtype_name(x.scalar_type()));
+  TORCH_CHECK_TYPE(!x.is_cpu() || x.scalar_type() == at::kFloat || x.scalar_type() == at::kDouble,
+                   "taylornet: x: expected dtype float32, float64 on cpu, got ", dtype_name(x.scalar_type()));
   TORCH_CHECK_VALUE(w.dim() == 2 && w.size(1) == x.size(1),
                     "taylornet: w: expected shape (m, ", x.size(1), "), got ", w.sizes());
   const int64_t m = w.size(0), d = x.size(1);
@@ -299,6 +308,38 @@ SixGrads moments_backward_cpu(const Tensor& grad_mean, const Tensor& grad_var, c
   return six(cpu::kernels().net_backward(c.args, true, g, c.needs), x);
 }
 
+// Philox4x32-10 of every row of `counters` (n, 4), 32-bit words held in int64, under the 64-bit key
+// `seed`: the kernels' generator (taylornet/philox.h) for counter-based initialization on the host.
+Tensor philox(const Tensor& counters, int64_t seed) {
+  TORCH_CHECK_TYPE(counters.scalar_type() == at::kLong, "taylornet: counters: expected an int64 tensor, got ",
+                   dtype_name(counters.scalar_type()));
+  TORCH_CHECK_VALUE(counters.dim() == 2 && counters.size(1) == 4,
+                    "taylornet: counters: expected shape (n, 4), got ", counters.sizes());
+  const Tensor in = counters.contiguous();
+  Tensor out = at::empty_like(in);
+  const int64_t* src = in.const_data_ptr<int64_t>();
+  int64_t* dst = out.mutable_data_ptr<int64_t>();
+  const auto key = static_cast<uint64_t>(seed);
+  at::parallel_for(0, in.size(0), 4096, [&](int64_t lo, int64_t hi) {
+    for (int64_t i = lo; i < hi; ++i) {
+      Philox4x32 ctr;
+      for (int j = 0; j < 4; ++j) ctr.v[j] = static_cast<uint32_t>(src[4 * i + j]);
+      ctr = philox4x32_10(ctr, static_cast<uint32_t>(key), static_cast<uint32_t>(key >> 32));
+      for (int j = 0; j < 4; ++j) dst[4 * i + j] = static_cast<int64_t>(ctr.v[j]);
+    }
+  });
+  return out;
+}
+
+// The supported activations in id order, and the highest Taylor order each one accepts.
+std::vector<std::string> activation_names() {
+  return std::vector<std::string>(std::begin(kActNames), std::end(kActNames));
+}
+
+int64_t activation_max_order(c10::string_view activation) {
+  return max_order(checked_activation(std::string(activation)));
+}
+
 // The signs that (seed, offset[, first]) gives neurons first ... first+m-1, as float32 on the CPU.
 Tensor philox_signs(const Tensor& seed, int64_t m) {
   TORCH_CHECK_VALUE(m >= 0, "taylornet: m: expected a non-negative width, got ", m);
@@ -342,6 +383,9 @@ TORCH_LIBRARY(taylornet, m) {
         "bool[6] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("philox_signs(Tensor seed, int m) -> Tensor");
   m.def("cpu_capability(str? name=None) -> str", &tn::cpu_capability);
+  m.def("philox(Tensor counters, int seed) -> Tensor");
+  m.def("activations() -> str[]", &tn::activation_names);
+  m.def("max_order(str activation) -> int", &tn::activation_max_order);
 }
 
 TORCH_LIBRARY_IMPL(taylornet, CPU, m) {
@@ -354,4 +398,5 @@ TORCH_LIBRARY_IMPL(taylornet, CPU, m) {
   m.impl("moments", &tn::moments_cpu);
   m.impl("moments_backward", &tn::moments_backward_cpu);
   m.impl("philox_signs", &tn::philox_signs);
+  m.impl("philox", &tn::philox);
 }

@@ -1,49 +1,70 @@
-"""The one list of supported activations and the parsing of ``activation`` / ``order`` arguments.
+"""The supported activations and the parsing of ``activation`` and ``order`` arguments.
 
-The ids here are the enum values of ``csrc/taylornet/activations.h``; a test checks that every name
-is accepted by the compiled ops.
+The table is the compiled ops' own (``csrc/taylornet/activations.h``), read once at import: the
+names in id order and the highest Taylor order each one accepts. Every ``order`` argument of the
+package, of the functions, the modules, ``taylorize`` and the benchmark, goes through
+``parse_order``.
 """
 from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
+from typing import Union
 
-ACTIVATIONS: tuple[str, ...] = (
-    "tanh", "sigmoid", "softplus", "gelu", "silu", "sin", "cos", "exp", "erf", "relu", "relu2", "relu3",
-)
+from .ops import ops as _ops
 
-# Highest Taylor order accepted. Coefficients are normalized (sigma^(k)/k!), so nothing overflows,
-# but float32 evaluation of the high-degree polynomials loses digits past this point.
-MAX_ORDER = 16
+__all__ = ["ACTIVATIONS", "MAX_ORDER", "Order", "check_activation", "parse_order"]
+
+#: The supported activation names, in the order of the kernels' ids.
+ACTIVATIONS: tuple[str, ...] = tuple(_ops.activations())
+
+_ORDER_LIMITS: dict[str, int] = {name: int(_ops.max_order(name)) for name in ACTIVATIONS}
+
+#: Highest Taylor order accepted by the compiled ops.
+MAX_ORDER: int = max(_ORDER_LIMITS.values())
+
+#: An ``order`` argument: an int K (orders 0..K), a sequence of distinct orders, or "exact".
+Order = Union[int, Sequence[int], str]
 
 _SMOOTH_ALTERNATIVES = "relu2, relu3 or softplus"
+_ORDER_KINDS = "an int, a sequence of ints or 'exact'"
 
 
 def check_activation(activation: str) -> str:
-    if not isinstance(activation, str) or activation not in ACTIVATIONS:
-        raise ValueError(
-            f"activation: expected one of {', '.join(ACTIVATIONS)}, got {activation!r}"
-        )
+    """``activation`` if it is one of ``ACTIVATIONS``; ValueError naming them otherwise."""
+    if not isinstance(activation, str) or activation not in _ORDER_LIMITS:
+        raise ValueError(f"activation: expected one of {', '.join(ACTIVATIONS)}, got {activation!r}")
     return activation
 
 
-def parse_order(order, activation: str) -> tuple[tuple[int, ...], bool]:
-    """Return (sorted orders, exact) for ``order`` = int K, a sequence of distinct ints, or "exact"."""
-    check_activation(activation)
+def parse_order(order: Order, activation: str | None = None, *,
+                max_order: int | None = MAX_ORDER) -> tuple[tuple[int, ...], bool]:
+    """``(orders, exact)``: the sorted orders of ``order``, and whether it is "exact" (orders empty).
+
+    Args:
+        order: an int K (the orders 0, 1, ..., K), a sequence of distinct non-negative ints, or
+            ``"exact"``.
+        activation: when given, the orders must be ones that activation accepts (relu: up to 1).
+        max_order: the highest order accepted; None for no limit.
+
+    Raises TypeError for an argument of the wrong kind and ValueError for a wrong value, each naming
+    ``order``.
+    """
+    if activation is not None:
+        check_activation(activation)
     if isinstance(order, str):
         if order != "exact":
-            raise ValueError(f"order: expected an int, a sequence of ints or 'exact', got {order!r}")
+            raise ValueError(f"order: expected {_ORDER_KINDS}, got {order!r}")
         return (), True
     if isinstance(order, bool):
-        raise TypeError(f"order: expected an int, a sequence of ints or 'exact', got {order!r}")
+        raise TypeError(f"order: expected {_ORDER_KINDS}, got {order!r}")
     if isinstance(order, numbers.Integral):  # int, numpy integers
-        order = int(order)
         if order < 0:
             raise ValueError(f"order: expected a non-negative int, got {order}")
-        orders = tuple(range(order + 1))
+        orders = tuple(range(int(order) + 1))
     elif isinstance(order, Sequence):
         orders = tuple(order)
-        if len(orders) == 0:
+        if not orders:
             raise ValueError("order: expected at least one order, got an empty sequence")
         for k in orders:
             if isinstance(k, bool) or not isinstance(k, numbers.Integral):
@@ -54,13 +75,14 @@ def parse_order(order, activation: str) -> tuple[tuple[int, ...], bool]:
             raise ValueError(f"order: orders must be distinct, got {order!r}")
         orders = tuple(sorted(int(k) for k in orders))
     else:
-        raise TypeError(f"order: expected an int, a sequence of ints or 'exact', got {order!r}")
-    if orders[-1] > MAX_ORDER:
-        raise ValueError(f"order: orders up to {MAX_ORDER} are supported, got {orders[-1]}")
-    if activation == "relu" and orders[-1] >= 2:
+        raise TypeError(f"order: expected {_ORDER_KINDS}, got {order!r}")
+    if max_order is not None and orders[-1] > max_order:
+        raise ValueError(f"order: orders up to {max_order} are supported, got {orders[-1]}")
+    limit = _ORDER_LIMITS[activation] if activation is not None else None
+    if limit is not None and orders[-1] > limit:
         raise ValueError(
-            "order: relu has no derivatives of order >= 2 (they vanish almost everywhere, so those "
-            f"Taylor terms would be zero); use a smooth activation such as {_SMOOTH_ALTERNATIVES}, "
-            "or order <= 1 / 'exact' with relu"
+            f"order: {activation} has no derivatives of order >= {limit + 1} (they vanish almost "
+            f"everywhere, so those Taylor terms would be zero); use a smooth activation such as "
+            f"{_SMOOTH_ALTERNATIVES}, or order <= {limit} / 'exact' with {activation}"
         )
     return orders, False

@@ -5,24 +5,55 @@ Backward ops return an empty tensor for each gradient that was not asked for.
 """
 from __future__ import annotations
 
+import importlib
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 _LIB_NAME = "libtaylornet_ops.so"
+_REBUILD = "rebuild it for this torch: `pip install --no-build-isolation .` in the source tree (see README)"
 
 
-def _load_library() -> None:
-    path = Path(__file__).with_name(_LIB_NAME)
+def _load_library(path: Path, built_for: str | None, running: str,
+                  load: Callable[[str], None] = torch.ops.load_library) -> None:
+    """Loads the compiled ops at ``path``, built for torch ``built_for`` (None: unknown).
+
+    A library built for another torch than the ``running`` one may fail to load (ImportError naming
+    both versions) or load and misbehave (a warning naming both).
+    """
     if not path.exists():
         raise ImportError(
-            f"taylornet: compiled ops {_LIB_NAME} not found next to {Path(__file__).parent}; "
+            f"taylornet: compiled ops {_LIB_NAME} not found in {path.parent}; "
             "install the package with `pip install --no-build-isolation .` (see README)"
         )
-    torch.ops.load_library(str(path))
+    mismatch = built_for is not None and built_for != running
+    try:
+        load(str(path))
+    except (OSError, RuntimeError) as exc:
+        if mismatch:
+            raise ImportError(
+                f"taylornet: the compiled ops were built for torch {built_for} but torch {running} is "
+                f"running, and they do not load ({exc}); {_REBUILD}"
+            ) from exc
+        raise
+    if mismatch:
+        warnings.warn(
+            f"taylornet: the compiled ops were built for torch {built_for} but torch {running} is running; "
+            f"they loaded, but may misbehave; {_REBUILD}",
+            RuntimeWarning, stacklevel=3,
+        )
 
 
-_load_library()
+def _built_for() -> str | None:
+    try:
+        return importlib.import_module(f"{__package__}._build_info").TORCH_VERSION
+    except ImportError:  # a library built by hand, without the build's record
+        return None
+
+
+_load_library(Path(__file__).with_name(_LIB_NAME), _built_for(), torch.__version__)
 ops = torch.ops.taylornet
 
 
@@ -112,6 +143,11 @@ def _moments_backward_fake(gm, gv, x, w0, w, a, b0, b, activation, orders, exact
 @torch.library.register_fake("taylornet::philox_signs")
 def _philox_signs_fake(seed, m):
     return seed.new_empty((m,), dtype=torch.float32)
+
+
+@torch.library.register_fake("taylornet::philox")
+def _philox_fake(counters, seed):
+    return counters.new_empty(counters.shape)
 
 
 # ---- autograd ---------------------------------------------------------------------------------

@@ -16,7 +16,7 @@
 
 namespace tn {
 
-// Ids match taylornet/activations.py ACTIVATIONS.
+// Ids index kActNames, which taylornet.ACTIVATIONS reads through the activations op.
 enum class Act : int {
   kTanh = 0, kSigmoid, kSoftplus, kGelu, kSilu, kSin, kCos, kExp, kErf, kRelu, kRelu2, kRelu3,
   kCount
@@ -40,6 +40,14 @@ inline std::string activation_list() {
   }
   return s;
 }
+
+// Highest Taylor order accepted. Coefficients are normalized (sigma^(k)/k!), so nothing overflows,
+// but float32 evaluation of the high-degree polynomials loses digits past this point.
+constexpr int kMaxOrder = 16;
+
+// The highest Taylor order each activation accepts: relu's derivatives of order >= 2 vanish almost
+// everywhere, so those terms would be zero; every other activation takes any order up to kMaxOrder.
+inline int max_order(Act a) { return a == Act::kRelu ? 1 : kMaxOrder; }
 
 // Power of max(z, 0) for the relu family.
 TN_HD int relu_power(Act a) { return a == Act::kRelu ? 1 : a == Act::kRelu2 ? 2 : 3; }

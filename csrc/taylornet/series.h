@@ -22,7 +22,6 @@ namespace tn {
 
 enum Quantity : int { kH = 0, kHdv, kHdz, kE, kEdu, kEdz, kO, kOdu, kOdz, kNumQuantities };
 
-constexpr int kMaxOrder = 16;
 constexpr int kMaxBasis = 2 * (kMaxOrder + 3);
 
 // Raw view of a plan for the kernels: row lists per quantity into shared coefficient storage. The
