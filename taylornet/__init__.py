@@ -7,21 +7,23 @@
 from . import ops  # noqa: F401  (loads the compiled ops)
 from . import reference
 from .activations import ACTIVATIONS, MAX_ORDER
+from .distributed import ShardedTaylorNet
 from .functional import (
     expected_squared_loss,
+    ntk_gram,
     philox_signs,
     taylor_features,
     taylor_net,
     taylor_net_moments,
 )
 from .modules import TaylorLinear, TaylorNet
-from .distributed import ShardedTaylorNet
 from .taylorize import TaylorizedModule, empirical_ntk, taylorize
 
+# The one place the version is written: pyproject.toml reads it from here.
 __version__ = "0.1.0"
 
 __all__ = [
     "ACTIVATIONS", "MAX_ORDER", "ShardedTaylorNet", "TaylorLinear", "TaylorNet", "TaylorizedModule",
-    "empirical_ntk", "expected_squared_loss", "philox_signs", "reference", "taylor_features", "taylor_net",
-    "taylor_net_moments", "taylorize",
+    "empirical_ntk", "expected_squared_loss", "ntk_gram", "philox_signs", "reference", "taylor_features",
+    "taylor_net", "taylor_net_moments", "taylorize",
 ]

@@ -39,12 +39,9 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
-from torch import nn
+from torch import Tensor
 
-from . import functional as F
-from .modules import (
-    TaylorNet, _TaylorBase, draw_init_seed, draw_sign_seed, register_net_state, taylor_net_init,
-)
+from .modules import TaylorNet, draw_sign_seed
 
 __all__ = ["ShardedTaylorNet", "shard_range"]
 
@@ -88,48 +85,66 @@ class _CopyToShards(torch.autograd.Function):
         return grad, None
 
 
-class ShardedTaylorNet(_TaylorBase):
-    """``TaylorNet`` with its ``width`` neurons sharded over the ranks of ``process_group``.
+class ShardedTaylorNet(TaylorNet):
+    r""":class:`~taylornet.TaylorNet` with its ``width`` neurons sharded over the ranks of ``process_group``.
 
-    The arguments are TaylorNet's (``width`` is the global width) plus ``process_group`` (default: the
-    world) and ``sync_seeds``. torch.distributed must be initialized (NCCL on GPUs, gloo on CPUs).
-    Buffers and parameters have TaylorNet's names and hold this rank's neurons: ``weight0``, ``weight``
-    (local_width, in), ``a`` (out, local_width), ``bias0``, ``bias`` (local_width,). The output, the
-    loss and every gradient equal the unsharded model's (to float rounding: the neuron sum is split).
+    The model, its forward, :meth:`moments`, :meth:`expected_loss` and :meth:`ntk` are TaylorNet's;
+    each rank holds its neurons and the partial readouts are summed over the ranks. The output, the
+    loss and every gradient equal the unsharded model's for the same seed (to float rounding: the
+    neuron sum is split). torch.distributed must be initialized (NCCL on GPUs, gloo on CPUs).
+
+    Args:
+        in_features, width, out_features: as in TaylorNet (``width`` is the global width).
+        process_group: the ranks to shard over (default: the world).
+        sync_seeds: use rank 0's seeds on every rank (one 16-byte broadcast per training forward);
+            False relies on every rank's default generator being in the same state.
+        **kwargs: TaylorNet's keyword arguments (activation, order, sign_randomization,
+            symmetric_init, train_readout, scale, bias, eval_signs, device, dtype).
+
+    Shape:
+        - Input: :math:`(*, H_{in})`, the same on every rank
+        - Output: :math:`(*, c)`, the same on every rank
+
+    Attributes:
+        lo, hi: this rank's neurons [lo, hi) of the global width.
+        weight0, weight: :math:`(hi - lo, H_{in})`; a: :math:`(c, hi - lo)`; bias0, bias:
+            :math:`(hi - lo,)`: TaylorNet's tensors, this rank's slice.
+
+    Example::
+
+        >>> # under torchrun, after torch.distributed.init_process_group("gloo")
+        >>> torch.manual_seed(0)
+        >>> model = taylornet.ShardedTaylorNet(32, width=2**20, order=2, sign_randomization=True)
+        >>> model(torch.randn(64, 32)).shape
+        torch.Size([64, 1])
     """
 
-    def __init__(self, in_features: int, width: int, out_features: int = 1, *, activation: str = "tanh",
-                 order=2, sign_randomization: bool = False, symmetric_init: bool = True,
-                 train_readout: bool = False, scale: float | None = None, bias: bool = False,
-                 eval_signs: str = "expectation", device=None, dtype=None, process_group=None,
-                 sync_seeds: bool = True):
-        super().__init__()
+    def __init__(self, in_features: int, width: int, out_features: int = 1, *, process_group=None,
+                 sync_seeds: bool = True, **kwargs) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "ShardedTaylorNet: torch.distributed is not initialized; call "
                 "torch.distributed.init_process_group first (e.g. under torchrun)"
             )
-        self._configure_net(in_features, width, out_features, symmetric_init, scale)  # global width
-        self._configure(activation, order, sign_randomization, eval_signs)
-        self.symmetric_init = bool(symmetric_init)
+        # TaylorNet.__init__ calls the sharding hooks below, which need the group: plain attributes,
+        # which nn.Module allows before its own __init__.
         self.process_group = process_group
         self.sync_seeds = bool(sync_seeds)
         self.world_size = dist.get_world_size(process_group)
         self.rank = dist.get_rank(process_group)
-        if width < self.world_size:
-            raise ValueError(f"width: every rank needs a neuron, got width {width} for {self.world_size} ranks")
-        self.lo, self.hi = shard_range(width, self.world_size, self.rank)
-        self.local_width = self.hi - self.lo
+        super().__init__(in_features, width, out_features, **kwargs)
 
-        kw = {"device": device, "dtype": dtype if dtype is not None else torch.get_default_dtype()}
-        self.init_seed = self._agree(draw_init_seed())
-        w0, a, b0 = taylor_net_init(
-            self.init_seed, self.lo, self.hi, in_features=in_features, out_features=out_features,
-            width=width, symmetric_init=symmetric_init, bias=bias, **kw,
-        )
-        register_net_state(self, w0, a, b0, train_readout=train_readout)
+    @property
+    def local_width(self) -> int:
+        """Neurons held by this rank."""
+        return self.hi - self.lo
 
-    # ---- communication ------------------------------------------------------------------------
+    # ---- the sharding hooks of TaylorNet ---------------------------------------------------------
+
+    def _neuron_range(self) -> tuple[int, int]:
+        if self.width < self.world_size:
+            raise ValueError(f"width: every rank needs a neuron, got width {self.width} for {self.world_size} ranks")
+        return shard_range(self.width, self.world_size, self.rank)
 
     def _comm_device(self) -> torch.device:
         backend = str(dist.get_backend(self.process_group)).lower()
@@ -145,47 +160,30 @@ class ShardedTaylorNet(_TaylorBase):
         """Rank 0's ``value`` (an int, or an int64 tensor) on every rank, if ``sync_seeds``."""
         if not self.sync_seeds or self.world_size == 1:
             return value
-        as_int = not isinstance(value, torch.Tensor)
-        t = torch.tensor([value], dtype=torch.int64) if as_int else value
+        as_int = not isinstance(value, Tensor)
+        t = torch.tensor([value], dtype=torch.int64, device="cpu") if as_int else value
         t = t.to(self._comm_device())
         dist.broadcast(t, src=self._src(), group=self.process_group)
         return int(t.item()) if as_int else t.cpu()
 
-    def _sign_seed(self):
+    def _sign_seed(self) -> Tensor | None:
         """(seed, offset, first global neuron) while training with sign randomization; None otherwise."""
         if not (self.sign_randomization and self.training):
             return None
         seed = self._agree(draw_sign_seed())
-        return torch.cat([seed, torch.tensor([self.lo], dtype=torch.int64)])
+        return torch.cat([seed, torch.tensor([self.lo], dtype=torch.int64, device="cpu")])
 
-    def _reduce(self, partial: torch.Tensor) -> torch.Tensor:
+    def _reduce(self, partial: Tensor) -> Tensor:
         return _ReduceFromShards.apply(partial, self.process_group)
 
-    # ---- forward ------------------------------------------------------------------------------
-
-    def _args(self, x):
-        if torch.is_grad_enabled() and x.requires_grad:
-            x = _CopyToShards.apply(x, self.process_group)  # dX is all-reduced only in this case
-        return (x, self.weight0, self.weight, self.a, self.bias0, self.bias)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self._use_expectation():
-            return self.moments(x)[0]
-        partial = F.taylor_net(*self._args(x), activation=self.activation, order=self.order,
-                               scale=self.scale, sign_seed=self._sign_seed())
-        return self._reduce(partial)
-
-    def moments(self, x: torch.Tensor):
-        """(E_S f, Var_S f) over uniformly random signs, each (..., out_features); one all-reduce."""
-        mean, var = F.taylor_net_moments(*self._args(x), activation=self.activation, order=self.order,
-                                         scale=self.scale)
-        both = self._reduce(torch.stack([mean, var]))
+    def _reduce_pair(self, mean: Tensor, var: Tensor) -> tuple[Tensor, Tensor]:
+        both = self._reduce(torch.stack([mean, var]))  # one all-reduce for both
         return both[0], both[1]
 
-    def expected_loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Mean over samples and outputs of E_S (f - y)^2, exact (no sign sampling)."""
-        mean, var = self.moments(x)
-        return F.expected_squared_loss(mean, var, y).mean()
+    def _args(self, x: Tensor) -> tuple:
+        if torch.is_grad_enabled() and x.requires_grad:
+            x = _CopyToShards.apply(x, self.process_group)  # dX is all-reduced only in this case
+        return super()._args(x)
 
     # ---- checkpoints --------------------------------------------------------------------------
 
@@ -193,10 +191,10 @@ class ShardedTaylorNet(_TaylorBase):
         return {"width": self.width, "world_size": self.world_size, "rank": self.rank, "lo": self.lo,
                 "hi": self.hi, "in_features": self.in_features, "out_features": self.out_features}
 
-    def get_extra_state(self):
+    def get_extra_state(self) -> dict:
         return {**self._geometry(), "init_seed": self.init_seed}
 
-    def set_extra_state(self, state):
+    def set_extra_state(self, state: dict) -> None:
         mine = self._geometry()
         theirs = {k: state.get(k) for k in ("width", "lo", "hi", "in_features", "out_features")}
         if any(theirs[k] != mine[k] for k in theirs):
@@ -207,13 +205,6 @@ class ShardedTaylorNet(_TaylorBase):
                 "load the shard saved by the same rank and world size, or use load_full_state_dict"
             )
         self.init_seed = state.get("init_seed", self.init_seed)
-
-    def _config(self) -> dict:
-        return dict(
-            activation=self.activation, order=self.order, sign_randomization=self.sign_randomization,
-            symmetric_init=self.symmetric_init, train_readout=isinstance(self.a, nn.Parameter),
-            scale=self.scale, bias=self.bias is not None, eval_signs=self.eval_signs,
-        )
 
     def full_state_dict(self) -> dict:
         """The unsharded TaylorNet state dict, gathered on every rank (collective: call on all ranks).
@@ -243,6 +234,7 @@ class ShardedTaylorNet(_TaylorBase):
             model = TaylorNet(self.in_features, self.width, self.out_features, **self._config(),
                               device="meta", dtype=self.weight.dtype)
         model.load_state_dict(state, assign=True)
+        model.init_seed = self.init_seed
         return model.train(self.training)
 
     def load_full_state_dict(self, state_dict: dict, *, assign: bool = False):
@@ -251,27 +243,21 @@ class ShardedTaylorNet(_TaylorBase):
         for name, t in state_dict.items():
             if name in _NEURON_DIM and t is not None:
                 t = t.narrow(_NEURON_DIM[name], self.lo, self.local_width)
-            sliced[name] = t.clone() if assign and isinstance(t, torch.Tensor) else t
+            sliced[name] = t.clone() if assign and isinstance(t, Tensor) else t
         sliced["_extra_state"] = self.get_extra_state()
         return self.load_state_dict(sliced, assign=assign)
 
     @classmethod
-    def from_taylornet(cls, model: TaylorNet, *, process_group=None, sync_seeds: bool = True):
+    def from_taylornet(cls, model: TaylorNet, *, process_group=None, sync_seeds: bool = True) -> "ShardedTaylorNet":
         """Shards a single-process TaylorNet (present on every rank) over ``process_group``."""
-        config = dict(
-            activation=model.activation, order=model.order, sign_randomization=model.sign_randomization,
-            symmetric_init=model.symmetric_init, train_readout=isinstance(model.a, nn.Parameter),
-            scale=model.scale, bias=model.bias is not None, eval_signs=model.eval_signs,
-        )
         with torch.random.fork_rng(devices=[]):
-            sharded = cls(model.in_features, model.width, model.out_features, **config, device="meta",
+            sharded = cls(model.in_features, model.width, model.out_features, **model._config(), device="meta",
                           dtype=model.weight.dtype, process_group=process_group, sync_seeds=sync_seeds)
+        sharded.init_seed = model.init_seed
         state = {k: v.to(model.weight.device) for k, v in model.state_dict().items()}
         sharded.load_full_state_dict(state, assign=True)
         return sharded.train(model.training)
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, width={self.width}, out_features={self.out_features}, "
-                f"neurons=[{self.lo}, {self.hi}) on rank {self.rank} of {self.world_size}, "
-                f"activation={self.activation!r}, order={self.order!r}, "
-                f"sign_randomization={self.sign_randomization}, scale={self.scale:.4g}")
+        return (super().extra_repr()
+                + f", neurons=[{self.lo}, {self.hi}) on rank {self.rank} of {self.world_size}")

@@ -14,17 +14,21 @@ import math
 from fractions import Fraction
 from functools import lru_cache
 
+from collections.abc import Callable
+
 import torch
 import torch.nn.functional as F
+from torch import Tensor
 
-from .activations import ACTIVATIONS, MAX_ORDER, check_activation, parse_order
+from .activations import ACTIVATIONS, MAX_ORDER, Order, check_activation, parse_order
+from .functional import expected_squared_loss
 
 __all__ = [
     "ACTIVATIONS", "MAX_ORDER", "activation_function", "taylor_coefficients",
     "taylor_features", "taylor_net", "taylor_net_moments", "expected_squared_loss",
 ]
 
-_ACTIVATION_FUNCTIONS = {
+_ACTIVATION_FUNCTIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "tanh": torch.tanh,
     "sigmoid": torch.sigmoid,
     "softplus": F.softplus,
@@ -40,8 +44,19 @@ _ACTIVATION_FUNCTIONS = {
 }
 
 
-def activation_function(activation: str):
-    """The plain torch activation sigma (used by order="exact")."""
+if set(_ACTIVATION_FUNCTIONS) != set(ACTIVATIONS):  # the compiled ops' table is the one list
+    raise ImportError(f"taylornet.reference: activations {sorted(_ACTIVATION_FUNCTIONS)} differ from the compiled "
+                      f"ops' {sorted(ACTIVATIONS)}")
+
+
+def activation_function(activation: str) -> Callable[[Tensor], Tensor]:
+    """The plain torch activation sigma (used by order="exact").
+
+    Example::
+
+        >>> taylornet.reference.activation_function("gelu")(torch.zeros(2))
+        tensor([0., 0.])
+    """
     return _ACTIVATION_FUNCTIONS[check_activation(activation)]
 
 
@@ -127,10 +142,25 @@ def _series(coefficients, v: torch.Tensor) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------
 # Taylor coefficients
 
-def taylor_coefficients(z: torch.Tensor, activation: str, K: int) -> list[torch.Tensor]:
+def taylor_coefficients(z: Tensor, activation: str, K: int) -> list[Tensor]:
     """[c_0(z), ..., c_K(z)] with c_k = sigma^(k)(z) / k!, differentiable in z by autograd.
 
     relu is allowed any K here (c_k = 0 for k >= 2); the public order check is stricter.
+
+    Args:
+        z: pre-activations, any shape.
+        activation: one of ``ACTIVATIONS``.
+        K: the highest order.
+
+    Shape:
+        - z: :math:`(*)`
+        - Output: K + 1 tensors of shape :math:`(*)`
+
+    Example::
+
+        >>> c = taylornet.reference.taylor_coefficients(torch.zeros(3), "tanh", 3)
+        >>> [round(v[0].item(), 4) for v in c]   # tanh, 1, 0, -1/3
+        [0.0, 1.0, 0.0, -0.3333]
     """
     check_activation(activation)
     if activation in ("tanh", "sigmoid"):
@@ -190,8 +220,25 @@ def _readout(h, a, scale, square=False):
     return scale * (h @ (a if a.dim() == 1 else a.t()))
 
 
-def taylor_features(x, w0, w, b0=None, b=None, *, activation="tanh", order=2, signs=None):
-    """h = sum_{k in O} c_k(z0) v^k, v = signs * u (or sigma(z0 + v) for "exact"); shape (..., m)."""
+def taylor_features(x: Tensor, w0: Tensor, w: Tensor, b0: Tensor | None = None, b: Tensor | None = None, *,
+                    activation: str = "tanh", order: Order = 2, signs: Tensor | None = None) -> Tensor:
+    """h = sum_{k in O} c_k(z0) v^k, v = signs * u (or sigma(z0 + v) for "exact").
+
+    :func:`taylornet.taylor_features` in plain PyTorch autograd (every derivative, of every order).
+
+    Args:
+        x, w0, w, b0, b, activation, order, signs: as in :func:`taylornet.taylor_features`.
+
+    Shape:
+        - x: :math:`(*, d)`; w0, w: :math:`(m, d)`; b0, b, signs: :math:`(m,)`
+        - Output: :math:`(*, m)`
+
+    Example::
+
+        >>> x, w0, w = torch.randn(8, 4), torch.randn(16, 4), torch.zeros(16, 4)
+        >>> taylornet.reference.taylor_features(x, w0, w, order=2).shape
+        torch.Size([8, 16])
+    """
     orders, exact = parse_order(order, activation)
     z0, u = _pre_activations(x, w0, w, b0, b)
     v = u if signs is None else u * signs.to(u.dtype)
@@ -202,20 +249,48 @@ def taylor_features(x, w0, w, b0=None, b=None, *, activation="tanh", order=2, si
     return _series([c[k] if k in orders else None for k in range(K + 1)], v)
 
 
-def taylor_net(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, signs=None, scale=None):
-    """f = scale * h A^T; shape (...) if a is (m,), (..., c) if a is (c, m)."""
+def taylor_net(x: Tensor, w0: Tensor, w: Tensor, a: Tensor, b0: Tensor | None = None, b: Tensor | None = None, *,
+               activation: str = "tanh", order: Order = 2, signs: Tensor | None = None,
+               scale: float | None = None) -> Tensor:
+    """f = scale * h A^T: :func:`taylornet.taylor_net` in plain PyTorch autograd.
+
+    Args:
+        x, w0, w, a, b0, b, activation, order, signs, scale: as in :func:`taylornet.taylor_net`.
+
+    Shape:
+        - a: :math:`(m,)` or :math:`(c, m)`
+        - Output: :math:`(*)` when a is :math:`(m,)`, :math:`(*, c)` when a is :math:`(c, m)`
+
+    Example::
+
+        >>> x, w0, w, a = torch.randn(8, 4), torch.randn(16, 4), torch.zeros(16, 4), torch.randn(3, 16)
+        >>> taylornet.reference.taylor_net(x, w0, w, a).shape
+        torch.Size([8, 3])
+    """
     h = taylor_features(x, w0, w, b0, b, activation=activation, order=order, signs=signs)
     return _readout(h, a, scale)
 
 
-def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order=2, signs=None, scale=None):
-    """(E_S f, Var_S f) over independent uniformly random signs s_r in {+1, -1} (``signs`` must be None).
+def taylor_net_moments(x: Tensor, w0: Tensor, w: Tensor, a: Tensor, b0: Tensor | None = None,
+                       b: Tensor | None = None, *, activation: str = "tanh", order: Order = 2,
+                       scale: float | None = None) -> tuple[Tensor, Tensor]:
+    """(E_S f, Var_S f) over independent uniformly random signs s_r in {+1, -1}.
 
     Only the odd-order part of h changes sign with s_r, so with e = even part and o = odd part:
-    mean = scale * e A^T, var = scale^2 * o^2 (A^2)^T.
+    mean = scale * e A^T, var = scale^2 * o^2 (A^2)^T. :func:`taylornet.taylor_net_moments` in plain
+    PyTorch autograd.
+
+    Args:
+        x, w0, w, a, b0, b, activation, order, scale: as in :func:`taylornet.taylor_net`.
+
+    Shape:
+        - Output: (mean, var), each of :func:`taylor_net`'s output shape
+
+    Example::
+
+        >>> x, w0, w, a = torch.randn(8, 4), torch.randn(16, 4), torch.randn(16, 4), torch.randn(16)
+        >>> mean, var = taylornet.reference.taylor_net_moments(x, w0, w, a, order=3)
     """
-    if signs is not None:
-        raise ValueError("signs: the moments average over uniformly random signs; pass signs=None")
     orders, exact = parse_order(order, activation)
     z0, u = _pre_activations(x, w0, w, b0, b)
     if exact:
@@ -228,8 +303,3 @@ def taylor_net_moments(x, w0, w, a, b0=None, b=None, *, activation="tanh", order
         e = _series([c[k] if k in orders and k % 2 == 0 else None for k in range(K + 1)], u)
         o = _series([c[k] if k in orders and k % 2 == 1 else None for k in range(K + 1)], u)
     return _readout(e, a, scale), _readout(o * o, a, scale, square=True)
-
-
-def expected_squared_loss(mean, var, y):
-    """E_S (f - y)^2 = (E_S f - y)^2 + Var_S f, elementwise."""
-    return (mean - y) ** 2 + var
