@@ -11,12 +11,13 @@ activation makes the network odd in x, and the target is even.
 from __future__ import annotations
 
 import argparse
-import time
 
 import torch
 
 from . import reference
+from .experiments.data import sample_sphere
 from .modules import TaylorNet
+from .utils.timing import median_time
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -29,11 +30,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--activation", default="gelu")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-
-
-def sphere(n: int, d: int, g: torch.Generator) -> torch.Tensor:
-    x = torch.randn(n, d, generator=g)
-    return x * (d**0.5 / x.norm(dim=1, keepdim=True))
 
 
 def target(x: torch.Tensor, beta: torch.Tensor) -> torch.Tensor:
@@ -58,23 +54,13 @@ def train(model: TaylorNet, x, y, xt, yt, steps: int, lr: float, label: str) -> 
     return test
 
 
-def time_step(fn, repeats: int = 3) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
-
-
 def run(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     g = torch.Generator().manual_seed(args.seed)
     d, m = args.dim, args.width
     beta = torch.linalg.qr(torch.randn(d, 2, generator=g))[0].T
-    x, xt = sphere(args.train, d, g), sphere(args.test, d, g)
+    x, xt = sample_sphere(args.train, d, g), sample_sphere(args.test, d, g)
     y, yt = target(x, beta), target(xt, beta)
     print(f"taylornet demo: y = (b1.x)^2 - (b2.x)^2, d={d}, m={m}, n={args.train}, "
           f"activation={args.activation}, test target variance {yt.var().item():.3f}")
@@ -99,7 +85,7 @@ def run(args) -> int:
         reference.taylor_net(x, model.weight0, model.weight, model.a, activation=args.activation,
                              order=2, scale=model.scale).sum().backward()
 
-    tf, te = time_step(fused), time_step(eager)
+    tf, te = median_time(fused, repeats=3), median_time(eager, repeats=3)
     print(f"forward+backward, n={args.train}, m={m}: fused {tf * 1e3:.1f} ms, "
           f"autograd reference {te * 1e3:.1f} ms ({te / tf:.1f}x)")
     better = results["quadratic"] < results["NTK"]

@@ -1,4 +1,5 @@
-"""The benchmark tool: a smoke run of the CLI on one tiny case, and its small pure pieces."""
+"""The benchmark tool: a smoke run of the CLI on one tiny case, and its small pure pieces, with the
+timing, progress and result helpers it shares with the experiments."""
 import csv
 import json
 import math
@@ -6,9 +7,10 @@ import sys
 
 import pytest
 
-from taylornet.bench import budget, cli, timing
-from taylornet.bench.cases import Case, parse_width, width_range
+from taylornet.bench import budget, cli
+from taylornet.bench.cases import Case, parse_order, parse_width, width_range
 from taylornet.bench.flops import MatmulCeiling, gemms, model_flops
+from taylornet.utils import results, timing
 
 
 def _case(op="net_fb", **kw):
@@ -17,6 +19,7 @@ def _case(op="net_fb", **kw):
     return Case(**base)
 
 
+@pytest.mark.slow
 def test_cli_smoke_writes_json_csv_png(tmp_path):
     argv = ["--ops", "net_fb", "--n", "64", "--dims", "8", "--widths", "256", "512", "--orders", "2",
             "--activations", "tanh", "--repeats", "1", "--warmup", "1", "--min-time", "0", "--no-compile",
@@ -57,7 +60,7 @@ def test_cli_runs_without_tqdm_and_numpy(tmp_path, monkeypatch, capsys):
     assert "n=32 d=4 m=64" in capsys.readouterr().out  # the per-case table
 
 
-def test_flop_model_follows_the_brief():
+def test_flop_model_counts_the_matrix_products():
     n, d, m = 64, 8, 256
     assert model_flops(_case("features")) == 4 * n * m * d
     assert model_flops(_case("net")) == 4 * n * m * d + 2 * n * m
@@ -97,10 +100,45 @@ def test_budget_width_extrapolates_and_interpolates():
     assert budget.predict(pts, 8192) >= 100 + 8192 * 10
 
 
-def test_width_parsing():
+def test_width_and_order_parsing():
     assert parse_width("2^14") == 16384 and parse_width("16k") == 16384 and parse_width("300") == 300
     assert width_range(1024, 65536, 4) == [1024, 4096, 16384, 65536]
     assert math.isclose(len(width_range(2**10, 2**22, 2)), 13)
+    assert parse_order("2") == 2 and parse_order("exact") == "exact"
+    for bad in ("-1", "two", "17"):  # the package's order rules
+        with pytest.raises(ValueError, match="^order: "):
+            parse_order(bad)
+
+
+def test_timing_interleaves_and_drops_a_failing_callable():
+    calls = []
+
+    def ok():
+        calls.append("ok")
+
+    def fails():
+        raise RuntimeError("boom")
+
+    errors = {}
+    samples = timing.interleaved({"ok": ok, "fails": fails}, {"ok": 2, "fails": 1}, {"ok": 3, "fails": 3},
+                                 on_error=lambda name, exc: errors.setdefault(name, str(exc)))
+    assert len(samples["ok"]) == 3 and all(t >= 0 for t in samples["ok"]) and samples["fails"] == []
+    assert calls == ["ok"] * 6 and errors == {"fails": "boom"}
+    with pytest.raises(RuntimeError, match="boom"):
+        timing.interleaved({"fails": fails}, {"fails": 1}, {"fails": 1})
+    assert timing.median_time(ok, repeats=3, warmup=2) >= 0 and len(calls) == 11
+
+
+def test_result_files_are_valid_json_and_csv(tmp_path):
+    doc = {"nan": math.nan, "inf": -math.inf, "path": tmp_path, "nested": {"t": (1, 2)}}
+    results.write_json(tmp_path / "r.json", doc)
+    assert json.loads((tmp_path / "r.json").read_text()) == {"nan": None, "inf": None, "path": str(tmp_path),
+                                                             "nested": {"t": [1, 2]}}
+    results.write_csv(tmp_path / "r.csv", [{"a": 1, "l": [1, "x"], "d": {"skip": 1}}, {"b": 2}], first=("b",))
+    with open(tmp_path / "r.csv") as f:
+        assert list(csv.DictReader(f)) == [{"b": "", "a": "1", "l": "1+x"}, {"b": "2", "a": "", "l": ""}]
+    info = results.machine_info("cpu")
+    assert info["device"] == "cpu" and info["cpu_count"] >= 1
 
 
 def test_cpu_peak_measures_resident_bytes():

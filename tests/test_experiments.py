@@ -1,4 +1,4 @@
-"""The experiments' building blocks (data, random features, NTK Gram, kernel ridge, sign-expectation
+"""The experiments' building blocks (data, random features, kernel ridge, sign-expectation
 loss, NoisySGD, threshold search) and tiny smoke runs of every `taylornet experiment` command."""
 import itertools
 import json
@@ -6,7 +6,6 @@ import math
 
 import pytest
 import torch
-from torch.func import jacrev
 
 import taylornet as tn
 from taylornet.__main__ import main
@@ -14,7 +13,7 @@ from taylornet.experiments import learners
 from taylornet.experiments.common import fit_power_law
 from taylornet.experiments.data import LowRankPolynomial, load_digits, sample_sphere, sphere_moment
 from taylornet.experiments.features import RandomFeatures, hermite
-from taylornet.experiments.ntk import activation_derivative, kernel_ridge, ntk_gram
+from taylornet.experiments.ntk import kernel_ridge
 from taylornet.experiments.sample_complexity import find_threshold, sample_grid
 from taylornet.optim import NoisySGD
 
@@ -28,6 +27,7 @@ def _gen(seed=0):
 # ---------------------------------------------------------------------------------------------
 # data
 
+@pytest.mark.slow  # scikit-learn's import
 def test_digits_split_is_fixed_and_standardized():
     data = load_digits()
     assert data.x_train.shape == (1437, 64) and data.x_test.shape == (360, 64)
@@ -95,31 +95,7 @@ def test_random_features_shape_scale_and_determinism(degree):
 
 
 # ---------------------------------------------------------------------------------------------
-# NTK Gram and kernel ridge
-
-@pytest.mark.parametrize("activation", ["tanh", "softplus", "gelu", "exp"])
-def test_ntk_gram_equals_jacobian_product(activation):
-    """K = J J^T with J the autograd Jacobian in W at W = 0, for the network and its order-1 model."""
-    g = _gen(9)
-    n1, n2, m, d = 5, 4, 6, 3
-    x1, x2 = torch.randn(n1, d, generator=g, dtype=DT), torch.randn(n2, d, generator=g, dtype=DT)
-    w0 = torch.randn(m, d, generator=g, dtype=DT) / math.sqrt(d)
-    a = torch.randn(m, generator=g, dtype=DT)
-    zero = torch.zeros(m, d, dtype=DT)
-    for order in ("exact", 1):
-        def f(w, x):
-            return tn.reference.taylor_net(x, w0, w, a, activation=activation, order=order, scale=0.3)
-
-        j1, j2 = jacrev(f)(zero, x1).reshape(n1, -1), jacrev(f)(zero, x2).reshape(n2, -1)
-        for chunk in (None, 4):
-            gram = ntk_gram(x1, x2, w0, a, activation=activation, scale=0.3, chunk=chunk)
-            torch.testing.assert_close(gram, j1 @ j2.T, rtol=1e-10, atol=1e-12)
-    torch.testing.assert_close(ntk_gram(x1, x1, w0, a.reshape(1, m), activation=activation), (j1 @ j1.T) / (0.3**2 * m))
-    z = x1 @ w0.T
-    sigma = tn.reference.activation_function(activation)
-    expected = torch.func.vmap(torch.func.grad(lambda v: sigma(v)))(z.reshape(-1)).reshape(z.shape)
-    torch.testing.assert_close(activation_derivative(x1, w0, activation=activation), expected)
-
+# Kernel ridge (the NTK Gram itself: tests/test_api.py)
 
 def test_trained_order1_model_converges_to_kernel_ridge():
     d, n = 4, 12
@@ -274,6 +250,7 @@ STEMS = {"taylorized": ["taylorized", "taylorized_distances"], "sample-complexit
          "hierarchical": ["hierarchical"]}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(SMOKE))
 def test_experiment_smoke_run(name, tmp_path, capsys):
     outs = [tmp_path / "a", tmp_path / "b"]

@@ -2,12 +2,14 @@
 
     cases.py      operations, the case grid and the presets
     workloads.py  inputs and one call of a case per implementation
-    flops.py      the FLOP model (BRIEF section 4) and the matmul ceiling on the same shapes
-    timing.py     warm-up, calibrated loops, interleaved repeats, median and IQR (CUDA events)
+    flops.py      the FLOP model of the matrix products and the matmul ceiling on the same shapes
     memory.py     peak memory: CUDA allocator statistics, CPU peak RSS of a fresh process
     budget.py     memory against width: predictions and the width that reaches a budget
     runner.py     one case end to end, and the width sweep
     report.py     the table, JSON and CSV, machine and allocator settings
     plots.py      speedup / time / memory against width (PNG)
     cli.py        ``taylornet bench`` (also ``python -m taylornet.bench``)
+
+Timing (torch.utils.benchmark, interleaved rounds), progress bars, plotting and result files come
+from taylornet.utils, shared with the experiments.
 """

@@ -8,6 +8,7 @@ squares over the measured widths; the budget width solves a + b*m = budget.
 from __future__ import annotations
 
 import math
+import statistics
 
 # Rough n x m buffer counts before anything is measured (only used to avoid starting a case that
 # cannot fit; the measured line replaces them after the first width).
@@ -39,14 +40,10 @@ def fit_affine(points: list[tuple[int, float]]) -> tuple[float, float] | None:
     if len({m for m, _ in pts}) == 1:
         m, v = max(pts)
         return 0.0, v / m
-    n = len(pts)
-    mx = sum(m for m, _ in pts) / n
-    my = sum(v for _, v in pts) / n
-    sxx = sum((m - mx) ** 2 for m, _ in pts)
-    b = sum((m - mx) * (v - my) for m, v in pts) / sxx
+    b, a = statistics.linear_regression([m for m, _ in pts], [v for _, v in pts])
     if b <= 0:  # flat or noisy: no growth with width to extrapolate
-        return my, 0.0
-    return my - b * mx, b
+        return statistics.fmean(v for _, v in pts), 0.0
+    return a, b
 
 
 def predict(points: list[tuple[int, float]], m: int) -> float | None:

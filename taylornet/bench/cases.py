@@ -9,6 +9,8 @@ import dataclasses
 import itertools
 from dataclasses import dataclass
 
+from ..activations import parse_order as _parse_order
+
 # op key -> (function family, backward?, label). "moments_fb" is available but not in the default grid.
 OPS = {
     "features": ("features", False, "features fwd"),
@@ -95,28 +97,32 @@ class Case:
         """Everything but the width: the cases of one line in a plot or of one memory extrapolation."""
         return tuple(v for k, v in dataclasses.asdict(self).items() if k != "m")
 
+    def with_width(self, m: int) -> Case:
+        """The same case at width ``m``."""
+        return dataclasses.replace(self, m=int(m))
+
     def to_dict(self) -> dict:
         out = dataclasses.asdict(self)
         out["grad_wrt"] = list(self.grad_wrt)
         return out
 
     @classmethod
-    def from_dict(cls, data: dict) -> "Case":
+    def from_dict(cls, data: dict) -> Case:
         data = dict(data)
         data["grad_wrt"] = tuple(data.get("grad_wrt", ("w",)))
         return cls(**data)
 
 
 def parse_order(text) -> int | str:
-    if isinstance(text, int) or text == "exact":
-        return text
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"order: expected an int >= 0 or 'exact', got {text!r}") from None
-    if value < 0:
-        raise ValueError(f"order: expected an int >= 0 or 'exact', got {text!r}")
-    return value
+    """An order from the command line: an int K or "exact", checked by the package's order parser."""
+    order = text
+    if isinstance(text, str) and text != "exact":
+        try:
+            order = int(text)
+        except ValueError:
+            raise ValueError(f"order: expected an int >= 0 or 'exact', got {text!r}") from None
+    _parse_order(order)
+    return order
 
 
 def parse_width(text) -> int:
@@ -164,7 +170,8 @@ def build_grid(*, ops, ns, dims, widths, orders, activations, dtypes, device, ou
 # ---- presets: named settings; explicit command-line options override them ----------------------
 
 PRESETS = {
-    # Issue 2's acceptance case: TaylorNet forward+backward on CPU, against eager and compiled.
+    # The core case: TaylorNet forward+backward at n=2048, d=32, m=16384 on CPU, against eager and
+    # compiled.
     "core": dict(device="cpu", ops=["net_fb"], n=[2048], dims=[32], widths=[16384], orders=["2"],
                  activations=["tanh"], dtypes=["float32"]),
     # The CUDA target, float32 and bf16, plus a sweep for the widest m each implementation fits.
@@ -183,7 +190,8 @@ def default_dtypes(device: str) -> list[str]:
 
 
 def default_settings(device: str) -> dict:
-    """The full grid of issue 4 for ``device``."""
+    """The full grid for ``device``: every default op x d in 16, 64, 256 x widths 2^10 ... x orders 1, 2,
+    4, exact x tanh, gelu."""
     cuda = device == "cuda"
     return dict(
         device=device,

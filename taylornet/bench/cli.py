@@ -1,7 +1,7 @@
 """``taylornet bench``: time the fused ops against the autograd reference, eager and compiled.
 
     taylornet bench --quick                   every op on a small grid (a 2-core CPU: < 3 minutes)
-    taylornet bench --preset core             issue 2's acceptance case on CPU
+    taylornet bench --preset core             TaylorNet fwd+bwd, n=2048 d=32 m=16384 K=2 tanh, on CPU
     taylornet bench --device cuda             the GPU grid (float32 and bf16)
     taylornet bench --preset cuda-target      n=16384 d=128 m=262144 on CUDA, with a width sweep
     taylornet bench --preset cuda-target --dtypes float32 --tf32    the same with TF32 matmuls
@@ -46,15 +46,19 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=["cpu", "cuda"], help="default: cpu (the preset's device for presets)")
     g.add_argument("--ops", nargs="+", action=_ListAction, metavar="OP",
                    help=f"of {', '.join(OPS)} (default: all but moments_fb)")
-    g.add_argument("--n", nargs="+", action=_ListAction, metavar="N", help="samples per call (default 2048 CPU, 16384 CUDA)")
-    g.add_argument("--dims", "-d", nargs="+", action=_ListAction, metavar="D", help="input dimensions (default 16 64 256)")
+    g.add_argument("--n", nargs="+", action=_ListAction, metavar="N",
+                   help="samples per call (default 2048 CPU, 16384 CUDA)")
+    g.add_argument("--dims", "-d", nargs="+", action=_ListAction, metavar="D",
+                   help="input dimensions (default 16 64 256)")
     g.add_argument("--widths", "-m", nargs="+", action=_ListAction, metavar="M",
                    help="explicit widths (16384, 2^14, 16k); default: --min-width ... --max-width")
     g.add_argument("--min-width", type=parse_width, help="default 2^10")
     g.add_argument("--max-width", type=parse_width,
-                   help="default 2^16 on CPU, 2^22 on CUDA; widths beyond the memory budget are skipped per implementation")
+                   help="default 2^16 on CPU, 2^22 on CUDA; widths beyond the memory budget are skipped per "
+                        "implementation")
     g.add_argument("--width-step", type=int, help="factor between widths (default 4)")
-    g.add_argument("--orders", nargs="+", action=_ListAction, metavar="K", help="Taylor orders: ints or 'exact' (default 1 2 4 exact)")
+    g.add_argument("--orders", nargs="+", action=_ListAction, metavar="K",
+                   help="Taylor orders: ints or 'exact' (default 1 2 4 exact)")
     g.add_argument("--activations", nargs="+", action=_ListAction, metavar="ACT", help="default tanh gelu")
     g.add_argument("--dtypes", nargs="+", action=_ListAction, metavar="DTYPE",
                    help="default float32 on CPU; float32 bfloat16 on CUDA")
@@ -90,8 +94,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="CPU peak memory: a fresh process per (case, implementation) (default), this process, or off; "
                         "CUDA always uses the allocator's statistics unless 'none'")
     g.add_argument("--memory-budget", type=float, metavar="GB",
-                   help="memory budget in GB (GiB, 2^30 bytes): cases predicted above it are skipped per implementation, "
-                        "and the plots mark where each implementation reaches it (default: the device's memory)")
+                   help="memory budget in GB (GiB, 2^30 bytes): cases predicted above it are skipped per "
+                        "implementation, and the plots mark where each implementation reaches it (default: the "
+                        "device's memory)")
     g.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     g.add_argument("--hugepages", action="store_true",
                    help="CPU: run everything with glibc's huge-page malloc (GLIBC_TUNABLES=glibc.malloc.hugetlb=1, "
@@ -133,7 +138,8 @@ def resolve(args) -> dict:
     grad = _csv_list(args.grad_wrt)
     bad = [g for g in grad if g not in GRAD_TARGETS]
     if bad or not grad:
-        raise SystemExit(f"taylornet bench: --grad-wrt: expected some of {','.join(GRAD_TARGETS)}, got {args.grad_wrt!r}")
+        raise SystemExit(f"taylornet bench: --grad-wrt: expected some of {','.join(GRAD_TARGETS)}, "
+                         f"got {args.grad_wrt!r}")
     s.update(outputs=args.outputs, grad_wrt=grad, bias=args.bias, signs=args.signs, memory=args.memory,
              memory_budget_gb=args.memory_budget, threads=args.threads, check=not args.no_check,
              seed=args.seed, compile_mode=args.compile_mode, sweep_compile_mode=args.sweep_compile_mode,
@@ -141,30 +147,6 @@ def resolve(args) -> dict:
     s["tag"] = args.tag or (f"{args.preset or ('quick' if args.quick else 'grid')}-{device}"
                             + ("-tf32" if s["tf32"] else ""))
     return s
-
-
-class _PlainProgress:
-    """The part of tqdm's interface the benchmark uses, for machines without tqdm: no bar, the
-    per-case tables still printed."""
-
-    def __init__(self, *args, **kwargs):
-        pass
-
-    def set_description(self, *args, **kwargs):
-        pass
-
-    def set_postfix_str(self, *args, **kwargs):
-        pass
-
-    def update(self, *args):
-        pass
-
-    def close(self):
-        pass
-
-    @staticmethod
-    def write(text, file=None):
-        print(text, file=file or sys.stdout, flush=True)
 
 
 def run(args) -> int:
@@ -176,11 +158,8 @@ def run(args) -> int:
         return run_training(args)
     import torch
 
-    try:
-        from tqdm.auto import tqdm
-    except ImportError:
-        tqdm = _PlainProgress
-
+    from ..utils import results
+    from ..utils.progress import progress_bar
     from . import plots, report
     from .budget import budget_width
     from .runner import Settings, State, run_case, width_sweep
@@ -196,7 +175,7 @@ def run(args) -> int:
     if args.tf32 and device != "cuda":
         print("taylornet bench: --tf32 applies to CUDA only; ignored", file=sys.stderr)
     torch.backends.cuda.matmul.allow_tf32 = s["tf32"]
-    total_mem = report.total_memory(device)
+    total_mem = results.total_memory(device)
     budget_bytes = s["memory_budget_gb"] * 2**30 if s["memory_budget_gb"] else total_mem
     s["memory_budget_bytes"] = budget_bytes
     cases = grid(s)
@@ -207,7 +186,7 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = out_dir / f"{s['tag']}.json", out_dir / f"{s['tag']}.csv"
-    machine, software, env = report.machine_info(device), report.software_info(), report.allocator_env()
+    machine, software, env = results.machine_info(device), results.software_info(), report.allocator_env()
     if device == "cpu" and s["memory"] == "subprocess":
         from .memory import start_method
         s["memory_worker_start_method"] = start_method()
@@ -233,8 +212,7 @@ def run(args) -> int:
           f"{torch.get_num_threads()} threads; memory budget {budget_bytes / 2**30:.3g} GiB")
     if notes:
         print("note: " + "; ".join(notes))
-    bar = tqdm(total=len(cases), unit="case", dynamic_ncols=True, disable=args.no_progress or None,
-               file=sys.stderr)
+    bar = progress_bar(len(cases), unit="case", disable=args.no_progress)
     try:
         for case in cases:
             bar.set_description(case.slug(), refresh=False)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from . import timing
+from ..utils import timing
 
 SIZE = 2048
 
@@ -37,6 +37,5 @@ def measure_rate(device: str, dtype: str, repeats: int = 5) -> float:
     """FLOP/s of the SIZE^3 product: the median of ``repeats`` calls after one warm-up."""
     f = FloorRate(device, dtype)
     f()
-    timing.synchronize(device)
-    samples = [timing.time_calls(f, 1, device) for _ in range(repeats)]
+    samples = [timing.time_calls(f, 1) for _ in range(repeats)]
     return f.rate(timing.summarize(samples)["median_s"])

@@ -1,4 +1,4 @@
-"""FLOP model (BRIEF section 4) and the matrix-multiply ceiling on the same shapes.
+"""The FLOP model of the matrix products and the matrix-multiply ceiling on the same shapes.
 
 Per call, with n samples, width m, input dimension d and c readout rows:
 
@@ -40,7 +40,7 @@ class Gemm:
 
 
 def gemms(case: Case) -> list[Gemm]:
-    """The matrix products of one call of ``case`` in the BRIEF section 4 model."""
+    """The matrix products of one call of ``case`` (the model above)."""
     n, d, m, c = case.n, case.d, case.m, case.outputs
     out = [Gemm("X [W0;W]^T", n, d, 2 * m, trans_b=True)]
     readouts = {"features": 0, "net": 1, "moments": 2}[case.family]
@@ -72,13 +72,9 @@ def _itemsize(dtype: torch.dtype) -> int:
 
 def ceiling_bytes(case: Case, chunk: int = 1) -> int:
     """Memory of the ceiling's operands when m is split into ``chunk`` equal parts."""
-    sub = _with_width(case, max(1, case.m // chunk))
+    sub = case.with_width(max(1, case.m // chunk))
     numel = sum(math.prod(shape) for shape in _buffer_shapes(gemms(sub)).values())
     return numel * _itemsize(getattr(torch, case.dtype))
-
-
-def _with_width(case: Case, m: int) -> Case:
-    return Case(**{**case.to_dict(), "m": m, "grad_wrt": tuple(case.grad_wrt)})
 
 
 def _buffer_shapes(gs: list[Gemm]) -> dict[tuple, tuple]:
@@ -105,7 +101,7 @@ class MatmulCeiling:
         self.chunks = 1
         while ceiling_bytes(case, self.chunks) > max_bytes and case.m // (self.chunks * 2) >= 1024:
             self.chunks *= 2
-        sub = _with_width(case, case.m // self.chunks)
+        sub = case.with_width(case.m // self.chunks)
         self.gemms = gemms(sub)
         self.flops = model_flops(case)
         dtype = getattr(torch, case.dtype)

@@ -25,7 +25,6 @@ import gc
 
 import torch
 
-
 # ---- /proc and glibc helpers ---------------------------------------------------------------
 
 def _status_kb(field: str) -> int | None:

@@ -10,6 +10,7 @@ import math
 from collections import defaultdict
 from pathlib import Path
 
+from ..utils.plotting import plain_log_y, pyplot, save_figure
 from .budget import budget_width
 from .cases import BASELINES, CEILING, IMPLS, OPS
 
@@ -23,16 +24,6 @@ def _human(m: float) -> str:
         if m >= div:
             return f"{m / div:.3g}{unit}"
     return f"{m:.0f}"
-
-
-def _plain_log_y(ax, unit="", subs=(1.0, 2.0, 5.0)):
-    """Log y axis labelled 0.5, 2, 300 (with ``unit``) instead of powers of ten."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
-    ax.set_yscale("log")
-    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
-    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
-    ax.yaxis.set_minor_formatter(NullFormatter())
 
 
 def _order_key(o):
@@ -68,12 +59,8 @@ def _axes(plt, ops, dims, title):
 
 def plot_results(rows: list[dict], out_dir: Path, tag: str, budget_bytes: float | None) -> list[Path]:
     """Draw the figures; returns the written paths ([] without matplotlib)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = pyplot()
+    if plt is None:
         return []
     paths = []
     groups = _groups(rows)
@@ -109,11 +96,11 @@ def plot_results(rows: list[dict], out_dir: Path, tag: str, budget_bytes: float 
                                     color=f"C{k}", label=f"order {order} vs {base}")
                 ax.axhline(1.0, color="gray", lw=0.8)
                 ax.set_xscale("log", base=2)
-                _plain_log_y(ax, "×", subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
+                plain_log_y(ax, "×", subs=(1.0, 1.5, 2.0, 3.0, 5.0, 7.0))
                 if j == 0:
                     ax.set_ylabel("speedup (×)")
         _legend(fig, axes)
-        paths.append(_save(fig, plt, out_dir / f"{tag}_speedup_{suffix}.png"))
+        paths.append(save_figure(fig, out_dir / f"{tag}_speedup_{suffix}.png"))
 
         # time against width, with the matmul ceiling
         fig, axes = _axes(plt, ops, dims, f"median time per call vs width (log-log), matmul = ceiling\n{title}")
@@ -131,11 +118,11 @@ def plot_results(rows: list[dict], out_dir: Path, tag: str, budget_bytes: float 
                             ax.annotate(f"∝m^{p:.2f}", (xs[-1], ys[-1]), textcoords="offset points",
                                         xytext=(3, 0), fontsize=6, color=_COLORS[impl], va="center")
                 ax.set_xscale("log", base=2)
-                _plain_log_y(ax)
+                plain_log_y(ax)
                 if j == 0:
                     ax.set_ylabel("median ms per call")
         _legend(fig, axes)
-        paths.append(_save(fig, plt, out_dir / f"{tag}_time_{suffix}.png"))
+        paths.append(save_figure(fig, out_dir / f"{tag}_time_{suffix}.png"))
 
         # peak memory against width, the budget and where each implementation crosses it
         if any(r.get("peak_bytes") is not None for r in grp):
@@ -170,11 +157,11 @@ def plot_results(rows: list[dict], out_dir: Path, tag: str, budget_bytes: float 
                     if budget_gib:
                         ax.axhline(budget_gib, color="gray", ls="--", lw=1, label=f"budget {budget_gib:.3g} GiB")
                     ax.set_xscale("log", base=2)
-                    _plain_log_y(ax)
+                    plain_log_y(ax)
                     if j == 0:
                         ax.set_ylabel("GiB")
             _legend(fig, axes)
-            paths.append(_save(fig, plt, out_dir / f"{tag}_memory_{suffix}.png"))
+            paths.append(save_figure(fig, out_dir / f"{tag}_memory_{suffix}.png"))
     return paths
 
 
@@ -195,9 +182,3 @@ def _legend(fig, axes):
         fig.tight_layout(rect=(0, (0.17 * rows + 0.1) / height, 1, 1 - 0.45 / height))
     else:
         fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / fig.get_size_inches()[1]))
-
-
-def _save(fig, plt, path: Path) -> Path:
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -11,114 +11,19 @@ ceiling. Derived columns:
 """
 from __future__ import annotations
 
-import csv
-import json
 import os
-import platform
-import socket
-import sys
 import time
 from pathlib import Path
 
 import torch
 
+from ..utils import results
 from .cases import BASELINES, CEILING, IMPLS
 
 SCHEMA = "taylornet-bench/1"
 
 
-# ---- what the numbers depend on ------------------------------------------------------------
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _meminfo_bytes(field: str) -> int | None:
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
-
-
-def _read(path: str) -> str | None:
-    try:
-        with open(path) as f:
-            return f.read().strip()
-    except OSError:
-        return None
-
-
-def available_memory(device: str) -> int | None:
-    """Bytes the benchmark may use now: free device memory (CUDA) or MemAvailable (CPU)."""
-    if device == "cuda":
-        free, _total = torch.cuda.mem_get_info()
-        return free
-    return _meminfo_bytes("MemAvailable")
-
-
-def total_memory(device: str) -> int | None:
-    if device == "cuda":
-        return torch.cuda.get_device_properties(torch.cuda.current_device()).total_memory
-    return _meminfo_bytes("MemTotal")
-
-
-def machine_info(device: str) -> dict:
-    info = {
-        "hostname": socket.gethostname(),
-        "platform": platform.platform(),
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_total_bytes": _meminfo_bytes("MemTotal"),
-        "memory_available_bytes": _meminfo_bytes("MemAvailable"),
-        "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
-        "transparent_hugepage": _read("/sys/kernel/mm/transparent_hugepage/enabled"),
-        "device": device,
-    }
-    if device == "cuda" and torch.cuda.is_available():
-        props = torch.cuda.get_device_properties(torch.cuda.current_device())
-        info["gpu"] = {
-            "name": props.name, "capability": f"{props.major}.{props.minor}",
-            "memory_bytes": props.total_memory, "multiprocessors": props.multi_processor_count,
-            "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(),
-        }
-    return info
-
-
-def software_info() -> dict:
-    import taylornet
-
-    try:  # optional: recorded when present (GPU machines may run the benchmark without it)
-        import numpy
-
-        numpy_version = numpy.__version__
-    except ImportError:
-        numpy_version = None
-
-    return {
-        "python": sys.version.split()[0],
-        "torch": torch.__version__,
-        "torch_git": getattr(torch.version, "git_version", None),
-        "taylornet": taylornet.__version__,
-        "taylornet_path": str(Path(taylornet.__file__).parent),
-        "numpy": numpy_version,
-        "mkl": torch.backends.mkl.is_available(),
-        "mkldnn": torch.backends.mkldnn.is_available(),
-        "openmp": torch.backends.openmp.is_available(),
-        "parallel_info": torch.__config__.parallel_info(),
-    }
-
+# ---- what the numbers depend on (the machine and software: taylornet.utils.results) -------------
 
 _ENV_PREFIXES = ("MALLOC_", "GLIBC_TUNABLES", "LD_PRELOAD", "OMP_", "KMP_", "MKL_", "OPENBLAS_", "GOMP_",
                  "TORCH", "PYTORCH_", "CUDA_", "JEMALLOC", "TCMALLOC")
@@ -238,14 +143,8 @@ def format_budget(budget_rows: list[dict], budget_gib: float, max_lines: int = 3
 
 # ---- files ------------------------------------------------------------------------------------
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def write_json(path: Path, document: dict) -> None:
-    _atomic_write(path, json.dumps(document, indent=1, default=str) + "\n")
+    results.write_json(path, document)
 
 
 CSV_FIRST = ("op", "n", "d", "m", "order", "activation", "dtype", "device", "outputs", "grad_wrt", "bias",
@@ -257,24 +156,10 @@ CSV_FIRST = ("op", "n", "d", "m", "order", "activation", "dtype", "device", "out
 
 
 def write_csv(path: Path, rows: list[dict], settings: dict) -> None:
-    def cell(v, sep):
-        if isinstance(v, (list, tuple)):
-            return sep.join(map(str, v)) if all(isinstance(x, (str, int, float)) for x in v) else None
-        return None if isinstance(v, dict) else v
-
-    keys = list(CSV_FIRST)
-    for r in rows:
-        keys += [k for k in r if k not in keys and cell(r[k], "+") is not None]
-    setting_keys = [f"setting_{k}" for k in settings if cell(settings[k], " ") is not None]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys + setting_keys, extrasaction="ignore")
-        w.writeheader()
-        for r in rows:
-            row = {k: cell(v, "+") for k, v in r.items()}
-            row.update({f"setting_{k}": cell(v, " ") for k, v in settings.items()})
-            w.writerow(row)
-    os.replace(tmp, path)
+    """One line per result row, the run's settings repeated in ``setting_*`` columns."""
+    settings = {f"setting_{k}": " ".join(map(str, v)) if isinstance(v, (list, tuple)) else v
+                for k, v in settings.items() if not isinstance(v, dict)}
+    results.write_csv(path, [{**r, **settings} for r in rows], first=CSV_FIRST)
 
 
 def document(*, settings: dict, argv, machine: dict, software: dict, env: dict, rows: list[dict],

@@ -10,15 +10,16 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..utils import timing
+from ..utils.results import available_memory
 from . import budget as budget_mod
-from . import memory, timing
+from . import memory
 from .cases import CEILING, Case
+from .floor import FloorRate
+from .flops import MatmulCeiling, gemms, model_flops
+from .workloads import compiled_function, input_bytes, make_call, make_inputs, max_rel_error, snapshot, tolerance
 
 FLOOR = "floor"  # the 2048^3 matmul timed with the others; becomes floor_s in every row
-from .flops import MatmulCeiling, gemms, model_flops
-from .floor import FloorRate
-from .workloads import (compiled_function, input_bytes, make_call, make_inputs, max_rel_error, snapshot,
-                        tolerance)
 
 
 @dataclass
@@ -63,6 +64,11 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[0] if text else ''}"[:200]
 
 
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
 def _free(device: str) -> None:
     gc.collect()
     if device == "cuda":
@@ -71,8 +77,6 @@ def _free(device: str) -> None:
 
 def memory_limit(case: Case, settings: Settings) -> float:
     """Bytes one call may need: the budget, and never more than the device can give right now."""
-    from .report import available_memory
-
     avail = available_memory(case.device)
     limits = [v for v in (settings.budget_bytes, 0.9 * avail if avail else None) if v]
     return min(limits) if limits else float("inf")
@@ -136,7 +140,7 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
             call = make_call(case, impl, inputs, settings.compile_mode)
             t0 = time.perf_counter()
             result = call()
-            timing.synchronize(device)
+            _sync(device)
             first = time.perf_counter() - t0
             r["first_call_s"] = first
             if impl == "compiled":
@@ -147,12 +151,12 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
             if settings.check:
                 snaps[impl] = snapshot(result)
             del result
-            t_call = timing.time_calls(call, 1, device)
+            t_call = timing.time_calls(call, 1)
         except Exception as exc:  # noqa: BLE001 - recorded in the results, the run goes on
             failure = ("oom" if _is_oom(exc) else "error", _short(exc))
         if failure is not None:  # outside the except block, so the failed call's frames are gone
             r["status"], r["note"] = failure
-            call = result = None
+            call = None
             _free(device)
             continue
         calls[impl] = call
@@ -168,8 +172,8 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
     try:
         mm = MatmulCeiling(case, max_bytes=ceiling_max, seed=settings.seed)
         mm()
-        timing.synchronize(device)
-        t_mm = timing.time_calls(mm, 1, device)
+        _sync(device)
+        t_mm = timing.time_calls(mm, 1)
         mm_row["number"] = numbers[CEILING] = timing.calibrate(t_mm, settings.min_time)
         mm_row["ceiling_chunks"] = mm.chunks
         mm_row["gemms"] = [dict(name=g.name, M=g.M, K=g.K, N=g.N) for g in gemms(case)]
@@ -188,7 +192,7 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
     floor()
     calls[FLOOR] = floor
     numbers[FLOOR] = 1
-    rows[FLOOR] = {"_t_call": timing.time_calls(floor, 1, device), "status": "ok"}
+    rows[FLOOR] = {"_t_call": timing.time_calls(floor, 1), "status": "ok"}
 
     # interleaved timing rounds
     repeats = {k: timing.repeats_within(rows[k]["_t_call"] * numbers[k], settings.repeats, settings.max_seconds)
@@ -199,7 +203,7 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
         rows[name]["note"] = _short(exc)
 
     stage("timing")
-    samples = timing.interleaved(calls, numbers, repeats, device,
+    samples = timing.interleaved(calls, numbers, repeats,
                                  on_round=lambda i, n: stage(f"timing round {i}/{n}"), on_error=failed)
     floor_samples = samples.pop(FLOOR, [])
     rows.pop(FLOOR, None)
@@ -235,7 +239,8 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
                                             preload_compiler="compiled" in settings.impls)
         if res.get("status", "ok") != "ok" or res.get("peak_bytes") is None:
             r["memory_method"] = res.get("method")
-            r["note"] = (r["note"] + " " if r["note"] else "") + f"memory: {res.get('status')} {res.get('error', '')}".strip()
+            failed = f"memory: {res.get('status')} {res.get('error', '')}".strip()
+            r["note"] = (r["note"] + " " if r["note"] else "") + failed
             continue
         r["peak_bytes"] = res["peak_bytes"]
         r["total_bytes"] = nbytes + res["peak_bytes"]
@@ -296,10 +301,6 @@ def probe_memory(case: Case, impl: str, settings: Settings, fn=None) -> dict:
     return res
 
 
-def _with_width(case: Case, m: int) -> Case:
-    return Case(**{**case.to_dict(), "m": int(m), "grad_wrt": tuple(case.grad_wrt)})
-
-
 def width_sweep(case: Case, impl: str, settings: Settings, *, start: int = 1 << 12, cap: int = 1 << 24,
                 granularity: int = 1024, progress=None) -> dict:
     """The largest width m (a multiple of ``granularity``) at which one call of (case, impl) fits
@@ -318,7 +319,7 @@ def width_sweep(case: Case, impl: str, settings: Settings, *, start: int = 1 << 
         """"fits", "too big" (measured above the limit, or out of memory) or "error"."""
         if progress is not None:
             progress(f"sweep {impl} m={m}")
-        res = probe_memory(_with_width(case, m), impl, settings, fn=fn)
+        res = probe_memory(case.with_width(m), impl, settings, fn=fn)
         probes.append({"m": m, "status": res.get("status"), "total_bytes": res.get("total_bytes"),
                        "error": res.get("error")})
         if res.get("status") == "ok" and res.get("total_bytes") is not None:

@@ -13,7 +13,7 @@ parameters and see the same batch. The compiled version compiles the model's for
 Thread scaling: the fused ops alone (the core case, TaylorNet forward+backward w.r.t. W at n=2048,
 d=32, m=16384, and taylor_features forward+backward at n=1024, d=64, m=4096) at 1 and at 2 threads.
 
-Every figure is a median over interleaved rounds in one process (timing.py), with the compute floor
+Every figure is a median over interleaved rounds in one process (taylornet.utils.timing), with the compute floor
 of floor.py measured in the same rounds.
 """
 from __future__ import annotations
@@ -27,7 +27,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from . import report, timing
+from ..utils import results, timing
+from . import report
 from .floor import FloorRate
 
 MODELS = {
@@ -90,8 +91,8 @@ def time_interleaved(calls: dict, repeats: int, min_time: float) -> dict:
     for c in calls.values():
         c()
         c()  # compile / warm up
-    numbers = {k: timing.calibrate(timing.time_calls(c, 1, "cpu"), min_time) for k, c in calls.items()}
-    samples = timing.interleaved(calls, numbers, {k: repeats for k in calls}, "cpu")
+    numbers = {k: timing.calibrate(timing.time_calls(c, 1), min_time) for k, c in calls.items()}
+    samples = timing.interleaved(calls, numbers, {k: repeats for k in calls})
     return {k: timing.summarize(v) for k, v in samples.items()}
 
 
@@ -183,8 +184,8 @@ def run(args) -> int:
     out_dir = Path(args.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{args.tag or 'training-cpu'}.json"
-    doc = {"schema": "taylornet-bench-training/1", "argv": sys.argv, "machine": report.machine_info("cpu"),
-           "software": report.software_info(), "allocator": env, "training": rows, "thread_scaling": scaling,
+    doc = {"schema": "taylornet-bench-training/1", "argv": sys.argv, "machine": results.machine_info("cpu"),
+           "software": results.software_info(), "allocator": env, "training": rows, "thread_scaling": scaling,
            "load_average_end": list(os.getloadavg()), "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
     report.write_json(path, doc)
     print(f"wrote {path}")

@@ -5,7 +5,7 @@ Commands (``taylornet experiment NAME``, see ``cli.py``): ``taylorized``, ``samp
 
     data.load_digits, data.sample_sphere, data.LowRankPolynomial     data sets and targets
     features.RandomFeatures                                          fixed random representation h(x)
-    ntk.ntk_gram, ntk.kernel_ridge                                   empirical NTK Gram (no n x m buffer), KRR
+    taylornet.ntk_gram, ntk.kernel_ridge                             empirical NTK Gram (no n x m buffer), KRR
     learners.LEARNERS                                                NTK, quadratic, full, hierarchical learners
     taylornet.optim.NoisySGD, taylornet.TaylorNet.expected_loss      noisy SGD, the sign-expectation loss
 """

@@ -1,5 +1,5 @@
-"""Plumbing shared by the experiments: presets, devices and seeds, progress bars, result files and
-the verdict line.
+"""Plumbing shared by the experiments: presets, devices and seeds, result files and the verdict line
+(progress bars, plotting and the file writers are taylornet.utils', shared with the benchmark).
 
 Every experiment has a config dataclass whose defaults are the CPU setting, a ``quick`` preset
 (minutes on two CPU cores) and a ``large`` preset (m >= 2^20 on one GPU). Knobs given on the command
@@ -8,15 +8,16 @@ line override the preset.
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import json
 import math
+import statistics
 import time
 from pathlib import Path
 
 import torch
-from tqdm.auto import tqdm
+
+from ..utils import plotting, results
+from ..utils.progress import progress_bar
 
 __all__ = [
     "add_common_arguments", "resolve_config", "setup", "progress", "pyplot", "Results", "Verdict", "fit_power_law",
@@ -64,17 +65,15 @@ def setup(args: argparse.Namespace) -> torch.device:
 
 
 def progress(total: int, desc: str, unit: str, args: argparse.Namespace):
-    """A tqdm progress bar on stderr (off with --no-progress)."""
-    return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=args.no_progress, leave=False)
+    """A progress bar on stderr (off with --no-progress)."""
+    return progress_bar(total, desc, unit, disable=args.no_progress, leave=False)
 
 
 def pyplot():
     """matplotlib.pyplot with the non-interactive Agg backend (figures go to files only)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = plotting.pyplot()
+    if plt is None:
+        raise ImportError("the experiments draw figures with matplotlib: pip install 'taylornet[experiments]'")
     return plt
 
 
@@ -87,10 +86,8 @@ def fit_power_law(xs, ys) -> tuple[float, float]:
            if x and y and math.isfinite(x) and math.isfinite(y) and x > 0 and y > 0]
     if len(pts) < 2 or len({p[0] for p in pts}) < 2:
         return math.nan, math.nan
-    mx = sum(p[0] for p in pts) / len(pts)
-    my = sum(p[1] for p in pts) / len(pts)
-    slope = sum((p[0] - mx) * (p[1] - my) for p in pts) / sum((p[0] - mx) ** 2 for p in pts)
-    return slope, my - slope * mx
+    fit = statistics.linear_regression([p[0] for p in pts], [p[1] for p in pts])
+    return fit.slope, fit.intercept
 
 
 @dataclasses.dataclass
@@ -101,7 +98,7 @@ class Verdict:
     reason: str
 
     @classmethod
-    def from_checks(cls, checks: dict[str, bool], reason: str) -> "Verdict":
+    def from_checks(cls, checks: dict[str, bool], reason: str) -> Verdict:
         """HELD if every check passed, NOT HELD if none did, PARTLY HELD otherwise."""
         passed = sum(bool(v) for v in checks.values())
         status = "HELD" if passed == len(checks) else "NOT HELD" if passed == 0 else "PARTLY HELD"
@@ -109,18 +106,6 @@ class Verdict:
 
     def line(self, experiment: str) -> str:
         return f"verdict ({experiment}): {self.status} - {self.reason}"
-
-
-def _jsonable(value):
-    if isinstance(value, float) and not math.isfinite(value):
-        return None  # JSON has no NaN / inf
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    return value
 
 
 class Results:
@@ -140,19 +125,13 @@ class Results:
 
     def table(self, stem: str, rows: list[dict]) -> Path:
         """Writes rows (dicts with the same keys) to ``<stem>.csv``."""
-        path = self.out / f"{stem}.csv"
-        with path.open("w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else [])
-            writer.writeheader()
-            writer.writerows(rows)
+        path = results.write_csv(self.out / f"{stem}.csv", rows)
         self.files.append(path.name)
         return path
 
     def figure(self, fig, stem: str) -> Path:
         """Saves a matplotlib figure to ``<stem>.png`` and closes it."""
-        path = self.out / f"{stem}.png"
-        fig.savefig(path, dpi=110, bbox_inches="tight")
-        pyplot().close(fig)
+        path = plotting.save_figure(fig, self.out / f"{stem}.png", bbox_inches="tight")
         self.files.append(path.name)
         return path
 
@@ -162,8 +141,7 @@ class Results:
                   "summary": summary, "verdict": {"status": verdict.status, "reason": verdict.reason,
                                                   "line": verdict.line(self.name)},
                   "files": self.files}
-        path = self.out / f"{self.name}.json"
-        path.write_text(json.dumps(_jsonable(record), indent=2) + "\n")
+        path = results.write_json(self.out / f"{self.name}.json", record)
         print(f"results: {self.out}/ ({', '.join([path.name, *self.files])})")
         print(verdict.line(self.name))
         return path

@@ -21,7 +21,7 @@ class Split:
     x_test: torch.Tensor
     y_test: torch.Tensor
 
-    def to(self, device=None, dtype=None) -> "Split":
+    def to(self, device=None, dtype=None) -> Split:
         """The split on ``device``, inputs (and real-valued targets) cast to ``dtype``."""
         def move(t):
             return t.to(device=device, dtype=dtype if t.is_floating_point() else None)
@@ -91,7 +91,7 @@ class LowRankPolynomial:
 
     @classmethod
     def random(cls, d: int, rank: int, degree: int, generator: torch.Generator,
-               dtype=torch.float32) -> "LowRankPolynomial":
+               dtype=torch.float32) -> LowRankPolynomial:
         """Random orthonormal directions and random signs alpha_s = +-1/sqrt(rank)."""
         if not 1 <= rank <= d:
             raise ValueError(f"rank: expected 1 <= rank <= d = {d}, got {rank}")

@@ -30,7 +30,7 @@ import torch
 from ..modules import TaylorNet
 from ..optim import NoisySGD
 from .features import RandomFeatures
-from .ntk import kernel_ridge, ntk_gram
+from .ntk import kernel_ridge
 
 __all__ = ["LearnerSettings", "LEARNERS", "fit_predict"]
 
@@ -61,7 +61,7 @@ def _model(x: torch.Tensor, s: LearnerSettings, order, *, sign_randomization=Fal
 
 def _gram(model: TaylorNet, x1, x2):
     """The model's NTK Gram in W (models without biases)."""
-    return ntk_gram(x1, x2, model.weight0, model.a, activation=model.activation, scale=model.scale)
+    return model.ntk(x1, x2)
 
 
 def _ridge(gram: torch.Tensor, s: LearnerSettings) -> float:
