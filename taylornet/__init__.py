@@ -4,8 +4,10 @@
     f = tn.taylor_net(x, w0, w, a, activation="tanh", order=2)
     model = tn.TaylorNet(d, width=2**16, order=2, sign_randomization=True)
 """
-from . import ops  # noqa: F401  (loads the compiled ops)
-from . import reference
+from . import (
+    ops,  # noqa: F401  (loads the compiled ops)
+    reference,
+)
 from .activations import ACTIVATIONS, MAX_ORDER
 from .distributed import ShardedTaylorNet
 from .functional import (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numbers
 from collections.abc import Sequence
-from typing import Union
 
 from .ops import ops as _ops
 
@@ -24,7 +23,7 @@ _ORDER_LIMITS: dict[str, int] = {name: int(_ops.max_order(name)) for name in ACT
 MAX_ORDER: int = max(_ORDER_LIMITS.values())
 
 #: An ``order`` argument: an int K (orders 0..K), a sequence of distinct orders, or "exact".
-Order = Union[int, Sequence[int], str]
+Order = int | Sequence[int] | str
 
 _SMOOTH_ALTERNATIVES = "relu2, relu3 or softplus"
 _ORDER_KINDS = "an int, a sequence of ints or 'exact'"

@@ -119,8 +119,8 @@ class ShardedTaylorNet(TaylorNet):
         torch.Size([64, 1])
     """
 
-    def __init__(self, in_features: int, width: int, out_features: int = 1, *, process_group=None,
-                 sync_seeds: bool = True, **kwargs) -> None:
+    def __init__(self, in_features: int, width: int, out_features: int = 1, *,
+                 process_group: dist.ProcessGroup | None = None, sync_seeds: bool = True, **kwargs) -> None:
         if not (dist.is_available() and dist.is_initialized()):
             raise RuntimeError(
                 "ShardedTaylorNet: torch.distributed is not initialized; call "
@@ -248,7 +248,8 @@ class ShardedTaylorNet(TaylorNet):
         return self.load_state_dict(sliced, assign=assign)
 
     @classmethod
-    def from_taylornet(cls, model: TaylorNet, *, process_group=None, sync_seeds: bool = True) -> "ShardedTaylorNet":
+    def from_taylornet(cls, model: TaylorNet, *, process_group: dist.ProcessGroup | None = None,
+                       sync_seeds: bool = True) -> ShardedTaylorNet:
         """Shards a single-process TaylorNet (present on every rank) over ``process_group``."""
         with torch.random.fork_rng(devices=[]):
             sharded = cls(model.in_features, model.width, model.out_features, **model._config(), device="meta",

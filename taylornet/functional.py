@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Union
 
 import torch
 from torch import Tensor
@@ -29,7 +28,7 @@ __all__ = [
 _ops_ns = _ops.ops
 
 #: A ``sign_seed`` argument: seed, (seed, offset), (seed, offset, first neuron) or an int64 tensor.
-SignSeed = Union[int, tuple[int, int], tuple[int, int, int], Tensor]
+SignSeed = int | tuple[int, int] | tuple[int, int, int] | Tensor
 
 # (activation, sorted orders, exact): the arguments of the compiled ops that describe the series.
 Plan = tuple[str, list[int], bool]

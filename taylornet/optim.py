@@ -7,26 +7,42 @@ plain gradient descent on the expected loss never leaves it; the noise does.
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import torch
 
 __all__ = ["NoisySGD"]
 
 
 class NoisySGD(torch.optim.Optimizer):
-    """SGD with L2 weight decay and Gaussian gradient noise:
+    r"""SGD with L2 weight decay and Gaussian gradient noise:
 
-        p <- p - lr * (grad + weight_decay * p + noise_std * xi),    xi ~ N(0, I) fresh every step.
+    .. math::
+        p \leftarrow p - \text{lr}\,(\nabla + \text{weight\_decay}\cdot p + \text{noise\_std}\cdot\xi),
+        \qquad \xi \sim N(0, I) \text{ fresh every step.}
 
     With ``noise_std=0`` this is exactly ``torch.optim.SGD(params, lr, weight_decay=weight_decay)``.
-    The noise comes from ``generator`` (a torch.Generator on the parameters' device) or, when None,
-    from torch's default generator, so ``torch.manual_seed`` makes runs repeat.
+    For the quadratic Taylor model the weight decay is the natural regularizer: :math:`\|W\|_F^2` is
+    the nuclear norm of :math:`\sum_r w_r w_r^T`, the quadratic form the model learns.
 
-    For the quadratic Taylor model the weight decay is the natural regularizer: ||W||_F^2 is the
-    nuclear norm of sum_r w_r w_r^T, the quadratic form the model learns.
+    Args:
+        params: parameters or parameter groups, as for any optimizer.
+        lr: the learning rate.
+        noise_std: the standard deviation of the gradient noise.
+        weight_decay: the L2 penalty's coefficient.
+        generator: the noise's generator (on the parameters' device); None: torch's default
+            generator, so ``torch.manual_seed`` makes runs repeat.
+
+    Example::
+
+        >>> model = taylornet.TaylorNet(8, 256, order=2, sign_randomization=True)
+        >>> opt = NoisySGD(model.parameters(), lr=0.5, noise_std=1e-3, weight_decay=1e-4)
+        >>> model.expected_loss(torch.randn(32, 8), torch.randn(32)).backward()
+        >>> opt.step()
     """
 
-    def __init__(self, params, lr: float, noise_std: float = 0.0, weight_decay: float = 0.0,
-                 generator: torch.Generator | None = None):
+    def __init__(self, params: Iterable[torch.Tensor] | Iterable[dict], lr: float, noise_std: float = 0.0,
+                 weight_decay: float = 0.0, generator: torch.Generator | None = None) -> None:
         if lr <= 0:
             raise ValueError(f"lr: expected a positive learning rate, got {lr}")
         if noise_std < 0:

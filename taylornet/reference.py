@@ -11,10 +11,9 @@ rational coefficients, derived once with ``fractions.Fraction`` (cached) and eva
 from __future__ import annotations
 
 import math
-from fractions import Fraction
-from functools import lru_cache
-
 from collections.abc import Callable
+from fractions import Fraction
+from functools import cache
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +79,7 @@ def _add(p, q):
     return [(p[i] if i < len(p) else 0) + (q[i] if i < len(q) else 0) for i in range(n)]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _polynomials(family: str, K: int) -> tuple[tuple[float, ...], ...]:
     """Polynomials Q_0..Q_K (float coefficients, ascending powers, derived exactly) such that
 

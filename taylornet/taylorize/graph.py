@@ -7,7 +7,7 @@ from torch import fx
 from torch.func import functionalize
 from torch.utils import _pytree as pytree
 
-from .rules import aten, apply
+from .rules import apply, aten
 
 
 def interpret(gm: fx.GraphModule, inputs, K: int):

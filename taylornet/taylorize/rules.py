@@ -15,8 +15,26 @@ from torch.func import jvp
 from torch.utils import _pytree as pytree
 
 from .series import (
-    Jet, _add, _broadcast, _cauchy, _coeffs, _divide, _erf, _exp, _log, _make, _mask, _normal_cdf,
-    _pow, _reduce_dims, _scale, _sigmoid, _sin_cos, _sqrt, _tanh, _var,
+    Jet,
+    _add,
+    _broadcast,
+    _cauchy,
+    _coeffs,
+    _divide,
+    _erf,
+    _exp,
+    _log,
+    _make,
+    _mask,
+    _normal_cdf,
+    _pow,
+    _reduce_dims,
+    _scale,
+    _sigmoid,
+    _sin_cos,
+    _sqrt,
+    _tanh,
+    _var,
 )
 
 aten = torch.ops.aten

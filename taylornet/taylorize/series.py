@@ -12,6 +12,7 @@ import numbers
 
 import torch
 
+
 class Jet:
     """A tensor-valued truncated Taylor series in t: coefficients [y_0, ..., y_K], None for zero."""
 
