@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import math
 
+import pytest
 import torch
 
 
@@ -21,8 +22,9 @@ def _worst(actual: torch.Tensor, expected: torch.Tensor, allowed: torch.Tensor, 
     for i in idx.tolist():
         pos = tuple(torch.unravel_index(torch.tensor(i), actual.shape)) if actual.dim() else ()
         pos = tuple(int(p) for p in pos)
+        a, e = actual.reshape(-1)[i].item(), expected.reshape(-1)[i].item()
         lines.append(
-            f"    at {pos}: actual {actual.reshape(-1)[i].item():+.10e}  expected {expected.reshape(-1)[i].item():+.10e}"
+            f"    at {pos}: actual {a:+.10e}  expected {e:+.10e}"
             f"  |diff| {diff.reshape(-1)[i].item():.3e}  allowed {allowed.reshape(-1)[i].item():.3e}"
         )
     return "\n".join(lines)
@@ -143,6 +145,17 @@ def non_contiguous(t: torch.Tensor, kind: str = "transpose") -> torch.Tensor:
 
 def cast(p: dict, dtype) -> dict:
     return {k: (v.detach().to(dtype) if v is not None else None) for k, v in p.items()}
+
+
+def slow_except(values, quick, ids=None) -> list:
+    """``values`` as pytest params, all but those in ``quick`` marked slow: ``make test-quick`` runs a
+    representative few, ``make test`` (and CI) every one."""
+    out = []
+    for i, v in enumerate(values):
+        marks = () if v in quick else (pytest.mark.slow,)
+        args = v if isinstance(v, tuple) else (v,)
+        out.append(pytest.param(*args, marks=marks, id=None if ids is None else ids[i]))
+    return out
 
 
 FEATURE_INPUTS = ("x", "w0", "w", "b0", "b")

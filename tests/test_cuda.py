@@ -15,6 +15,7 @@ import torch
 
 import taylornet as tn
 import taylornet.reference as ref
+
 from _utils import assert_close_verbose, assert_error_bounded, make_problem
 from test_ops import _opcheck_samples
 

@@ -9,6 +9,7 @@ cuda_runtime.h); skipped without them. A real GPU run is tests/test_cuda.py."""
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import shutil
 import subprocess
@@ -20,6 +21,10 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
 PATHS = ["f64/simt", "f32/simt", "f32/tf32", "f16/mma", "bf16/mma"]
+# Built binaries, one per hash of everything that goes into them (TAYLORNET_EMULATOR_CACHE overrides).
+CACHE = Path(os.environ.get("TAYLORNET_EMULATOR_CACHE", ROOT / "build" / "emulator"))
+
+pytestmark = pytest.mark.emulator
 
 # Building the emulator takes a minute and its runs a few: the whole module is a long test.
 pytestmark = pytest.mark.emulator
@@ -39,22 +44,39 @@ def cuda_include() -> str | None:
     return None
 
 
-def build(tmp_path_factory, name: str, flags: list[str]) -> Path:
+def _sources_key(cmd: list[str], cxx: str) -> str:
+    """A hash of the command, the compiler's version and every source the emulator build reads."""
+    h = hashlib.sha256("\0".join(cmd).encode())
+    h.update(subprocess.run([cxx, "--version"], capture_output=True, text=True).stdout.encode())
+    sources = [p for d in (EMULATOR, ROOT / "csrc") for p in sorted(d.rglob("*")) if p.is_file()]
+    for path in sources:
+        h.update(str(path.relative_to(ROOT)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:20]
+
+
+def build(name: str, flags: list[str]) -> Path:
+    """The emulator binary for ``flags``: built once per state of its sources, then reused."""
     cxx = os.environ.get("CXX", "g++")
     if shutil.which(cxx) is None:
         pytest.skip(f"no C++ compiler ({cxx})")
     inc = cuda_include()
     if inc is None:
         pytest.skip("no CUDA headers (set CUDA_HOME)")
-    exe = tmp_path_factory.mktemp("emulator") / name
     # -U_FORTIFY_SOURCE: the fibers switch stacks with _longjmp, which the fortified check rejects.
     cmd = [cxx, "-std=c++20", *flags, "-U_FORTIFY_SOURCE", "-Wno-attributes", f"-I{EMULATOR}",
-           f"-I{ROOT / 'csrc'}", f"-I{inc}", str(EMULATOR / "run_kernels.cpp"), "-o", str(exe)]
-    res = subprocess.run(cmd, capture_output=True, text=True)
+           f"-I{ROOT / 'csrc'}", f"-I{inc}", str(EMULATOR / "run_kernels.cpp"), "-o"]
+    exe = CACHE / _sources_key(cmd, cxx) / name
+    if exe.exists():
+        return exe
+    exe.parent.mkdir(parents=True, exist_ok=True)
+    tmp = exe.with_name(f"{name}.{os.getpid()}.tmp")
+    res = subprocess.run(cmd + [str(tmp)], capture_output=True, text=True)
     if res.returncode != 0 and any(f.startswith("-fsanitize") for f in flags):
         # the plain build is what checks the code; this one needs the sanitizer runtimes
         pytest.skip(f"{cxx} cannot build with sanitizers here: {res.stderr[-300:]}")
     assert res.returncode == 0, f"emulator build failed:\n{' '.join(cmd)}\n{res.stderr[-4000:]}"
+    os.replace(tmp, exe)  # atomic: a concurrent run sees the whole binary or none
     return exe
 
 
@@ -72,8 +94,8 @@ def run_checks(exe: Path, *args: str, env: dict | None = None, sanitized: bool =
 
 
 @pytest.fixture(scope="module")
-def emulator(tmp_path_factory):
-    return build(tmp_path_factory, "run_kernels", ["-O2"])
+def emulator():
+    return build("run_kernels", ["-O2"])
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -102,10 +124,9 @@ def test_device_tanh_sech2_against_long_double(emulator, dtype):
     run_checks(emulator, f"{dtype}/math")
 
 
-def test_cuda_kernels_read_and_write_only_in_bounds(tmp_path_factory):
+def test_cuda_kernels_read_and_write_only_in_bounds():
     # AddressSanitizer sees the kernels' global and shared accesses as host accesses: a tile that
     # reads past a row of x or writes past an output fails here. Two small shapes keep it quick.
-    exe = build(tmp_path_factory, "run_kernels_asan", ["-O1", "-g", "-fsanitize=address,undefined",
-                                                       "-fno-sanitize-recover=undefined"])
+    exe = build("run_kernels_asan", ["-O1", "-g", "-fsanitize=address,undefined", "-fno-sanitize-recover=undefined"])
     run_checks(exe, "--small", env={"ASAN_OPTIONS": "detect_stack_use_after_return=0:detect_leaks=0"},
                sanitized=True)

@@ -1,6 +1,7 @@
 """ShardedTaylorNet over 2 and 3 gloo processes on loopback against a single-process TaylorNet: the
-initialization, forward, loss, every gradient, a few SGD steps with sign randomization, the eval-mode
-moments, the collectives issued, sharded state_dict save/load and gathering to one process.
+initialization (direct, and on the meta device then reset_parameters), forward, loss, every gradient,
+a few SGD steps with sign randomization, the eval-mode moments and NTK, the collectives issued,
+sharded state_dict save/load and gathering to one process.
 
 Each test spawns its processes (torch.multiprocessing) and compares, in every process, the shard
 with the same slice of a TaylorNet built there from the same seed. Everything in float64 but one
@@ -116,6 +117,14 @@ def _check_config(key, cfg, rank, world, tmpdir):
     assert (sharded.lo, sharded.hi) == (lo, hi)
     # Initialization: the shard is the single-process model's slice, bit for bit.
     _check_shard(ref, sharded, lo, hi, dtype, exact=True)
+    # The same built on the meta device, then to_empty and reset_parameters.
+    torch.manual_seed(0 if rank == 0 else 1000 + rank)
+    with torch.device("meta"):
+        meta = ShardedTaylorNet(**cfg, sign_randomization=True)
+    assert meta.weight0.is_meta
+    meta.to_empty(device="cpu")
+    meta.reset_parameters()
+    _check_shard(ref, meta, lo, hi, dtype, exact=True)
     _perturb(ref, sharded, lo, hi)
 
     gx = torch.Generator().manual_seed(11)
@@ -175,6 +184,7 @@ def _check_config(key, cfg, rank, world, tmpdir):
         for a, b in zip(sharded.moments(x), ref.moments(x)):
             _close(a, b, dtype)
         _close(sharded.expected_loss(x, y), ref.expected_loss(x, y), dtype)
+        _close(sharded.ntk(x), ref.ntk(x), dtype)  # a sum over neurons: one all-reduce
     ref.train(), sharded.train()
 
     # Sharded state_dict save / load into a differently initialized model.
@@ -233,6 +243,7 @@ def _check_local_seeds(rank, world):
     _close(out, ref(x), torch.float64)
 
 
+@pytest.mark.distributed
 @pytest.mark.parametrize("world", [2, 3])
 def test_sharded_matches_single_process(world, tmp_path):
     mp.spawn(_worker, args=(world, _free_port(), str(tmp_path)), nprocs=world, join=True)

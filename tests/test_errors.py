@@ -72,7 +72,8 @@ CASES = [
     (ALL, {"x": torch.ones(n, d, dtype=torch.float16)}, TypeError,
      r"^x: expected dtype float32, float64 on cpu, got torch.float16"),
     (ALL, {"x": torch.ones(n, d, dtype=torch.bfloat16)}, TypeError, r"^x: expected dtype float32, float64"),
-    (ALL, {"w0": torch.ones(m, d, dtype=torch.int32)}, TypeError, r"^w0: expected dtype torch.float64 .*got torch.int32"),
+    (ALL, {"w0": torch.ones(m, d, dtype=torch.int32)}, TypeError,
+     r"^w0: expected dtype torch.float64 .*got torch.int32"),
     (ALL, {"w": torch.ones(m, d, dtype=torch.bool)}, TypeError, r"^w: expected dtype torch.float64 .*got torch.bool"),
     (ALL, {"b": torch.ones(m, dtype=torch.complex128)}, TypeError, r"^b: expected dtype torch.float64"),
     (NET, {"a": torch.ones(c, m, dtype=torch.int64)}, TypeError, r"^a: expected dtype torch.float64"),
@@ -110,7 +111,8 @@ CASES = [
     (SIGNED, {"signs": torch.tensor([1.0, -1.0, 1.0, 1.0, 0.0, -1.0], dtype=F64)}, ValueError, r"^signs: .*\+1 or -1"),
     (SIGNED, {"signs": torch.tensor([1.0, -1.0, 1.0, 1.0, math.nan, -1.0], dtype=F64)}, ValueError,
      r"^signs: .*\+1 or -1"),
-    (SIGNED, {"signs": torch.ones(m + 1, dtype=F64)}, ValueError, r"^signs: expected shape \(m,\) = \(6,\), got \(7,\)"),
+    (SIGNED, {"signs": torch.ones(m + 1, dtype=F64)}, ValueError,
+     r"^signs: expected shape \(m,\) = \(6,\), got \(7,\)"),
     (SIGNED, {"signs": torch.ones(1, m, dtype=F64)}, ValueError, r"^signs: expected shape"),
     (SIGNED, {"signs": torch.ones(m, dtype=torch.bool)}, TypeError, r"^signs: expected a real tensor"),
     (SIGNED, {"signs": torch.ones(m, dtype=torch.complex64)}, TypeError, r"^signs: expected a real tensor"),
@@ -252,7 +254,8 @@ def test_module_forward_with_bad_input():
     net = tn.TaylorNet(3, 4)
     with pytest.raises(ValueError, match=r"^x: .*last dimension d = 3"):
         net(torch.randn(2, 5))
-    with pytest.raises(TypeError, match=r"^taylornet: w: expected dtype torch.float64 \(the dtype of x\), got torch.float32"):
+    with pytest.raises(TypeError, match=r"^taylornet: w: expected dtype torch.float64 \(the dtype of x\), "
+                                        r"got torch.float32"):
         net(torch.randn(2, 3, dtype=F64))
     layer = tn.TaylorLinear(3, 4)
     with pytest.raises(TypeError, match=r"^taylornet: x: expected a floating-point tensor, got torch.int64"):

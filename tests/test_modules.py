@@ -10,6 +10,7 @@ from torch import nn
 
 import taylornet as tn
 import taylornet.reference as ref
+
 from _utils import assert_close_verbose, non_contiguous
 
 # torch.compile and torch.optim import modules that call the deprecated torch.jit.script_method.
@@ -335,6 +336,7 @@ def test_taylor_net_non_contiguous_input():
 # ---------------------------------------------------------------------------------------------
 # torch.compile
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_compile_taylor_net_module_matches_eager():
     torch.manual_seed(12)
@@ -352,6 +354,7 @@ def test_compile_taylor_net_module_matches_eager():
         assert_close_verbose(grads[k], p.grad, atol=1e-13, rtol=1e-12, name=f"compiled grad {k}")
 
 
+@pytest.mark.slow
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_compile_taylor_net_function_with_signs_matches_eager():
     g = torch.Generator().manual_seed(13)

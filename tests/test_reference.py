@@ -10,6 +10,8 @@ from torch.func import jvp
 import taylornet.reference as ref
 from taylornet.activations import ACTIVATIONS
 
+from _utils import slow_except
+
 # torch.func.jvp loads torch's jvp decompositions, which call the deprecated torch.jit.script.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 
@@ -132,7 +134,7 @@ def _taylor_terms(activation, params, K):
     return [fns[k](t0) / math.factorial(k) for k in range(K + 1)]
 
 
-@pytest.mark.parametrize("activation", ACTIVATIONS)
+@pytest.mark.parametrize("activation", slow_except(ACTIVATIONS, ("tanh", "gelu", "sin", "relu3")))
 def test_net_matches_forward_mode_taylor_polynomial(activation):
     K = 1 if activation == "relu" else 4
     params = _params(seed=3)
