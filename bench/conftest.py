@@ -8,8 +8,9 @@ tests (``pytest`` collects ``tests/`` only).
     --bench-device cpu|cuda        (or TAYLORNET_BENCH_DEVICE) default cpu
     --bench-impls LIST             (or TAYLORNET_BENCH_IMPLS)  default taylornet,eager,compiled,matmul
 
-The grids are those of ``taylornet bench`` (taylornet/bench/cases.py); "full" is the issue's grid
-and takes hours on a CPU.
+The grids are those of ``taylornet bench`` (taylornet/bench/cases.py); "full" is the full grid
+(every op x d in 16, 64, 256 x widths from 2^10 x orders 1, 2, 4, exact x tanh, gelu) and takes hours
+on a CPU.
 """
 import os
 

@@ -113,7 +113,7 @@ class ShardedTaylorNet(TaylorNet):
     Example::
 
         >>> # under torchrun, after torch.distributed.init_process_group("gloo")
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> model = taylornet.ShardedTaylorNet(32, width=2**20, order=2, sign_randomization=True)
         >>> model(torch.randn(64, 32)).shape
         torch.Size([64, 1])

@@ -338,7 +338,7 @@ def philox_signs(m: int, sign_seed: SignSeed, *, dtype: torch.dtype = torch.floa
     Example::
 
         >>> taylornet.philox_signs(4, (7, 0))
-        tensor([...])
+        tensor([-1.,  1., -1., -1.])
     """
     if isinstance(m, bool) or not isinstance(m, numbers.Integral) or m < 0:
         raise ValueError(f"m: expected a non-negative int, got {m!r}")

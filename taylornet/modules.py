@@ -327,7 +327,7 @@ class TaylorNet(_TaylorBase):
 
     Example::
 
-        >>> torch.manual_seed(0)
+        >>> _ = torch.manual_seed(0)
         >>> model = taylornet.TaylorNet(32, width=2**12, order=2, sign_randomization=True)
         >>> x, y = torch.randn(64, 32), torch.randn(64)
         >>> loss = model.expected_loss(x, y)   # exact average over the signs

@@ -158,8 +158,8 @@ def taylor_coefficients(z: Tensor, activation: str, K: int) -> list[Tensor]:
     Example::
 
         >>> c = taylornet.reference.taylor_coefficients(torch.zeros(3), "tanh", 3)
-        >>> [round(v[0].item(), 4) for v in c]   # tanh, 1, 0, -1/3
-        [0.0, 1.0, 0.0, -0.3333]
+        >>> [round(v[0].item(), 4) for v in c]   # tanh(0), 1, 0, -1/3
+        [0.0, 1.0, -0.0, -0.3333]
     """
     check_activation(activation)
     if activation in ("tanh", "sigmoid"):

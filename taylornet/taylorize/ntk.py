@@ -38,7 +38,7 @@ def empirical_ntk(module: nn.Module, x1: torch.Tensor, x2: torch.Tensor | None =
 
         >>> net = nn.Sequential(nn.Linear(4, 16), nn.Tanh(), nn.Linear(16, 1))
         >>> taylornet.empirical_ntk(net, torch.randn(5, 4)).shape
-        torch.Size([5, 5])
+        torch.Size([5, 5, 1, 1])
     """
     if x2 is None:
         x2 = x1
