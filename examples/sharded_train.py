@@ -26,6 +26,7 @@ import torch.distributed as dist
 
 import taylornet as tn
 from taylornet.distributed import ShardedTaylorNet
+from taylornet.experiments.data import sample_sphere
 
 
 def _int(text: str) -> int:
@@ -56,8 +57,7 @@ def parse_args():
 
 
 def batch(generator: torch.Generator, n: int, beta: torch.Tensor):
-    x = torch.randn(n, beta.shape[1], generator=generator)
-    x *= beta.shape[1] ** 0.5 / x.norm(dim=1, keepdim=True)
+    x = sample_sphere(n, beta.shape[1], generator)
     p = x @ beta.T
     return x, (p[:, 0] ** 2 - p[:, 1] ** 2)[:, None]
 

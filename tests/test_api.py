@@ -337,3 +337,14 @@ def test_public_names_have_type_hints_and_nn_style_docstrings(obj):
               if name not in ("self", "args", "kwargs") and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     missing = [p.name for p in params if p.annotation is inspect.Parameter.empty]
     assert not missing, f"{obj.__qualname__}: no type hints for {missing}"
+
+
+@pytest.mark.slow
+def test_demo_runs(capsys):
+    from taylornet.__main__ import main
+
+    assert main(["demo", "--width", "64", "--train", "32", "--test", "32", "--steps", "5", "--threads", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "taylornet demo: y = (b1.x)^2 - (b2.x)^2, d=32, m=64, n=32" in out
+    assert out.count("step    5") == 2 and "forward+backward, n=32, m=64: fused" in out
+    assert "test mse: quadratic" in out

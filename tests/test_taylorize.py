@@ -323,3 +323,44 @@ def test_ntk_of_the_linearization_is_the_ntk():
     for K in (1, 2):
         model = tn.taylorize(net, K)
         _close(tn.empirical_ntk(model, x1, x2), expected, f"order {K}")
+
+
+class _ManyOps(nn.Module):
+    """A module that meets most of the Taylor-mode rules: bilinear and linear ops, quotients, powers,
+    logs, roots, trigonometric and special functions, branches, reductions and softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 6)
+        self.emb = nn.Embedding(5, 6)
+
+    def forward(self, x, idx):
+        h = self.lin(x) + self.emb(idx)
+        p = torch.sigmoid(h) + 0.5  # positive, away from zero
+        parts = [
+            torch.exp(0.3 * h) / p, torch.log(p) * torch.sqrt(p), p.pow(1.5) - p**3, torch.rsqrt(p),
+            torch.reciprocal(p), torch.sin(h) * torch.cos(h), torch.erf(h) + torch.expm1(0.2 * h),
+            torch.log1p(p), torch.clamp(h, -0.5, 0.5), torch.abs(h), nn.functional.leaky_relu(h, 0.1),
+            torch.where(h > 0, h * h, -h), torch.maximum(h, 0.3 * h), torch.minimum(h, torch.tanh(h)),
+            torch.softmax(h, -1), torch.log_softmax(h, -1), nn.functional.softplus(h, beta=2.0),
+            nn.functional.gelu(h, approximate="tanh"), nn.functional.gelu(h), nn.functional.silu(h),
+            h.var(-1, keepdim=True), h.std(-1, keepdim=True), h.amax(-1, keepdim=True),
+            h.max(-1, keepdim=True).values, torch.square(h), 1.0 - h, h / 3.0,
+        ]
+        return tuple(parts)
+
+
+def test_many_op_rules_match_nested_forward_mode():
+    torch.manual_seed(8)
+    net = _ManyOps().to(F64)
+    K = 3
+    model = tn.taylorize(net, K)
+    _randomize_movement(model, std=0.2)
+    other = tn.taylorize(net, K, method="jvp")
+    other.load_state_dict(model.state_dict())
+    x, idx = torch.randn(7, 4, dtype=F64), torch.randint(0, 5, (7,))
+    for k, (parts, expected) in enumerate(zip(model.terms(x, idx), other.terms(x, idx))):
+        for i, (a, b) in enumerate(zip(parts, expected)):
+            _close(a, b, f"term {k} of output {i}", rtol=1e-9, atol=1e-11)
+        if k == 1:  # every output moves (the piecewise-linear ones have no higher terms: h is linear)
+            assert min(b.abs().max() for b in expected) > 1e-4
