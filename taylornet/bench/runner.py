@@ -156,7 +156,7 @@ def run_case(case: Case, settings: Settings, state: State, progress=None) -> lis
             failure = ("oom" if _is_oom(exc) else "error", _short(exc))
         if failure is not None:  # outside the except block, so the failed call's frames are gone
             r["status"], r["note"] = failure
-            call = None
+            call = result = None  # noqa: F841 - drops the failed call's outputs before freeing memory
             _free(device)
             continue
         calls[impl] = call
