@@ -573,12 +573,13 @@ def _opcheck_samples():
         ("moments_backward-some", ops.moments_backward,
          (gn, gv, x, w0, w, a, None, b, "gelu", [1, 2], False, 0.3, [False, False, True, False, False, True])),
         ("philox_signs", ops.philox_signs, (seed, 300)),
+        ("philox", ops.philox, (torch.arange(12, dtype=torch.int64).reshape(3, 4), -5)),
     ]
 
 
 _OPCHECK_NAMES = [s[0] for s in _opcheck_samples()]
 _OPCHECK_QUICK = ("features", "net", "moments", "features_backward", "net_backward", "moments_backward",
-                  "philox_signs")
+                  "philox_signs", "philox")
 
 
 @pytest.mark.parametrize("sample", slow_except(list(range(len(_OPCHECK_NAMES))),
