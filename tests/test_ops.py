@@ -179,7 +179,7 @@ def test_grid_walks_through_the_sign_sources_biases_and_layouts():
 @pytest.mark.parametrize("bias", [False, True], ids=["nobias", "bias"])
 @pytest.mark.parametrize("sign_mode", SIGN_MODES)
 @pytest.mark.parametrize("op", ["features", "net"])
-@pytest.mark.parametrize("activation,order", [("tanh", 3), ("gelu", "exact")])
+@pytest.mark.parametrize("activation,order", slow_except([("tanh", 3), ("gelu", "exact")], [("tanh", 3)]))
 def test_sign_sources_biases_and_layouts(activation, order, op, sign_mode, bias, layout):
     p = make_problem(n=37, d=13, m=131, c=3, bias=bias, seed=2)
     name = f"{op} {activation} order={order} signs={sign_mode} bias={bias} {layout}"
@@ -247,7 +247,7 @@ TILING_OPS = {
 # them) among the quick ones.
 TILING_CASES = [(n, m, c, dtype, config) for n, m in TILING_SHAPES for c in (1, 5) for dtype in (F64, F32)
                 for config in TILING_OPS]
-TILING_QUICK = [case for i, case in enumerate(TILING_CASES) if i % 4 == 0]
+TILING_QUICK = [case for i, case in enumerate(TILING_CASES) if i % 5 == 0]
 
 
 @pytest.mark.parametrize("n,m,c,dtype,config", slow_except(
@@ -578,8 +578,7 @@ def _opcheck_samples():
 
 
 _OPCHECK_NAMES = [s[0] for s in _opcheck_samples()]
-_OPCHECK_QUICK = ("features", "net", "moments", "features_backward", "net_backward", "moments_backward",
-                  "philox_signs", "philox")
+_OPCHECK_QUICK = ("features", "net_backward", "moments", "philox")
 
 
 @pytest.mark.parametrize("sample", slow_except(list(range(len(_OPCHECK_NAMES))),
