@@ -11,7 +11,4 @@ import torch
 
 
 def pytest_configure(config):
-    for marker, what in (("slow", "long-running tests"), ("emulator", "CUDA kernels run on the CPU emulator"),
-                         ("distributed", "multi-process tests")):
-        config.addinivalue_line("markers", f"{marker}: {what} (CI runs them all)")
     torch.set_num_threads(int(os.environ.get("TAYLORNET_TEST_THREADS", "1")))

@@ -13,6 +13,7 @@ import torch
 
 import taylornet as tn
 from taylornet.ops import cpu_capability
+
 from _utils import make_problem, num_threads
 from test_ops import check_float32, check_float64
 

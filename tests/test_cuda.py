@@ -332,7 +332,8 @@ def test_invalid_signs_on_cuda_fail_without_a_synchronisation():
             "torch.cuda.synchronize()\n")
     run = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120)
     assert run.returncode != 0, "invalid signs went through"
-    assert "signs: expected every entry to be +1 or -1" in run.stderr or "device-side assert" in run.stderr, run.stderr[-2000:]
+    assert "signs: expected every entry to be +1 or -1" in run.stderr or "device-side assert" in run.stderr, \
+        run.stderr[-2000:]
 
 
 @pytest.mark.parametrize("dtype", [F32, torch.bfloat16], ids=["f32", "bf16"])

@@ -24,8 +24,6 @@ PATHS = ["f64/simt", "f32/simt", "f32/tf32", "f16/mma", "bf16/mma"]
 # Built binaries, one per hash of everything that goes into them (TAYLORNET_EMULATOR_CACHE overrides).
 CACHE = Path(os.environ.get("TAYLORNET_EMULATOR_CACHE", ROOT / "build" / "emulator"))
 
-pytestmark = pytest.mark.emulator
-
 # Building the emulator takes a minute and its runs a few: the whole module is a long test.
 pytestmark = pytest.mark.emulator
 

@@ -18,7 +18,6 @@ of floor.py measured in the same rounds.
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -155,9 +154,10 @@ def scaling_rows(repeats: int, min_time: float, max_threads: int) -> list[dict]:
         for label, flops, _ in ops:
             t = stats[label]["median_s"]
             base.setdefault(label, t)
-            rows.append({"workload": label, "threads": threads, "taylornet_s": t, "speedup_vs_1_thread": base[label] / t,
-                         "floor_s": flops / rate, "floor_ratio": t * rate / flops,
-                         "iqr_rel": stats[label]["iqr_rel"], "load_average_1m": os.getloadavg()[0]})
+            rows.append({"workload": label, "threads": threads, "taylornet_s": t,
+                         "speedup_vs_1_thread": base[label] / t, "floor_s": flops / rate,
+                         "floor_ratio": t * rate / flops, "iqr_rel": stats[label]["iqr_rel"],
+                         "load_average_1m": os.getloadavg()[0]})
     return rows
 
 
@@ -171,7 +171,8 @@ def run(args) -> int:
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     rows = training_rows(1024, repeats, min_time)
-    print("  training step (cross-entropy, Adam, batch 1024, order 2, silu)   taylornet ms  compiled ms  ×compiled  IQR")
+    print("  training step (cross-entropy, Adam, batch 1024, order 2, silu)"
+          "   taylornet ms  compiled ms  ×compiled  IQR")
     for r in rows:
         print(f"  {r['model']:<65} {r['taylornet_s'] * 1e3:11.1f} {r['compiled_s'] * 1e3:12.1f} "
               f"{r['speedup_vs_compiled']:10.2f} {100 * r['iqr_rel']:4.0f}%", flush=True)
