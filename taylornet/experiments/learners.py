@@ -1,5 +1,5 @@
-"""The learners of the sample-complexity experiments, each a function (x, y, x_test, settings) ->
-predictions on x_test, built on the fused ops so that they run at large width.
+"""The learners of the sample-complexity experiments, each a function (x, y, settings) -> predictor,
+the predictor a function of new inputs; built on the fused ops so that they run at large width.
 
     ntk-krr             kernel ridge regression with the empirical NTK Gram of the two-layer model
     ntk-gd              the order-1 (linearized) model trained to convergence (L-BFGS) on the same
@@ -16,13 +16,15 @@ All models share the parametrization f = scale * sum_r a_r h_r with symmetric in
 at init), a fixed readout and the movement W trained from zero; the loss is the mean squared error.
 
 Learning rates: the expected-loss models have no linear term, and their curvature grows like
-d / sqrt(m), so they take the large ``lr``. A loss that contains the linear (NTK) term - the full network,
-and the quadratic model with sampled signs, whose every step sees the linear term of that step's signs -
-diverges above 2 / lambda_max of the NTK Hessian (2 / n) K; those learners run at
-min(lr, 1 / lambda_max), half that edge.
+d / sqrt(m), so they take the large ``lr``; the hierarchical learner's input h has D >> d
+coordinates of unit variance and takes its own ``hierarchical_lr``. A loss that contains the linear
+(NTK) term - the full network, and the quadratic model with sampled signs, whose every step sees the
+linear term of that step's signs - diverges above 2 / lambda_max of the NTK Hessian (2 / n) K; those
+learners run at min(lr, 1 / lambda_max), half that edge.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -30,9 +32,10 @@ import torch
 from ..modules import TaylorNet
 from ..optim import NoisySGD
 from .features import RandomFeatures
-from .ntk import kernel_ridge
 
-__all__ = ["LearnerSettings", "LEARNERS", "fit_predict"]
+__all__ = ["LearnerSettings", "LEARNERS", "Predictor", "fit", "fit_predict"]
+
+Predictor = Callable[[torch.Tensor], torch.Tensor]
 
 
 @dataclass
@@ -49,6 +52,7 @@ class LearnerSettings:
     lbfgs_iters: int = 200
     feature_degree: int = 2  # hierarchical: Hermite degree q of h(x)
     feature_width: int = 64  # hierarchical: D
+    hierarchical_lr: float | None = None  # hierarchical: its noisy SGD learning rate (None: lr)
     seed: int = 0
 
 
@@ -74,14 +78,30 @@ def ntk_stable_lr(model: TaylorNet, x: torch.Tensor, lr: float) -> float:
     return min(lr, x.shape[0] / (2 * top))
 
 
-def ntk_krr(x, y, x_test, s: LearnerSettings):
+def ntk_krr(x, y, s: LearnerSettings) -> Predictor:
     """Kernel ridge regression with the empirical NTK of the width-m model at its initialization."""
     model = _model(x, s, 1)
     gram = _gram(model, x, x)
-    return kernel_ridge(gram, y, _gram(model, x_test, x), _ridge(gram, s))
+    eye = torch.eye(x.shape[0], dtype=torch.float64, device=x.device)
+    coef = torch.linalg.solve(gram.double() + _ridge(gram, s) * eye, y.double())
+
+    def predict(x_new):  # the training inputs reuse their Gram matrix
+        k = gram if x_new is x else _gram(model, x_new, x)
+        return (k.double() @ coef).to(x_new.dtype)
+    return predict
 
 
-def ntk_gd(x, y, x_test, s: LearnerSettings):
+def _predictor(model: TaylorNet) -> Predictor:
+    """Outputs of a trained one-output model (in eval mode: the sign expectation when randomized)."""
+    model.eval()
+
+    def predict(x_new):
+        with torch.no_grad():
+            return model(x_new).squeeze(-1)
+    return predict
+
+
+def ntk_gd(x, y, s: LearnerSettings) -> Predictor:
     """The order-1 model on mean (f - y)^2 + lam ||W||^2 with lam = ridge / n, by L-BFGS: a convex
     quadratic in W whose minimizer predicts exactly what ``ntk_krr`` does."""
     model = _model(x, s, 1)
@@ -96,8 +116,7 @@ def ntk_gd(x, y, x_test, s: LearnerSettings):
         return loss
 
     opt.step(closure)
-    with torch.no_grad():
-        return model(x_test).squeeze(-1)
+    return _predictor(model)
 
 
 def train_noisy_sgd(model: TaylorNet, loss_fn, s: LearnerSettings, lr: float) -> TaylorNet:
@@ -112,40 +131,39 @@ def train_noisy_sgd(model: TaylorNet, loss_fn, s: LearnerSettings, lr: float) ->
     return model.eval()
 
 
-def quadratic_signs(x, y, x_test, s: LearnerSettings):
+def quadratic_signs(x, y, s: LearnerSettings) -> Predictor:
     """The order-2 model with fresh in-kernel signs every step, on the sampled squared loss."""
     model = _model(x, s, 2, sign_randomization=True)
     train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr))
-    with torch.no_grad():
-        return model(x_test).squeeze(-1)  # eval mode: the sign expectation E_S f
+    return _predictor(model)  # eval mode: the sign expectation E_S f
 
 
-def _quadratic_expected(x, y, x_test, s: LearnerSettings, *, bias=False):
+def _quadratic_expected(x, y, s: LearnerSettings, *, bias=False, lr=None) -> Predictor:
     """The sign-randomized order-2 model trained on the exact expected loss; predicts E_S f."""
     model = _model(x, s, 2, sign_randomization=True, bias=bias)
-    train_noisy_sgd(model, lambda m: m.expected_loss(x, y.unsqueeze(-1)), s, s.lr)
-    with torch.no_grad():
-        return model(x_test).squeeze(-1)
+    train_noisy_sgd(model, lambda m: m.expected_loss(x, y.unsqueeze(-1)), s, s.lr if lr is None else lr)
+    return _predictor(model)
 
 
-def quadratic_expected(x, y, x_test, s: LearnerSettings):
+def quadratic_expected(x, y, s: LearnerSettings) -> Predictor:
     """The sign-randomized quadratic model on raw x, exact sign-expectation loss."""
-    return _quadratic_expected(x, y, x_test, s)
+    return _quadratic_expected(x, y, s)
 
 
-def full_network(x, y, x_test, s: LearnerSettings):
+def full_network(x, y, s: LearnerSettings) -> Predictor:
     """The full network sigma(w0.x + w.x), no signs, at the NTK-stable learning rate."""
     model = _model(x, s, "exact")
     train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr))
-    with torch.no_grad():
-        return model(x_test).squeeze(-1)
+    return _predictor(model)
 
 
-def hierarchical(x, y, x_test, s: LearnerSettings):
+def hierarchical(x, y, s: LearnerSettings) -> Predictor:
     """Quadratic Taylor layer (with a trainable bias, so it can form linear terms in h) on h(x)."""
     g = torch.Generator().manual_seed(s.seed)
     features = RandomFeatures(x.shape[1], s.feature_width, s.feature_degree, g, dtype=x.dtype).to(x.device)
-    return _quadratic_expected(features(x), y, features(x_test), s, bias=True)
+    h = features(x)
+    predict_h = _quadratic_expected(h, y, s, bias=True, lr=s.hierarchical_lr)
+    return lambda x_new: predict_h(h if x_new is x else features(x_new))
 
 
 LEARNERS = {
@@ -158,8 +176,13 @@ LEARNERS = {
 }
 
 
-def fit_predict(name: str, x, y, x_test, settings: LearnerSettings) -> torch.Tensor:
-    """Trains learner ``name`` on (x, y) and returns its predictions on x_test."""
+def fit(name: str, x, y, settings: LearnerSettings) -> Predictor:
+    """Trains learner ``name`` on (x, y); returns its predictor (a function of new inputs)."""
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}: expected one of {', '.join(LEARNERS)}")
-    return LEARNERS[name](x, y, x_test, settings)
+    return LEARNERS[name](x, y, settings)
+
+
+def fit_predict(name: str, x, y, x_test, settings: LearnerSettings) -> torch.Tensor:
+    """Trains learner ``name`` on (x, y) and returns its predictions on x_test."""
+    return fit(name, x, y, settings)(x_test)
