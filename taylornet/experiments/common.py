@@ -122,12 +122,29 @@ class Results:
                      "device": str(args.device), "seed": args.seed, "torch": torch.__version__}
         self.files: list[str] = []
         self.started = time.perf_counter()
+        self._streams = []
 
     def table(self, stem: str, rows: list[dict]) -> Path:
         """Writes rows (dicts with the same keys) to ``<stem>.csv``."""
         path = results.write_csv(self.out / f"{stem}.csv", rows)
         self.files.append(path.name)
         return path
+
+    def stream(self, stem: str, fieldnames: list[str]):
+        """Starts ``<stem>.csv`` for rows written as they are measured (an interrupted run keeps them);
+        returns a function that appends one row (a dict with ``fieldnames``) and flushes it."""
+        path = self.out / f"{stem}.csv"
+        f = path.open("w", newline="")
+        writer = csv.DictWriter(f, fieldnames=fieldnames)
+        writer.writeheader()
+        f.flush()
+        self._streams.append(f)
+        self.files.append(path.name)
+
+        def write(row: dict) -> None:
+            writer.writerow(row)
+            f.flush()
+        return write
 
     def figure(self, fig, stem: str) -> Path:
         """Saves a matplotlib figure to ``<stem>.png`` and closes it."""
@@ -136,7 +153,9 @@ class Results:
         return path
 
     def finish(self, summary: dict, verdict: Verdict) -> Path:
-        """Writes ``<name>.json`` and prints the verdict line."""
+        """Closes the streamed tables, writes ``<name>.json`` and prints the verdict line."""
+        for f in self._streams:
+            f.close()
         record = {**self.meta, "runtime_s": round(time.perf_counter() - self.started, 2),
                   "summary": summary, "verdict": {"status": verdict.status, "reason": verdict.reason,
                                                   "line": verdict.line(self.name)},
