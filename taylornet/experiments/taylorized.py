@@ -5,7 +5,13 @@ orders 1..K in the movement W start from the same initialization and train with 
 rate and batches. At a practical, large learning rate W moves far from the initialization, and the
 claim is that the Taylor models track the full network better as the order grows, the linearized
 (NTK) model being the worst; and that at a fixed learning rate the linearized model approaches the
-full network as the width grows (the NTK regime).
+full network as the width grows (the NTK regime): its distance falls like m^(-1/2) (an upper bound;
+the order-2 model's like m^(-1)).
+
+The width sweep trains the full network and its order-1 and order-2 models with the fused ops up to
+m = 2^20 neurons. The autograd references (``taylornet.reference`` eager and under torch.compile)
+are not run at those widths: their peak memory and time per step are measured at small widths in
+fresh processes and extrapolated, and each sweep width says whether they would fit in memory.
 
 Tasks: the scikit-learn digits (10 classes, cross-entropy on the logits, test accuracy) and a
 synthetic regression on a low-rank polynomial of x on the sphere (mean squared error, test error
@@ -15,6 +21,8 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
+import time
 from dataclasses import dataclass
 
 import torch
@@ -25,7 +33,7 @@ from .common import Results, Verdict, add_common_arguments, fit_power_law, progr
 from .data import LowRankPolynomial, Split, load_digits, sample_sphere
 
 __all__ = ["TaylorizedConfig", "PRESETS", "Task", "make_task", "make_models", "train_together",
-           "compare_outputs", "width_sweep", "judge", "add_arguments", "run"]
+           "compare_outputs", "width_sweep", "reference_costs", "out_of_memory_width", "judge", "add_arguments", "run"]
 
 NAME = "taylorized"
 FULL = "exact"
@@ -42,8 +50,12 @@ class TaylorizedConfig:
     synthetic_lr: float = 2.0
     eval_every: int = 10
     tasks: tuple[str, ...] = ("digits", "synthetic")
-    sweep_widths: tuple[int, ...] = (256, 1024, 4096, 16384)
-    sweep_steps: int = 1000
+    sweep_widths: tuple[int, ...] = (2**8, 2**10, 2**12, 2**14, 2**16, 2**18, 2**20)
+    sweep_steps: int = 200
+    sweep_orders: tuple[int, ...] = (1, 2)
+    reference_widths: tuple[int, ...] = (2**10, 2**12)  # where the autograd references are measured
+    memory_budget_gib: float = 0.0  # 0: this machine's physical memory
+    tolerance: float = 0.1
     synthetic_dim: int = 16
     synthetic_rank: int = 2
     synthetic_degree: int = 2
@@ -52,9 +64,10 @@ class TaylorizedConfig:
 
 
 PRESETS = {
-    "quick": dict(width=2048, steps=400, sweep_widths=(256, 512, 1024, 2048, 4096), sweep_steps=400),
+    "quick": dict(width=2048, steps=400, sweep_widths=(2**8, 2**10, 2**12, 2**14), sweep_steps=100,
+                  reference_widths=()),
     "large": dict(width=2**20, steps=2000, batch_size=256, eval_every=20,
-                  sweep_widths=(2**12, 2**14, 2**16, 2**18, 2**20), sweep_steps=2000),
+                  sweep_widths=(2**12, 2**14, 2**16, 2**18, 2**20, 2**22), sweep_steps=1000),
 }
 
 
@@ -122,8 +135,9 @@ def compare_outputs(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]
 
 
 def train_together(task: Task, models: dict, steps: int, batch_size: int, eval_every: int, seed: int,
-                   bar) -> tuple[list[dict], list[dict]]:
-    """Trains every model with SGD on the same batches; returns (per-step rows, evaluation rows).
+                   bar, train_rows: list | None = None, eval_rows: list | None = None) -> tuple[list[dict], list[dict]]:
+    """Trains every model with SGD on the same batches; returns (per-step rows, evaluation rows),
+    appended to ``train_rows`` / ``eval_rows`` when given (so an interrupted run keeps them).
 
     Per step: the training loss of the batch and ||W - W_init||_F of every model. Every
     ``eval_every`` steps (and at the first and last): the test metric and the cosine similarity and
@@ -133,10 +147,11 @@ def train_together(task: Task, models: dict, steps: int, batch_size: int, eval_e
     optimizers = {k: torch.optim.SGD(m.parameters(), lr=task.lr) for k, m in models.items()}
     batches = _batches(data.x_train.shape[0], min(batch_size, data.x_train.shape[0]),
                        torch.Generator().manual_seed(seed))
-    train_rows, eval_rows = [], []
+    train_rows = [] if train_rows is None else train_rows
+    eval_rows = [] if eval_rows is None else eval_rows
     for step in range(steps + 1):
         if step % eval_every == 0 or step == steps:
-            eval_rows += _evaluate(task, models, step)
+            eval_rows.extend(_evaluate(task, models, step))
         if step == steps:
             break
         idx = next(batches).to(data.x_train.device)
@@ -165,17 +180,124 @@ def _evaluate(task: Task, models: dict, step: int) -> list[dict]:
     return rows
 
 
-def width_sweep(task: Task, cfg: TaylorizedConfig, seed: int, device, bar) -> list[dict]:
-    """Final cosine / relative distance of the order-1 model to the full network for each width."""
-    rows = []
+def width_sweep(task: Task, cfg: TaylorizedConfig, seed: int, device, bar, rows: list,
+                on_row=lambda row: None) -> None:
+    """For each width: the full network and its ``sweep_orders`` Taylor models trained together;
+    their final cosine / relative distance to the full network, the seconds per step and the peak
+    memory. Appends one row per width to ``rows`` (and ``on_row``) as it finishes."""
+    from ..bench.memory import hwm_bytes, reset_hwm, rss_bytes, trim_heap
+
     for width in cfg.sweep_widths:
+        bar.set_description(f"{NAME}: width sweep on {task.name}, m={width}")
         torch.manual_seed(seed)
-        models = make_models(task, width, (1,), cfg.activation, device)
+        trim_heap()
+        resettable = device.type == "cpu" and reset_hwm()
+        base = rss_bytes() if resettable else None
+        models = make_models(task, width, cfg.sweep_orders, cfg.activation, device)
+        t = time.perf_counter()
         _, evals = train_together(task, models, cfg.sweep_steps, cfg.batch_size, cfg.sweep_steps, seed, bar)
-        final = next(r for r in evals if r["step"] == cfg.sweep_steps and r["model"] == "1")
-        rows.append({"width": width, "cosine_to_full": final["cosine_to_full"],
-                     "distance_to_full": final["distance_to_full"]})
-    return rows
+        seconds = time.perf_counter() - t
+        peak = hwm_bytes() - base if resettable and base is not None else None
+        if device.type == "cuda":
+            peak = torch.cuda.max_memory_allocated(device)
+        del models
+        row = {"width": width, "seconds_per_step": seconds / cfg.sweep_steps,
+               "fused_peak_bytes": peak}
+        for k in cfg.sweep_orders:
+            final = next(r for r in evals if r["step"] == cfg.sweep_steps and r["model"] == str(k))
+            row[f"distance_order{k}"] = final["distance_to_full"]
+            row[f"cosine_order{k}"] = final["cosine_to_full"]
+        rows.append(row)
+        on_row(row)
+        dists = ", ".join(f"order {k} {row[f'distance_order{k}']:.3g}" for k in cfg.sweep_orders)
+        bar.write(f"  m={width:<8} distance to the full network: {dists}; {row['seconds_per_step']:.3f} s/step"
+                  + (f", peak {peak / 2**30:.2f} GiB" if peak else ""), file=sys.stderr)
+
+
+def _memory_budget(cfg: TaylorizedConfig) -> float:
+    """Bytes the references' predicted peaks are compared with: --memory-budget-gib, else the
+    machine's physical memory."""
+    if cfg.memory_budget_gib > 0:
+        return cfg.memory_budget_gib * 2**30
+    try:
+        import os
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return math.inf
+
+
+def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
+    """Peak memory and seconds of one training step of each sweep model under the autograd
+    references, measured at ``reference_widths`` (compiled: the widest only) and extrapolated in m.
+
+    Memory: one forward+backward (gradient in W) on a batch, and one forward on the test set, each
+    in a fresh process (``taylornet.bench.memory``), for the full network and every sweep order;
+    the sweep's step runs all of them in turn, so its peak is the largest of these plus the models'
+    own tensors (W0, W, its gradient, the readout). Time: the sum over the models of the eager
+    step, timed here. Returns {impl: {"bytes_per_neuron", "fixed_bytes", "seconds_per_neuron"}}.
+    """
+    from ..bench import budget, memory
+    from ..bench.cases import Case
+
+    d, c = task.data.x_train.shape[1], task.out_features
+    n_batch, n_test = min(cfg.batch_size, task.data.x_train.shape[0]), task.data.x_test.shape[0]
+    kinds = [FULL, *cfg.sweep_orders]
+    out = {}
+    # torch.compile recompiles for every shape: the compiled reference is measured at the widest
+    # reference width only and scaled in proportion to m (an overestimate by its fixed overhead)
+    for impl, widths in (("eager", cfg.reference_widths), ("compiled", cfg.reference_widths[-1:])):
+        points = []
+        for width in widths:
+            peak = 0.0
+            for order in kinds:
+                for op, n in (("net_fb", n_batch), ("net", n_test)):
+                    bar.set_description(f"{NAME}: {impl} reference memory, m={width}, order {order}, {op}")
+                    case = Case(op, n, d, width, order, cfg.activation, "float32", device.type, outputs=c)
+                    r = memory.measure_subprocess(case, impl, threads=torch.get_num_threads(), compile_mode=None)
+                    if r.get("peak_bytes") is None:
+                        raise RuntimeError(f"{impl} reference memory at m={width}: {r.get('error', r.get('status'))}")
+                    peak = max(peak, r["peak_bytes"])
+            points.append((width, peak))
+        fixed, per_neuron = budget.fit_affine(points)
+        out[impl] = {"points": points, "fixed_bytes": fixed, "bytes_per_neuron": per_neuron}
+    # the models' own tensors: W0, W and its gradient (m x d each) and the readout (c x m), per model
+    out["model_bytes_per_neuron"] = len(kinds) * (3 * d + c) * 4
+    # eager time per step, all models, at the widest reference width
+    from .. import reference
+    width = max(cfg.reference_widths)
+    torch.manual_seed(0)
+    models = make_models(task, width, cfg.sweep_orders, cfg.activation, device)
+    x, y = task.data.x_train[:n_batch], task.data.y_train[:n_batch]
+
+    def step():
+        for m in models.values():
+            out_ = reference.taylor_net(x, m.weight0, m.weight, m.a, activation=m.activation, order=m.order,
+                                        scale=m.scale)
+            task.loss(out_ if c > 1 else out_.squeeze(-1), y).backward()
+    bar.set_description(f"{NAME}: eager reference time, m={width}")
+    step()
+    t = time.perf_counter()
+    step()
+    out["eager"]["seconds_per_neuron"] = (time.perf_counter() - t) / width
+    return out
+
+
+def out_of_memory_width(costs: dict, impl: str, budget_bytes: float) -> float:
+    """The width at which the reference ``impl``'s predicted peak reaches the budget."""
+    c = costs[impl]
+    return (budget_bytes - c["fixed_bytes"]) / (c["bytes_per_neuron"] + costs["model_bytes_per_neuron"])
+
+
+def _predicted_reference(costs: dict, width: int, budget_bytes: float) -> dict:
+    """Predicted peak bytes of the references at ``width`` and whether they fit the budget."""
+    row = {}
+    for impl in ("eager", "compiled"):
+        c = costs[impl]
+        peak = c["fixed_bytes"] + (c["bytes_per_neuron"] + costs["model_bytes_per_neuron"]) * width
+        row[f"{impl}_predicted_bytes"] = peak
+        row[f"{impl}_fits"] = peak <= budget_bytes
+    row["eager_predicted_seconds_per_step"] = costs["eager"]["seconds_per_neuron"] * width
+    return row
 
 
 def _strictly_decreasing(values) -> bool:
@@ -190,9 +312,12 @@ def _chain(labels, values) -> str:
     return text
 
 
-def judge(final: dict, sweep: list[dict], orders) -> tuple[Verdict, dict]:
-    """The verdict from the final distances: per task, decreasing with the order; order 1 decreasing
-    with the width. Returns the verdict and the summary numbers."""
+def judge(final: dict, sweep: list[dict], orders, sweep_orders=(1, 2), tolerance: float = 0.1) -> tuple[Verdict, dict]:
+    """The verdict from the final distances: per task, decreasing with the order; in the width
+    sweep, the order-1 distance decreasing with the width at least as fast as the NTK theory's
+    m^(-1/2) (log-log slope <= -1/2 + tolerance: the theory's O(m^(-1/2)) is an upper bound), and
+    the order-2 model closer to the network than the order-1 model at every width. Returns the
+    verdict and the summary numbers."""
     checks, parts = {}, []
     for task, by_order in final.items():
         dists = [by_order[str(k)] for k in orders]
@@ -201,24 +326,43 @@ def judge(final: dict, sweep: list[dict], orders) -> tuple[Verdict, dict]:
     summary = {"final_distance_to_full": final}
     if sweep:
         widths = [r["width"] for r in sweep]
-        dists = [r["distance_to_full"] for r in sweep]
-        slope, _ = fit_power_law(widths, dists)
-        checks["order-1 distance decreases with the width"] = _strictly_decreasing(dists)
-        parts.append(f"order-1 distance by width {_chain(widths, dists)} (slope {slope:.2f} on log-log; "
-                     "NTK theory -0.5)")
-        summary["width_sweep"] = {"widths": widths, "distance_to_full": dists, "loglog_slope": slope}
+        summary["width_sweep"] = {"widths": widths}
+        for k in sweep_orders:
+            dists = [r[f"distance_order{k}"] for r in sweep]
+            slope, _ = fit_power_law(widths, dists)
+            theory = -k / 2
+            summary["width_sweep"][f"order{k}"] = {"distance_to_full": dists, "loglog_slope": slope,
+                                                   "theory_slope": theory}
+            parts.append(f"order-{k} distance by width {_chain(widths, dists)} (slope {slope:.2f} on log-log; "
+                         f"NTK theory {theory:g})")
+            if k == 1:
+                checks["order-1 distance decreases with the width"] = _strictly_decreasing(dists)
+                checks[f"order-1 slope <= -0.5 + {tolerance:g}"] = math.isfinite(slope) and slope <= -0.5 + tolerance
+        if 1 in sweep_orders and 2 in sweep_orders:
+            checks["order 2 closer than order 1 at every width"] = all(
+                r["distance_order2"] < r["distance_order1"] for r in sweep)
+        if "eager_fits" in sweep[0]:
+            top = sweep[-1]
+            for impl in ("eager", "compiled"):
+                over = [r["width"] for r in sweep if not r[f"{impl}_fits"]]
+                parts.append(f"{impl} reference: " + (f"predicted out of memory from m = {over[0]}" if over
+                                                      else f"predicted to fit up to m = {top['width']}")
+                             + f" ({top[f'{impl}_predicted_bytes'] / 2**30:.1f} GiB there)")
+            parts.append(f"at m = {top['width']} the eager step is predicted to take "
+                         f"{top['eager_predicted_seconds_per_step']:.2f} s, the fused one took "
+                         f"{top['seconds_per_step']:.2f} s")
     failed = [name for name, ok in checks.items() if not ok]
     reason = "; ".join(parts) + (f". Failed: {', '.join(failed)}" if failed else "")
     summary["checks"] = checks
     return Verdict.from_checks(checks, reason), summary
 
 
-def plot(eval_rows: list[dict], train_rows: list[dict], sweep: list[dict], tasks: list[Task], orders, results):
+def plot(eval_rows: list[dict], train_rows: list[dict], tasks: list[Task], orders, results):
     """taylorized.png: loss, test metric, 1 - cosine per task (like Figure 1 of Bai et al. 2020);
-    taylorized_distances.png: relative distance and ||W|| over training, and the width sweep."""
+    taylorized_distances.png: relative distance and ||W|| over training."""
     plt = pyplot()
     labels = [FULL, *orders]
-    shown = sorted(set(orders) | {1})  # order 1 also appears in the width sweep
+    shown = sorted(set(orders) | {1})  # order 1 also appears in the distance-from-init panel
     colors = {FULL: "black", **{k: plt.cm.viridis(i / max(1, len(shown) - 1) * 0.85) for i, k in enumerate(shown)}}
     names = {FULL: "full network", **{k: f"order {k}" for k in shown}}
 
@@ -245,7 +389,7 @@ def plot(eval_rows: list[dict], train_rows: list[dict], sweep: list[dict], tasks
     fig.tight_layout()
     results.figure(fig, NAME)
 
-    fig, axes = plt.subplots(1, len(tasks) + 2, figsize=(4.6 * (len(tasks) + 2), 3.6))
+    fig, axes = plt.subplots(1, len(tasks) + 1, figsize=(4.6 * (len(tasks) + 1), 3.6))
     for ax, task in zip(axes, tasks):
         for label in orders:
             ax.plot(*series(eval_rows, task.name, label, "distance_to_full"), color=colors[label], label=names[label])
@@ -258,19 +402,45 @@ def plot(eval_rows: list[dict], train_rows: list[dict], sweep: list[dict], tasks
                     ls="-" if task is tasks[0] else "--", label=f"{task.name}, {names[label]}")
     ax.set(xlabel="step", ylabel="||W - W_init||_F", title="distance from init")
     ax.legend(fontsize=8)
-    ax = axes[-1]
-    if sweep:
-        widths = [r["width"] for r in sweep]
-        dists = [r["distance_to_full"] for r in sweep]
-        ax.plot(widths, dists, "o-", color=colors[1], label="order 1 (final)")
-        ax.plot(widths, [dists[0] * (w / widths[0]) ** -0.5 for w in widths], ":", color="gray", label="m^-1/2")
-        ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="||f_1 - f|| / ||f|| on test",
-               title=f"{tasks[0].name}: width sweep at fixed lr")
-        ax.set_xticks(widths, [str(w) for w in widths])
-        ax.xaxis.set_minor_locator(plt.NullLocator())
-        ax.legend(fontsize=8)
     fig.tight_layout()
     results.figure(fig, f"{NAME}_distances")
+
+
+def plot_sweep(sweep: list[dict], summary: dict, cfg: TaylorizedConfig, task: Task, budget_bytes: float, results):
+    """taylorized_width_sweep.png: the order-k distances to the full network against m with their
+    fitted slopes and the theory's m^(-k/2); the fused ops' measured peak memory against the
+    references' predicted peaks and the memory budget."""
+    plt = pyplot()
+    widths = [r["width"] for r in sweep]
+    fig, (ax, ax_mem) = plt.subplots(1, 2, figsize=(12, 4.4))
+    for i, k in enumerate(cfg.sweep_orders):
+        color = plt.cm.viridis(i / max(1, len(cfg.sweep_orders)) * 0.85)
+        dists = [r[f"distance_order{k}"] for r in sweep]
+        fit = summary["width_sweep"][f"order{k}"]
+        ax.plot(widths, dists, "o-", color=color, label=f"order {k}: slope {fit['loglog_slope']:.2f}")
+        ax.plot(widths, [dists[0] * (w / widths[0]) ** fit["theory_slope"] for w in widths], ":", color=color,
+                label=f"m^{fit['theory_slope']:g} (NTK theory)")
+    ax.set(xscale="log", yscale="log", xlabel="width m", ylabel="||f_k - f|| / ||f|| on test",
+           title=f"{task.name}: distance to the full network after {cfg.sweep_steps} steps, fixed lr")
+    ax.legend(fontsize=8)
+    gib = 2.0**30
+    fused = [(r["width"], r["fused_peak_bytes"] / gib) for r in sweep if r.get("fused_peak_bytes")]
+    if fused:
+        ax_mem.plot(*zip(*fused), "o-", color="black", label="taylornet (fused), measured")
+    for impl, style in (("eager", "s--"), ("compiled", "D--")):
+        key = f"{impl}_predicted_bytes"
+        if sweep and key in sweep[0]:
+            ax_mem.plot(widths, [r[key] / gib for r in sweep], style, mfc="none", label=f"{impl} reference, predicted")
+    if math.isfinite(budget_bytes):
+        ax_mem.axhline(budget_bytes / gib, color="red", lw=0.8, label=f"memory budget {budget_bytes / gib:.1f} GiB")
+    ax_mem.set(xscale="log", yscale="log", xlabel="width m", ylabel="peak memory of the sweep step (GiB)",
+               title=f"batch {cfg.batch_size}, {len(cfg.sweep_orders) + 1} models")
+    ax_mem.legend(fontsize=8)
+    for a in (ax, ax_mem):
+        a.set_xticks(widths, [f"2^{int(math.log2(w))}" if w & (w - 1) == 0 else str(w) for w in widths])
+        a.xaxis.set_minor_locator(plt.NullLocator())
+    fig.tight_layout()
+    results.figure(fig, f"{NAME}_width_sweep")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -286,9 +456,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--eval-every", type=int, help="steps between test evaluations (default 10)")
     g.add_argument("--tasks", nargs="+", choices=("digits", "synthetic"), help="tasks (default both)")
     g.add_argument("--sweep-widths", type=int, nargs="*",
-                   help="widths of the order-1 width sweep on the first task, 256 .. 16384 "
-                        "(no value: skip the sweep)")
-    g.add_argument("--sweep-steps", type=int, help="SGD steps of each width-sweep run (1000, quick 400)")
+                   help="widths of the width sweep on the first task, 2^8 .. 2^20 (quick 2^8 .. 2^14; "
+                        "no value: skip the sweep)")
+    g.add_argument("--sweep-steps", type=int, help="SGD steps of each width-sweep run (200; quick 100)")
+    g.add_argument("--sweep-orders", type=int, nargs="+", help="Taylor orders trained in the width sweep (1 2)")
+    g.add_argument("--reference-widths", type=int, nargs="*",
+                   help="widths at which the eager and compiled references' memory and time are measured and "
+                        "extrapolated to the sweep widths (2^10 2^12; no value: skip)")
+    g.add_argument("--memory-budget-gib", type=float,
+                   help="memory the references' predicted peaks are compared with (default: this machine's RAM)")
+    g.add_argument("--tolerance", type=float,
+                   help="slack on the order-1 slope check, slope <= -1/2 + tolerance (0.1)")
     g.add_argument("--synthetic-dim", type=int, help="input dimension d of the synthetic task (16)")
     g.add_argument("--synthetic-rank", type=int, help="rank r* of the synthetic target (2)")
     g.add_argument("--synthetic-degree", type=int, help="degree p of the synthetic target (2)")
@@ -303,32 +481,89 @@ def run(args: argparse.Namespace) -> int:
     tasks = [make_task(name, cfg, args.seed, device) for name in cfg.tasks]
     sweep_runs = len(cfg.sweep_widths) * cfg.sweep_steps
     bar = progress(len(tasks) * cfg.steps + sweep_runs, f"{NAME} [{preset}]", "step", args)
-    train_rows, eval_rows = [], []
-    for task in tasks:
-        torch.manual_seed(args.seed)
-        models = make_models(task, cfg.width, cfg.orders, cfg.activation, device)
-        bar.set_description(f"{NAME}: {task.name}, m={cfg.width}")
-        t_rows, e_rows = train_together(task, models, cfg.steps, cfg.batch_size, cfg.eval_every, args.seed, bar)
-        train_rows += t_rows
-        eval_rows += e_rows
-    sweep = []
-    if cfg.sweep_widths:
-        bar.set_description(f"{NAME}: width sweep on {tasks[0].name}")
-        sweep = width_sweep(tasks[0], cfg, args.seed, device, bar)
-    bar.close()
+    train_rows, eval_rows, sweep, done = [], [], [], []
+    budget_bytes = _memory_budget(cfg)
+    costs = None
+    interrupted = False
+    try:
+        for task in tasks:
+            torch.manual_seed(args.seed)
+            models = make_models(task, cfg.width, cfg.orders, cfg.activation, device)
+            bar.set_description(f"{NAME}: {task.name}, m={cfg.width}")
+            train_together(task, models, cfg.steps, cfg.batch_size, cfg.eval_every, args.seed, bar,
+                           train_rows, eval_rows)
+            done.append(task)
+            del models
+        if cfg.sweep_widths:
+            if cfg.reference_widths:
+                costs = reference_costs(tasks[0], cfg, device, bar)
+            write = results.stream(f"{NAME}_width_sweep", _sweep_fields(cfg, costs))
+
+            def on_row(row):
+                if costs:
+                    row.update(_predicted_reference(costs, row["width"], budget_bytes))
+                write(row)
+            width_sweep(tasks[0], cfg, args.seed, device, bar, sweep, on_row)
+    except KeyboardInterrupt:
+        interrupted = True
+    finally:
+        bar.close()
+    if interrupted:
+        print(f"interrupted: keeping {len(done)} finished task(s) and {len(sweep)} sweep width(s)", file=sys.stderr)
 
     results.table(f"{NAME}_train", train_rows)
     results.table(f"{NAME}_eval", eval_rows)
-    if sweep:
-        results.table(f"{NAME}_width_sweep", sweep)
-    def final(key):  # {task: {model: value at the last step}}
-        return {task.name: {r["model"]: r[key] for r in eval_rows if r["task"] == task.name and r["step"] == cfg.steps}
-                for task in tasks}
 
-    verdict, summary = judge(final("distance_to_full"), sweep, cfg.orders)
+    def final(key):  # {task: {model: value at the last step}}, finished tasks only
+        return {task.name: {r["model"]: r[key] for r in eval_rows if r["task"] == task.name and r["step"] == cfg.steps}
+                for task in done}
+
+    verdict, summary = judge(final("distance_to_full"), sweep, cfg.orders, cfg.sweep_orders, cfg.tolerance)
     summary["final_test_metric"] = final("test_metric")
     summary["final_cosine_to_full"] = final("cosine_to_full")
-    plot(eval_rows, train_rows, sweep, tasks, cfg.orders, results)
+    if costs:
+        summary["reference_costs"] = {"budget_bytes": budget_bytes, **costs, "out_of_memory_width": {
+            impl: out_of_memory_width(costs, impl, budget_bytes) for impl in ("eager", "compiled")}}
+    if interrupted:
+        verdict.reason = "interrupted run, partial results: " + verdict.reason
+        summary["interrupted"] = True
+    if done:
+        plot(eval_rows, train_rows, done, cfg.orders, results)
+    if sweep:
+        plot_sweep(sweep, summary, cfg, tasks[0], budget_bytes, results)
+        print(_sweep_table(sweep, cfg))
     results.finish(summary, verdict)
-    return 0
+    return 130 if interrupted else 0
 
+
+def _sweep_fields(cfg: TaylorizedConfig, costs) -> list[str]:
+    fields = ["width"]
+    for k in cfg.sweep_orders:
+        fields += [f"distance_order{k}", f"cosine_order{k}"]
+    fields += ["seconds_per_step", "fused_peak_bytes"]
+    if costs:
+        fields += ["eager_predicted_bytes", "eager_fits", "compiled_predicted_bytes", "compiled_fits",
+                   "eager_predicted_seconds_per_step"]
+    return fields
+
+
+def _sweep_table(sweep: list[dict], cfg: TaylorizedConfig) -> str:
+    """The width sweep as text: distances, fused time and memory, the references' predictions."""
+    gib = 2.0**30
+    head = f"{'m':>8}" + "".join(f"{'order ' + str(k):>10}" for k in cfg.sweep_orders)
+    head += f"{'s/step':>9}{'fused GiB':>11}"
+    refs = "eager_predicted_bytes" in sweep[0]
+    if refs:
+        head += f"{'eager GiB':>14}{'compiled GiB':>16}{'eager s/step':>14}"
+    lines = [f"width sweep (distance to the full network after {cfg.sweep_steps} steps):", head]
+    for r in sweep:
+        line = f"{r['width']:>8}" + "".join(f"{r[f'distance_order{k}']:>10.4g}" for k in cfg.sweep_orders)
+        peak = r.get("fused_peak_bytes")
+        line += f"{r['seconds_per_step']:>9.3f}" + (f"{peak / gib:>11.2f}" if peak else f"{'-':>11}")
+        if refs:
+            for impl, width in (("eager", 14), ("compiled", 16)):
+                cell = f"{r[f'{impl}_predicted_bytes'] / gib:.2f}" + ("" if r[f"{impl}_fits"] else " OOM")
+                line += f"{cell:>{width}}"
+            line += f"{r['eager_predicted_seconds_per_step']:>14.2f}"
+        lines.append(line)
+    return "\n".join(lines)
