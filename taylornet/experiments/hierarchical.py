@@ -27,19 +27,26 @@ NAME = "hierarchical"
 
 @dataclass
 class HierarchicalConfig(SampleComplexityConfig):
-    dims: tuple[int, ...] = (4, 6, 8, 10)
+    dims: tuple[int, ...] = (6, 8, 10, 12, 14)
     degree: int = 4
+    lower_share: float | None = 0.0
     learners: tuple[str, ...] = ("ntk-krr", "quadratic-expected", "hierarchical")
-    target_error: float = 0.1
+    target_error: float = 0.5
+    test_samples: int = 2000
     max_samples: int = 4096
-    width: int = 2048
+    width: int = 1024
+    activation: str = "gelu"
+    steps: int = 600
     lr: float = 10.0
+    hierarchical_lr: float | None = 1.0
     feature_factor: float = 1.0
 
 
 PRESETS = {
-    "quick": dict(dims=(4, 6, 8), width=1024, steps=600, test_samples=1000, max_samples=1024),
-    "large": dict(dims=(6, 8, 12, 16), width=2**20, steps=1000, test_samples=4000, max_samples=16384),
+    "quick": dict(dims=(6, 8, 10), steps=400, test_samples=1000, max_samples=2048),
+    # the expected-loss models' curvature falls like 1/sqrt(m): the learning rates scale up with it
+    "large": dict(dims=(8, 12, 16, 20, 24), width=2**16, lr=80.0, hierarchical_lr=8.0, steps=1000,
+                  test_samples=4000, max_samples=32768),
 }
 
 
@@ -53,6 +60,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("experiment knobs (override the preset; defaults without one)")
     add_sweep_arguments(g, HierarchicalConfig())
     g.add_argument("--feature-factor", type=float, help="representation width D = factor * d^(p/2) (1.0)")
+    g.add_argument("--hierarchical-lr", type=float,
+                   help=f"noisy SGD learning rate of the hierarchical learner ({HierarchicalConfig().hierarchical_lr})")
 
 
 def run(args: argparse.Namespace) -> int:
