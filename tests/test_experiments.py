@@ -11,10 +11,11 @@ import taylornet as tn
 from taylornet.__main__ import main
 from taylornet.experiments import learners
 from taylornet.experiments.common import fit_power_law
-from taylornet.experiments.data import LowRankPolynomial, load_digits, sample_sphere, sphere_moment
+from taylornet.experiments.data import (LowRankPolynomial, degree_shares, load_digits, sample_sphere, sphere_moment,
+                                        sphere_orthogonal_polynomials)
 from taylornet.experiments.features import RandomFeatures, hermite
 from taylornet.experiments.ntk import kernel_ridge
-from taylornet.experiments.sample_complexity import find_threshold, sample_grid
+from taylornet.experiments.sample_complexity import claims_for, find_threshold, harmonic_count, judge, sample_grid
 from taylornet.optim import NoisySGD
 
 DT = torch.float64
@@ -69,6 +70,47 @@ def test_low_rank_polynomial_is_centered_with_unit_variance():
         LowRankPolynomial.random(3, 4, 2, _gen())
 
 
+def _poly(coefficients, t):
+    return sum(c * t**i for i, c in enumerate(coefficients))
+
+
+def test_sphere_orthogonal_polynomials_are_orthonormal_zonal_harmonics():
+    d, p = 6, 4
+    qs = sphere_orthogonal_polynomials(p, d)
+    assert [len(q) for q in qs] == [1, 2, 3, 4, 5]
+    t = sample_sphere(400_000, d, _gen(20), dtype=DT)[:, 0]
+    values = torch.stack([_poly(q, t) for q in qs])
+    gram = values @ values.T / t.numel()
+    torch.testing.assert_close(gram, torch.eye(p + 1, dtype=DT), atol=0.03, rtol=0)
+    # they tend to the normalized Hermite polynomials as d grows
+    big = sphere_orthogonal_polynomials(4, 10**6)[4]
+    torch.testing.assert_close(torch.tensor(big, dtype=DT), torch.tensor([3.0, 0, -6, 0, 1], dtype=DT) / 24**0.5,
+                               atol=1e-4, rtol=0)
+
+
+def test_target_degree_shares():
+    d = 8
+    monomial = LowRankPolynomial.random(d, 1, 4, _gen(21), dtype=DT)
+    shares = degree_shares(monomial.polynomial(), d)
+    assert shares[1] == shares[3] == pytest.approx(0, abs=1e-12) and shares[0] == pytest.approx(0, abs=1e-12)
+    assert shares[2] + shares[4] == pytest.approx(1) and 0.8 < shares[2] < 0.9  # 0.75 only as d grows
+    assert degree_shares(LowRankPolynomial.random(10**5, 1, 4, _gen(21)).polynomial(), 10**5)[2] == \
+        pytest.approx(0.75, abs=1e-3)
+    x = sample_sphere(200_000, d, _gen(23), dtype=DT)
+    for share in (0.0, 0.3, 1.0):
+        f = LowRankPolynomial.random(d, 1, 4, _gen(22), dtype=DT, lower_share=share)
+        got = degree_shares(f.polynomial(), d)
+        assert got[2] == pytest.approx(share, abs=1e-12) and got[4] == pytest.approx(1 - share, abs=1e-12)
+        y = f(x)
+        assert abs(y.mean().item()) < 0.02 and abs(y.var().item() - 1) < 0.03
+    # the same directions and signs as the monomial target of the same draw
+    assert torch.equal(f.beta, LowRankPolynomial.random(d, 1, 4, _gen(22), dtype=DT).beta)
+    with pytest.raises(ValueError, match="lower_share"):
+        LowRankPolynomial.random(d, 1, 4, _gen(), lower_share=1.5)
+    with pytest.raises(ValueError, match="lower_share"):
+        LowRankPolynomial.random(d, 1, 2, _gen(), lower_share=0.5)
+
+
 # ---------------------------------------------------------------------------------------------
 # random features
 
@@ -103,10 +145,13 @@ def test_trained_order1_model_converges_to_kernel_ridge():
     target = LowRankPolynomial.random(d, 1, 2, g, dtype=DT)
     x, x_test = sample_sphere(n, d, g, dtype=DT), sample_sphere(20, d, g, dtype=DT)
     settings = learners.LearnerSettings(width=32, ridge=1e-2, lbfgs_iters=300)
-    krr = learners.ntk_krr(x, target(x), x_test, settings)
-    gd = learners.ntk_gd(x, target(x), x_test, settings)
-    assert gd.dtype == DT
-    torch.testing.assert_close(gd, krr, rtol=1e-5, atol=1e-6)
+    krr = learners.fit("ntk-krr", x, target(x), settings)
+    gd = learners.fit("ntk-gd", x, target(x), settings)
+    assert gd(x_test).dtype == DT
+    torch.testing.assert_close(gd(x_test), krr(x_test), rtol=1e-5, atol=1e-6)
+    # the training inputs reuse the Gram matrix: the same as predicting at a copy of them
+    torch.testing.assert_close(krr(x), krr(x.clone()), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(krr(x_test), learners.fit_predict("ntk-krr", x, target(x), x_test, settings))
 
 
 def test_kernel_ridge_interpolates_with_zero_ridge():
@@ -228,6 +273,58 @@ def test_threshold_search_interpolates_and_walks_both_ways():
     assert find_threshold(lambda n: calls.append(n) or errors.get(n, 0.01), grid, 0, target=0.1, patience=2)[1] == 4
 
 
+def test_harmonic_count():
+    # in R^3 there are 2k + 1 harmonics of degree k
+    assert harmonic_count(3, 4) == 1 + 5 + 9 and harmonic_count(3, 3) == 3 + 7
+    # both parities together: the polynomials of degree <= p modulo |x|^2 - d
+    for d, p in ((5, 4), (12, 4), (7, 3)):
+        assert harmonic_count(d, p) + harmonic_count(d, p - 1) == math.comb(d + p, p) - math.comb(d + p - 2, p - 2)
+
+
+def _thresholds(exponents, dims=(6, 8, 10, 12), scale=None):
+    scale = scale or {}
+    return {name: {d: scale.get(name, 1.0) * d**e for d in dims} for name, e in exponents.items()}
+
+
+def test_verdict_has_the_form_of_each_claim():
+    claims = claims_for(["ntk-krr", "quadratic-expected", "hierarchical", "full"], 4)
+    assert claims == {"ntk-krr": ("lower", 4, 2), "quadratic-expected": ("upper", 3, 1),
+                      "hierarchical": ("upper", 2, 0)}
+    # lower bound for the NTK, upper bounds for the others: a fast quadratic model and a slow NTK pass
+    held = _thresholds({"ntk-krr": 4.4, "quadratic-expected": 1.9, "hierarchical": 1.0, "full": 3.0})
+    verdict, summary = judge(held, claims, 0.5, 0.1, 4, {})
+    assert verdict.status == "HELD", verdict.reason
+    assert summary["two_sided_within_tolerance"] == {"ntk-krr": True, "quadratic-expected": False,
+                                                     "hierarchical": False}
+    assert summary["exponents"]["ntk-krr"]["exponent"] == pytest.approx(4.4)
+    assert summary["ordering"]["holds"] and summary["ordering"]["d"] == 12
+    assert "two-sided" in verdict.reason and "pre-asymptotic" in verdict.reason
+    assert summary["kernel_reference"]["harmonic_count"][12] == harmonic_count(12, 4)
+    # an NTK exponent below p - tolerance fails its lower bound; a quadratic one above p - 1 + tolerance
+    failed = _thresholds({"ntk-krr": 3.4, "quadratic-expected": 3.6, "hierarchical": 1.0},
+                         scale={"quadratic-expected": 0.1})
+    verdict, summary = judge(failed, claims, 0.5, 0.1, 4, {})
+    assert verdict.status == "PARTLY HELD"
+    assert summary["checks"] == {"ntk-krr: exponent >= 4 - 0.5": False,
+                                 "quadratic-expected: exponent <= 3 + 0.5": False,
+                                 "hierarchical: exponent <= 2 + 0.5": True, "ordering at d = 12": True}
+    # the ordering at the largest d: the quadratic model needing more samples than the NTK fails it
+    swapped = _thresholds({"ntk-krr": 4.0, "quadratic-expected": 3.0, "hierarchical": 2.0},
+                          scale={"quadratic-expected": 20})
+    verdict, summary = judge(swapped, claims, 0.5, 0.1, 4, {})
+    assert summary["checks"]["ordering at d = 12"] is False and verdict.status == "PARTLY HELD"
+    # a learner that missed the target has no exponent there: its check fails, and in the ordering it
+    # needs more than the largest n tried
+    missed = _thresholds({"ntk-krr": 4.0, "quadratic-expected": 3.0, "hierarchical": 2.0})
+    missed["ntk-krr"][12] = math.nan
+    verdict, summary = judge(missed, claims, 0.5, 0.1, 4, {"ntk-krr": 4096})
+    assert summary["checks"]["ntk-krr: exponent >= 4 - 0.5"] is False
+    assert summary["checks"]["ordering at d = 12"] is True and "ntk-krr >4096" in verdict.reason
+    missed["quadratic-expected"][12] = math.nan
+    verdict, summary = judge(missed, claims, 0.5, 0.1, 4, {"ntk-krr": 4096, "quadratic-expected": 4096})
+    assert summary["checks"]["ordering at d = 12"] is False
+
+
 def test_power_law_fit():
     slope, intercept = fit_power_law([2, 4, 8, float("nan")], [3 * 2**1.5, 3 * 4**1.5, 3 * 8**1.5, 1.0])
     assert slope == pytest.approx(1.5) and math.exp(intercept) == pytest.approx(3.0)
@@ -239,14 +336,15 @@ def test_power_law_fit():
 
 SMOKE = {
     "taylorized": ["--width", "64", "--steps", "6", "--eval-every", "3", "--batch-size", "32",
-                   "--sweep-widths", "32", "64", "--sweep-steps", "3", "--synthetic-train", "64",
-                   "--synthetic-test", "32"],
+                   "--sweep-widths", "32", "64", "--sweep-steps", "3", "--reference-widths",
+                   "--synthetic-train", "64", "--synthetic-test", "32"],
     "sample-complexity": ["--dims", "4", "6", "--width", "64", "--steps", "20", "--test-samples", "64",
                           "--max-samples", "32", "--grid-ratio", "2", "--lbfgs-iters", "10"],
     "hierarchical": ["--dims", "3", "4", "--width", "64", "--steps", "20", "--test-samples", "64",
                      "--max-samples", "32", "--grid-ratio", "2", "--target-error", "0.5"],
 }
-STEMS = {"taylorized": ["taylorized", "taylorized_distances"], "sample-complexity": ["sample_complexity"],
+STEMS = {"taylorized": ["taylorized", "taylorized_distances", "taylorized_width_sweep"],
+         "sample-complexity": ["sample_complexity"],
          "hierarchical": ["hierarchical"]}
 
 
@@ -271,3 +369,57 @@ def test_experiment_smoke_run(name, tmp_path, capsys):
         runs = [(out / f).read_text() for out in outs]
         if "seconds" not in runs[0].splitlines()[0]:
             assert runs[0] == runs[1], f
+
+
+def test_interrupted_sweep_keeps_what_finished(tmp_path, monkeypatch, capsys):
+    """Ctrl-C during a sweep: the evaluations that finished are in the CSV, the JSON and the verdict
+    say the run is partial, and the command returns 130."""
+    from taylornet.experiments import sample_complexity
+
+    calls = []
+    real_fit = sample_complexity.fit
+
+    def fit_then_interrupt(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 2:
+            raise KeyboardInterrupt
+        return real_fit(*args, **kwargs)
+
+    monkeypatch.setattr(sample_complexity, "fit", fit_then_interrupt)
+    out = tmp_path / "run"
+    args = ["experiment", "sample-complexity", "--no-progress", "--out", str(out), "--learners", "ntk-krr",
+            "--dims", "4", "6", "--width", "32", "--test-samples", "32", "--samples", "8", "16", "--repeats", "1"]
+    assert main(args) == 130
+    record = json.loads((out / "sample-complexity.json").read_text())
+    assert record["summary"]["interrupted"] is True
+    assert record["verdict"]["reason"].startswith("interrupted run, partial results")
+    rows = (out / "sample-complexity_runs.csv").read_text().splitlines()
+    assert rows[0].startswith("learner,d,n,test_error") and len(rows) == 1 + 2  # the two finished fits
+    assert "interrupted" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_reference_costs_are_measured_and_extrapolated():
+    """The width sweep's memory model of the autograd references: measured in fresh processes at two
+    widths, growing with the width, and the prediction affine in m."""
+    from taylornet.experiments import taylorized
+
+    cfg = taylorized.TaylorizedConfig(tasks=("synthetic",), synthetic_train=64, synthetic_test=32, batch_size=32,
+                                      sweep_orders=(1,), reference_widths=(64, 256))
+    task = taylorized.make_task("synthetic", cfg, 0, torch.device("cpu"))
+    bar = tqdm_disabled()
+    costs = taylorized.reference_costs(task, cfg, torch.device("cpu"), bar)
+    assert [m for m, _ in costs["eager"]["points"]] == [64, 256]
+    assert [m for m, _ in costs["compiled"]["points"]] == [256]  # one compilation per shape: the widest only
+    for impl in ("eager", "compiled"):
+        assert costs[impl]["bytes_per_neuron"] > 0
+    assert costs["eager"]["seconds_per_neuron"] > 0
+    small, big = (taylorized._predicted_reference(costs, m, 2.0**40) for m in (2**10, 2**20))
+    assert big["eager_predicted_bytes"] > small["eager_predicted_bytes"] and big["eager_fits"]
+    assert not taylorized._predicted_reference(costs, 2**20, 1.0)["compiled_fits"]
+
+
+def tqdm_disabled():
+    from tqdm.auto import tqdm
+
+    return tqdm(disable=True)
