@@ -271,6 +271,11 @@ def test_threshold_search_interpolates_and_walks_both_ways():
     calls.clear()
     errors = {4: 1.2, 8: 1.3, 16: 1.25, 32: 1.3, 64: 0.05}
     assert find_threshold(lambda n: calls.append(n) or errors.get(n, 0.01), grid, 0, target=0.1, patience=2)[1] == 4
+    # errors >= 1 (no better than predicting 0) skip every other point; the walk down fills in the miss
+    assert calls == [4, 16, 64, 32]
+    calls.clear()
+    assert find_threshold(lambda n: calls.append(n) or 2.0, grid[:4], 0, target=0.1) == (math.nan, None)
+    assert calls == [4, 16, 32]  # the last grid point is always tried
 
 
 def test_harmonic_count():

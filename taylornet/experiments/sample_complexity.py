@@ -93,7 +93,9 @@ def find_threshold(error_at: Callable[[int], float], grid: list[int], start: int
     """The smallest n reaching ``target`` test error, interpolated between grid points.
 
     Walks up the grid from index ``start`` to the first hit (error <= target), then down while the
-    point below is a hit too, so ``start`` only needs to be a guess. Once the learner is halfway from
+    point below is a hit too, so ``start`` only needs to be a guess. While the error is no better than
+    the zero predictor's (>= 1) the walk up skips every other point (the walk down fills in the miss
+    next to the first hit). Once the learner is halfway from
     the zero predictor (error 1) to the target, the walk up gives up after ``patience`` points in a
     row that do not improve the best error by 5%: the learner has plateaued above the target. (Before
     that, errors may stall or even rise with n, towards a kernel's interpolation peak, say, without
@@ -115,8 +117,9 @@ def find_threshold(error_at: Callable[[int], float], grid: list[int], start: int
         best, since_best = (err(i), 0) if err(i) < PLATEAU * best else (best, since_best + 1)
         if best <= (1 + target) / 2 and since_best >= patience:
             return math.nan, None
-        i += 1
-    if i == len(grid):
+        step = 2 if err(i) >= 1 else 1
+        i = len(grid) - 1 if i + step >= len(grid) and i < len(grid) - 1 else i + step
+    if i >= len(grid):
         return math.nan, None
     while i > 0 and err(i - 1) <= target:
         i -= 1
