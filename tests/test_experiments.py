@@ -428,3 +428,15 @@ def tqdm_disabled():
     from tqdm.auto import tqdm
 
     return tqdm(disable=True)
+
+
+def test_taylor_coefficient_hermite():
+    """c_2 = exp(z) / 2 has Hermite coefficients e^(1/2) / (2 j!); odd activations' even ones vanish."""
+    from taylornet.experiments.features import taylor_coefficient_hermite
+
+    got = taylor_coefficient_hermite("exp", 2, 4)
+    want = [math.exp(0.5) / (2 * math.factorial(j)) for j in range(5)]
+    assert got == pytest.approx(want, rel=1e-10)
+    assert taylor_coefficient_hermite("tanh", 2, 2)[::2] == pytest.approx([0, 0], abs=1e-12)
+    softplus = taylor_coefficient_hermite("softplus", 2, 2)
+    assert softplus[0] > 0 and softplus[2] < 0 and abs(softplus[2] / softplus[0]) < 0.2

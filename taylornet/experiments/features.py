@@ -21,7 +21,7 @@ from torch import nn
 
 from .data import sphere_moment
 
-__all__ = ["RandomFeatures", "hermite", "hermite_coefficients"]
+__all__ = ["RandomFeatures", "hermite", "hermite_coefficients", "taylor_coefficient_hermite"]
 
 
 def hermite_coefficients(q: int) -> list[int]:
@@ -44,6 +44,28 @@ def hermite(t: torch.Tensor, q: int) -> torch.Tensor:
     for c in reversed(hermite_coefficients(q)):
         out = out * t + c
     return out
+
+
+def taylor_coefficient_hermite(activation: str, order: int, max_degree: int, points: int = 80) -> list[float]:
+    """Hermite coefficients g_0 .. g_max_degree of the Taylor coefficient c_k = sigma^(k) / k!:
+    c_k(z) = sum_j g_j He_j(z) for z ~ N(0, 1), i.e. g_j = E[c_k(z) He_j(z)] / j!.
+
+    With z0 = w0.x ~ N(0, 1), the order-k term c_k(z0) u^k of a neuron reaches degree j + k in x
+    through g_j: the quadratic model (k = 2) learns the degree-4 part of a target through g_2, and
+    the degree-2 part mostly through g_0. c_k comes from the fused op (the order-k feature with
+    u = 1); the expectation from Gauss-Hermite quadrature with ``points`` nodes.
+    """
+    from numpy.polynomial.hermite_e import hermegauss
+
+    from .. import functional as F
+
+    nodes, weights = hermegauss(points)  # weight exp(-z^2 / 2), total sqrt(2 pi)
+    z = torch.as_tensor(nodes, dtype=torch.float64).unsqueeze(-1)
+    one = torch.ones(1, 1, dtype=torch.float64)
+    c = F.taylor_features(z, one, torch.zeros_like(one), None, torch.ones(1, dtype=torch.float64),
+                          activation=activation, order=(order,)).squeeze(-1)
+    w = torch.as_tensor(weights, dtype=torch.float64) / math.sqrt(2 * math.pi)
+    return [float((w * c * hermite(z.squeeze(-1), j)).sum()) / math.factorial(j) for j in range(max_degree + 1)]
 
 
 def _sphere_mean_sd(q: int, d: int) -> tuple[float, float]:

@@ -436,8 +436,9 @@ def _threshold_table(thresholds: dict, rows: list, summary: dict, shares: dict, 
     return "\n".join(lines)
 
 
-def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str) -> int:
-    """Sweep, tables, figure, verdict: the body shared with the hierarchical experiment.
+def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str, extra: dict | None = None) -> int:
+    """Sweep, tables, figure, verdict: the body shared with the hierarchical experiment. ``extra``
+    joins the summary in the JSON.
 
     Every evaluation is appended to ``<name>_runs.csv`` as it finishes; Ctrl-C stops the sweep and
     the run ends normally with what finished (JSON, thresholds, figure, a verdict marked partial).
@@ -463,6 +464,7 @@ def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str) 
                              cfg.degree, max_tried)
     shares = target_degree_shares(cfg)
     summary["target_degree_share"] = shares
+    summary.update(extra or {})
     if interrupted:
         verdict.reason = "interrupted run, partial results: " + verdict.reason
         summary["interrupted"] = True
