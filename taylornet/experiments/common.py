@@ -64,9 +64,9 @@ def setup(args: argparse.Namespace) -> torch.device:
     return device
 
 
-def progress(total: int, desc: str, unit: str, args: argparse.Namespace):
-    """A progress bar on stderr (off with --no-progress)."""
-    return progress_bar(total, desc, unit, disable=args.no_progress, leave=False)
+def progress(total: int, desc: str, unit: str, args: argparse.Namespace, **kwargs):
+    """A progress bar on stderr (off with --no-progress); ``kwargs`` go to tqdm."""
+    return progress_bar(total, desc, unit, disable=args.no_progress, leave=False, **kwargs)
 
 
 def pyplot():

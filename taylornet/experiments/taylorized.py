@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 import sys
 import time
 from dataclasses import dataclass
@@ -135,9 +136,11 @@ def compare_outputs(out: torch.Tensor, ref: torch.Tensor) -> tuple[float, float]
 
 
 def train_together(task: Task, models: dict, steps: int, batch_size: int, eval_every: int, seed: int,
-                   bar, train_rows: list | None = None, eval_rows: list | None = None) -> tuple[list[dict], list[dict]]:
+                   bar, train_rows: list | None = None, eval_rows: list | None = None,
+                   step_seconds: list | None = None) -> tuple[list[dict], list[dict]]:
     """Trains every model with SGD on the same batches; returns (per-step rows, evaluation rows),
-    appended to ``train_rows`` / ``eval_rows`` when given (so an interrupted run keeps them).
+    appended to ``train_rows`` / ``eval_rows`` when given (so an interrupted run keeps them), and the
+    seconds of every step (all models, without evaluations) to ``step_seconds``.
 
     Per step: the training loss of the batch and ||W - W_init||_F of every model. Every
     ``eval_every`` steps (and at the first and last): the test metric and the cosine similarity and
@@ -156,6 +159,7 @@ def train_together(task: Task, models: dict, steps: int, batch_size: int, eval_e
             break
         idx = next(batches).to(data.x_train.device)
         x, y = data.x_train[idx], data.y_train[idx]
+        started = time.perf_counter()
         for label, model in models.items():
             loss = task.loss(task.outputs(model, x), y)
             optimizers[label].zero_grad(set_to_none=True)
@@ -163,6 +167,8 @@ def train_together(task: Task, models: dict, steps: int, batch_size: int, eval_e
             optimizers[label].step()
             train_rows.append({"task": task.name, "step": step + 1, "model": str(label),
                                "train_loss": loss.item(), "weight_distance": model.weight.detach().norm().item()})
+        if step_seconds is not None:
+            step_seconds.append(time.perf_counter() - started)
         bar.update(1)
     return train_rows, eval_rows
 
@@ -180,28 +186,41 @@ def _evaluate(task: Task, models: dict, step: int) -> list[dict]:
     return rows
 
 
+class _NeuronSteps:
+    """The width sweep's progress in neuron-steps (a step at width m counts m: its cost grows like m),
+    so that the bar's rate and remaining time hold across widths."""
+
+    def __init__(self, bar, width: int):
+        self.bar, self.width = bar, width
+
+    def update(self, n: int = 1) -> None:
+        self.bar.update(n * self.width)
+
+
 def width_sweep(task: Task, cfg: TaylorizedConfig, seed: int, device, bar, rows: list,
                 on_row=lambda row: None) -> None:
     """For each width: the full network and its ``sweep_orders`` Taylor models trained together;
-    their final cosine / relative distance to the full network, the seconds per step and the peak
-    memory. Appends one row per width to ``rows`` (and ``on_row``) as it finishes."""
+    their final cosine / relative distance to the full network, the median seconds of a training step
+    (all models) and the peak memory. Appends one row per width to ``rows`` (and ``on_row``) as it
+    finishes."""
     from ..bench.memory import hwm_bytes, reset_hwm, rss_bytes, trim_heap
 
     for width in cfg.sweep_widths:
         bar.set_description(f"{NAME}: width sweep on {task.name}, m={width}")
+        steps = _NeuronSteps(bar, width)
         torch.manual_seed(seed)
         trim_heap()
         resettable = device.type == "cpu" and reset_hwm()
         base = rss_bytes() if resettable else None
         models = make_models(task, width, cfg.sweep_orders, cfg.activation, device)
-        t = time.perf_counter()
-        _, evals = train_together(task, models, cfg.sweep_steps, cfg.batch_size, cfg.sweep_steps, seed, bar)
-        seconds = time.perf_counter() - t
+        seconds = []
+        _, evals = train_together(task, models, cfg.sweep_steps, cfg.batch_size, cfg.sweep_steps, seed, steps,
+                                  step_seconds=seconds)
         peak = hwm_bytes() - base if resettable and base is not None else None
         if device.type == "cuda":
             peak = torch.cuda.max_memory_allocated(device)
         del models
-        row = {"width": width, "seconds_per_step": seconds / cfg.sweep_steps,
+        row = {"width": width, "seconds_per_step": statistics.median(seconds) if seconds else math.nan,
                "fused_peak_bytes": peak}
         for k in cfg.sweep_orders:
             final = next(r for r in evals if r["step"] == cfg.sweep_steps and r["model"] == str(k))
@@ -258,6 +277,8 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
                         raise RuntimeError(f"{impl} reference memory at m={width}: {r.get('error', r.get('status'))}")
                     peak = max(peak, r["peak_bytes"])
             points.append((width, peak))
+            bar.write(f"  {impl} reference at m={width}: peak {peak / 2**20:.1f} MiB (the largest of the sweep "
+                      "models' training step and test-set pass)", file=sys.stderr)
         fixed, per_neuron = budget.fit_affine(points)
         out[impl] = {"points": points, "fixed_bytes": fixed, "bytes_per_neuron": per_neuron}
     # the models' own tensors: W0, W and its gradient (m x d each) and the readout (c x m), per model
@@ -279,6 +300,8 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
     t = time.perf_counter()
     step()
     out["eager"]["seconds_per_neuron"] = (time.perf_counter() - t) / width
+    bar.write(f"  eager reference at m={width}: {out['eager']['seconds_per_neuron'] * width:.3f} s per sweep step",
+              file=sys.stderr)
     return out
 
 
@@ -449,7 +472,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--width", type=int, help="neurons m of every model (default 4096, quick 2048)")
     g.add_argument("--orders", type=int, nargs="+", help="Taylor orders compared with the full network (1 2 3 4)")
     g.add_argument("--activation", help="activation (default softplus)")
-    g.add_argument("--steps", type=int, help="SGD steps (default 1000, quick 400)")
+    g.add_argument("--steps", type=int, help="SGD steps of the comparison at --width (default 1000, quick 400; "
+                                             "0: only the width sweep)")
     g.add_argument("--batch-size", type=int, help="SGD batch size (default 128)")
     g.add_argument("--lr", type=float, help="learning rate on digits (default 5)")
     g.add_argument("--synthetic-lr", type=float, help="learning rate on the synthetic task (default 2)")
@@ -479,14 +503,13 @@ def run(args: argparse.Namespace) -> int:
     device = setup(args)
     results = Results(NAME, args.out, cfg, preset, args)
     tasks = [make_task(name, cfg, args.seed, device) for name in cfg.tasks]
-    sweep_runs = len(cfg.sweep_widths) * cfg.sweep_steps
-    bar = progress(len(tasks) * cfg.steps + sweep_runs, f"{NAME} [{preset}]", "step", args)
+    bar = progress(len(tasks) * cfg.steps, f"{NAME} [{preset}]", "step", args)
     train_rows, eval_rows, sweep, done = [], [], [], []
     budget_bytes = _memory_budget(cfg)
     costs = None
     interrupted = False
     try:
-        for task in tasks:
+        for task in tasks if cfg.steps else []:  # --steps 0: the width sweep alone
             torch.manual_seed(args.seed)
             models = make_models(task, cfg.width, cfg.orders, cfg.activation, device)
             bar.set_description(f"{NAME}: {task.name}, m={cfg.width}")
@@ -494,6 +517,9 @@ def run(args: argparse.Namespace) -> int:
                            train_rows, eval_rows)
             done.append(task)
             del models
+        bar.close()
+        bar = progress(sum(cfg.sweep_widths) * cfg.sweep_steps, f"{NAME}: width sweep", "neuron-step", args,
+                       unit_scale=True)
         if cfg.sweep_widths:
             if cfg.reference_widths:
                 costs = reference_costs(tasks[0], cfg, device, bar)

@@ -35,11 +35,13 @@ class _Plain:
         print(text, file=file or sys.stdout, flush=True)
 
 
-def progress_bar(total: int, desc: str = "", unit: str = "it", disable: bool = False, leave: bool = True):
-    """A progress bar on stderr: ``tqdm.auto.tqdm`` if available, else a silent stand-in."""
+def progress_bar(total: int, desc: str = "", unit: str = "it", disable: bool = False, leave: bool = True,
+                 **kwargs):
+    """A progress bar on stderr: ``tqdm.auto.tqdm`` if available, else a silent stand-in; ``kwargs``
+    (``unit_scale``, say) go to tqdm."""
     try:
         from tqdm.auto import tqdm
     except ImportError:
         return _Plain()
     return tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, disable=disable or None, leave=leave,
-                file=sys.stderr)
+                file=sys.stderr, **kwargs)
