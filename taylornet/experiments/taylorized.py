@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import statistics
 import sys
 import time
@@ -212,6 +213,8 @@ def width_sweep(task: Task, cfg: TaylorizedConfig, seed: int, device, bar, rows:
         trim_heap()
         resettable = device.type == "cpu" and reset_hwm()
         base = rss_bytes() if resettable else None
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
         models = make_models(task, width, cfg.sweep_orders, cfg.activation, device)
         seconds = []
         _, evals = train_together(task, models, cfg.sweep_steps, cfg.batch_size, cfg.sweep_steps, seed, steps,
@@ -239,7 +242,6 @@ def _memory_budget(cfg: TaylorizedConfig) -> float:
     if cfg.memory_budget_gib > 0:
         return cfg.memory_budget_gib * 2**30
     try:
-        import os
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return math.inf
@@ -253,7 +255,8 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
     in a fresh process (``taylornet.bench.memory``), for the full network and every sweep order;
     the sweep's step runs all of them in turn, so its peak is the largest of these plus the models'
     own tensors (W0, W, its gradient, the readout). Time: the sum over the models of the eager
-    step, timed here. Returns {impl: {"bytes_per_neuron", "fixed_bytes", "seconds_per_neuron"}}.
+    step, timed here (median of three). Returns {impl: {"points", "fixed_bytes", "bytes_per_neuron"}}
+    with "seconds_per_neuron" for eager, and "model_bytes_per_neuron".
     """
     from ..bench import budget, memory
     from ..bench.cases import Case
@@ -297,9 +300,12 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
             task.loss(out_ if c > 1 else out_.squeeze(-1), y).backward()
     bar.set_description(f"{NAME}: eager reference time, m={width}")
     step()
-    t = time.perf_counter()
-    step()
-    out["eager"]["seconds_per_neuron"] = (time.perf_counter() - t) / width
+    times = []
+    for _ in range(3):
+        t = time.perf_counter()
+        step()
+        times.append(time.perf_counter() - t)
+    out["eager"]["seconds_per_neuron"] = statistics.median(times) / width
     bar.write(f"  eager reference at m={width}: {out['eager']['seconds_per_neuron'] * width:.3f} s per sweep step",
               file=sys.stderr)
     return out
