@@ -440,3 +440,21 @@ def test_taylor_coefficient_hermite():
     assert taylor_coefficient_hermite("tanh", 2, 2)[::2] == pytest.approx([0, 0], abs=1e-12)
     softplus = taylor_coefficient_hermite("softplus", 2, 2)
     assert softplus[0] > 0 and softplus[2] < 0 and abs(softplus[2] / softplus[0]) < 0.2
+
+
+def test_taylorized_width_sweep_alone(tmp_path, capsys):
+    """--steps 0 runs only the width sweep: one row per width with both orders' distances, a
+    median step time and the measured peak, the slopes in the summary."""
+    out = tmp_path / "sweep"
+    args = ["experiment", "taylorized", "--no-progress", "--out", str(out), "--steps", "0", "--tasks", "synthetic",
+            "--synthetic-train", "64", "--synthetic-test", "32", "--batch-size", "32", "--sweep-widths", "16", "64",
+            "--sweep-steps", "3", "--reference-widths"]
+    assert main(args) == 0
+    record = json.loads((out / "taylorized.json").read_text())
+    assert record["summary"]["final_distance_to_full"] == {}
+    sweep = record["summary"]["width_sweep"]
+    assert sweep["widths"] == [16, 64] and sweep["order1"]["theory_slope"] == -0.5
+    assert sweep["order2"]["theory_slope"] == -1.0 and len(sweep["order2"]["distance_to_full"]) == 2
+    rows = (out / "taylorized_width_sweep.csv").read_text().splitlines()
+    assert rows[0].startswith("width,distance_order1,cosine_order1,distance_order2") and len(rows) == 3
+    assert "width sweep (distance to the full network after 3 steps)" in capsys.readouterr().out
