@@ -296,8 +296,11 @@ def judge(thresholds: dict, claims: dict, tolerance: float, target_error: float,
                  for r1, a in ranked for r2, b in ranked if r1 < r2)
         ordering = {"d": top, "n_star": {name: need(name)[0] for _, name in ranked}, "holds": ok}
         checks[f"ordering at d = {top}"] = ok
-        reason += f"; at d = {top} claimed n* {' < '.join(f'{name} {need(name)[1]}' for _, name in ranked)}: "
-        reason += "yes" if ok else "no"
+        groups = []  # learners of one rank share a group: "{a 10, b 12} < c 40"
+        for rank in sorted({r for r, _ in ranked}):
+            members = [f"{name} {need(name)[1]}" for r, name in ranked if r == rank]
+            groups.append(members[0] if len(members) == 1 else "{" + ", ".join(members) + "}")
+        reason += f"; at d = {top} claimed n* {' < '.join(groups)}: {'yes' if ok else 'no'}"
     reference = {}
     if len(dims_all) >= 2:
         counts = [harmonic_count(d, degree) for d in dims_all]
