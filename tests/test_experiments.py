@@ -11,8 +11,14 @@ import taylornet as tn
 from taylornet.__main__ import main
 from taylornet.experiments import learners
 from taylornet.experiments.common import fit_power_law
-from taylornet.experiments.data import (LowRankPolynomial, degree_shares, load_digits, sample_sphere, sphere_moment,
-                                        sphere_orthogonal_polynomials)
+from taylornet.experiments.data import (
+    LowRankPolynomial,
+    degree_shares,
+    load_digits,
+    sample_sphere,
+    sphere_moment,
+    sphere_orthogonal_polynomials,
+)
 from taylornet.experiments.features import RandomFeatures, hermite
 from taylornet.experiments.ntk import kernel_ridge
 from taylornet.experiments.sample_complexity import claims_for, find_threshold, harmonic_count, judge, sample_grid

@@ -133,18 +133,10 @@ class Results:
     def stream(self, stem: str, fieldnames: list[str]):
         """Starts ``<stem>.csv`` for rows written as they are measured (an interrupted run keeps them);
         returns a function that appends one row (a dict with ``fieldnames``) and flushes it."""
-        path = self.out / f"{stem}.csv"
-        f = path.open("w", newline="")
-        writer = csv.DictWriter(f, fieldnames=fieldnames)
-        writer.writeheader()
-        f.flush()
-        self._streams.append(f)
-        self.files.append(path.name)
-
-        def write(row: dict) -> None:
-            writer.writerow(row)
-            f.flush()
-        return write
+        stream = results.CsvStream(self.out / f"{stem}.csv", fieldnames)
+        self._streams.append(stream)
+        self.files.append(stream.path.name)
+        return stream.write
 
     def figure(self, fig, stem: str) -> Path:
         """Saves a matplotlib figure to ``<stem>.png`` and closes it."""

@@ -146,7 +146,8 @@ class LowRankPolynomial:
                 raise ValueError(f"lower_share: needs a degree p >= 3 (a centered degree p - 2 part), got {degree}")
             basis = sphere_orthogonal_polynomials(degree, d)
             hi, lo = basis[degree], basis[degree - 2] + [0.0, 0.0]
-            coefficients = tuple(math.sqrt(1 - lower_share) * h + math.sqrt(lower_share) * l for h, l in zip(hi, lo))
+            coefficients = tuple(math.sqrt(1 - lower_share) * h + math.sqrt(lower_share) * lo_k
+                                 for h, lo_k in zip(hi, lo))
         q, _ = torch.linalg.qr(torch.randn(d, rank, generator=generator, dtype=torch.float64))
         signs = torch.randint(0, 2, (rank,), generator=generator).to(torch.float64) * 2 - 1
         return cls(alpha=(signs / math.sqrt(rank)).to(dtype), beta=q.T.contiguous().to(dtype), degree=degree,

@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 __all__ = [
-    "available_memory", "jsonable", "machine_info", "software_info", "total_memory", "write_csv", "write_json",
+    "CsvStream", "available_memory", "jsonable", "machine_info", "software_info", "total_memory", "write_csv",
+    "write_json",
 ]
 
 
@@ -64,6 +65,26 @@ def write_csv(path: Path, rows: list[dict], first: tuple[str, ...] = ()) -> Path
             writer.writerow({k: _cell(v) for k, v in r.items()})
     os.replace(tmp, path)
     return path
+
+
+class CsvStream:
+    """A CSV file written row by row, each row flushed as it comes, so that an interrupted run keeps
+    the rows that finished (unlike ``write_csv``, which writes a whole table at once). Cells as in
+    ``write_csv``; keys outside ``fieldnames`` are left out."""
+
+    def __init__(self, path: Path, fieldnames: list[str]):
+        self.path = Path(path)
+        self._file = open(self.path, "w", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=list(fieldnames), extrasaction="ignore")
+        self._writer.writeheader()
+        self._file.flush()
+
+    def write(self, row: dict) -> None:
+        self._writer.writerow({k: _cell(v) for k, v in row.items()})
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
 
 
 def _first_line(path: str, prefix: str) -> str | None:
