@@ -33,9 +33,10 @@ from ..modules import TaylorNet
 from ..optim import NoisySGD
 from .features import RandomFeatures
 
-__all__ = ["LearnerSettings", "LEARNERS", "Predictor", "fit", "fit_predict"]
+__all__ = ["LearnerSettings", "LEARNERS", "Predictor", "fit", "fit_predict", "fit_steps"]
 
 Predictor = Callable[[torch.Tensor], torch.Tensor]
+OnStep = Callable[[], None] | None  # called after every optimizer step (progress bars)
 
 
 @dataclass
@@ -78,7 +79,7 @@ def ntk_stable_lr(model: TaylorNet, x: torch.Tensor, lr: float) -> float:
     return min(lr, x.shape[0] / (2 * top))
 
 
-def ntk_krr(x, y, s: LearnerSettings) -> Predictor:
+def ntk_krr(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """Kernel ridge regression with the empirical NTK of the width-m model at its initialization."""
     model = _model(x, s, 1)
     gram = _gram(model, x, x)
@@ -101,7 +102,7 @@ def _predictor(model: TaylorNet) -> Predictor:
     return predict
 
 
-def ntk_gd(x, y, s: LearnerSettings) -> Predictor:
+def ntk_gd(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """The order-1 model on mean (f - y)^2 + lam ||W||^2 with lam = ridge / n, by L-BFGS: a convex
     quadratic in W whose minimizer predicts exactly what ``ntk_krr`` does."""
     model = _model(x, s, 1)
@@ -113,13 +114,15 @@ def ntk_gd(x, y, s: LearnerSettings) -> Predictor:
         opt.zero_grad(set_to_none=True)
         loss = (model(x).squeeze(-1) - y).pow(2).mean() + lam * model.weight.pow(2).sum()
         loss.backward()
+        if on_step is not None:  # one call per loss evaluation (L-BFGS evaluates about once an iteration)
+            on_step()
         return loss
 
     opt.step(closure)
     return _predictor(model)
 
 
-def train_noisy_sgd(model: TaylorNet, loss_fn, s: LearnerSettings, lr: float) -> TaylorNet:
+def train_noisy_sgd(model: TaylorNet, loss_fn, s: LearnerSettings, lr: float, on_step: OnStep = None) -> TaylorNet:
     """``steps`` full-batch NoisySGD steps on loss_fn(model); returns the model in eval mode."""
     opt = NoisySGD(model.parameters(), lr=lr, noise_std=s.noise_std, weight_decay=s.weight_decay)
     model.train()
@@ -128,41 +131,45 @@ def train_noisy_sgd(model: TaylorNet, loss_fn, s: LearnerSettings, lr: float) ->
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if on_step is not None:
+            on_step()
     return model.eval()
 
 
-def quadratic_signs(x, y, s: LearnerSettings) -> Predictor:
+def quadratic_signs(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """The order-2 model with fresh in-kernel signs every step, on the sampled squared loss."""
     model = _model(x, s, 2, sign_randomization=True)
-    train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr))
+    train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr),
+                    on_step)
     return _predictor(model)  # eval mode: the sign expectation E_S f
 
 
-def _quadratic_expected(x, y, s: LearnerSettings, *, bias=False, lr=None) -> Predictor:
+def _quadratic_expected(x, y, s: LearnerSettings, *, bias=False, lr=None, on_step: OnStep = None) -> Predictor:
     """The sign-randomized order-2 model trained on the exact expected loss; predicts E_S f."""
     model = _model(x, s, 2, sign_randomization=True, bias=bias)
-    train_noisy_sgd(model, lambda m: m.expected_loss(x, y.unsqueeze(-1)), s, s.lr if lr is None else lr)
+    train_noisy_sgd(model, lambda m: m.expected_loss(x, y.unsqueeze(-1)), s, s.lr if lr is None else lr, on_step)
     return _predictor(model)
 
 
-def quadratic_expected(x, y, s: LearnerSettings) -> Predictor:
+def quadratic_expected(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """The sign-randomized quadratic model on raw x, exact sign-expectation loss."""
-    return _quadratic_expected(x, y, s)
+    return _quadratic_expected(x, y, s, on_step=on_step)
 
 
-def full_network(x, y, s: LearnerSettings) -> Predictor:
+def full_network(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """The full network sigma(w0.x + w.x), no signs, at the NTK-stable learning rate."""
     model = _model(x, s, "exact")
-    train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr))
+    train_noisy_sgd(model, lambda m: (m(x).squeeze(-1) - y).pow(2).mean(), s, ntk_stable_lr(model, x, s.lr),
+                    on_step)
     return _predictor(model)
 
 
-def hierarchical(x, y, s: LearnerSettings) -> Predictor:
+def hierarchical(x, y, s: LearnerSettings, on_step: OnStep = None) -> Predictor:
     """Quadratic Taylor layer (with a trainable bias, so it can form linear terms in h) on h(x)."""
     g = torch.Generator().manual_seed(s.seed)
     features = RandomFeatures(x.shape[1], s.feature_width, s.feature_degree, g, dtype=x.dtype).to(x.device)
     h = features(x)
-    predict_h = _quadratic_expected(h, y, s, bias=True, lr=s.hierarchical_lr)
+    predict_h = _quadratic_expected(h, y, s, bias=True, lr=s.hierarchical_lr, on_step=on_step)
     return lambda x_new: predict_h(h if x_new is x else features(x_new))
 
 
@@ -176,11 +183,18 @@ LEARNERS = {
 }
 
 
-def fit(name: str, x, y, settings: LearnerSettings) -> Predictor:
-    """Trains learner ``name`` on (x, y); returns its predictor (a function of new inputs)."""
+def fit(name: str, x, y, settings: LearnerSettings, on_step: OnStep = None) -> Predictor:
+    """Trains learner ``name`` on (x, y); returns its predictor (a function of new inputs).
+    ``on_step`` is called after every optimizer step (``fit_steps`` of them, about)."""
     if name not in LEARNERS:
         raise ValueError(f"unknown learner {name!r}: expected one of {', '.join(LEARNERS)}")
-    return LEARNERS[name](x, y, settings)
+    return LEARNERS[name](x, y, settings, on_step=on_step)
+
+
+def fit_steps(name: str, settings: LearnerSettings) -> int:
+    """How many times ``fit`` calls ``on_step``: the noisy SGD steps, the L-BFGS iterations (about:
+    fewer when it converges, a few more with line searches), none for kernel ridge regression."""
+    return 0 if name == "ntk-krr" else settings.lbfgs_iters if name == "ntk-gd" else settings.steps
 
 
 def fit_predict(name: str, x, y, x_test, settings: LearnerSettings) -> torch.Tensor:

@@ -29,7 +29,7 @@ import torch
 
 from .common import Results, Verdict, add_common_arguments, fit_power_law, progress, pyplot, resolve_config, setup
 from .data import LowRankPolynomial, degree_shares, sample_sphere
-from .learners import LEARNERS, LearnerSettings, fit
+from .learners import LEARNERS, LearnerSettings, fit, fit_steps
 
 __all__ = [
     "SampleComplexityConfig", "PRESETS", "sample_grid", "find_threshold", "sweep", "CLAIMS", "claims_for",
@@ -161,14 +161,15 @@ def target_degree_shares(cfg) -> dict[int, float]:
 
 
 def sweep(cfg, seed: int, device, settings_for: Callable[[int], LearnerSettings], bar, rows: list,
-          thresholds: dict, on_row: Callable[[dict], None] = lambda row: None) -> None:
+          thresholds: dict, on_row: Callable[[dict], None] = lambda row: None, fit_bar=None) -> None:
     """Runs the threshold search for every d and learner, filling ``rows`` (every evaluation, also
     passed to ``on_row`` as it finishes) and ``thresholds`` ({learner: {d: n*}}) in place, so an
     interrupted sweep keeps what finished.
 
     The test error at (d, n) is the mean over ``cfg.repeats`` independent draws of the target, the
     data and the initialization; the training error (same normalization, by the test targets'
-    variance) is recorded beside it.
+    variance) is recorded beside it. ``fit_bar(total, desc)``, when given, makes a progress bar for
+    the training steps of one evaluation (all its draws).
     """
     grid = sorted(set(cfg.samples)) if cfg.samples else sample_grid(cfg.grid_ratio, cfg.max_samples)
     for name in cfg.learners:
@@ -182,12 +183,19 @@ def sweep(cfg, seed: int, device, settings_for: Callable[[int], LearnerSettings]
             def error_at(n, name=name):
                 t = time.perf_counter()
                 test, train = [], []
-                for (x_pool, y_pool, x_test, y_test), s in zip(problems, settings):
+                units = max(1, fit_steps(name, settings[0]))
+                steps = fit_bar(len(problems) * units, f"{name} d={d} n={n}") if fit_bar else None
+                for i, ((x_pool, y_pool, x_test, y_test), s) in enumerate(zip(problems, settings)):
                     x, y = x_pool[:n], y_pool[:n]
-                    predict = fit(name, x, y, s)
+                    predict = fit(name, x, y, s, on_step=steps.update if steps is not None else None)
                     var = y_test.var()
                     test.append(((predict(x_test) - y_test).pow(2).mean() / var).item())
                     train.append(((predict(x) - y).pow(2).mean() / var).item())
+                    if steps is not None:  # L-BFGS may stop early or evaluate more often than it iterates
+                        steps.n = (i + 1) * units
+                        steps.refresh()
+                if steps is not None:
+                    steps.close()
                 row = {"learner": name, "d": d, "n": n, "test_error": sum(test) / len(test),
                        "test_error_min": min(test), "test_error_max": max(test),
                        "train_error": sum(train) / len(train), "seconds": round(time.perf_counter() - t, 3)}
@@ -453,7 +461,8 @@ def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str, 
     interrupted = False
     try:
         sweep(cfg, args.seed, device, settings_for, bar, rows, thresholds,
-              on_row=results.stream(f"{name}_runs", RUN_FIELDS))
+              on_row=results.stream(f"{name}_runs", RUN_FIELDS),
+              fit_bar=lambda total, desc: progress(total, desc, "step", args, position=1))
     except KeyboardInterrupt:
         interrupted = True
     finally:
