@@ -35,7 +35,8 @@ from .common import Results, Verdict, add_common_arguments, fit_power_law, progr
 from .data import LowRankPolynomial, Split, load_digits, sample_sphere
 
 __all__ = ["TaylorizedConfig", "PRESETS", "Task", "make_task", "make_models", "train_together",
-           "compare_outputs", "width_sweep", "reference_costs", "out_of_memory_width", "judge", "add_arguments", "run"]
+           "compare_outputs", "width_sweep", "reference_costs", "reference_measurements", "out_of_memory_width",
+           "judge", "add_arguments", "run"]
 
 NAME = "taylorized"
 FULL = "exact"
@@ -279,6 +280,7 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
                     if r.get("peak_bytes") is None:
                         raise RuntimeError(f"{impl} reference memory at m={width}: {r.get('error', r.get('status'))}")
                     peak = max(peak, r["peak_bytes"])
+                    bar.update(1)
             points.append((width, peak))
             bar.write(f"  {impl} reference at m={width}: peak {peak / 2**20:.1f} MiB (the largest of the sweep "
                       "models' training step and test-set pass)", file=sys.stderr)
@@ -309,6 +311,13 @@ def reference_costs(task: Task, cfg: TaylorizedConfig, device, bar) -> dict:
     bar.write(f"  eager reference at m={width}: {out['eager']['seconds_per_neuron'] * width:.3f} s per sweep step",
               file=sys.stderr)
     return out
+
+
+def reference_measurements(cfg: TaylorizedConfig) -> int:
+    """How many fresh processes ``reference_costs`` runs: two ops for the network and each sweep
+    order, at every reference width (eager) and at the widest (compiled)."""
+    per_width = 2 * (1 + len(cfg.sweep_orders))
+    return per_width * (len(cfg.reference_widths) + (1 if cfg.reference_widths else 0))
 
 
 def out_of_memory_width(costs: dict, impl: str, budget_bytes: float) -> float:
@@ -528,7 +537,11 @@ def run(args: argparse.Namespace) -> int:
                        unit_scale=True)
         if cfg.sweep_widths:
             if cfg.reference_widths:
-                costs = reference_costs(tasks[0], cfg, device, bar)
+                ref_bar = progress(reference_measurements(cfg), f"{NAME}: reference memory", "process", args)
+                try:
+                    costs = reference_costs(tasks[0], cfg, device, ref_bar)
+                finally:
+                    ref_bar.close()
             write = results.stream(f"{NAME}_width_sweep", _sweep_fields(cfg, costs))
 
             def on_row(row):
