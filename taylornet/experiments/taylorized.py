@@ -327,10 +327,15 @@ def out_of_memory_width(costs: dict, impl: str, budget_bytes: float) -> float:
 
 
 def _predicted_reference(costs: dict, width: int, budget_bytes: float) -> dict:
-    """Predicted peak bytes of the references at ``width`` and whether they fit the budget."""
+    """Predicted peak bytes of the references at ``width`` and whether they fit the budget. The
+    affine fit only extrapolates upwards: below the narrowest measured width (where its intercept
+    can make it negative) there is no prediction (NaN), and the reference fits."""
     row = {}
     for impl in ("eager", "compiled"):
         c = costs[impl]
+        if width < min(m for m, _ in c["points"]):
+            row[f"{impl}_predicted_bytes"], row[f"{impl}_fits"] = math.nan, True
+            continue
         peak = c["fixed_bytes"] + (c["bytes_per_neuron"] + costs["model_bytes_per_neuron"]) * width
         row[f"{impl}_predicted_bytes"] = peak
         row[f"{impl}_fits"] = peak <= budget_bytes
@@ -607,7 +612,9 @@ def _sweep_table(sweep: list[dict], cfg: TaylorizedConfig) -> str:
         line += f"{r['seconds_per_step']:>9.3f}" + (f"{peak / gib:>11.2f}" if peak else f"{'-':>11}")
         if refs:
             for impl, width in (("eager", 14), ("compiled", 16)):
-                cell = f"{r[f'{impl}_predicted_bytes'] / gib:.2f}" + ("" if r[f"{impl}_fits"] else " OOM")
+                predicted = r[f"{impl}_predicted_bytes"]
+                cell = ("-" if not math.isfinite(predicted) else f"{predicted / gib:.2f}") + (
+                    "" if r[f"{impl}_fits"] else " OOM")
                 line += f"{cell:>{width}}"
             line += f"{r['eager_predicted_seconds_per_step']:>14.2f}"
         lines.append(line)
