@@ -464,3 +464,37 @@ def test_taylorized_width_sweep_alone(tmp_path, capsys):
     rows = (out / "taylorized_width_sweep.csv").read_text().splitlines()
     assert rows[0].startswith("width,distance_order1,cosine_order1,distance_order2") and len(rows) == 3
     assert "width sweep (distance to the full network after 3 steps)" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("name", ["ntk-krr", "ntk-gd", "quadratic-expected", "hierarchical"])
+def test_fit_reports_its_steps(name):
+    """``on_step`` is called once per optimizer step: the noisy SGD steps exactly, about the L-BFGS
+    iterations (at most its evaluation limit), never for kernel ridge regression."""
+    g = torch.Generator().manual_seed(0)
+    x = sample_sphere(24, 5, g)
+    settings = learners.LearnerSettings(width=16, steps=7, lbfgs_iters=5, feature_width=6)
+    calls = []
+    learners.fit(name, x, x[:, 0] * x[:, 1], settings, on_step=lambda: calls.append(1))
+    expected = learners.fit_steps(name, settings)
+    if name == "ntk-gd":
+        assert 1 <= len(calls) <= expected * 5 // 4 + 1  # L-BFGS' max_eval default is 1.25 max_iter
+    else:
+        assert len(calls) == expected == {"ntk-krr": 0}.get(name, 7)
+
+
+def test_reference_memory_is_extrapolated_upwards_only():
+    """Below the narrowest measured width the affine fit is not used (its intercept may be
+    negative): no prediction, and the reference fits."""
+    from taylornet.experiments import taylorized
+
+    costs = {"eager": {"points": [(1024, 1e7), (4096, 6e7)], "fixed_bytes": -8e6, "bytes_per_neuron": 1.6e4,
+                       "seconds_per_neuron": 1e-6},
+             "compiled": {"points": [(4096, 2e7)], "fixed_bytes": 0.0, "bytes_per_neuron": 4e3},
+             "model_bytes_per_neuron": 2e3}
+    small = taylorized._predicted_reference(costs, 256, 2.0**30)
+    assert math.isnan(small["eager_predicted_bytes"]) and small["eager_fits"]
+    assert math.isnan(small["compiled_predicted_bytes"]) and small["compiled_fits"]
+    mid = taylorized._predicted_reference(costs, 2048, 2.0**30)
+    assert mid["eager_predicted_bytes"] == -8e6 + 1.8e4 * 2048 and math.isnan(mid["compiled_predicted_bytes"])
+    big = taylorized._predicted_reference(costs, 2**20, 2.0**30)
+    assert not big["eager_fits"] and big["compiled_fits"] == (6e3 * 2**20 <= 2.0**30)
