@@ -43,7 +43,7 @@ class HierarchicalConfig(SampleComplexityConfig):
     max_samples: int = 4096
     width: int = 1024
     activation: str = "gelu"
-    steps: int = 300  # converged at d <= 12 (docs/experiments.md); d = 14 would need more
+    steps: int = 300  # converged at d <= 12 (docs/experiments.md)
     lr: float = 10.0
     hierarchical_lr: float | None = 1.0
     feature_factor: float = 1.0
