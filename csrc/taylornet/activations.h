@@ -8,9 +8,8 @@
 // below act on the normalized coefficients directly, so order 16 is as safe as order 2.
 #pragma once
 
-#include <cmath>
+#include <initializer_list>
 #include <string>
-#include <vector>
 
 #include "common.h"
 
@@ -49,8 +48,11 @@ constexpr int kMaxOrder = 16;
 // everywhere, so those terms would be zero; every other activation takes any order up to kMaxOrder.
 inline int max_order(Act a) { return a == Act::kRelu ? 1 : kMaxOrder; }
 
+// Basis functions of the largest plan (silu at kMaxOrder with d/dz0).
+constexpr int kMaxBasis = 2 * (kMaxOrder + 3);
+
 // Power of max(z, 0) for the relu family.
-TN_HD int relu_power(Act a) { return a == Act::kRelu ? 1 : a == Act::kRelu2 ? 2 : 3; }
+TN_HD constexpr int relu_power(Act a) { return a == Act::kRelu ? 1 : a == Act::kRelu2 ? 2 : 3; }
 
 // Number of basis functions g_j needed for the coefficients c_0 ... c_kmax.
 //
@@ -59,7 +61,7 @@ TN_HD int relu_power(Act a) { return a == Act::kRelu ? 1 : a == Act::kRelu2 ? 2 
 // away most digits there, so the basis multiplies the powers by sigma' computed directly. The
 // sigmoids use powers of y = p - q = tanh(z/2), whose polynomials are even or odd and far better
 // conditioned at high order than those in p.
-TN_HD int basis_size(Act a, int kmax) {
+TN_HD constexpr int basis_size(Act a, int kmax) {
   switch (a) {
     case Act::kTanh:                              // t; s t^j, j < kmax (s = 1 - t^2)
     case Act::kSigmoid: return kmax + 1;          // p; pq y^j, j < kmax (y = p - q)
@@ -144,119 +146,158 @@ TN_HD void eval_basis(Act a, int J, const V& z, V* g) {
   }
 }
 
-// Host side: the table T (row k = 0 ... kmax, J columns) with c_k = sum_j T[k][j] g_j.
+// Host side (and compile time): the table T (row k = 0 ... kmax, J columns) with c_k = sum_j T[k][j] g_j,
+// in fixed-size arrays so that the same code runs in constant evaluation, where the CUDA kernels
+// specialised for one series take their coefficients as immediates (cuda/epilogue.cuh).
 namespace detail {
 
-using Poly = std::vector<double>;  // coefficients, lowest degree first
+constexpr int kPolyCap = kMaxOrder + 4;  // degree kmax + 1 <= kMaxOrder + 2, plus a spare
 
-inline Poly derivative(const Poly& p) {
-  Poly d(p.size() > 1 ? p.size() - 1 : 1, 0.0);
-  for (size_t i = 1; i < p.size(); ++i) d[i - 1] = static_cast<double>(i) * p[i];
+struct Poly {  // coefficients c[0 .. n-1], lowest degree first
+  double c[kPolyCap] = {};
+  int n = 0;
+};
+
+constexpr Poly poly(std::initializer_list<double> coefs) {
+  Poly p;
+  for (double v : coefs) p.c[p.n++] = v;
+  return p;
+}
+
+constexpr Poly derivative(const Poly& p) {
+  Poly d;
+  d.n = p.n > 1 ? p.n - 1 : 1;
+  for (int i = 1; i < p.n; ++i) d.c[i - 1] = static_cast<double>(i) * p.c[i];
   return d;
 }
 
-inline Poly multiply(const Poly& a, const Poly& b) {
-  Poly r(a.size() + b.size() - 1, 0.0);
-  for (size_t i = 0; i < a.size(); ++i)
-    for (size_t j = 0; j < b.size(); ++j) r[i + j] += a[i] * b[j];
+constexpr Poly multiply(const Poly& a, const Poly& b) {
+  Poly r;
+  r.n = a.n + b.n - 1;
+  for (int i = 0; i < a.n; ++i)
+    for (int j = 0; j < b.n; ++j) r.c[i + j] += a.c[i] * b.c[j];
   return r;
 }
 
+// 2^e, exactly.
+constexpr double pow2(int e) {
+  double r = 1.0;
+  for (; e > 0; --e) r *= 2.0;
+  for (; e < 0; ++e) r /= 2.0;
+  return r;
+}
+
+struct Polys {  // p[0 .. kmax]
+  Poly p[kMaxOrder + 2];
+};
+
 // Normalized derivative polynomials Q_k = sigma^(k) / k! in the variable y = sigma(z), for the
 // sigmoids whose derivative is y' = factor(y): Q_{k+1} = factor * Q_k' / (k + 1).
-inline std::vector<Poly> self_derivative_polys(const Poly& factor, int kmax) {
-  std::vector<Poly> q{{0.0, 1.0}};
+constexpr Polys self_derivative_polys(const Poly& factor, int kmax) {
+  Polys q;
+  q.p[0] = poly({0.0, 1.0});
   for (int k = 0; k < kmax; ++k) {
-    Poly next = multiply(factor, derivative(q.back()));
-    for (double& c : next) c /= (k + 1);
-    q.push_back(next);
+    Poly next = multiply(factor, derivative(q.p[k]));
+    for (int i = 0; i < next.n; ++i) next.c[i] /= (k + 1);
+    q.p[k + 1] = next;
   }
   return q;
 }
 
 // R with q = factor * R, for a q that the factor divides (long division from the top degree).
-inline Poly divide_exactly(const Poly& q, const Poly& factor) {
-  const int df = static_cast<int>(factor.size()) - 1;
-  const int dq = static_cast<int>(q.size()) - 1;
-  if (dq < df) return Poly{0.0};
-  Poly rem = q, r(dq - df + 1, 0.0);
+constexpr Poly divide_exactly(const Poly& q, const Poly& factor) {
+  const int df = factor.n - 1;
+  const int dq = q.n - 1;
+  if (dq < df) return poly({0.0});
+  Poly rem = q, r;
+  r.n = dq - df + 1;
   for (int i = dq - df; i >= 0; --i) {
-    r[i] = rem[i + df] / factor[df];
-    for (int j = 0; j <= df; ++j) rem[i + j] -= r[i] * factor[j];
+    r.c[i] = rem.c[i + df] / factor.c[df];
+    for (int j = 0; j <= df; ++j) rem.c[i + j] -= r.c[i] * factor.c[j];
   }
   return r;
 }
 
 // R_k = Q_k / (1 - t^2) for k = 1 ... kmax: the normalized tanh derivatives without tanh' = 1 - t^2.
-inline std::vector<Poly> reduced_tanh_polys(int kmax) {
-  const Poly factor{1.0, 0.0, -1.0};
-  const auto q = self_derivative_polys(factor, kmax);
-  std::vector<Poly> r(kmax + 1);
-  for (int k = 1; k <= kmax; ++k) r[k] = divide_exactly(q[k], factor);
+constexpr Polys reduced_tanh_polys(int kmax) {
+  const Poly factor = poly({1.0, 0.0, -1.0});
+  const Polys q = self_derivative_polys(factor, kmax);
+  Polys r;
+  for (int k = 1; k <= kmax; ++k) r.p[k] = divide_exactly(q.p[k], factor);
   return r;
 }
 
 // The same for sigmoid = (1 + tanh(z/2)) / 2 in y = tanh(z/2) = p - q:
 // sigmoid^(k) / k! = 2^(-k-1) Q_k(y) = 2^(1-k) pq R_k(y), since 1 - y^2 = 4 pq.
-inline std::vector<Poly> reduced_sigmoid_polys(int kmax) {
-  auto r = reduced_tanh_polys(kmax);
+constexpr Polys reduced_sigmoid_polys(int kmax) {
+  Polys r = reduced_tanh_polys(kmax);
   for (int k = 1; k <= kmax; ++k)
-    for (double& c : r[k]) c = std::ldexp(c, 1 - k);
+    for (int i = 0; i < r.p[k].n; ++i) r.p[k].c[i] *= pow2(1 - k);
   return r;
 }
 
 // Hermite polynomials by the three-term recurrence H_{n+1} = x H_n - scale n H_{n-1} with
 // leading factor `lead` (probabilists' He: lead 1, scale 1; physicists' H: lead 2, scale 2).
-inline std::vector<Poly> hermite(int nmax, double lead, double scale) {
-  std::vector<Poly> h{{1.0}};
-  if (nmax >= 1) h.push_back({0.0, lead});
+constexpr Polys hermite(int nmax, double lead, double scale) {
+  Polys h;
+  h.p[0] = poly({1.0});
+  if (nmax >= 1) h.p[1] = poly({0.0, lead});
   for (int n = 1; n < nmax; ++n) {
-    Poly next(n + 2, 0.0);
-    for (size_t i = 0; i < h[n].size(); ++i) next[i + 1] += lead * h[n][i];
-    for (size_t i = 0; i < h[n - 1].size(); ++i) next[i] -= scale * n * h[n - 1][i];
-    h.push_back(next);
+    Poly next;
+    next.n = n + 2;
+    for (int i = 0; i < h.p[n].n; ++i) next.c[i + 1] += lead * h.p[n].c[i];
+    for (int i = 0; i < h.p[n - 1].n; ++i) next.c[i] -= scale * n * h.p[n - 1].c[i];
+    h.p[n + 1] = next;
   }
   return h;
 }
 
 }  // namespace detail
 
-inline std::vector<double> coefficient_table(Act a, int kmax) {
+// c_k = sum_j at(k, j) g_j for k = 0 ... kmax over the basis of basis_size(act, kmax) functions.
+struct CoefTable {
+  int kmax = 0, J = 0;
+  double t[kMaxOrder + 2][kMaxBasis] = {};
+  constexpr double at(int k, int j) const { return t[k][j]; }
+  constexpr double& at(int k, int j) { return t[k][j]; }
+};
+
+constexpr CoefTable coefficient_table(Act a, int kmax) {
   using detail::Poly;
-  const int J = basis_size(a, kmax);
-  std::vector<double> T(static_cast<size_t>(kmax + 1) * J, 0.0);
-  auto at = [&](int k, int j) -> double& { return T[static_cast<size_t>(k) * J + j]; };
+  CoefTable T;
+  T.kmax = kmax;
+  T.J = basis_size(a, kmax);
   double fact = 1.0;  // k!, only ever divided by the matching integer-coefficient polynomials
   switch (a) {
     case Act::kTanh:
     case Act::kSigmoid: {
       // c_0 = sigma (g_0); c_k = sigma' R_k(y) (g_{1+j} = sigma' y^j).
-      const auto r = a == Act::kTanh ? detail::reduced_tanh_polys(kmax) : detail::reduced_sigmoid_polys(kmax);
-      at(0, 0) = 1.0;
+      const detail::Polys r = a == Act::kTanh ? detail::reduced_tanh_polys(kmax) : detail::reduced_sigmoid_polys(kmax);
+      T.at(0, 0) = 1.0;
       for (int k = 1; k <= kmax; ++k)
-        for (size_t j = 0; j < r[k].size(); ++j) at(k, 1 + j) = r[k][j];
+        for (int j = 0; j < r.p[k].n; ++j) T.at(k, 1 + j) = r.p[k].c[j];
       break;
     }
     case Act::kSoftplus: {
       // c_0 = softplus; c_k = sigmoid^(k-1) / k! = S_{k-1} / k with S the normalized sigmoid
       // derivatives: c_1 = p (g_1), c_k = pq R_{k-1}(y) / k for k >= 2 (g_{2+j} = pq y^j).
-      at(0, 0) = 1.0;
-      if (kmax >= 1) at(1, 1) = 1.0;
-      const auto r = detail::reduced_sigmoid_polys(kmax > 1 ? kmax - 1 : 0);
+      T.at(0, 0) = 1.0;
+      if (kmax >= 1) T.at(1, 1) = 1.0;
+      const detail::Polys r = detail::reduced_sigmoid_polys(kmax > 1 ? kmax - 1 : 0);
       for (int k = 2; k <= kmax; ++k)
-        for (size_t j = 0; j < r[k - 1].size(); ++j) at(k, 2 + j) = r[k - 1][j] / k;
+        for (int j = 0; j < r.p[k - 1].n; ++j) T.at(k, 2 + j) = r.p[k - 1].c[j] / k;
       break;
     }
     case Act::kSilu: {
       // silu^(k) = z sigmoid^(k) + k sigmoid^(k-1)  =>  c_k = z S_k + S_{k-1}, with S_0 = p and
       // S_k = pq R_k(y). Basis: g_0 = p, g_1 = z p, g_{2+j} = pq y^j, g_{2+kmax+j} = z pq y^j.
-      const auto r = detail::reduced_sigmoid_polys(kmax);
+      const detail::Polys r = detail::reduced_sigmoid_polys(kmax);
       auto add_s = [&](int k, int s_index, bool times_z) {
         if (s_index == 0) {
-          at(k, times_z ? 1 : 0) += 1.0;
+          T.at(k, times_z ? 1 : 0) += 1.0;
           return;
         }
-        for (size_t j = 0; j < r[s_index].size(); ++j) at(k, 2 + (times_z ? kmax : 0) + j) += r[s_index][j];
+        for (int j = 0; j < r.p[s_index].n; ++j) T.at(k, 2 + (times_z ? kmax : 0) + j) += r.p[s_index].c[j];
       };
       for (int k = 0; k <= kmax; ++k) {
         add_s(k, k, true);
@@ -267,37 +308,36 @@ inline std::vector<double> coefficient_table(Act a, int kmax) {
     case Act::kGelu: {
       // N_j = Phi^(j) / j!: N_0 = Phi, N_j = (-1)^(j-1) He_{j-1}(z) phi(z) / j!.
       // gelu^(k) = z Phi^(k) + k Phi^(k-1)  =>  c_0 = z Phi, c_k = z N_k + N_{k-1}.
-      const auto he = detail::hermite(kmax, 1.0, 1.0);
-      at(0, 1) = 1.0;
+      const detail::Polys he = detail::hermite(kmax, 1.0, 1.0);
+      T.at(0, 1) = 1.0;
       for (int k = 1; k <= kmax; ++k) {
         fact *= k;
         const double sign = (k % 2 == 1) ? 1.0 : -1.0;  // (-1)^(k-1)
-        for (size_t i = 0; i < he[k - 1].size(); ++i) at(k, 2 + i + 1) += sign * he[k - 1][i] / fact;
+        for (int i = 0; i < he.p[k - 1].n; ++i) T.at(k, 2 + i + 1) += sign * he.p[k - 1].c[i] / fact;
         if (k == 1) {
-          at(k, 0) += 1.0;
+          T.at(k, 0) += 1.0;
         } else {
           const double sign1 = (k % 2 == 0) ? 1.0 : -1.0;  // (-1)^(k-2)
-          for (size_t i = 0; i < he[k - 2].size(); ++i) at(k, 2 + i) += sign1 * he[k - 2][i] * k / fact;
+          for (int i = 0; i < he.p[k - 2].n; ++i) T.at(k, 2 + i) += sign1 * he.p[k - 2].c[i] * k / fact;
         }
       }
       break;
     }
     case Act::kErf: {
       // erf^(k) = 2/sqrt(pi) (-1)^(k-1) H_{k-1}(z) exp(-z^2) for k >= 1.
-      const auto h = detail::hermite(kmax, 2.0, 2.0);
-      at(0, 0) = 1.0;
+      const detail::Polys h = detail::hermite(kmax, 2.0, 2.0);
+      T.at(0, 0) = 1.0;
       for (int k = 1; k <= kmax; ++k) {
         fact *= k;
         const double sign = (k % 2 == 1) ? 1.0 : -1.0;
-        for (size_t i = 0; i < h[k - 1].size(); ++i)
-          at(k, 1 + i) = 1.12837916709551257390 * sign * h[k - 1][i] / fact;
+        for (int i = 0; i < h.p[k - 1].n; ++i) T.at(k, 1 + i) = 1.12837916709551257390 * sign * h.p[k - 1].c[i] / fact;
       }
       break;
     }
     case Act::kExp:
       for (int k = 0; k <= kmax; ++k) {
         if (k > 0) fact *= k;
-        at(k, 0) = 1.0 / fact;
+        T.at(k, 0) = 1.0 / fact;
       }
       break;
     case Act::kSin:
@@ -309,7 +349,7 @@ inline std::vector<double> coefficient_table(Act a, int kmax) {
       for (int k = 0; k <= kmax; ++k) {
         if (k > 0) fact *= k;
         const int phase = (k + start) % 4;
-        at(k, column[phase]) = sign[phase] / fact;
+        T.at(k, column[phase]) = sign[phase] / fact;
       }
       break;
     }
@@ -318,7 +358,7 @@ inline std::vector<double> coefficient_table(Act a, int kmax) {
       const int p = relu_power(a);
       double binom = 1.0;
       for (int k = 0; k <= kmax && k <= p; ++k) {
-        at(k, p - k) = binom;
+        T.at(k, p - k) = binom;
         binom = binom * (p - k) / (k + 1);
       }
       break;

@@ -22,7 +22,40 @@ namespace tn {
 
 enum Quantity : int { kH = 0, kHdv, kHdz, kE, kEdu, kEdz, kO, kOdu, kOdz, kNumQuantities };
 
-constexpr int kMaxBasis = 2 * (kMaxOrder + 3);
+// A series: the activation, the orders in O (bit k for order k) and whether it is "exact".
+struct Series {
+  Act act = Act::kTanh;
+  unsigned orders = 0;
+  bool exact = false;
+};
+
+constexpr int top_order(unsigned orders) {
+  int K = 0;
+  for (int k = 0; k <= kMaxOrder; ++k)
+    if (orders >> k & 1u) K = k;
+  return K;
+}
+
+// The highest coefficient index c_kmax a series needs (c_{K+1} for d/dz0), and its basis.
+constexpr int series_kmax(const Series& s, bool need_dz) {
+  return s.exact ? 1 : top_order(s.orders) + (need_dz ? 1 : 0);
+}
+
+// The coefficient of v^i multiplying g_j in quantity q, from the coefficient table T of the series
+// (built with need_dz where the d/dz0 quantities are wanted: they need c_{K+1}). Shared by the host
+// plans below and by the CUDA kernels specialised for one series, which fold it into immediates.
+constexpr double quantity_coef(const CoefTable& T, const Series& s, bool need_dz, int q, int j, int i) {
+  const int kind = q % 3;  // value, d/dv, d/dz0: the quantities come in that order per part
+  const int part = q / 3;  // h (all of O), e (its even orders), o (its odd orders)
+  auto c = [&](int k) { return k <= T.kmax ? T.at(k, j) : 0.0; };
+  if (s.exact) return i == 0 ? (kind == 0 ? c(0) : c(1)) : 0.0;
+  auto in = [&](int k) {  // order k is in the part's set
+    return k >= 0 && k <= kMaxOrder && (s.orders >> k & 1u) && (part == 0 || (k % 2 == 0) == (part == 1));
+  };
+  if (kind == 0) return in(i) ? c(i) : 0.0;
+  if (kind == 1) return in(i + 1) ? (i + 1) * c(i + 1) : 0.0;
+  return need_dz && in(i) ? (i + 1) * c(i + 1) : 0.0;
+}
 
 // Raw view of a plan for the kernels: row lists per quantity into shared coefficient storage. The
 // functions below take any plan type P with these members (the CUDA kernels take the tables by
@@ -62,37 +95,25 @@ struct Plan {
   std::vector<int> row_j, row_deg, row_off;
   std::vector<double> coef;
 
+  Series series;        // what the plan evaluates (the CUDA kernels pick a specialised epilogue by it)
+
   // `orders`: the orders in O (ignored when exact). `need_dz`: whether d/dz0 quantities are needed
   // (they need c_{K+1}, hence a larger basis).
   Plan(Act a, const std::vector<int64_t>& orders, bool is_exact, bool need_dz)
       : act(a), exact(is_exact), has_dz(need_dz || is_exact) {
-    int K = 0;
-    for (auto k : orders) K = k > K ? static_cast<int>(k) : K;
-    const int kmax = exact ? 1 : K + (need_dz ? 1 : 0);
+    series.act = a;
+    series.exact = is_exact;
+    for (auto k : orders) series.orders |= 1u << k;
+    const int K = top_order(series.orders);
+    const int kmax = series_kmax(series, need_dz);
     basis = basis_size(a, kmax);
-    const std::vector<double> T = coefficient_table(a, kmax);
-    auto c = [&](int k, int j) { return k <= kmax ? T[static_cast<size_t>(k) * basis + j] : 0.0; };
-    std::vector<double> in_o(K + 1, 0.0), even(K + 1, 0.0), odd(K + 1, 0.0);
-    for (auto k : orders) {
-      in_o[k] = 1.0;
-      (k % 2 == 0 ? even : odd)[k] = 1.0;
-    }
-    enum Kind { kValue, kDv, kDz };
-    // M[j][i] for i = 0..K: the coefficient of v^i multiplying g_j.
-    auto add = [&](int q, const std::vector<double>& w, Kind kind) {
+    const CoefTable T = coefficient_table(a, kmax);
+    // One row per (quantity, basis function) with a nonzero polynomial in v, to its top degree.
+    for (int q = 0; q < kNumQuantities; ++q) {
       row_begin[q] = static_cast<int>(row_j.size());
       for (int j = 0; j < basis; ++j) {
         std::vector<double> m(K + 1, 0.0);
-        if (exact) {
-          m[0] = kind == kValue ? c(0, j) : c(1, j);
-        } else {
-          for (int k = 0; k <= K; ++k) {
-            if (w[k] == 0.0) continue;
-            if (kind == kValue) m[k] += c(k, j);
-            if (kind == kDv && k >= 1) m[k - 1] += k * c(k, j);
-            if (kind == kDz && need_dz) m[k] += (k + 1) * c(k + 1, j);
-          }
-        }
+        for (int i = 0; i <= K; ++i) m[i] = quantity_coef(T, series, need_dz, q, j, i);
         int deg = K;
         while (deg >= 0 && m[deg] == 0.0) --deg;
         if (deg < 0) continue;
@@ -101,16 +122,7 @@ struct Plan {
         row_off.push_back(static_cast<int>(coef.size()));
         coef.insert(coef.end(), m.begin(), m.begin() + deg + 1);
       }
-    };
-    add(kH, in_o, kValue);
-    add(kHdv, in_o, kDv);
-    add(kHdz, in_o, kDz);
-    add(kE, even, kValue);
-    add(kEdu, even, kDv);
-    add(kEdz, even, kDz);
-    add(kO, odd, kValue);
-    add(kOdu, odd, kDv);
-    add(kOdz, odd, kDz);
+    }
     row_begin[kNumQuantities] = static_cast<int>(row_j.size());
   }
 
