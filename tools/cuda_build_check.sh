@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Compile and link the CUDA extension without a GPU: a CUDA build of torch in .venv-cuda, every .cu
 # through plain nvcc -std=c++20 for sm_80 and sm_90, a report per kernel and architecture (ptxas:
-# registers, spills, stack frame; SASS: instructions, local loads and stores), then the library
-# loaded into that torch with its CUDA kernels registered. Fails on any error.
+# registers, spills, stack frame; SASS: instructions, local loads and stores, calls), then the
+# library loaded into that torch with its CUDA kernels registered. Fails on any error, and where a
+# hot kernel uses local memory or calls out of line.
 #   CUDA_HOME    toolkit root (default /usr/local/cuda-13.0, else the directory of nvcc)
 #   TORCH_CUDA   torch requirement for the environment (default torch==2.14.1)
 set -euo pipefail
@@ -41,7 +42,14 @@ if ! cmake --build build/cuda -j "$(nproc)" > build/cuda-build.log 2>&1; then
   exit 1
 fi
 
-python3 tools/ptxas_report.py build/cuda-build.log build/cuda/CMakeFiles/taylornet_cuda.dir/csrc/cuda/*.o
+# The table of every kernel (also in build/cuda-kernels.txt); fails if a hot kernel uses local
+# memory (stack frame, spills, LDL/STL) or calls out of line.
+if ! python3 tools/ptxas_report.py --check build/cuda-build.log \
+    build/cuda/CMakeFiles/taylornet_cuda.dir/csrc/cuda/*.o | tee build/cuda-kernels.txt; then
+  echo "CUDA kernel check failed (build/cuda-kernels.txt)"
+  exit 1
+fi
+ls -l build/cuda/libtaylornet_ops.so | awk '{print "libtaylornet_ops.so: " $5 " bytes"}'
 
 "$PY" - <<'PY'
 import torch

@@ -1,11 +1,16 @@
 """Per kernel and architecture: registers, spills, stack (the kernel's cumulative stack size, its
 out-of-line callees included) and shared memory from the `ptxas -v` lines of a build log, and from
-the SASS of the objects (cuobjdump -sass, which calls nvdisasm) the instruction count and the
-local-memory loads and stores (LDL, STL) that a stack costs at run time. Out-of-line device functions
-(compiled once per calling kernel) get a row with the largest of their copies' figures.
+the SASS of the objects (cuobjdump -sass, which calls nvdisasm) the instruction count, the
+local-memory loads and stores (LDL, STL) that a stack costs at run time and the out-of-line
+subroutines (counted by their returns, RET: a subroutine is what a CALL returns from; ptxas also
+emits CALLs to the next instruction as a branch idiom, which are not counted). Out-of-line device
+functions (compiled once per calling kernel) get a row with the largest of their copies' figures.
 
-    python3 tools/ptxas_report.py BUILD_LOG [OBJECT ...]
+    python3 tools/ptxas_report.py [--check] BUILD_LOG [OBJECT ...]
 
+--check: exit with status 1, naming kernel and architecture, if a hot kernel (every kernel of the
+features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
+stores, or out-of-line subroutines; it then also needs the SASS (cuobjdump on PATH and the objects).
 Without cuobjdump on PATH (or without objects) the SASS columns read "-".
 """
 from __future__ import annotations
@@ -81,7 +86,7 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
     tool = shutil.which("cuobjdump")
     if not tool or not objects:
         return None
-    counts: dict[tuple[str, str], dict] = defaultdict(lambda: {"insns": 0, "ldl": 0, "stl": 0})
+    counts: dict[tuple[str, str], dict] = defaultdict(lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0})
     for obj in objects:
         run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
         if run.returncode != 0:
@@ -99,34 +104,62 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
                 c["insns"] += op != "NOP"
                 c["ldl"] += op == "LDL"
                 c["stl"] += op == "STL"
+                c["ret"] += op == "RET"
     return counts
 
 
+HOT = re.compile(r"^(features_forward|neuron_sum|sample_sum)\w*kernel<")
+
+
 def main() -> None:
-    rows = ptxas_rows(sys.argv[1])
-    sass = sass_counts(sys.argv[2:])
+    args = sys.argv[1:]
+    check = "--check" in args
+    args = [a for a in args if a != "--check"]
+    rows = ptxas_rows(args[0])
+    sass = sass_counts(args[1:])
     names = demangle([name for name, _ in rows] + ([name for name, _ in sass] if sass else []))
     keys = sorted(set(rows) | (set(sass) if sass else set()), key=lambda k: (names.get(k[0], k[0]), k[1]))
-    print(f"{'kernel / device function':44} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>6} "
-          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5}")
+    width = max([44] + [len(names.get(k[0], k[0])) for k in keys])
+    print(f"{'kernel / device function':{width}} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>6} "
+          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5} {'RET':>5}")
     dash = "-"
     with_stack = with_local = 0
+    problems = []
     for key in keys:
         r = rows.get(key, {})
         s = sass.get(key) if sass else None
+        name = names.get(key[0], key[0])
         cells = [r.get("regs", dash), r.get("spill_st", dash), r.get("spill_ld", dash), r.get("stack", dash),
                  r.get("smem", dash)]
-        cells += [s["insns"], s["ldl"], s["stl"]] if s else [dash] * 3
+        cells += [s["insns"], s["ldl"], s["stl"], s["ret"]] if s else [dash] * 4
         with_stack += bool(r.get("stack"))
         with_local += bool(s and (s["ldl"] or s["stl"]))
-        print(f"{names.get(key[0], key[0])[:44]:44} {key[1]:6} {cells[0]:>4} {cells[1]:>8} {cells[2]:>8} "
-              f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5}")
+        print(f"{name:{width}} {key[1]:6} {cells[0]:>4} {cells[1]:>8} {cells[2]:>8} "
+              f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} {cells[8]:>5}")
+        if check and HOT.match(name):
+            what = [f"{label} {value}" for label, value in (
+                ("bytes of stack frame", r.get("stack", 0)), ("bytes of spill stores", r.get("spill_st", 0)),
+                ("bytes of spill loads", r.get("spill_ld", 0)), ("LDL", s["ldl"] if s else 0),
+                ("STL", s["stl"] if s else 0), ("out-of-line subroutines (RET)", s["ret"] if s else 0)) if value]
+            if what:
+                problems.append(f"{name} ({key[1]}): " + ", ".join(what))
     if not keys:
         print("no ptxas report found")
-        return
+        sys.exit(1 if check else 0)
     print(f"{len(keys)} rows: {with_stack} with a stack frame, "
           + (f"{with_local} with local loads or stores in their SASS" if sass is not None
              else "SASS not read (no cuobjdump on PATH, or no objects given)"))
+    if check:
+        if sass is None:
+            print("--check needs the SASS: cuobjdump on PATH and the objects")
+            sys.exit(1)
+        if problems:
+            print(f"{len(problems)} hot kernels use local memory or out-of-line subroutines "
+                  "(they must keep everything in registers):")
+            for line in problems:
+                print(f"  {line}")
+            sys.exit(1)
+        print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines")
 
 
 if __name__ == "__main__":
