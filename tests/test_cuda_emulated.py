@@ -118,8 +118,17 @@ def test_cuda_kernels_on_random_cases_under_the_emulator(emulator, path):
 
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_device_tanh_sech2_against_long_double(emulator, dtype):
-    # The kernels' tanh/sech^2 (one exp, or a series near 0; no tanh call), swept over [-30, 30].
+    # The SIMT kernels' tanh/sech^2 (one exp, or a series near 0; no tanh call), swept over
+    # [-30, 30], and sin/cos (their own reduction and polynomials), out to 1e6.
     run_checks(emulator, f"{dtype}/math")
+
+
+def test_tensor_core_fast_math_error(emulator):
+    # The tensor-core epilogue's branch-free tanh/sech^2, sigmoid, exp (ex2.approx, rcp.approx) and
+    # sin/cos (a Cody-Waite reduction, then the hardware sine) with the PTX ISA's error bounds
+    # injected, against long double: at most 1e-5, a small fraction of the bf16/fp16/TF32 rounding
+    # that every field then takes.
+    run_checks(emulator, "f32/fastmath")
 
 
 def test_cuda_kernels_read_and_write_only_in_bounds():

@@ -1,6 +1,6 @@
 // Device pieces shared by the SIMT kernels (simt.cuh) and the tensor-core kernels (tensor_cores.cuh):
-// element conversions, the scalar math of the shared epilogue, in-kernel signs, and the fields of
-// one (sample, neuron) element.
+// element conversions, the scalar math of the epilogue (epilogue.cuh), in-kernel signs, the
+// reductions' factors and stores, launch geometry.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -16,9 +16,8 @@ namespace tn::cuda {
 constexpr int kThreads = 256;  // threads per block of every kernel
 
 // A kernel's read-only struct parameter: __grid_constant__, so that device functions take it by
-// reference (the out-of-line epilogue too) without a per-thread copy of the plan's tables into local
-// memory. The CPU emulator's threads share one copy by reference, as the GPU's share the parameter
-// space.
+// reference without a per-thread copy of the plan's tables into local memory. The CPU emulator's
+// threads share one copy by reference, as the GPU's share the parameter space.
 #ifdef TN_CUDA_EMULATOR
 #define TN_PARAM(type) const type&
 #else
@@ -47,6 +46,57 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 
 // ---- scalar math for the shared epilogue (series.h / activations.h) ----
 
+// 1/x to the type's full precision for x >= 1 (or +inf: 0) without the IEEE division, whose rare
+// cases run out of line (a call): the hardware's reciprocal estimate refined by Newton steps, each
+// doubling its correct bits (float: 23 bits refined once; double: about 23 bits refined three times).
+template <typename V>
+__device__ __forceinline__ V reciprocal(V x) {
+#if defined(__CUDA_ARCH__)
+  V r;
+  if constexpr (sizeof(V) == 4) {
+    asm("rcp.approx.ftz.f32 %0, %1;" : "=f"(r) : "f"(x));
+    r = ::fmaf(r, ::fmaf(-x, r, 1.0f), r);
+  } else {
+    asm("rcp.approx.ftz.f64 %0, %1;" : "=d"(r) : "d"(x));
+#pragma unroll
+    for (int k = 0; k < 3; ++k) r = ::fma(r, ::fma(-x, r, 1.0), r);
+  }
+  return ::isinf(x) ? V(0) : r;
+#else
+  return V(1) / x;
+#endif
+}
+
+// sin and cos of double without the library's out-of-line slow path (a Payne-Hanek reduction
+// through local memory for huge arguments): the argument reduced by pi/2 in three parts with fused
+// multiply-adds (k pi/2 to about 160 bits), then fdlibm's minimax polynomials on [-pi/4, pi/4] and
+// the quadrant by selects.
+__host__ __device__ __forceinline__ void sincos_reduced(double x, double& s, double& c) {
+  const double k = ::rint(x * 0.6366197723675814);
+  double r = ::fma(-k, 1.5707963267948966, x);
+  r = ::fma(-k, 6.123233995736766e-17, r);
+  r = ::fma(-k, -1.4973849048591698e-33, r);
+  const double z = r * r;
+  double ps = 1.58969099521155010221e-10;
+  ps = ::fma(ps, z, -2.50507602534068634195e-08);
+  ps = ::fma(ps, z, 2.75573137070700676789e-06);
+  ps = ::fma(ps, z, -1.98412698298579493134e-04);
+  ps = ::fma(ps, z, 8.33333333332248946124e-03);
+  ps = ::fma(ps, z, -1.66666666666666324348e-01);
+  const double sr = ::fma(r * z, ps, r);
+  double pc = -1.13596475577881948265e-11;
+  pc = ::fma(pc, z, 2.08757232129817482790e-09);
+  pc = ::fma(pc, z, -2.75573143513906633035e-07);
+  pc = ::fma(pc, z, 2.48015872894767294178e-05);
+  pc = ::fma(pc, z, -1.38888888888741095749e-03);
+  pc = ::fma(pc, z, 4.16666666666666019037e-02);
+  const double hz = 0.5 * z, w = 1.0 - hz;
+  const double cr = w + (((1.0 - w) - hz) + z * z * pc);  // 1 - z/2 without losing 1 - w's rounding
+  const int q = static_cast<int>(static_cast<long long>(k) & 3);
+  s = q == 0 ? sr : (q == 1 ? cr : (q == 2 ? -sr : -cr));
+  c = q == 0 ? cr : (q == 1 ? -sr : (q == 2 ? -cr : sr));
+}
+
 // CUDA's math headers overload ::exp, ::tanh, ... for float and double alike.
 template <typename A>
 struct DeviceMath {
@@ -69,18 +119,18 @@ struct DeviceMath {
         t = ::fma(z * z2, poly, z);
       } else {
         const V e = ::expm1(V(2) * z);
-        t = e / (e + V(2));
+        t = e * reciprocal(e + V(2));
       }
       s = V(1) - t * t;
     } else {
-      const V w = V(2) / (::exp(V(2) * a) + V(1));
+      const V w = V(2) * reciprocal(::exp(V(2) * a) + V(1));
       t = ::copysign(V(1) - w, z);
       s = w * (V(2) - w);
     }
   }
   static __device__ __forceinline__ void sigmoid_pair(V z, V& p, V& q) {
     const V e = ::exp(-::fabs(z));
-    const V r = V(1) / (V(1) + e);
+    const V r = reciprocal(V(1) + e);
     p = z < V(0) ? e * r : r;
     q = z < V(0) ? r : e * r;
   }
@@ -88,8 +138,17 @@ struct DeviceMath {
   static __device__ __forceinline__ V log1p(V x) { return ::log1p(x); }
   static __device__ __forceinline__ V erf(V x) { return ::erf(x); }
   static __device__ __forceinline__ V erfc(V x) { return ::erfc(x); }
-  static __device__ __forceinline__ V sin(V x) { return ::sin(x); }
-  static __device__ __forceinline__ V cos(V x) { return ::cos(x); }
+  // float through double: correctly rounded but for rare ties
+  static __device__ __forceinline__ V sin(V x) {
+    double s, c;
+    sincos_reduced(static_cast<double>(x), s, c);
+    return static_cast<V>(s);
+  }
+  static __device__ __forceinline__ V cos(V x) {
+    double s, c;
+    sincos_reduced(static_cast<double>(x), s, c);
+    return static_cast<V>(c);
+  }
   static __device__ __forceinline__ V abs(V x) { return ::fabs(x); }
   static __device__ __forceinline__ V max0(V x) { return x > V(0) ? x : (x == x ? V(0) : x); }  // NaN stays
   static __device__ __forceinline__ V step(V x) { return x > V(0) ? V(1) : V(0); }
@@ -104,12 +163,11 @@ __device__ __forceinline__ acc_t<T> neuron_sign_of(const Problem<T>& p, int64_t 
   return Acc(1);
 }
 
-// N values in lock-step through the shared epilogue (series.h is generic in its value type, as the
-// CPU's vector packs use it): the plan's row lists are walked once for all N, and the N independent
-// chains of math give the scheduler instruction-level parallelism, which the tensor-core kernels
-// (one block of 8 warps per SM) need.
+// N values in lock-step through the epilogue (epilogue.cuh): the plan's rows are walked once for all
+// N, and the N independent chains of math give the scheduler instruction-level parallelism.
 template <typename A, int N>
 struct Lanes {
+  using value_type = A;
   A v[N];
   Lanes() = default;  // uninitialized, like the basis arrays it fills
   __host__ __device__ Lanes(A x) {
@@ -129,10 +187,10 @@ struct Lanes {
 #undef TN_LANES_OP
 };
 
-template <typename A, int N>
+// The elementary functions of N lanes, lane by lane through the scalar math S.
+template <typename A, int N, typename S = DeviceMath<A>>
 struct LaneMath {
   using V = Lanes<A, N>;
-  using S = DeviceMath<A>;
   static __device__ __forceinline__ void tanh_sech2(const V& z, V& t, V& s) {
 #pragma unroll
     for (int l = 0; l < N; ++l) S::tanh_sech2(z.v[l], t.v[l], s.v[l]);
@@ -164,70 +222,6 @@ struct LaneMath {
     return r;
   }
 };
-
-// N (sample, neuron) elements for one epilogue call: indices, whether they lie in the problem, the
-// pre-activations z (with b0) and u (with b), and the neuron's sign.
-template <typename Acc, int N>
-struct Elements {
-  int64_t i[N], r[N];
-  bool valid[N];
-  Acc z[N], u[N], s[N];
-};
-
-// The requested fields of N elements; `want` is a bit mask of Fields, out[f][l] receives field f of
-// element l (zero for elements outside the problem, so that padding never contributes).
-// Not inlined: one copy of the whole epilogue per kernel keeps compile time and registers in check.
-template <typename T, int N>
-__device__ __noinline__ void fields_at(const Problem<T>& p, unsigned want, const Elements<acc_t<T>, N>& el,
-                                       acc_t<T> (&out)[4][N]) {
-  using Acc = acc_t<T>;
-  using V = Lanes<Acc, N>;
-  using M = LaneMath<Acc, N>;
-  const bool grads = want & ((1u << kGradU) | (1u << kGradZ));
-  const bool need_dz = want & (1u << kGradZ);
-  V g0(Acc(0)), g1(Acc(0)), z, u, s;
-  for (int l = 0; l < N; ++l) {
-    z.v[l] = el.valid[l] ? el.z[l] : Acc(0);
-    u.v[l] = el.valid[l] ? el.u[l] : Acc(0);
-    s.v[l] = el.valid[l] ? el.s[l] : Acc(1);
-    if (!grads || !el.valid[l]) continue;
-    const int64_t i = el.i[l], r = el.r[l];
-    if (p.gelem) {  // the features' own cotangent
-      g0.v[l] = to_acc(p.gelem[i * p.m + r]);
-      continue;
-    }
-    Acc a0 = Acc(0), a1 = Acc(0);  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
-    for (int64_t j = 0; j < p.c; ++j) {
-      const Acc aj = to_acc(p.a[j * p.m + r]);
-      a0 = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, a0);
-      if (p.moments) a1 = ::fma(to_acc(p.gout[1][i * p.c + j]), aj * aj, a1);
-    }
-    g0.v[l] = a0 * p.scale[0];
-    g1.v[l] = a1 * p.scale[1];
-  }
-  V f[4];
-  if (p.moments) {
-    const Moments<V> mo = moments<V, M>(p.plan, z, u, grads, need_dz);
-    const V go = V(Acc(2)) * g1 * mo.o.value;
-    f[kPhi0] = mo.e.value;
-    f[kPhi1] = mo.o.value * mo.o.value;
-    f[kGradU] = g0 * mo.e.du + go * mo.o.du;
-    f[kGradZ] = g0 * mo.e.dz + go * mo.o.dz;
-  } else if (grads) {
-    const Grads<V> d = feature_grads<V, M>(p.plan, z, u, s, (want & 1u) != 0, need_dz);
-    f[kPhi0] = d.value;
-    f[kPhi1] = V(Acc(0));
-    f[kGradU] = g0 * d.du;
-    f[kGradZ] = g0 * d.dz;
-  } else {
-    f[kPhi0] = feature<V, M>(p.plan, z, u, s);
-    f[kPhi1] = f[kGradU] = f[kGradZ] = V(Acc(0));
-  }
-#pragma unroll
-  for (int q = 0; q < 4; ++q)
-#pragma unroll
-    for (int l = 0; l < N; ++l) out[q][l] = el.valid[l] ? f[q].v[l] : Acc(0);
-}
 
 // The factor of term t at (sample i, column col of the reduction): y_t, 1 in its ones column, 0 in
 // the other term's columns. The caller checks i < n.

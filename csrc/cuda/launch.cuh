@@ -6,8 +6,10 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <array>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "cuda/launch.h"
 #include "cuda/simt.cuh"
@@ -112,6 +114,26 @@ const void* kernel_ptr(T kernel) {
   return reinterpret_cast<const void*>(kernel);
 }
 
+// The tensor-core kernels of every epilogue: [0] the generic one, [1 + k] series k of kSpecialised.
+template <typename T, int... S>
+auto features_tc_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&features_forward_tc_kernel<T, kGenericEpilogue>, &features_forward_tc_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto neuron_sum_tc_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_tc_kernel<T, kGenericEpilogue>, &neuron_sum_tc_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto sample_sum_tc_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&sample_sum_tc_kernel<T, kGenericEpilogue>, &sample_sum_tc_kernel<T, S>...};
+}
+using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
+
+// The slot of the tensor-core kernel tables above for this call's series.
+inline int epilogue_slot(const Context& ctx, const Operands& op) {
+  return ctx.generic_epilogue ? 0 : specialised_epilogue(op.plan->series) + 1;
+}
+
 // ---- the finishing kernels: accumulators to outputs ----
 
 constexpr int kFinishPerThread = 4;
@@ -173,17 +195,18 @@ acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
 // ---- the reductions ----
 
 template <typename T>
-void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, const Context& ctx) {
+void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   const std::string family = kernel_name<T>("neuron_sum");
   const void* wmma = nullptr;
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&neuron_sum_tc_kernel<T>);
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), wmma);
   if constexpr (kHasTensorCoreKernels<T>) {
     if (k.mainloop == Mainloop::kWmma) {
       const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-      launch(kernel_name<T>("neuron_sum_tc_kernel"), &neuron_sum_tc_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+      launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, ctx, p,
+             s, l.tiles_per_split);
       return;
     }
   }
@@ -194,17 +217,18 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, const Context& ctx) 
 }
 
 template <typename T>
-void sample_sum(const Problem<T>& p, const SampleSum<T>& s, const Context& ctx) {
+void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.width() == 0) return;
   const std::string family = kernel_name<T>("sample_sum");
   const void* wmma = nullptr;
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&sample_sum_tc_kernel<T>);
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), wmma);
   if constexpr (kHasTensorCoreKernels<T>) {
     if (k.mainloop == Mainloop::kWmma) {
       const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.width(), kTcTile), tiles = ceil_div(p.n, kTcTile);
       const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-      launch(kernel_name<T>("sample_sum_tc_kernel"), &sample_sum_tc_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+      launch(kernel_name<T>("sample_sum_tc_kernel"), sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, ctx, p,
+             s, l.tiles_per_split);
       return;
     }
   }
@@ -223,7 +247,8 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   T* out = static_cast<T*>(out_ptr);
   const std::string family = kernel_name<T>("features_forward");
   const void* wmma = nullptr;
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(&features_forward_tc_kernel<T>);
+  const int slot = epilogue_slot(ctx, op);
+  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(features_tc_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), wmma);
   const bool tc = k.mainloop == Mainloop::kWmma;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
@@ -237,8 +262,8 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
-        launch(kernel_name<T>("features_forward_tc_kernel"), &features_forward_tc_kernel<T>, grid, ctx, q,
-               out + i * p.m);
+        launch(kernel_name<T>("features_forward_tc_kernel"), features_tc_kernels<T>(SpecialisedSeq{})[slot], grid, ctx,
+               q, out + i * p.m);
         continue;
       }
     }
@@ -272,7 +297,7 @@ void Launch<T>::readout(const Operands& op, bool moments, void* out, void* var, 
       s.out[t] = acc[t];
       s.scale[t] = p.scale[t];
     }
-    neuron_sum<T>(p, s, ctx);
+    neuron_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
   }
   for (int t = 0; t < terms; ++t) cast_out<T>(acc[t], outs[t], count, ctx);
 }
@@ -325,7 +350,7 @@ void Launch<T>::backward(const Operands& op, bool moments, const void* const gou
       }
       s.ncols = d;
       s.ld_out = d;
-      neuron_sum<T>(p, s, ctx);
+      neuron_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
     }
     SampleTerm<T> terms[4];
     int count = 0;
@@ -348,7 +373,7 @@ void Launch<T>::backward(const Operands& op, bool moments, const void* const gou
       SampleSum<T> s;
       s.terms = count - t > 1 ? 2 : 1;
       for (int k = 0; k < s.terms; ++k) s.term[k] = terms[t + k];
-      sample_sum<T>(p, s, ctx);
+      sample_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
     }
   }
 

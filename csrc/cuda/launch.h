@@ -50,6 +50,7 @@ struct Context {
   bool allow_tf32 = false;     // float32 may run on tensor cores as TF32
   bool deterministic = false;  // run-to-run identical sums (no split inner loops)
   Mainloop requested = Mainloop::kAuto;
+  bool generic_epilogue = false;  // the tensor-core kernels skip their specialised epilogues
   Workspace* workspace = nullptr;
 };
 

@@ -11,7 +11,7 @@
 // Either loop can be split over blockIdx.z for parallelism, the partial sums meeting in atomics.
 #pragma once
 
-#include "cuda/device.cuh"
+#include "cuda/epilogue.cuh"
 
 namespace tn::cuda {
 
@@ -79,36 +79,63 @@ __device__ void preactivations(const Problem<T>& p, int64_t i0, int64_t r0, Smem
   }
 }
 
-// Fields over the thread's micro-tile; zero outside the problem so that padding never contributes.
-template <typename T, int TM>
-__device__ void tile_fields(const Problem<T>& p, unsigned want, int64_t i0, int64_t r0,
-                            acc_t<T> (&z0)[TM][TM], acc_t<T> (&u)[TM][TM],
-                            acc_t<T> (&f)[4][TM][TM]) {
-  using Acc = acc_t<T>;
-  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+// Element b of a thread's TM values, b known at run time: a chain of selects over registers.
+template <typename A, int TM>
+__device__ __forceinline__ A pick_column(const A (&row)[TM], int b) {
+  A v = row[0];
 #pragma unroll
+  for (int k = 1; k < TM; ++k) v = b == k ? row[k] : v;
+  return v;
+}
+
+// Fields need.pick[0] and need.pick[1] over the thread's micro-tile, in place of z0 and u; zero
+// outside the problem so that padding never contributes. The generic epilogue with the library's
+// math (exact), one neuron's TM samples per call, in a loop over the thread's neurons (one copy of
+// the epilogue per kernel) that reads and writes its registers through selects.
+template <typename T, int TM>
+__device__ __forceinline__ void tile_fields(const Problem<T>& p, const Need& need, int64_t i0, int64_t r0,
+                                            acc_t<T> (&z0)[TM][TM], acc_t<T> (&u)[TM][TM]) {
+  using Acc = acc_t<T>;
+  using V = Lanes<Acc, TM>;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+#pragma unroll 1
   for (int b = 0; b < TM; ++b) {
     const int64_t r = r0 + tx + 16 * b;
     const bool rin = r < p.m;
-    const Acc s = rin ? neuron_sign_of(p, r) : Acc(1);
+    const Acc sign = rin ? neuron_sign_of(p, r) : Acc(1);
     const Acc b0 = (rin && p.b0) ? to_acc(p.b0[r]) : Acc(0);
     const Acc bb = (rin && p.b) ? to_acc(p.b[r]) : Acc(0);
-    Elements<Acc, TM> el;  // the thread's TM samples of neuron r, in one epilogue call
+    V z, uu, s(sign), g0(Acc(0)), g1(Acc(0)), out0, out1;
+    bool valid[TM];
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
-      el.i[a] = i0 + ty + 16 * a;
-      el.r[a] = r;
-      el.valid[a] = rin && el.i[a] < p.n;
-      el.z[a] = z0[a][b] + b0;
-      el.u[a] = u[a][b] + bb;
-      el.s[a] = s;
+      const int64_t i = i0 + ty + 16 * a;
+      valid[a] = rin && i < p.n;
+      z.v[a] = valid[a] ? pick_column(z0[a], b) + b0 : Acc(0);
+      uu.v[a] = valid[a] ? pick_column(u[a], b) + bb : Acc(0);
+      if (!need.grads || !valid[a]) continue;
+      if (p.gelem) {  // the features' own cotangent
+        g0.v[a] = to_acc(p.gelem[i * p.m + r]);
+        continue;
+      }
+      Acc a0 = Acc(0), a1 = Acc(0);  // g_rho = scale_rho * sum_j gout_rho[i][j] A_rho[j][r]
+      for (int64_t j = 0; j < p.c; ++j) {
+        const Acc aj = to_acc(p.a[j * p.m + r]);
+        a0 = ::fma(to_acc(p.gout[0][i * p.c + j]), aj, a0);
+        if (p.moments) a1 = ::fma(to_acc(p.gout[1][i * p.c + j]), aj * aj, a1);
+      }
+      g0.v[a] = a0 * p.scale[0];
+      g1.v[a] = a1 * p.scale[1];
     }
-    Acc v[4][TM];
-    fields_at<T, TM>(p, want, el, v);
+    Epilogue<kGenericEpilogue>::template fields<LaneMath<Acc, TM>>(p.plan, need, z, uu, s, g0, g1, out0, out1);
 #pragma unroll
-    for (int q = 0; q < 4; ++q)
+    for (int a = 0; a < TM; ++a)
 #pragma unroll
-      for (int a = 0; a < TM; ++a) f[q][a][b] = v[q][a];
+      for (int k = 0; k < TM; ++k) {
+        if (k != b) continue;  // predicated: compile-time register names
+        z0[a][k] = valid[a] ? out0.v[a] : Acc(0);
+        u[a][k] = valid[a] ? out1.v[a] : Acc(0);
+      }
   }
 }
 
@@ -121,16 +148,16 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(TN_PARAM(Pro
   __shared__ Smem<Acc> sm;
   // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
-  Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+  Acc z0[TM][TM], u[TM][TM];
   preactivations(p, i0, r0, sm, z0, u);
-  tile_fields<T, TM>(p, 1u << kPhi0, i0, r0, z0, u, f);
+  tile_fields<T, TM>(p, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
 #pragma unroll
   for (int a = 0; a < TM; ++a)
 #pragma unroll
     for (int b = 0; b < TM; ++b) {
       const int64_t i = i0 + ty + 16 * a, r = r0 + tx + 16 * b;
-      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(f[kPhi0][a][b]);
+      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[a][b]);
     }
 }
 
@@ -145,7 +172,7 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
   int64_t t_begin, t_end;
   inner_tile_range((p.m + B - 1) / B, tiles_per_split, t_begin, t_end);
-  const unsigned want = s.fields();
+  const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
   Acc acc[2][TM][TM];
 #pragma unroll
   for (int t = 0; t < 2; ++t)
@@ -155,14 +182,16 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
       for (int b = 0; b < TM; ++b) acc[t][a][b] = Acc(0);
   for (int64_t rt = t_begin; rt < t_end; ++rt) {
     const int64_t r0 = rt * B;
-    Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+    Acc z0[TM][TM], u[TM][TM];
     preactivations(p, i0, r0, sm, z0, u);
-    tile_fields<T, TM>(p, want, i0, r0, z0, u, f);
-    for (int t = 0; t < s.terms; ++t) {
+    tile_fields<T, TM>(p, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {  // unrolled: the registers are named at compile time
+      if (t >= s.terms) break;
 #pragma unroll
       for (int a = 0; a < TM; ++a)
 #pragma unroll
-        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.field[t]][a][b];
+        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = t == 0 ? z0[a][b] : u[a][b];
       for (int e = threadIdx.x; e < B * B; e += kThreads) {
         const int r = e / B, col = e % B;
         const int64_t rr = r0 + r, cc = c0 + col;
@@ -185,7 +214,9 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
       __syncthreads();
     }
   }
-  for (int t = 0; t < s.terms; ++t)
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    if (t >= s.terms) break;
 #pragma unroll
     for (int a = 0; a < TM; ++a)
 #pragma unroll
@@ -193,6 +224,7 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
         const int64_t i = i0 + ty + 16 * a, col = c0 + tx + 16 * b;
         if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], s.scale[t] * acc[t][a][b]);
       }
+  }
 }
 
 template <typename T>
@@ -206,7 +238,7 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
-  const unsigned want = s.fields();
+  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[s.terms - 1].field);
   Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
 #pragma unroll
   for (int a = 0; a < TM; ++a)
@@ -214,15 +246,17 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T
     for (int b = 0; b < TM; ++b) acc[a][b] = Acc(0);
   for (int64_t it = t_begin; it < t_end; ++it) {
     const int64_t i0 = it * B;
-    Acc z0[TM][TM], u[TM][TM], f[4][TM][TM];
+    Acc z0[TM][TM], u[TM][TM];
     preactivations(p, i0, r0, sm, z0, u);
-    tile_fields<T, TM>(p, want, i0, r0, z0, u, f);
-    for (int t = 0; t < s.terms; ++t) {
+    tile_fields<T, TM>(p, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      if (t >= s.terms) break;
       if (!term_in_tile(s, t, c0, B)) continue;  // block-uniform
 #pragma unroll
       for (int a = 0; a < TM; ++a)
 #pragma unroll
-        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = f[s.term[t].field][a][b];  // [i][r]
+        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = t == 0 ? z0[a][b] : u[a][b];  // [i][r]
       for (int e = threadIdx.x; e < B * B; e += kThreads) {
         const int i = e / B, col = e % B;
         const int64_t ii = i0 + i;

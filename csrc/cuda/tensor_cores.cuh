@@ -20,7 +20,7 @@
 #include <cstring>
 #include <type_traits>
 
-#include "cuda/device.cuh"
+#include "cuda/epilogue.cuh"
 
 // Device passes for GPUs before sm_80 have neither bf16 nor TF32 mma: their kernels trap, and the
 // launchers never pick them (they check the binary's architecture first).
@@ -302,38 +302,154 @@ __device__ __forceinline__ void for_each_element(const FragC<T>& codes, F&& f) {
     }
 }
 
-// The epilogue in place: fields pick[0] and pick[1] of `want` replace z0 and u, four accumulator
-// elements per epilogue call.
+// The output cotangents' sums per accumulator element, g_rho[i][r] = scale_rho sum_j gout_rho[i][j]
+// A_rho[j][r] (A_0 = A, A_1 = A * A, the latter for the moments only), or the features' own
+// cotangent gelem[i][r] in g0. gout's rows and A's columns of the tile are staged in shared memory
+// (the input region, free after stage 1), kCStage outputs at a time. Contains barriers: call it
+// after stage 1's last barrier, and it ends with one.
+constexpr int kCStage = 32;
 template <typename T>
-__device__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes, unsigned want,
-                          const int (&pick)[2], int64_t i0, int64_t r0, FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
-  constexpr int N = 4, E = FragC<T>::num_elements;
-  static_assert(E % N == 0, "accumulator fragments are taken four elements at a time");
+struct CotangentSmem {
+  static constexpr int ld_g = kCStage + 1, ld_a = kTcTile + 1;
+  float* g0;  // [sample][j]
+  float* g1;
+  float* a;   // [j][neuron]
+  __device__ explicit CotangentSmem(const TcSmem<T>& sm)
+      : g0(reinterpret_cast<float*>(sm.raw)), g1(g0 + kTcTile * ld_g), a(g1 + kTcTile * ld_g) {}
+  static constexpr int bytes = (2 * kTcTile * ld_g + kCStage * ld_a) * 4;
+};
+static_assert(CotangentSmem<float>::bytes <= TcSmem<float>::shared_bytes &&
+                  CotangentSmem<__half>::bytes <= TcSmem<__half>::shared_bytes,
+              "the staged cotangents fit the shared region");
+
+template <typename T>
+__device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes,
+                                              int64_t i0, int64_t r0, float (&g0)[2][FragC<T>::num_elements],
+                                              float (&g1)[2][FragC<T>::num_elements]) {
+  constexpr int E = FragC<T>::num_elements;
   const int rb = warp_row_block();
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
-    for (int e0 = 0; e0 < E; e0 += N) {
-      Elements<float, N> el;
+    for (int e = 0; e < E; ++e) g0[j][e] = g1[j][e] = 0.0f;
+  if (p.gelem) {  // the features' own cotangent, no scale
 #pragma unroll
-      for (int l = 0; l < N; ++l) {
-        const int code = static_cast<int>(codes.x[e0 + l]);
-        const int row = rb * 16 + (code >> 4), col = warp_col_block(j) * 16 + (code & 15);
-        el.i[l] = i0 + row;
-        el.r[l] = r0 + col;
-        el.valid[l] = el.i[l] < p.n && el.r[l] < p.m;
-        el.z[l] = z0[j].x[e0 + l] + sm.b0()[col];
-        el.u[l] = u[j].x[e0 + l] + sm.b()[col];
-        el.s[l] = sm.sign()[col];
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int code = static_cast<int>(codes.x[e]);
+        const int64_t i = i0 + rb * 16 + (code >> 4), r = r0 + warp_col_block(j) * 16 + (code & 15);
+        if (i < p.n && r < p.m) g0[j][e] = to_acc(p.gelem[i * p.m + r]);
       }
-      float v[4][N];
-      fields_at<T, N>(p, want, el, v);
+    return;
+  }
+  const CotangentSmem<T> cs(sm);
+  for (int64_t c0 = 0; c0 < p.c; c0 += kCStage) {
+    const int width = static_cast<int>(p.c - c0 < kCStage ? p.c - c0 : kCStage);
+    for (int e = threadIdx.x; e < kTcTile * kCStage; e += kThreads) {
+      const int row = e / kCStage, k = e % kCStage;  // consecutive threads: consecutive outputs of a sample
+      const int64_t i = i0 + row;
+      const bool in = i < p.n && k < width;
+      cs.g0[row * cs.ld_g + k] = in ? to_acc(p.gout[0][i * p.c + c0 + k]) : 0.0f;
+      if (p.moments) cs.g1[row * cs.ld_g + k] = in ? to_acc(p.gout[1][i * p.c + c0 + k]) : 0.0f;
+    }
+    for (int e = threadIdx.x; e < kCStage * kTcTile; e += kThreads) {
+      const int k = e / kTcTile, col = e % kTcTile;  // consecutive threads: consecutive neurons
+      const int64_t r = r0 + col;
+      cs.a[k * cs.ld_a + col] = (r < p.m && k < width) ? to_acc(p.a[(c0 + k) * p.m + r]) : 0.0f;
+    }
+    __syncthreads();
 #pragma unroll
-      for (int l = 0; l < N; ++l) {
-        z0[j].x[e0 + l] = v[pick[0]][l];
-        u[j].x[e0 + l] = v[pick[1]][l];
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < E; ++e) {
+        const int code = static_cast<int>(codes.x[e]);
+        const float* gr0 = cs.g0 + (rb * 16 + (code >> 4)) * cs.ld_g;
+        const float* gr1 = cs.g1 + (rb * 16 + (code >> 4)) * cs.ld_g;
+        const float* ac = cs.a + warp_col_block(j) * 16 + (code & 15);
+        float a0 = g0[j][e], a1 = g1[j][e];
+        if (p.moments) {
+          for (int k = 0; k < width; ++k) {
+            const float ak = ac[k * cs.ld_a];
+            a0 = fmaf(gr0[k], ak, a0);
+            a1 = fmaf(gr1[k], ak * ak, a1);
+          }
+        } else {
+          for (int k = 0; k < width; ++k) a0 = fmaf(gr0[k], ac[k * cs.ld_a], a0);
+        }
+        g0[j][e] = a0;
+        g1[j][e] = a1;
+      }
+    __syncthreads();
+  }
+  const float s0 = static_cast<float>(p.scale[0]), s1 = static_cast<float>(p.scale[1]);
+#pragma unroll
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      g0[j][e] *= s0;
+      g1[j][e] *= s1;
+    }
+}
+
+// The epilogue in place, four accumulator elements per call: fields need.pick[0] and need.pick[1]
+// replace z0 and u (zero outside the problem, so that padding never contributes). Contains
+// barriers where gradients are asked for (the staged cotangents). A specialised epilogue is
+// unrolled over the thread's four groups of four elements; the generic one, much larger (every
+// activation's functions), runs as a loop over the groups, which it reads and writes through
+// selects (registers, not an indexed array), so that each kernel holds one copy of it.
+template <int S, typename T>
+__device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes,
+                                          const Need& need, int64_t i0, int64_t r0, FragC<T> (&z0)[2],
+                                          FragC<T> (&u)[2]) {
+  constexpr int N = 4, E = FragC<T>::num_elements, G = 2 * E / N;
+  static_assert(E == 2 * N, "accumulator fragments are taken as two groups of four elements");
+  using V = Lanes<float, N>;
+  const int rb = warp_row_block();
+  float g0[2][E], g1[2][E];
+  if (need.grads) tc_cotangents(p, sm, codes, i0, r0, g0, g1);
+  // group g: fragment g / 2, elements (g % 2) * N ...
+  auto group = [&](int g, auto pick) {
+    V z, uu, s, gg0(0.0f), gg1(0.0f), out0, out1;
+    bool valid[N];
+    const int j = g >> 1;
+#pragma unroll
+    for (int l = 0; l < N; ++l) {
+      const int code = static_cast<int>(pick(codes.x, codes.x, l, g));
+      const int row = rb * 16 + (code >> 4), col = warp_col_block(j) * 16 + (code & 15);
+      valid[l] = i0 + row < p.n && r0 + col < p.m;
+      z.v[l] = valid[l] ? pick(z0[0].x, z0[1].x, l, g) + sm.b0()[col] : 0.0f;
+      uu.v[l] = valid[l] ? pick(u[0].x, u[1].x, l, g) + sm.b()[col] : 0.0f;
+      s.v[l] = sm.sign()[col];
+      if (need.grads) {
+        gg0.v[l] = pick(g0[0], g0[1], l, g);
+        gg1.v[l] = pick(g1[0], g1[1], l, g);
       }
     }
+    Epilogue<S>::template fields<FastLaneMath<N>>(p.plan, need, z, uu, s, gg0, gg1, out0, out1);
+#pragma unroll
+    for (int l = 0; l < N; ++l) {
+      const float a = valid[l] ? out0.v[l] : 0.0f, b = valid[l] ? out1.v[l] : 0.0f;
+#pragma unroll
+      for (int h = 0; h < G; ++h) {  // the group's own slots only (compile-time indices)
+        if (h != g) continue;
+        z0[h >> 1].x[(h & 1) * N + l] = a;
+        u[h >> 1].x[(h & 1) * N + l] = b;
+      }
+    }
+  };
+  if constexpr (S >= 0) {
+    // g is a compile-time constant after unrolling: plain register reads
+    auto direct = [](const auto& f0, const auto& f1, int l, int g) { return (g >> 1 ? f1 : f0)[(g & 1) * N + l]; };
+#pragma unroll
+    for (int g = 0; g < G; ++g) group(g, direct);
+  } else {
+    auto select = [](const auto& f0, const auto& f1, int l, int g) {
+      return g == 0 ? f0[l] : (g == 1 ? f0[N + l] : (g == 2 ? f1[l] : f1[N + l]));
+    };
+#pragma unroll 1
+    for (int g = 0; g < G; ++g) group(g, select);
+  }
 }
 
 // Accumulators of this warp's output blocks -> store(row0 + row, col0 + col, value) for every
@@ -355,8 +471,8 @@ __device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], int64_t row0, 
   __syncthreads();
 }
 
-template <typename T>
-__device__ void features_forward_tc(const Problem<T>& p, T* out) {
+template <int S, typename T>
+__device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out) {
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
   const TcSmem<T> sm{raw};
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
@@ -364,8 +480,7 @@ __device__ void features_forward_tc(const Problem<T>& p, T* out) {
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
   tc_preactivations(p, sm, i0, r0, z0, u);
-  const int pick[2] = {kPhi0, kPhi0};
-  tc_fields(p, sm, codes, 1u << kPhi0, pick, i0, r0, z0, u);
+  tc_fields<S>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u);
   for_each_element<T>(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
     if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
@@ -382,7 +497,8 @@ __device__ __forceinline__ void tile_exponents(const TcSmem<T>& sm, const FragC<
     tile_max<T>(z0, sm.tile_max());
     if (terms > 1) tile_max<T>(u, sm.tile_max() + 1);
     __syncthreads();
-    for (int t = 0; t < terms; ++t) exponent[t] = tile_exponent(sm.tile_max()[t]);
+    exponent[0] = tile_exponent(sm.tile_max()[0]);
+    if (terms > 1) exponent[1] = tile_exponent(sm.tile_max()[1]);
   }
 }
 
@@ -424,16 +540,15 @@ __device__ __forceinline__ void tile_products(FragC<T> (&acc)[2], const T* a, in
 }
 
 // Blocks own (sample tile, column tile); the loop runs over neuron tiles: the readout and dX.
-template <typename T>
-__device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
+template <int S, typename T>
+__device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
   constexpr int ld = TcSmem<T>::ld_mix;
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
   const TcSmem<T> sm{raw};
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   int64_t t_begin, t_end;
   inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  const unsigned want = s.fields();
-  const int pick[2] = {s.field[0], s.field[1]};
+  const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
   // Column blocks past ncols hold padding only: their warps skip stage 2, and only the columns
   // that some warp reads are staged.
   const int64_t cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
@@ -451,10 +566,12 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
     if (kTileScaled<T> && threadIdx.x < 2) sm.tile_max()[threadIdx.x] = 0;
     __syncthreads();
     tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);
+    tc_fields<S>(p, sm, codes, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
     int exponent[2];
     tile_exponents<T>(sm, z0, u, s.terms, exponent);
-    for (int t = 0; t < s.terms; ++t) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {  // unrolled: the fragments are named at compile time
+      if (t >= s.terms) break;
       T *fs = sm.field(), *zs = sm.factor();
       store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
       for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
@@ -469,7 +586,9 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
       __syncthreads();
     }
   }
-  for (int t = 0; t < s.terms; ++t) {
+#pragma unroll
+  for (int t = 0; t < 2; ++t) {
+    if (t >= s.terms) break;
     const float scale = static_cast<float>(s.scale[t]);
     tc_flush(sm, acc[t], i0, c0, [&](int64_t i, int64_t col, float v) {
       if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], scale * v);
@@ -478,16 +597,15 @@ __device__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_
 }
 
 // Blocks own (neuron tile, column tile); the loop runs over sample tiles: dW, dW0, db, db0, dA.
-template <typename T>
-__device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split) {
+template <int S, typename T>
+__device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split) {
   constexpr int ld = TcSmem<T>::ld_mix;
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
   const TcSmem<T> sm{raw};
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  const unsigned want = s.fields();
-  const int pick[2] = {s.term[0].field, s.term[s.terms - 1].field};
+  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[s.terms - 1].field);
   // Column blocks past the reduction's width hold padding only: their warps skip stage 2, and only
   // the columns that some warp reads are staged.
   const int64_t cols = s.width() - c0 < kTcTile ? s.width() - c0 : kTcTile;
@@ -505,10 +623,12 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
       __syncthreads();
     }
     tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields(p, sm, codes, want, pick, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
+    tc_fields<S>(p, sm, codes, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
     int exponent[2];
     tile_exponents<T>(sm, z0, u, s.terms, exponent);
-    for (int t = 0; t < s.terms; ++t) {
+#pragma unroll
+    for (int t = 0; t < 2; ++t) {
+      if (t >= s.terms) break;
       if (!term_in_tile(s, t, c0, kTcTile)) continue;  // block-uniform
       T *fs = sm.field(), *ys = sm.factor();
       store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
@@ -536,19 +656,20 @@ __device__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_
 #define TN_TC_BODY(call) __trap()
 #endif
 
-template <typename T>
-__global__ void __launch_bounds__(kThreads) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
-  TN_TC_BODY(features_forward_tc(p, out));
+// S: the epilogue, a series of kSpecialised or kGenericEpilogue.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
+  TN_TC_BODY(features_forward_tc<S>(p, out));
 }
-template <typename T>
-__global__ void __launch_bounds__(kThreads) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(NeuronSum<T>) s, int64_t per) {
-  TN_TC_BODY(neuron_sum_tc(p, s, per));
+  TN_TC_BODY(neuron_sum_tc<S>(p, s, per));
 }
-template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(SampleSum<T>) s, int64_t per) {
-  TN_TC_BODY(sample_sum_tc(p, s, per));
+  TN_TC_BODY(sample_sum_tc<S>(p, s, per));
 }
 
 #undef TN_TC_BODY

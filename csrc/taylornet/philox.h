@@ -46,8 +46,10 @@ TN_HD Philox4x32 sign_bits(uint64_t seed, uint64_t offset, uint64_t block) {
 // +1 or -1 for neuron r: bit set means -1.
 template <typename T>
 TN_HD T neuron_sign(const Philox4x32& bits, uint64_t r) {
-  const int b = static_cast<int>(r & 127u);
-  return ((bits.v[b >> 5] >> (b & 31)) & 1u) ? T(-1) : T(1);
+  const int b = static_cast<int>(r & 127u), w = b >> 5;
+  // the word by selects: an array indexed at run time would live in a GPU thread's local memory
+  const uint32_t word = w == 0 ? bits.v[0] : (w == 1 ? bits.v[1] : (w == 2 ? bits.v[2] : bits.v[3]));
+  return ((word >> (b & 31)) & 1u) ? T(-1) : T(1);
 }
 
 template <typename T>

@@ -45,6 +45,7 @@ struct Config {
   bool moments;
   int sms;             // the emulated GPU's SM count: how far the inner loops are split
   bool deterministic;  // no splits at all
+  bool generic = false;  // the tensor-core kernels' generic epilogue even where a specialised one exists
 };
 
 int failures = 0, checks = 0;
@@ -216,7 +217,10 @@ struct Case {
            " m=" + std::to_string(s.m) + " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
            (c.exact ? " exact" : " K=" + orders_text(c.orders)) + (c.moments ? " moments" : "") +
            (c.signs == SignSource::kPhilox ? " philox-signs" : c.signs == SignSource::kTensor ? " sign-tensor" : "") +
-           (c.bias ? " bias" : "") + (c.deterministic ? " deterministic" : " sms=" + std::to_string(c.sms));
+           (c.bias ? " bias" : "") + (c.deterministic ? " deterministic" : " sms=" + std::to_string(c.sms)) +
+           (!tc                                                    ? ""
+            : c.generic || specialised_epilogue(plan.series) < 0 ? " generic-epilogue"
+                                                                   : " specialised-epilogue");
   }
 
   static constexpr uint64_t kSeed = 0x0DDBA11, kOffset = 7, kFirst = 3;
@@ -253,6 +257,7 @@ struct Case {
     ctx.allow_tf32 = tc;
     ctx.deterministic = cf.deterministic;
     ctx.requested = path;
+    ctx.generic_epilogue = cf.generic;
     ctx.workspace = &ws;
     return ctx;
   }
@@ -518,11 +523,14 @@ void run(Shape s, Config c, Mainloop ml, uint64_t seed, const std::string& filte
 
 // Every needs-mask of every op on one small problem (one tile): each backward result is the layer's
 // assembly of terms for exactly that mask.
+// On tensor cores, gelu {1, 2} takes the generic epilogue and tanh {0, 1, 2} a specialised one.
 template <typename T>
 void run_masks(Mainloop ml, const std::string& filter) {
   const Shape s{5, 3, 7, 2};
+  for (const Act act : {Act::kGelu, Act::kTanh})
   for (bool moments : {false, true}) {
-    const Config c{Act::kGelu, {1, 2}, false, true, SignSource::kPhilox, moments, 1, false};
+    const Config c{act, act == Act::kGelu ? std::vector<int64_t>{1, 2} : std::vector<int64_t>{0, 1, 2}, false, true,
+                   SignSource::kPhilox, moments, 1, false};
     Case<T> cs(s, c, ml, moments ? 91 : 90);
     cs.name += " masks";
     if (!filter.empty() && cs.name.rfind(filter, 0) != 0) return;
@@ -531,6 +539,22 @@ void run_masks(Mainloop ml, const std::string& filter) {
       for (unsigned mask = 1; mask <= kAllFeatures; ++mask)
         if (!(mask >> kA & 1)) check_backward(cs, true, mask, "features-bwd ");
   }
+}
+
+// Every specialised epilogue of the tensor-core kernels (kSpecialised), with and without the sign
+// moments, on one shape off the tile edges: forward, backward and the features' backward.
+template <typename T>
+void run_specialised(const std::string& filter) {
+  for (int k = 0; k < kNumSpecialised; ++k)
+    for (bool moments : {false, true}) {
+      const Series& sr = kSpecialised[k];
+      std::vector<int64_t> orders;
+      for (int q = 0; q <= kMaxOrder; ++q)
+        if (sr.orders >> q & 1u) orders.push_back(q);
+      if (orders.empty()) orders = {1};  // "exact" ignores them
+      const Config c{sr.act, orders, sr.exact, true, SignSource::kPhilox, moments, 2, false};
+      run<T>(Shape{19, 40, 70, 3}, c, Mainloop::kWmma, 500 + 2 * k + moments, filter);
+    }
 }
 
 // The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over
@@ -550,9 +574,71 @@ void check_tanh_sech2(const std::string& filter) {
       if (ss > 1e-30L) worst_s = std::max(worst_s, static_cast<double>(std::abs((s - ss) / ss)));
     }
   }
+  // sin and cos (own reduction and polynomials, no library call): absolute error in epsilons, over
+  // [-30, 30] finely and out to 1e6 coarsely
+  double worst_sc = 0;
+  for (int k = -300000; k <= 300000; ++k)
+    for (const long double z : {k * 1e-4L, k * 3.3333L}) {
+      const A zz = static_cast<A>(z);
+      const long double zl = zz;
+      worst_sc = std::max({worst_sc, static_cast<double>(std::abs(DeviceMath<A>::sin(zz) - std::sin(zl))),
+                           static_cast<double>(std::abs(DeviceMath<A>::cos(zz) - std::cos(zl)))});
+    }
   const double eps = std::numeric_limits<A>::epsilon();
   report(name + " tanh, relative error in epsilons", worst_t / eps, 4);
   report(name + " sech^2, relative error in epsilons", worst_s / eps, 8);
+  report(name + " sin, cos, absolute error in epsilons", worst_sc / eps, 2);
+}
+
+// The tensor-core epilogue's fast math (epilogue.cuh: FastFormulas, reduce_2pi) against long double,
+// with the special function unit's error as the PTX ISA bounds it injected: 2^x within 2 units in
+// the last place (relative 2^-22), 1/x within 1 (2^-23), sine and cosine on [-pi, pi] within 2^-21.41
+// absolute; each formula is evaluated with every sign of those errors and the worst case is kept.
+// Relative errors are judged where the exact value is a normal float (ex2.approx.ftz flushes below).
+// The bound, 1e-5, is under 5 % of the rounding unit of float16 and TF32 (2^-11) and under 1.5 % of
+// bfloat16's (2^-8), to which every field is rounded before stage 2.
+void check_fast_math(const std::string& filter) {
+  const std::string name = "f32/fastmath";
+  if (!filter.empty() && name.rfind(filter, 0) != 0) return;
+  using L = long double;
+  const L e2 = std::ldexp(1.0L, -22), er = std::ldexp(1.0L, -23), es = std::pow(2.0L, -21.41L);
+  const L tiny = std::numeric_limits<float>::min();
+  double worst[6] = {};  // tanh, sech^2, sigmoid p, sigmoid q, exp, sin/cos (absolute)
+  auto rel = [&](L got, L want) {
+    return std::abs(want) < tiny ? 0.0 : static_cast<double>(std::abs((got - want) / want));
+  };
+  for (int sx = -1; sx <= 1; sx += 2)
+    for (int sr = -1; sr <= 1; sr += 2) {
+      auto ex2 = [&](float x) { return static_cast<float>(std::exp2(static_cast<L>(x)) * (1 + sx * e2)); };
+      auto rcp = [&](float x) { return static_cast<float>((1 / static_cast<L>(x)) * (1 + sr * er)); };
+      for (int k = -300000; k <= 300000; ++k)
+        for (const L zl : {k * 1e-4L, k * 1e-9L}) {
+          const float z = static_cast<float>(zl);
+          const L zz = z;
+          float t, sc, p, q;
+          FastFormulas::tanh_sech2(z, t, sc, ex2, rcp);
+          FastFormulas::sigmoid_pair(z, p, q, ex2, rcp);
+          const L tt = std::tanh(zz), ss = 1 / (std::cosh(zz) * std::cosh(zz));
+          const L pp = 1 / (1 + std::exp(-zz)), qq = 1 / (1 + std::exp(zz));
+          worst[0] = std::max(worst[0], rel(t, tt));
+          worst[1] = std::max(worst[1], rel(sc, ss));
+          worst[2] = std::max(worst[2], rel(p, pp));
+          worst[3] = std::max(worst[3], rel(q, qq));
+        }
+      for (int k = -870000; k <= 880000; ++k) {  // exp over float's normal range of results
+        const float x = static_cast<float>(k * 1e-4L);
+        worst[4] = std::max(worst[4], rel(FastFormulas::exp(x, ex2), std::exp(static_cast<L>(x))));
+      }
+    }
+  for (int k = -1000000; k <= 1000000; ++k) {  // sin, cos of |z| <= 1000 after the reduction
+    const float x = static_cast<float>(k * 1e-3L);
+    const float r = reduce_2pi(x);
+    const L d = std::max(std::abs(static_cast<L>(std::sin(static_cast<L>(r))) - std::sin(static_cast<L>(x))),
+                         std::abs(static_cast<L>(std::cos(static_cast<L>(r))) - std::cos(static_cast<L>(x))));
+    worst[5] = std::max(worst[5], static_cast<double>(d + es));
+  }
+  const char* what[6] = {"tanh", "sech^2", "sigmoid", "1 - sigmoid", "exp", "sin, cos (absolute, |z| <= 1000)"};
+  for (int f = 0; f < 6; ++f) report(name + " " + what[f] + ", with the hardware's error bounds", worst[f], 1e-5);
 }
 
 // ---- host-side checks: kernel choice, splits, plan capacity, launch failures ----
@@ -628,6 +714,16 @@ void check_host(const std::string& filter) {
     expect("host/choice parse", parse_mainloop("simt", m) && m == S && parse_mainloop("wmma", m) && m == W &&
                                     parse_mainloop("", m) && m == A && parse_mainloop("auto", m) && m == A &&
                                     !parse_mainloop("mma", m) && mainloop_list() == "auto, wmma, simt");
+  }
+  {
+    // the epilogue a series takes on tensor cores: its own where kSpecialised lists it, else the generic one
+    bool routed = specialised_epilogue(Plan(Act::kGelu, {1, 3}, false, true).series) == kGenericEpilogue &&
+                  specialised_epilogue(Plan(Act::kTanh, {2}, false, false).series) >= 0 &&
+                  specialised_epilogue(Plan(Act::kTanh, {0, 2}, false, true).series) >= 0 &&
+                  specialised_epilogue(Plan(Act::kTanh, {0, 1, 2, 3}, false, true).series) == kGenericEpilogue &&
+                  specialised_epilogue(Plan(Act::kSigmoid, {2}, true, true).series) == kGenericEpilogue;
+    for (int k = 0; k < kNumSpecialised; ++k) routed = routed && specialised_epilogue(kSpecialised[k]) == k;
+    expect("host/epilogue routing", routed);
   }
   expect("host/message launch failure",
          cuda_error_message("the launch", "neuron_sum_kernel<float32>", "cudaErrorInvalidConfiguration",
@@ -766,6 +862,9 @@ int main(int argc, char** argv) {
         {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1, true},
         {Act::kSigmoid, {}, true, false, SignSource::kTensor, false, 3, false},
         {Act::kSoftplus, {0, 2}, false, true, SignSource::kTensor, true, 100, false},
+        // specialised epilogues (tensor cores) with moments, and one forced onto the generic one
+        {Act::kTanh, {0, 1, 2}, false, true, SignSource::kTensor, true, 3, false},
+        {Act::kTanh, {2}, false, false, SignSource::kPhilox, false, 7, false, true},
     };
     uint64_t seed = 1;
     for (const Shape& s : shapes)
@@ -781,10 +880,14 @@ int main(int argc, char** argv) {
       run_masks<float>(W, filter);
       run_masks<__half>(W, filter);
       run_masks<__nv_bfloat16>(W, filter);
+      run_specialised<float>(filter);
+      run_specialised<__half>(filter);
+      run_specialised<__nv_bfloat16>(filter);
     }
     check_host(filter);
     check_tanh_sech2<float>(filter);
     check_tanh_sech2<double>(filter);
+    check_fast_math(filter);
   }
   std::printf("%d of %d checks failed\n", failures, checks);
   return failures ? 1 : 0;
