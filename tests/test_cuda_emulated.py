@@ -119,7 +119,7 @@ def test_cuda_kernels_on_random_cases_under_the_emulator(emulator, path):
 @pytest.mark.parametrize("dtype", ["f32", "f64"])
 def test_device_tanh_sech2_against_long_double(emulator, dtype):
     # The SIMT kernels' tanh/sech^2 (one exp, or a series near 0; no tanh call), swept over
-    # [-30, 30], and sin/cos (their own reduction and polynomials), out to 1e6.
+    # [-30, 30], sin/cos (their own reduction and polynomials) out to 1e6, and log1p on (0, 1].
     run_checks(emulator, f"{dtype}/math")
 
 

@@ -135,7 +135,16 @@ struct DeviceMath {
     q = z < V(0) ? r : e * r;
   }
   static __device__ __forceinline__ V exp(V x) { return ::exp(x); }
-  static __device__ __forceinline__ V log1p(V x) { return ::log1p(x); }
+  // double: log(1 + x) corrected by the rounding of 1 + x (the library's log1p divides, and its
+  // division's rare cases run out of line); float's log1pf needs no division.
+  static __device__ __forceinline__ V log1p(V x) {
+    if constexpr (sizeof(V) == 8) {
+      const V u = V(1) + x;
+      return ::log(u) + (x - (u - V(1))) * reciprocal(u);
+    } else {
+      return ::log1p(x);
+    }
+  }
   static __device__ __forceinline__ V erf(V x) { return ::erf(x); }
   static __device__ __forceinline__ V erfc(V x) { return ::erfc(x); }
   // float through double: correctly rounded but for rare ties

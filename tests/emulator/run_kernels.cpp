@@ -584,7 +584,15 @@ void check_tanh_sech2(const std::string& filter) {
       worst_sc = std::max({worst_sc, static_cast<double>(std::abs(DeviceMath<A>::sin(zz) - std::sin(zl))),
                            static_cast<double>(std::abs(DeviceMath<A>::cos(zz) - std::cos(zl)))});
     }
+  double worst_l = 0;  // log1p on (0, 1], softplus's argument
+  for (int k = 1; k <= 1000000; ++k)
+    for (const long double x : {k * 1e-6L, std::ldexp(1.0L, -k % 1000)}) {
+      const A xx = static_cast<A>(x);
+      const long double want = std::log1p(static_cast<long double>(xx));
+      worst_l = std::max(worst_l, static_cast<double>(std::abs((DeviceMath<A>::log1p(xx) - want) / want)));
+    }
   const double eps = std::numeric_limits<A>::epsilon();
+  report(name + " log1p on (0, 1], relative error in epsilons", worst_l / eps, 4);
   report(name + " tanh, relative error in epsilons", worst_t / eps, 4);
   report(name + " sech^2, relative error in epsilons", worst_s / eps, 8);
   report(name + " sin, cos, absolute error in epsilons", worst_sc / eps, 2);
