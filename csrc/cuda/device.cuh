@@ -232,32 +232,36 @@ struct LaneMath {
   }
 };
 
-// The factor of term t at (sample i, column col of the reduction): y_t, 1 in its ones column, 0 in
-// the other term's columns. The caller checks i < n.
+// The factor of term t at (sample i, column k of the term): y_t, or 0 past its columns. The caller
+// checks i < n.
 template <typename T>
-__device__ __forceinline__ acc_t<T> sample_factor(const SampleSum<T>& s, int t, int64_t i, int64_t col) {
-  const SampleTerm<T>& term = s.term[t];
-  const int64_t k = col - s.first(t);
-  if (k < 0 || k >= term.width()) return acc_t<T>(0);
-  return k < term.ncols ? to_acc(term.y[i * term.ld_y + k]) : acc_t<T>(1);
+__device__ __forceinline__ acc_t<T> sample_factor(const SampleTerm<T>& term, int64_t i, int64_t k) {
+  return k < term.ncols ? to_acc(term.y[i * term.ld_y + k]) : acc_t<T>(0);
 }
 
-// Adds the sum v of neuron r, column col of the reduction, to the output of the term it belongs to.
+// Column tile ct of a reduction over samples (tiles of `tile` columns): its term t and the term's
+// first column k0 in it. Every term starts a tile of its own.
 template <typename T>
-__device__ __forceinline__ void sample_store(const SampleSum<T>& s, int64_t r, int64_t col, acc_t<T> v) {
-  for (int t = 0; t < s.terms; ++t) {
-    const SampleTerm<T>& term = s.term[t];
-    const int64_t k = col - s.first(t);
-    if (k < 0 || k >= term.width()) continue;
-    if (k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * v);
-    else atomicAdd(&term.ones[r], term.scale * v);
+__device__ __forceinline__ void sample_tile_of(const SampleSum<T>& s, int64_t ct, int tile, int& t, int64_t& k0) {
+  int64_t first = 0;
+  t = 0;
+  k0 = 0;
+  for (int k = 0; k < s.terms; ++k) {
+    const int64_t count = SampleSum<T>::tiles_of(s.term[k].ncols, tile);
+    if (ct >= first && ct < first + count) {
+      t = k;
+      k0 = (ct - first) * tile;
+    }
+    first += count;
   }
 }
 
-// Whether term t of s has columns in [c0, c0 + width).
+// Whether term t has a column tile in the group [g0, g1) of column tiles, or bias sums that
+// group 0 takes: the block then needs its field.
 template <typename T>
-__device__ __forceinline__ bool term_in_tile(const SampleSum<T>& s, int t, int64_t c0, int64_t width) {
-  return s.first(t) < c0 + width && c0 < s.first(t) + s.term[t].width();
+__device__ __forceinline__ bool sample_term_active(const SampleSum<T>& s, int t, int64_t g0, int64_t g1, int tile) {
+  const int64_t first = s.first_tile(t, tile), count = SampleSum<T>::tiles_of(s.term[t].ncols, tile);
+  return (first < g1 && g0 < first + count) || (g0 == 0 && s.term[t].ones != nullptr);
 }
 
 // The tiles [begin, end) of the inner loop that split blockIdx.z takes.
@@ -266,6 +270,25 @@ __device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_spli
   begin = static_cast<int64_t>(blockIdx.z) * per_split;
   end = begin + per_split < tiles ? begin + per_split : tiles;
 }
+
+// Recomputations of a (sample tile, neuron tile) counted by the CPU emulator (once per block and
+// inner tile, by its thread 0), so that tests can assert how many passes over the n x m tiles each
+// op makes. Compiled out of the device code.
+#ifdef TN_CUDA_EMULATOR
+#define TN_COUNT_RECOMPUTE() tn_emu::count_recompute()
+#else
+#define TN_COUNT_RECOMPUTE() ((void)0)
+#endif
+
+// The reductions' dynamic shared memory (their accumulators for a group of column tiles), sized at
+// launch; the emulator hands each block a buffer of exactly that size.
+#ifdef TN_CUDA_EMULATOR
+#define TN_DYNAMIC_SMEM(name) unsigned char* const name = tn_emu::dynamic_smem()
+#else
+#define TN_DYNAMIC_SMEM(name) extern __shared__ __align__(128) unsigned char name[]
+#endif
+
+__host__ __device__ constexpr int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
 // ---- launch geometry (host) ----
 
@@ -282,6 +305,26 @@ inline SplitLaunch split_launch(int64_t gx, int64_t gy, int64_t tiles, int64_t s
   return {dim3(static_cast<unsigned>(gx), static_cast<unsigned>(gy),
                static_cast<unsigned>(std::max<int64_t>(1, ceil_div(tiles, per)))),
           per};
+}
+
+// Column groups of a reduction: `tiles` column tiles (at least one group, even of none), each
+// group's accumulators on chip: `fixed` bytes of shared memory plus `per_tile` per column tile,
+// within `limit` (the GPU's opt-in maximum per block). The fewest groups that fit, of equal size
+// but for the last; `fits` is false where not even one column tile fits.
+struct ColumnGroups {
+  bool fits = false;
+  int64_t group_tiles = 0, groups = 0;
+  size_t smem = 0;
+};
+inline ColumnGroups column_groups(int64_t tiles, int64_t fixed, int64_t per_tile, int64_t limit) {
+  ColumnGroups g;
+  const int64_t cap = (limit - fixed) / per_tile;
+  if (cap < 1) return g;
+  g.fits = true;
+  g.groups = std::max<int64_t>(1, ceil_div(tiles, cap));
+  g.group_tiles = ceil_div(tiles, g.groups);
+  g.smem = static_cast<size_t>(fixed + g.group_tiles * per_tile);
+  return g;
 }
 
 }  // namespace tn::cuda

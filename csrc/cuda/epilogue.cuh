@@ -125,17 +125,19 @@ using FastLaneMath = LaneMath<float, N, FastMath>;
 
 // ---- what an epilogue call computes ----
 
-// The fields a kernel contracts (uniform over the launch): two of them leave the epilogue, as
-// `pick` says (a reduction's two terms, or the same field twice).
+// The fields a kernel contracts (uniform over the launch): up to four of them leave the epilogue,
+// as `pick` says (a reduction's terms in order; unused outputs repeat a field).
+constexpr int kMaxPicks = 4;
 struct Need {
   bool moments = false;  // the sign moments (e, o^2) instead of h
   bool grads = false;    // kGradU or kGradZ asked for
   bool value = false;    // kPhi0 / kPhi1 asked for
   bool dz = false;       // kGradZ asked for
-  int pick[2] = {kPhi0, kPhi0};
+  int pick[kMaxPicks] = {kPhi0, kPhi0, kPhi0, kPhi0};
 };
 
-__host__ __device__ inline Need need_of(unsigned want, bool moments, int pick0, int pick1) {
+__host__ __device__ inline Need need_of(unsigned want, bool moments, int pick0, int pick1, int pick2 = kPhi0,
+                                        int pick3 = kPhi0) {
   Need n;
   n.moments = moments;
   n.grads = want & ((1u << kGradU) | (1u << kGradZ));
@@ -143,6 +145,8 @@ __host__ __device__ inline Need need_of(unsigned want, bool moments, int pick0, 
   n.dz = want & (1u << kGradZ);
   n.pick[0] = pick0;
   n.pick[1] = pick1;
+  n.pick[2] = pick2;
+  n.pick[3] = pick3;
   return n;
 }
 
@@ -410,11 +414,11 @@ struct Epilogue {
   static constexpr bool kExact = S >= 0 && kSpecialised[S >= 0 ? S : 0].exact;
   // Fields of N elements: z (with b0), u (with b), their neuron's sign s, and g0, g1 the output
   // cotangents' sums g_rho = scale_rho sum_j gout_rho A_rho (or the features' own cotangent in g0);
-  // out0, out1 receive fields need.pick[0] and need.pick[1].
-  template <typename M, typename A, int N>
+  // out[k] receives field need.pick[k] for k < Outs.
+  template <typename M, int Outs, typename A, int N>
   static __device__ __forceinline__ void fields(const PlanTables<A>& plan, const Need& need, const Lanes<A, N>& z,
                                                 const Lanes<A, N>& u, const Lanes<A, N>& s, const Lanes<A, N>& g0,
-                                                const Lanes<A, N>& g1, Lanes<A, N>& out0, Lanes<A, N>& out1) {
+                                                const Lanes<A, N>& g1, Lanes<A, N> (&out)[Outs]) {
     using V = Lanes<A, N>;
     const V zero(A(0));
     V phi0 = zero, phi1 = zero, du = zero, dz = zero;
@@ -493,10 +497,9 @@ struct Epilogue {
       }
     }
 #pragma unroll
-    for (int l = 0; l < N; ++l) {
-      out0.v[l] = select_field(need.pick[0], phi0.v[l], phi1.v[l], du.v[l], dz.v[l]);
-      out1.v[l] = select_field(need.pick[1], phi0.v[l], phi1.v[l], du.v[l], dz.v[l]);
-    }
+    for (int k = 0; k < Outs; ++k)
+#pragma unroll
+      for (int l = 0; l < N; ++l) out[k].v[l] = select_field(need.pick[k], phi0.v[l], phi1.v[l], du.v[l], dz.v[l]);
   }
 };
 

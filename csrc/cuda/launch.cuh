@@ -174,7 +174,7 @@ template <typename T>
 void cast_out(const acc_t<T>* in, void* out, int64_t count, const Context& ctx) {
   if constexpr (!std::is_same_v<acc_t<T>, T>) {
     if (in && count > 0)
-      launch(kernel_name<T>("cast_kernel"), &cast_kernel<T>, dim3(static_cast<unsigned>(finish_blocks(count))), ctx, in,
+      launch(kernel_name<T>("cast_kernel"), &cast_kernel<T>, dim3(static_cast<unsigned>(finish_blocks(count))), 0, ctx, in,
              static_cast<T*>(out), count);
   }
 }
@@ -194,6 +194,31 @@ acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
 
 // ---- the reductions ----
 
+// The column groups of a reduction on this GPU: `fields` field tiles, `slots` accumulator tiles per
+// column tile, `col_tiles` column tiles.
+template <typename T>
+ColumnGroups reduce_groups(bool tc, int fields, int slots, int64_t col_tiles, const Context& ctx) {
+  int64_t fixed = 0, per_tile = 0;
+  if constexpr (kHasTensorCoreKernels<T>) {
+    if (tc) {
+      fixed = TcReduceSmem<T>::fixed(fields);
+      per_tile = slots * TcReduceSmem<T>::acc_tile_bytes;
+    }
+  }
+  if (!tc) {
+    fixed = SimtReduceSmem<acc_t<T>>::fixed_bytes(fields);
+    per_tile = slots * SimtReduceSmem<acc_t<T>>::tile_bytes;
+  }
+  return column_groups(col_tiles, fixed, per_tile, ctx.device.smem_optin);
+}
+
+[[noreturn]] inline void throw_no_room(const std::string& family, const Context& ctx) {
+  throw Error("taylornet: " + family + " needs more shared memory per block than this GPU's " +
+              std::to_string(ctx.device.smem_optin) + " bytes");
+}
+
+// Blocks own (sample tile, group of column tiles) and loop over neuron tiles: one pass over the
+// n x m tiles per column group, and one group wherever the accumulators of every column fit.
 template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
@@ -201,41 +226,73 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
   const void* wmma = nullptr;
   if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), wmma);
+  const bool tc = k.mainloop == Mainloop::kWmma;
+  const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  const ColumnGroups g = reduce_groups<T>(tc, s.terms, s.slots(), ceil_div(s.ncols, B), ctx);
+  if (!g.fits) {
+    if (s.terms == 1) throw_no_room(family, ctx);
+    for (int t = 0; t < s.terms; ++t) {  // a small shared memory: the terms one at a time
+      NeuronSum<T> one;
+      one.field[0] = s.field[t];
+      one.z[0] = s.z[t];
+      one.z_row[0] = s.z_row[t];
+      one.z_col[0] = s.z_col[t];
+      one.square[0] = s.square[t];
+      one.out[0] = s.out[t];
+      one.scale[0] = s.scale[t];
+      one.ncols = s.ncols;
+      one.ld_out = s.ld_out;
+      neuron_sum<T>(p, one, slot, ctx);
+    }
+    return;
+  }
+  const int64_t gx = ceil_div(p.n, B), tiles = ceil_div(p.m, B);
+  const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
-    if (k.mainloop == Mainloop::kWmma) {
-      const int64_t gx = ceil_div(p.n, kTcTile), gy = ceil_div(s.ncols, kTcTile), tiles = ceil_div(p.m, kTcTile);
-      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-      launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, ctx, p,
-             s, l.tiles_per_split);
+    if (tc) {
+      launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, g.smem,
+             ctx, p, s, l.tiles_per_split, g.group_tiles);
       return;
     }
   }
-  constexpr int B = tile<acc_t<T>>();
-  const int64_t gx = ceil_div(p.n, B), gy = ceil_div(s.ncols, B), tiles = ceil_div(p.m, B);
-  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-  launch(kernel_name<T>("neuron_sum_kernel"), &neuron_sum_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+  launch(kernel_name<T>("neuron_sum_kernel"), &neuron_sum_kernel<T>, l.grid, g.smem, ctx, p, s, l.tiles_per_split,
+         g.group_tiles);
 }
 
+// Blocks own (neuron tile, group of column tiles) and loop over sample tiles: every term in one
+// pass over the n x m tiles per column group, one group wherever the accumulators of every column
+// fit.
 template <typename T>
 void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Context& ctx) {
-  if (p.n == 0 || p.m == 0 || s.width() == 0) return;
+  if (p.n == 0 || p.m == 0 || s.terms == 0) return;
   const std::string family = kernel_name<T>("sample_sum");
   const void* wmma = nullptr;
   if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), wmma);
+  const bool tc = k.mainloop == Mainloop::kWmma;
+  const int B = tc ? kTcTile : tile<acc_t<T>>();
+  const ColumnGroups g = reduce_groups<T>(tc, s.terms, 1, s.tiles(B), ctx);
+  if (!g.fits) {
+    if (s.terms == 1) throw_no_room(family, ctx);
+    for (int t = 0; t < s.terms; ++t) {  // a small shared memory: the terms one at a time
+      SampleSum<T> one;
+      one.terms = 1;
+      one.term[0] = s.term[t];
+      sample_sum<T>(p, one, slot, ctx);
+    }
+    return;
+  }
+  const int64_t gx = ceil_div(p.m, B), tiles = ceil_div(p.n, B);
+  const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
-    if (k.mainloop == Mainloop::kWmma) {
-      const int64_t gx = ceil_div(p.m, kTcTile), gy = ceil_div(s.width(), kTcTile), tiles = ceil_div(p.n, kTcTile);
-      const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-      launch(kernel_name<T>("sample_sum_tc_kernel"), sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, ctx, p,
-             s, l.tiles_per_split);
+    if (tc) {
+      launch(kernel_name<T>("sample_sum_tc_kernel"), sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, g.smem,
+             ctx, p, s, l.tiles_per_split, g.group_tiles);
       return;
     }
   }
-  constexpr int B = tile<acc_t<T>>();
-  const int64_t gx = ceil_div(p.m, B), gy = ceil_div(s.width(), B), tiles = ceil_div(p.n, B);
-  const SplitLaunch l = split_launch(gx, gy, tiles, inner_splits(ctx.device.sms, k.split, gx * gy, tiles));
-  launch(kernel_name<T>("sample_sum_kernel"), &sample_sum_kernel<T>, l.grid, ctx, p, s, l.tiles_per_split);
+  launch(kernel_name<T>("sample_sum_kernel"), &sample_sum_kernel<T>, l.grid, g.smem, ctx, p, s, l.tiles_per_split,
+         g.group_tiles);
 }
 
 // ---- the ops ----
@@ -262,12 +319,12 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
-        launch(kernel_name<T>("features_forward_tc_kernel"), features_tc_kernels<T>(SpecialisedSeq{})[slot], grid, ctx,
-               q, out + i * p.m);
+        launch(kernel_name<T>("features_forward_tc_kernel"), features_tc_kernels<T>(SpecialisedSeq{})[slot], grid, 0,
+               ctx, q, out + i * p.m);
         continue;
       }
     }
-    launch(kernel_name<T>("features_forward_kernel"), &features_forward_kernel<T>, grid, ctx, q, out + i * p.m);
+    launch(kernel_name<T>("features_forward_kernel"), &features_forward_kernel<T>, grid, 0, ctx, q, out + i * p.m);
   }
 }
 
@@ -302,9 +359,9 @@ void Launch<T>::readout(const Operands& op, bool moments, void* out, void* var, 
   for (int t = 0; t < terms; ++t) cast_out<T>(acc[t], outs[t], count, ctx);
 }
 
-// dX by a reduction over neurons; dW, dW0, db, db0, dA by reductions over samples, two terms per
-// pass (one recomputation of the pre-activations and the epilogue): a weight gradient with its
-// bias's (a column of ones), dA beside them. `gout` are the net's or moments' output cotangents;
+// dX by a reduction over neurons (its own pass, only when asked for); dW, dW0, db, db0, dA by one
+// reduction over samples (one recomputation of the pre-activations and the epilogue per column
+// group): a weight gradient with its bias's (the field's sums), dA beside them. `gout` are the net's or moments' output cotangents;
 // for the features op `gelem` is the (n, m) cotangent of the features themselves.
 template <typename T>
 void Launch<T>::backward(const Operands& op, bool moments, const void* const gout[2], const void* gelem,
@@ -352,10 +409,10 @@ void Launch<T>::backward(const Operands& op, bool moments, const void* const gou
       s.ld_out = d;
       neuron_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
     }
-    SampleTerm<T> terms[4];
-    int count = 0;
+    SampleSum<T> s;  // every term in one pass: dW with db, dW0 with db0, dA
+    s.terms = 0;
     auto add = [&](Field field, const T* y, int64_t ncols, Acc* dst, Acc* ones, Acc scale) {
-      SampleTerm<T>& t = terms[count++];
+      SampleTerm<T>& t = s.term[s.terms++];
       t.field = field;
       t.y = y;
       t.ld_y = ncols;
@@ -369,12 +426,7 @@ void Launch<T>::backward(const Operands& op, bool moments, const void* const gou
     if (gw0 || gb0) add(kGradZ, gw0 ? p.x : nullptr, gw0 ? d : 0, gw0, gb0, Acc(1));
     for (int k = 0; k < 2; ++k)
       if (da[k]) add(k == 0 ? kPhi0 : kPhi1, p.gout[k], c, da[k], nullptr, p.scale[k]);
-    for (int t = 0; t < count; t += 2) {
-      SampleSum<T> s;
-      s.terms = count - t > 1 ? 2 : 1;
-      for (int k = 0; k < s.terms; ++k) s.term[k] = terms[t + k];
-      sample_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
-    }
+    sample_sum<T>(p, s, epilogue_slot(ctx, op), ctx);
   }
 
   cast_out<T>(gx, out.x, n * d, ctx);
@@ -384,7 +436,7 @@ void Launch<T>::backward(const Operands& op, bool moments, const void* const gou
   cast_out<T>(gb, out.b, m, ctx);
   if (need_a)
     launch(kernel_name<T>("readout_grad_kernel"), &readout_grad_kernel<T>,
-           dim3(static_cast<unsigned>(finish_blocks(m * c))), ctx, da[0], da[1], static_cast<const T*>(op.a),
+           dim3(static_cast<unsigned>(finish_blocks(m * c))), 0, ctx, da[0], da[1], static_cast<const T*>(op.a),
            static_cast<T*>(out.a), m, c);
 }
 

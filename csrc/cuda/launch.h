@@ -1,6 +1,6 @@
 // The CUDA launch layer: everything between a checked op call and the kernels, free of torch. It
 // builds the kernels' problem (operands, signs, the plan's tables by value, scales), chooses the
-// kernels (kernel_choice.h), assembles the reductions (dX; dW, dW0, db, db0, dA two terms per pass),
+// kernels (kernel_choice.h), assembles the reductions (dX; dW, dW0, db, db0, dA in one pass),
 // zeroes and accumulates, combines dA = dA0 + 2 A dA1 for the moments, and casts to the output
 // type. Every launch and runtime query is checked: a failure throws Error, naming the kernel and
 // the CUDA error. Nothing here synchronises with the host or copies host memory to the device.
@@ -35,6 +35,7 @@ struct Device {
   int index = 0;
   int arch = 0;  // compute capability, major * 10 + minor
   int sms = 1;   // streaming multiprocessors
+  int64_t smem_optin = 48 * 1024;  // shared memory one block may use (cudaDevAttrMaxSharedMemoryPerBlockOptin)
 };
 
 // Device memory for the duration of one call, ordered on its stream (the caller's allocator).

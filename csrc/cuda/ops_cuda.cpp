@@ -44,7 +44,8 @@ struct TensorWorkspace final : cuda::Workspace {
   std::vector<Tensor> held;
 };
 
-// The GPU's compute capability and SM count, asked of the runtime once per device.
+// The GPU's compute capability, SM count and shared memory per block, asked of the runtime once
+// per device.
 cuda::Device device_info(int index) {
   static std::mutex mutex;
   static std::vector<cuda::Device> known;
@@ -57,6 +58,9 @@ cuda::Device device_info(int index) {
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, index));
   C10_CUDA_CHECK(cudaDeviceGetAttribute(&d.sms, cudaDevAttrMultiProcessorCount, index));
+  int smem = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&smem, cudaDevAttrMaxSharedMemoryPerBlockOptin, index));
+  d.smem_optin = smem;
   d.arch = major * 10 + minor;
   known.push_back(d);
   return d;

@@ -63,16 +63,23 @@ inline int kernel_code_arch(const void* kernel, const std::string& name, const D
   return arch;
 }
 
-// kernel<<<grid, kThreads, 0, stream>>>(args...), checked: the launch's own status, not a stale one.
+// kernel<<<grid, kThreads, smem, stream>>>(args...), checked: the launch's own status, not a stale
+// one. Dynamic shared memory above the default 48 KiB is allowed for the kernel first
+// (cudaFuncAttributeMaxDynamicSharedMemorySize, a host-side attribute: no synchronisation).
 template <typename... P, typename... A>
-void launch(const std::string& name, void (*kernel)(P...), dim3 grid, const Context& ctx, A&&... args) {
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx, A&&... args) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
   void* pointers[sizeof...(P)];
   std::apply([&](auto&... p) {
     int k = 0;
     ((pointers[k++] = static_cast<void*>(&p)), ...);
   }, params);
-  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), pointers, 0,
+  if (smem > 48 * 1024) {
+    const cudaError_t e = cudaFuncSetAttribute(reinterpret_cast<const void*>(kernel),
+                                               cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
+    if (e != cudaSuccess) throw_cuda_error(e, "the shared-memory attribute", name, ctx.device);
+  }
+  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), pointers, smem,
                                          ctx.stream);
   if (e != cudaSuccess) throw_cuda_error(e, "the launch", name, ctx.device);
 }

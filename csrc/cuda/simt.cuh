@@ -26,26 +26,65 @@ __host__ __device__ constexpr int micro_tile() { return sizeof(Acc) == 4 ? 4 : 2
 template <typename Acc>
 __host__ __device__ constexpr int tile() { return 16 * micro_tile<Acc>(); }
 
+// The k chunks of x, w0, w (k-major), in shared memory.
+template <typename Acc>
+struct SimtInputs {
+  Acc *xs, *w0s, *ws;
+};
+
+// Static shared memory of the features kernel: its input chunks only.
 template <typename Acc>
 struct Smem {
   static constexpr int B = tile<Acc>();
-  Acc xs[kChunk * B], w0s[kChunk * B], ws[kChunk * B];  // k-major chunks of x, w0, w
-  Acc fs[B * B];                                        // the contracted field F
-  Acc ys[B * B];                                        // the other factor (Z or Y chunk)
+  Acc xs[kChunk * B], w0s[kChunk * B], ws[kChunk * B];
+  __device__ SimtInputs<Acc> inputs() { return {xs, w0s, ws}; }
 };
 
-// z0[a][b], u[a][b] for sample i0 + ty + 16a and neuron r0 + tx + 16b (biases not added).
+// Dynamic shared memory of the reductions. The work region holds the input chunks during the
+// products, then (the products done, after their closing barrier) the field tiles of the terms
+// ([sample][neuron], one per field) and the factor tile; after it come the bias sums of a
+// reduction over samples (one per term and neuron) and the float accumulators of the block's
+// column tiles (one B x B tile per column tile and accumulator slot), which live across the
+// whole inner loop.
+template <typename Acc>
+struct SimtReduceSmem {
+  static constexpr int B = tile<Acc>();
+  static constexpr int64_t tile_bytes = int64_t(B) * B * sizeof(Acc);
+  static constexpr int64_t in_bytes = int64_t(3) * kChunk * B * sizeof(Acc);
+  static constexpr int64_t bias_bytes = round_up(int64_t(kMaxSampleTerms) * B * sizeof(Acc), 128);
+  __host__ __device__ static constexpr int64_t work_bytes(int fields) {
+    return in_bytes > (fields + 1) * tile_bytes ? in_bytes : (fields + 1) * tile_bytes;
+  }
+  // Everything but the accumulators.
+  __host__ __device__ static constexpr int64_t fixed_bytes(int fields) { return work_bytes(fields) + bias_bytes; }
+
+  unsigned char* raw;
+  int fields;
+  __device__ SimtInputs<Acc> inputs() const {
+    Acc* x = reinterpret_cast<Acc*>(raw);
+    return {x, x + kChunk * B, x + 2 * kChunk * B};
+  }
+  __device__ Acc* field(int t) const { return reinterpret_cast<Acc*>(raw) + static_cast<int64_t>(t) * B * B; }
+  __device__ Acc* factor() const { return field(fields); }
+  __device__ Acc* bias(int t) const { return reinterpret_cast<Acc*>(raw + work_bytes(fields)) + t * B; }
+  __device__ Acc* acc(int64_t k) const { return reinterpret_cast<Acc*>(raw + fixed_bytes(fields)) + k * B * B; }
+};
+
+// z0[a][b], u[a][b] for sample i0 + ty + 16a and neuron r0 + tx + 16b (biases not added). Ends
+// with a barrier: the input chunks' region is free for other use afterwards.
 template <typename T>
-__device__ void preactivations(const Problem<T>& p, int64_t i0, int64_t r0, Smem<acc_t<T>>& sm,
+__device__ void preactivations(const Problem<T>& p, int64_t i0, int64_t r0, const SimtInputs<acc_t<T>>& sm,
                                acc_t<T> (&z0)[micro_tile<acc_t<T>>()][micro_tile<acc_t<T>>()],
                                acc_t<T> (&u)[micro_tile<acc_t<T>>()][micro_tile<acc_t<T>>()]) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  TN_COUNT_RECOMPUTE();
 #pragma unroll
   for (int a = 0; a < TM; ++a)
 #pragma unroll
     for (int b = 0; b < TM; ++b) z0[a][b] = u[a][b] = Acc(0);
+  __syncthreads();  // the region's previous users are done
   for (int64_t k0 = 0; k0 < p.d; k0 += kChunk) {
     for (int e = threadIdx.x; e < B * kChunk; e += kThreads) {
       const int row = e % B, k = e / B;
@@ -88,13 +127,14 @@ __device__ __forceinline__ A pick_column(const A (&row)[TM], int b) {
   return v;
 }
 
-// Fields need.pick[0] and need.pick[1] over the thread's micro-tile, in place of z0 and u; zero
-// outside the problem so that padding never contributes. The generic epilogue with the library's
-// math (exact), one neuron's TM samples per call, in a loop over the thread's neurons (one copy of
-// the epilogue per kernel) that reads and writes its registers through selects.
-template <typename T, int TM>
+// Fields need.pick[0 .. Outs) over the thread's micro-tile, handed to sink(k, a, b, value) for
+// field k at sample i0 + ty + 16a and neuron r0 + tx + 16b; zero outside the problem so that
+// padding never contributes. The generic epilogue with the library's math (exact), one neuron's TM
+// samples per call, in a loop over the thread's neurons (one copy of the epilogue per kernel) that
+// reads its registers through selects.
+template <typename T, int TM, int Outs, typename Sink>
 __device__ __forceinline__ void tile_fields(const Problem<T>& p, const Need& need, int64_t i0, int64_t r0,
-                                            acc_t<T> (&z0)[TM][TM], acc_t<T> (&u)[TM][TM]) {
+                                            const acc_t<T> (&z0)[TM][TM], const acc_t<T> (&u)[TM][TM], Sink&& sink) {
   using Acc = acc_t<T>;
   using V = Lanes<Acc, TM>;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -105,7 +145,7 @@ __device__ __forceinline__ void tile_fields(const Problem<T>& p, const Need& nee
     const Acc sign = rin ? neuron_sign_of(p, r) : Acc(1);
     const Acc b0 = (rin && p.b0) ? to_acc(p.b0[r]) : Acc(0);
     const Acc bb = (rin && p.b) ? to_acc(p.b[r]) : Acc(0);
-    V z, uu, s(sign), g0(Acc(0)), g1(Acc(0)), out0, out1;
+    V z, uu, s(sign), g0(Acc(0)), g1(Acc(0)), out[Outs];
     bool valid[TM];
 #pragma unroll
     for (int a = 0; a < TM; ++a) {
@@ -127,15 +167,11 @@ __device__ __forceinline__ void tile_fields(const Problem<T>& p, const Need& nee
       g0.v[a] = a0 * p.scale[0];
       g1.v[a] = a1 * p.scale[1];
     }
-    Epilogue<kGenericEpilogue>::template fields<LaneMath<Acc, TM>>(p.plan, need, z, uu, s, g0, g1, out0, out1);
+    Epilogue<kGenericEpilogue>::template fields<LaneMath<Acc, TM>, Outs>(p.plan, need, z, uu, s, g0, g1, out);
 #pragma unroll
-    for (int a = 0; a < TM; ++a)
+    for (int k = 0; k < Outs; ++k)
 #pragma unroll
-      for (int k = 0; k < TM; ++k) {
-        if (k != b) continue;  // predicated: compile-time register names
-        z0[a][k] = valid[a] ? out0.v[a] : Acc(0);
-        u[a][k] = valid[a] ? out1.v[a] : Acc(0);
-      }
+      for (int a = 0; a < TM; ++a) sink(k, a, b, valid[a] ? out[k].v[a] : Acc(0));
   }
 }
 
@@ -148,142 +184,179 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(TN_PARAM(Pro
   __shared__ Smem<Acc> sm;
   // Neuron tiles on grid.x, whose limit is 2^31 - 1 rather than 65535: widths reach 2^24 and beyond.
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, i0 = static_cast<int64_t>(blockIdx.y) * B;
-  Acc z0[TM][TM], u[TM][TM];
-  preactivations(p, i0, r0, sm, z0, u);
-  tile_fields<T, TM>(p, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u);
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-#pragma unroll
-  for (int a = 0; a < TM; ++a)
-#pragma unroll
-    for (int b = 0; b < TM; ++b) {
-      const int64_t i = i0 + ty + 16 * a, r = r0 + tx + 16 * b;
-      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[a][b]);
-    }
+  Acc z0[TM][TM], u[TM][TM];
+  preactivations(p, i0, r0, sm.inputs(), z0, u);
+  tile_fields<T, TM, 1>(p, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u,
+                        [&](int, int a, int b, Acc v) {
+                          const int64_t i = i0 + ty + 16 * a, r = r0 + tx + 16 * b;
+                          if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(v);
+                        });
 }
 
+// Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
+// dX. Per neuron tile the products and the epilogue run once, then every column tile of the group
+// takes both terms from the field tiles in shared memory into its accumulators there.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T>) p,
-                                                               TN_PARAM(NeuronSum<T>) s,
-                                                               int64_t tiles_per_split) {
+__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s,
+                                                               int64_t tiles_per_split, int64_t group_tiles) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
-  __shared__ Smem<Acc> sm;
+  TN_DYNAMIC_SMEM(raw);
+  const SimtReduceSmem<Acc> sm{raw, s.terms};
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * B;
+  const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
+  const int64_t g1 = g0 + group_tiles < (s.ncols + B - 1) / B ? g0 + group_tiles : (s.ncols + B - 1) / B;
+  const int slots = s.slots();
   int64_t t_begin, t_end;
   inner_tile_range((p.m + B - 1) / B, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
-  Acc acc[2][TM][TM];
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int a = 0; a < TM; ++a)
-#pragma unroll
-      for (int b = 0; b < TM; ++b) acc[t][a][b] = Acc(0);
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * B * B; e += kThreads) sm.acc(0)[e] = Acc(0);
   for (int64_t rt = t_begin; rt < t_end; ++rt) {
     const int64_t r0 = rt * B;
     Acc z0[TM][TM], u[TM][TM];
-    preactivations(p, i0, r0, sm, z0, u);
-    tile_fields<T, TM>(p, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {  // unrolled: the registers are named at compile time
-      if (t >= s.terms) break;
-#pragma unroll
-      for (int a = 0; a < TM; ++a)
-#pragma unroll
-        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = t == 0 ? z0[a][b] : u[a][b];
-      for (int e = threadIdx.x; e < B * B; e += kThreads) {
-        const int r = e / B, col = e % B;
-        const int64_t rr = r0 + r, cc = c0 + col;
-        Acc zv = Acc(0);
-        if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
-        sm.ys[r * B + col] = s.square[t] ? zv * zv : zv;
-      }
-      __syncthreads();
-      for (int r = 0; r < B; ++r) {
-        Acc fa[TM];
-#pragma unroll
-        for (int a = 0; a < TM; ++a) fa[a] = sm.fs[(ty + 16 * a) * B + r];
-#pragma unroll
-        for (int b = 0; b < TM; ++b) {
-          const Acc zb = sm.ys[r * B + tx + 16 * b];
-#pragma unroll
-          for (int a = 0; a < TM; ++a) acc[t][a][b] = ::fma(fa[a], zb, acc[t][a][b]);
+    preactivations(p, i0, r0, sm.inputs(), z0, u);
+    tile_fields<T, TM, 2>(p, need, i0, r0, z0, u, [&](int k, int a, int b, Acc v) {
+      if (k < s.terms) sm.field(k)[(ty + 16 * a) * B + tx + 16 * b] = v;  // F_k[i][r]
+    });
+    for (int64_t ct = g0; ct < g1; ++ct) {
+      const int64_t c0 = ct * B;
+      for (int t = 0; t < s.terms; ++t) {
+        Acc* zs = sm.factor();
+        __syncthreads();  // the fields are written; the factor tile's previous readers are done
+        for (int e = threadIdx.x; e < B * B; e += kThreads) {
+          const int r = e / B, col = e % B;
+          const int64_t rr = r0 + r, cc = c0 + col;
+          Acc zv = Acc(0);
+          if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
+          zs[r * B + col] = s.square[t] ? zv * zv : zv;  // Z_t[r][col]
         }
+        __syncthreads();
+        const Acc* fs = sm.field(t);
+        Acc* acc = sm.acc((ct - g0) * slots + (slots == 1 ? 0 : t));  // [i][col]
+        Acc sum[TM][TM];
+#pragma unroll
+        for (int a = 0; a < TM; ++a)
+#pragma unroll
+          for (int b = 0; b < TM; ++b) sum[a][b] = acc[(ty + 16 * a) * B + tx + 16 * b];
+        for (int r = 0; r < B; ++r) {
+          Acc fa[TM];
+#pragma unroll
+          for (int a = 0; a < TM; ++a) fa[a] = fs[(ty + 16 * a) * B + r];
+#pragma unroll
+          for (int b = 0; b < TM; ++b) {
+            const Acc zb = zs[r * B + tx + 16 * b];
+#pragma unroll
+            for (int a = 0; a < TM; ++a) sum[a][b] = ::fma(fa[a], zb, sum[a][b]);
+          }
+        }
+#pragma unroll
+        for (int a = 0; a < TM; ++a)
+#pragma unroll
+          for (int b = 0; b < TM; ++b) acc[(ty + 16 * a) * B + tx + 16 * b] = sum[a][b];  // this thread's own
       }
-      __syncthreads();
     }
   }
-#pragma unroll
-  for (int t = 0; t < 2; ++t) {
-    if (t >= s.terms) break;
-#pragma unroll
-    for (int a = 0; a < TM; ++a)
-#pragma unroll
-      for (int b = 0; b < TM; ++b) {
-        const int64_t i = i0 + ty + 16 * a, col = c0 + tx + 16 * b;
-        if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], s.scale[t] * acc[t][a][b]);
-      }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * B * B; e += kThreads) {
+    const int64_t k = e / (B * B), ct = g0 + k / slots;
+    const int t = static_cast<int>(k % slots), row = static_cast<int>(e % (B * B) / B), col = static_cast<int>(e % B);
+    const int64_t i = i0 + row, cc = ct * B + col;
+    if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], s.scale[t] * sm.acc(0)[e]);
   }
 }
 
+// Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
+// db0, dA, every requested term in one pass. Per sample tile the products and the epilogue run
+// once (the fields of every term the group needs), then every column tile of the group takes its
+// term's field tile from shared memory into its accumulators there; group 0 also sums the
+// fields of the terms with a bias column.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T>) p,
-                                                               TN_PARAM(SampleSum<T>) s,
-                                                               int64_t tiles_per_split) {
+__global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s,
+                                                               int64_t tiles_per_split, int64_t group_tiles) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
-  __shared__ Smem<Acc> sm;
+  TN_DYNAMIC_SMEM(raw);
+  const SimtReduceSmem<Acc> sm{raw, s.terms};
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, c0 = static_cast<int64_t>(blockIdx.y) * B;
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * B, tiles = s.tiles(B);
+  const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
+  const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + B - 1) / B, tiles_per_split, t_begin, t_end);
-  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[s.terms - 1].field);
-  Acc acc[TM][TM];  // rows: neurons r0 + ty + 16a; columns c0 + tx + 16b
-#pragma unroll
-  for (int a = 0; a < TM; ++a)
-#pragma unroll
-    for (int b = 0; b < TM; ++b) acc[a][b] = Acc(0);
+  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[1 % s.terms].field,
+                            s.term[2 % s.terms].field, s.term[3 % s.terms].field);
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * B * B; e += kThreads) sm.acc(0)[e] = Acc(0);
+  for (int e = threadIdx.x; e < kMaxSampleTerms * B; e += kThreads) sm.bias(0)[e] = Acc(0);
   for (int64_t it = t_begin; it < t_end; ++it) {
     const int64_t i0 = it * B;
     Acc z0[TM][TM], u[TM][TM];
-    preactivations(p, i0, r0, sm, z0, u);
-    tile_fields<T, TM>(p, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      if (t >= s.terms) break;
-      if (!term_in_tile(s, t, c0, B)) continue;  // block-uniform
-#pragma unroll
-      for (int a = 0; a < TM; ++a)
-#pragma unroll
-        for (int b = 0; b < TM; ++b) sm.fs[(ty + 16 * a) * B + tx + 16 * b] = t == 0 ? z0[a][b] : u[a][b];  // [i][r]
+    preactivations(p, i0, r0, sm.inputs(), z0, u);
+    tile_fields<T, TM, kMaxSampleTerms>(p, need, i0, r0, z0, u, [&](int k, int a, int b, Acc v) {
+      if (k < s.terms) sm.field(k)[(ty + 16 * a) * B + tx + 16 * b] = v;  // F_k[i][r]
+    });
+    __syncthreads();
+    if (g0 == 0 && threadIdx.x < B) {  // the bias columns: one thread per neuron, in sample order
+      for (int t = 0; t < s.terms; ++t) {
+        if (!s.term[t].ones) continue;
+        const Acc* fs = sm.field(t);
+        Acc sum = sm.bias(t)[threadIdx.x];
+        for (int i = 0; i < B; ++i) sum += fs[i * B + threadIdx.x];
+        sm.bias(t)[threadIdx.x] = sum;
+      }
+    }
+    for (int64_t ct = g0; ct < g1; ++ct) {
+      int t;
+      int64_t k0;
+      sample_tile_of(s, ct, B, t, k0);
+      const SampleTerm<T>& term = s.term[t];
+      Acc* ys = sm.factor();
       for (int e = threadIdx.x; e < B * B; e += kThreads) {
         const int i = e / B, col = e % B;
         const int64_t ii = i0 + i;
-        sm.ys[i * B + col] = ii < p.n ? sample_factor(s, t, ii, c0 + col) : Acc(0);
+        ys[i * B + col] = ii < p.n ? sample_factor(term, ii, k0 + col) : Acc(0);  // Y_t[i][col]
       }
       __syncthreads();
+      const Acc* fs = sm.field(t);
+      Acc* acc = sm.acc(ct - g0);  // [neuron][col]
+      Acc sum[TM][TM];
+#pragma unroll
+      for (int a = 0; a < TM; ++a)
+#pragma unroll
+        for (int b = 0; b < TM; ++b) sum[a][b] = acc[(ty + 16 * a) * B + tx + 16 * b];
       for (int i = 0; i < B; ++i) {
         Acc fr[TM];
 #pragma unroll
-        for (int a = 0; a < TM; ++a) fr[a] = sm.fs[i * B + ty + 16 * a];
+        for (int a = 0; a < TM; ++a) fr[a] = fs[i * B + ty + 16 * a];
 #pragma unroll
         for (int b = 0; b < TM; ++b) {
-          const Acc yb = sm.ys[i * B + tx + 16 * b];
+          const Acc yb = ys[i * B + tx + 16 * b];
 #pragma unroll
-          for (int a = 0; a < TM; ++a) acc[a][b] = ::fma(fr[a], yb, acc[a][b]);
+          for (int a = 0; a < TM; ++a) sum[a][b] = ::fma(fr[a], yb, sum[a][b]);
         }
       }
-      __syncthreads();
+#pragma unroll
+      for (int a = 0; a < TM; ++a)
+#pragma unroll
+        for (int b = 0; b < TM; ++b) acc[(ty + 16 * a) * B + tx + 16 * b] = sum[a][b];  // this thread's own
+      __syncthreads();  // the factor tile is read before the next one is staged
     }
   }
-#pragma unroll
-  for (int a = 0; a < TM; ++a)
-#pragma unroll
-    for (int b = 0; b < TM; ++b) {
-      const int64_t r = r0 + ty + 16 * a;
-      if (r < p.m) sample_store(s, r, c0 + tx + 16 * b, acc[a][b]);
-    }
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * B * B; e += kThreads) {
+    const int64_t ct = g0 + e / (B * B);
+    const int row = static_cast<int>(e % (B * B) / B), col = static_cast<int>(e % B);
+    int t;
+    int64_t k0;
+    sample_tile_of(s, ct, B, t, k0);
+    const SampleTerm<T>& term = s.term[t];
+    const int64_t r = r0 + row, k = k0 + col;
+    if (r < p.m && k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * sm.acc(0)[e]);
+  }
+  if (g0 == 0 && threadIdx.x < B && r0 + threadIdx.x < p.m)
+    for (int t = 0; t < s.terms; ++t)
+      if (s.term[t].ones) atomicAdd(&s.term[t].ones[r0 + threadIdx.x], s.term[t].scale * sm.bias(t)[threadIdx.x]);
 }
 
 }  // namespace tn::cuda

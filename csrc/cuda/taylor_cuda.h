@@ -71,6 +71,9 @@ enum Field : int {
 // out[i][col] += scale[t] * sum_r F_t[i][r] * Z_t[r][col] for t < terms, where
 // Z_t[r][col] = z[t][r * z_row + col * z_col] (squared if square[t]); out[t] is (n, ncols)
 // with row stride ld_out. Reduces over neurons: the forward readout (Z = A^T) and dX (Z = W).
+// A block owns a sample tile and a group of column tiles (all of them unless they do not fit on
+// chip), and contracts both terms over all its columns from one evaluation of the fields per
+// neuron tile.
 template <typename T>
 struct NeuronSum {
   int terms = 1;
@@ -87,12 +90,17 @@ struct NeuronSum {
     for (int t = 0; t < terms; ++t) f |= 1u << field[t];
     return f;
   }
+  // Accumulator slots per column tile: one where both terms add into the same output with the
+  // same scale (dX = G W + G0 W0), else one per term.
+  __host__ __device__ int slots() const {
+    return terms == 2 && out[0] == out[1] && scale[0] == scale[1] ? 1 : terms;
+  }
 };
 
 // One term of a reduction over samples: out[r][col] += scale * sum_i F[i][r] * y[i][col] for
 // col < ncols (y has row stride ld_y and may be null when ncols = 0; out is (m, ncols) with row
-// stride ld_out) and, when `ones` is set, ones[r] += scale * sum_i F[i][r]: a column of ones after
-// y's, so that a bias gradient comes with its weight gradient.
+// stride ld_out) and, when `ones` is set, ones[r] += scale * sum_i F[i][r]: a bias gradient with
+// its weight gradient (the field's column sums, no product).
 template <typename T>
 struct SampleTerm {
   Field field = kGradU;
@@ -102,23 +110,36 @@ struct SampleTerm {
   int64_t ld_out = 0;
   acc_t<T>* ones = nullptr;
   acc_t<T> scale = 1;
-
-  __host__ __device__ int64_t width() const { return ncols + (ones ? 1 : 0); }
 };
 
-// Up to two terms in one pass over the samples (one recomputation of the pre-activations and the
-// epilogue), their columns side by side: [y_0 | 1] then [y_1 | 1]. dW, dW0, db, db0 and dA.
+// Every term of a backward's reduction over samples in one pass (one recomputation of the
+// pre-activations and the epilogue per (sample tile, neuron tile)): dW with db, dW0 with db0, and
+// dA (one or two readouts). The terms' columns are laid out in column tiles of `tile` columns,
+// each term starting a tile of its own; a block owns a neuron tile and a group of consecutive
+// column tiles, and group 0 also sums the bias columns.
+constexpr int kMaxSampleTerms = 4;
 template <typename T>
 struct SampleSum {
   int terms = 1;
-  SampleTerm<T> term[2];
+  SampleTerm<T> term[kMaxSampleTerms];
 
-  __host__ __device__ int64_t first(int t) const { return t == 0 ? 0 : term[0].width(); }
-  __host__ __device__ int64_t width() const { return first(terms - 1) + term[terms - 1].width(); }
   __host__ __device__ unsigned fields() const {  // bit mask of the fields the terms contract
     unsigned f = 0;
     for (int t = 0; t < terms; ++t) f |= 1u << term[t].field;
     return f;
+  }
+  // Column tiles of term t, and the first of them in the whole layout.
+  __host__ __device__ static int64_t tiles_of(int64_t ncols, int tile) { return (ncols + tile - 1) / tile; }
+  __host__ __device__ int64_t first_tile(int t, int tile) const {
+    int64_t f = 0;
+    for (int k = 0; k < t; ++k) f += tiles_of(term[k].ncols, tile);
+    return f;
+  }
+  __host__ __device__ int64_t tiles(int tile) const { return first_tile(terms, tile); }
+  __host__ __device__ bool any_ones() const {
+    bool any = false;
+    for (int t = 0; t < terms; ++t) any = any || term[t].ones != nullptr;
+    return any;
   }
 };
 

@@ -49,39 +49,65 @@ struct TcShape<float> {
   static constexpr int K = 8, chunk = 16, pad = 4;
 };
 
-// Shared memory: stage 1's input chunks (two buffers, for the asynchronous copy of the next chunk
-// during the products of this one), stage 2's factors and the output tile are never live at once
-// and share one region; row strides keep every fragment pointer 32-byte aligned.
+// Shared memory. The work region holds stage 1's input chunks (two buffers, for the asynchronous
+// copy of the next chunk during the products of this one), then the staged cotangents, then the
+// field tiles and stage 2's factor tile: never live at once. The fixed part holds the (row, column)
+// codes, the tile's signs and biases, the float16 tile maxima and the bias sums of a reduction over
+// samples. Row strides keep every fragment pointer 32-byte aligned.
 template <typename T>
 struct TcSmem {
   static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
   static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
-  static constexpr int ld_out = kTcTile + 4;                         // float output tile
   static constexpr int in_bytes = 2 * 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
-  static constexpr int mix_bytes = 2 * kTcTile * ld_mix * static_cast<int>(sizeof(T));
-  static constexpr int out_bytes = kTcTile * ld_out * 4;
-  static constexpr int mix_or_out = mix_bytes > out_bytes ? mix_bytes : out_bytes;
-  static constexpr int shared_bytes = in_bytes > mix_or_out ? in_bytes : mix_or_out;
-  static constexpr int bytes = shared_bytes + 256 * 4 + 3 * kTcTile * 4 + 2 * 4;  // + codes, neurons, maxima
+  static constexpr int shared_bytes = in_bytes;  // the work region of stage 1
+  static constexpr int fixed_bytes =
+      static_cast<int>(round_up((256 + 3 * kTcTile + kMaxSampleTerms + kMaxSampleTerms * kTcTile) * 4, 128));
+  static constexpr int bytes = shared_bytes + fixed_bytes;  // the features kernel's static shared memory
 
-  unsigned char* raw;
+  unsigned char* raw;  // the work region
+  unsigned char* fix;  // the fixed part
   __device__ T* x(int buf) const { return reinterpret_cast<T*>(raw) + buf * 3 * kTcTile * ld_in; }
   __device__ T* w0(int buf) const { return x(buf) + kTcTile * ld_in; }
   __device__ T* w(int buf) const { return w0(buf) + kTcTile * ld_in; }
-  __device__ T* field() const { return reinterpret_cast<T*>(raw); }
-  __device__ T* factor() const { return field() + kTcTile * ld_mix; }
-  __device__ float* out() const { return reinterpret_cast<float*>(raw); }
-  __device__ float* codes() const { return reinterpret_cast<float*>(raw + shared_bytes); }
+  __device__ float* codes() const { return reinterpret_cast<float*>(fix); }
   __device__ float* sign() const { return codes() + 256; }  // per neuron of the tile
   __device__ float* b0() const { return sign() + kTcTile; }
   __device__ float* b() const { return b0() + kTcTile; }
   __device__ int* tile_max() const { return reinterpret_cast<int*>(b() + kTcTile); }  // per term, float bits
+  __device__ float* bias(int t) const { return reinterpret_cast<float*>(tile_max() + kMaxSampleTerms) + t * kTcTile; }
+};
+
+// The reductions' dynamic shared memory: the fixed part, the work region (sized for their field
+// tiles too) and the float accumulators of the block's column tiles ([row][col], one 64 x 64 tile
+// per column tile and accumulator slot), which live across the whole inner loop.
+template <typename T>
+struct TcReduceSmem : TcSmem<T> {
+  using Base = TcSmem<T>;
+  static constexpr int64_t field_bytes = int64_t(kTcTile) * Base::ld_mix * sizeof(T);
+  static constexpr int acc_ld = kTcTile + 4;
+  static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
+  __host__ __device__ static constexpr int64_t work_bytes(int fields) {
+    return Base::shared_bytes > (fields + 1) * field_bytes ? Base::shared_bytes : (fields + 1) * field_bytes;
+  }
+  // Everything but the accumulators.
+  __host__ __device__ static constexpr int64_t fixed(int fields) { return Base::fixed_bytes + work_bytes(fields); }
+
+  int fields;
+  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base{dyn + Base::fixed_bytes, dyn}, fields(f) {}
+  __device__ T* field(int t) const { return reinterpret_cast<T*>(this->raw) + t * kTcTile * Base::ld_mix; }
+  __device__ T* factor() const { return field(fields); }
+  __device__ float* acc(int64_t k) const {
+    return reinterpret_cast<float*>(this->raw + work_bytes(fields)) + k * kTcTile * acc_ld;
+  }
 };
 
 static_assert(TcSmem<float>::bytes <= 48 * 1024 && TcSmem<__half>::bytes <= 48 * 1024,
-              "tensor-core kernels use static shared memory (48 KiB)");
+              "the features kernel uses static shared memory (48 KiB)");
 static_assert(TcSmem<float>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half>::ld_in * 2 * 16 % 32 == 0 &&
-                  TcSmem<float>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half>::ld_mix * 2 * 16 % 32 == 0,
+                  TcSmem<float>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half>::ld_mix * 2 * 16 % 32 == 0 &&
+                  TcReduceSmem<float>::field_bytes % 128 == 0 && TcReduceSmem<__half>::field_bytes % 128 == 0 &&
+                  TcReduceSmem<float>::acc_tile_bytes % 128 == 0 && TcSmem<float>::shared_bytes % 128 == 0 &&
+                  TcSmem<__half>::shared_bytes % 128 == 0,
               "fragment pointers must stay 32-byte aligned");
 
 #if TN_TENSOR_CORES
@@ -255,6 +281,7 @@ template <typename T>
 __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T>& sm, int64_t i0, int64_t r0,
                                   FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
   constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
+  TN_COUNT_RECOMPUTE();
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     wmma::fill_fragment(z0[j], 0.0f);
@@ -393,15 +420,17 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
 }
 
 // The epilogue in place, four accumulator elements per call: fields need.pick[0] and need.pick[1]
-// replace z0 and u (zero outside the problem, so that padding never contributes). Contains
-// barriers where gradients are asked for (the staged cotangents). A specialised epilogue is
-// unrolled over the thread's four groups of four elements; the generic one, much larger (every
-// activation's functions), runs as a loop over the groups, which it reads and writes through
-// selects (registers, not an indexed array), so that each kernel holds one copy of it.
-template <int S, typename T>
+// replace z0 and u, and (Outs = 4) fields need.pick[2] and need.pick[3] go to extra[0] and
+// extra[1] (zero outside the problem, so that padding never contributes). Contains barriers where
+// gradients are asked for (the staged cotangents). A specialised epilogue is unrolled over the
+// thread's four groups of four elements; the generic one, much larger (every activation's
+// functions), runs as a loop over the groups, which it reads and writes through selects
+// (registers, not an indexed array), so that each kernel holds one copy of it.
+template <int S, int Outs, typename T>
 __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes,
                                           const Need& need, int64_t i0, int64_t r0, FragC<T> (&z0)[2],
-                                          FragC<T> (&u)[2]) {
+                                          FragC<T> (&u)[2], FragC<T> (&extra)[2][2]) {
+  static_assert(Outs == 1 || Outs == 2 || Outs == 4, "one, two or four fields leave the epilogue");
   constexpr int N = 4, E = FragC<T>::num_elements, G = 2 * E / N;
   static_assert(E == 2 * N, "accumulator fragments are taken as two groups of four elements");
   using V = Lanes<float, N>;
@@ -410,7 +439,7 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& 
   if (need.grads) tc_cotangents(p, sm, codes, i0, r0, g0, g1);
   // group g: fragment g / 2, elements (g % 2) * N ...
   auto group = [&](int g, auto pick) {
-    V z, uu, s, gg0(0.0f), gg1(0.0f), out0, out1;
+    V z, uu, s, gg0(0.0f), gg1(0.0f), out[Outs];
     bool valid[N];
     const int j = g >> 1;
 #pragma unroll
@@ -426,15 +455,22 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& 
         gg1.v[l] = pick(g1[0], g1[1], l, g);
       }
     }
-    Epilogue<S>::template fields<FastLaneMath<N>>(p.plan, need, z, uu, s, gg0, gg1, out0, out1);
+    Epilogue<S>::template fields<FastLaneMath<N>, Outs>(p.plan, need, z, uu, s, gg0, gg1, out);
 #pragma unroll
     for (int l = 0; l < N; ++l) {
-      const float a = valid[l] ? out0.v[l] : 0.0f, b = valid[l] ? out1.v[l] : 0.0f;
+      float o[Outs];
+#pragma unroll
+      for (int k = 0; k < Outs; ++k) o[k] = valid[l] ? out[k].v[l] : 0.0f;
 #pragma unroll
       for (int h = 0; h < G; ++h) {  // the group's own slots only (compile-time indices)
         if (h != g) continue;
-        z0[h >> 1].x[(h & 1) * N + l] = a;
-        u[h >> 1].x[(h & 1) * N + l] = b;
+        const int e = (h & 1) * N + l;
+        z0[h >> 1].x[e] = o[0];
+        if constexpr (Outs > 1) u[h >> 1].x[e] = o[1];
+        if constexpr (Outs > 2) {
+          extra[0][h >> 1].x[e] = o[2];
+          extra[1][h >> 1].x[e] = o[3];
+        }
       }
     }
   };
@@ -452,77 +488,73 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& 
   }
 }
 
-// Accumulators of this warp's output blocks -> store(row0 + row, col0 + col, value) for every
-// element of the block's 64 x 64 output tile, through the float output tile. Starts and ends with
-// a barrier.
-template <typename T, typename Store>
-__device__ void tc_flush(const TcSmem<T>& sm, FragC<T> (&acc)[2], int64_t row0, int64_t col0, Store&& store) {
-  constexpr int ld_out = TcSmem<T>::ld_out;
-  __syncthreads();
-#pragma unroll
-  for (int j = 0; j < 2; ++j)
-    wmma::store_matrix_sync(sm.out() + warp_row_block() * 16 * ld_out + warp_col_block(j) * 16, acc[j], ld_out,
-                            wmma::mem_row_major);
-  __syncthreads();
-  for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
-    const int r = e / kTcTile, col = e % kTcTile;
-    store(row0 + r, col0 + col, sm.out()[r * ld_out + col]);
-  }
-  __syncthreads();
-}
-
 template <int S, typename T>
 __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out) {
   __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
-  const TcSmem<T> sm{raw};
+  const TcSmem<T> sm{raw, raw + TcSmem<T>::shared_bytes};
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
-  FragC<T> codes, z0[2], u[2];
+  FragC<T> codes, z0[2], u[2], unused[2][2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
   tc_preactivations(p, sm, i0, r0, z0, u);
-  tc_fields<S>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u);
+  tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
   for_each_element<T>(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
     if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
   });
 }
 
-// The exponents of this tile's field tiles (term 0 in z0, term 1 in u): 0 unless float16. The
-// maxima slots must have been cleared before a barrier that precedes this call; ends with one.
-template <typename T>
-__device__ __forceinline__ void tile_exponents(const TcSmem<T>& sm, const FragC<T> (&z0)[2], const FragC<T> (&u)[2],
-                                               int terms, int (&exponent)[2]) {
-  exponent[0] = exponent[1] = 0;
-  if constexpr (kTileScaled<T>) {
-    tile_max<T>(z0, sm.tile_max());
-    if (terms > 1) tile_max<T>(u, sm.tile_max() + 1);
-    __syncthreads();
-    exponent[0] = tile_exponent(sm.tile_max()[0]);
-    if (terms > 1) exponent[1] = tile_exponent(sm.tile_max()[1]);
-  }
-}
-
-// The field tile f (F[i][r] at fs[i * ld + r]), times 2^exponent, in the input type.
-template <typename T>
-__device__ __forceinline__ void store_field(const FragC<T>& codes, const FragC<T> (&f)[2], int exponent, T* fs) {
+// The field tiles of this (sample, neuron) tile in shared memory, F_t[i][r] at field(t)[i * ld + r]
+// in the input type, for the terms t < terms that `active` admits: term 0's field in z0, term 1's
+// in u, terms 2 and 3 in extra. A float16 tile is scaled by 2^e first, e from its largest
+// magnitude (tile_exponent of tile_max()[t], which stage 2 reads again). The maxima must have been
+// cleared before a barrier that precedes this call; ends with a barrier.
+template <typename T, typename Active>
+__device__ __forceinline__ void store_fields(const TcReduceSmem<T>& sm, const FragC<T>& codes, const FragC<T> (&z0)[2],
+                                             const FragC<T> (&u)[2], const FragC<T> (&extra)[2][2], int terms,
+                                             Active&& active) {
   constexpr int ld = TcSmem<T>::ld_mix;
-  const float up = ldexpf(1.0f, exponent);
-  for_each_element<T>(codes, [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
+  auto each = [&](auto&& f) {  // f(t, fragments of term t), t known at compile time
+    if (terms > 0 && active(0)) f(0, z0);
+    if (terms > 1 && active(1)) f(1, u);
+    if (terms > 2 && active(2)) f(2, extra[0]);
+    if (terms > 3 && active(3)) f(3, extra[1]);
+  };
+  if constexpr (kTileScaled<T>) {
+    each([&](int t, const FragC<T>(&f)[2]) { tile_max<T>(f, sm.tile_max() + t); });
+    __syncthreads();
+  }
+  each([&](int t, const FragC<T>(&f)[2]) {
+    const float up = kTileScaled<T> ? ldexpf(1.0f, tile_exponent(sm.tile_max()[t])) : 1.0f;
+    T* fs = sm.field(t);
+    for_each_element<T>(codes, [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
+  });
+  __syncthreads();
 }
 
-// Stage 2 for this warp's output blocks: acc[j] += 2^-exponent * sum_k A[.][k] B[k][.] over the
-// tile's 64 k, A's 16 rows from `a` (A's layout; stepping `a_step` elements per k) and column block
-// j of B from `b` (row-major). Blocks at or past `cols` hold padding only and are skipped.
+// 2^-e for term t's field tile (1 unless float16).
+template <typename T>
+__device__ __forceinline__ float field_unscale(const TcSmem<T>& sm, int t) {
+  if constexpr (kTileScaled<T>) return ldexpf(1.0f, -tile_exponent(sm.tile_max()[t]));
+  else return 1.0f;
+}
+
+// Stage 2 for this warp's output blocks of one column tile: acc += down * sum_k A[.][k] B[k][.]
+// over the tile's 64 k, the float accumulators in shared memory (this warp's 16 x 32 of them,
+// row-major with stride acc_ld), A's 16 rows from `a` (A's layout; stepping `a_step` elements per
+// k) and column block j of B from `b` (row-major). Blocks at or past `cols` hold padding only and
+// are skipped.
 template <typename T, typename LayoutA>
-__device__ __forceinline__ void tile_products(FragC<T> (&acc)[2], const T* a, int a_step, const T* b, int64_t cols,
-                                              int exponent) {
-  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix;
-  const float down = ldexpf(1.0f, -exponent);
+__device__ __forceinline__ void tile_products(float* acc, const T* a, int a_step, const T* b, int64_t cols,
+                                              float down) {
+  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
-    FragC<T> part;  // this tile's product, scaled back before it joins acc
-    FragC<T>& into = kTileScaled<T> ? part : acc[j];
+    float* at = acc + warp_row_block() * 16 * acc_ld + warp_col_block(j) * 16;
+    FragC<T> sum, part;  // a float16 tile's product is scaled back before it joins the sum
+    wmma::load_matrix_sync(sum, at, acc_ld, wmma::mem_row_major);
+    FragC<T>& into = kTileScaled<T> ? part : sum;
     if constexpr (kTileScaled<T>) wmma::fill_fragment(part, 0.0f);
 #pragma unroll
     for (int k = 0; k < kTcTile; k += K) {
@@ -534,118 +566,152 @@ __device__ __forceinline__ void tile_products(FragC<T> (&acc)[2], const T* a, in
     }
     if constexpr (kTileScaled<T>) {
 #pragma unroll
-      for (int e = 0; e < part.num_elements; ++e) acc[j].x[e] = fmaf(part.x[e], down, acc[j].x[e]);
+      for (int e = 0; e < part.num_elements; ++e) sum.x[e] = fmaf(part.x[e], down, sum.x[e]);
     }
+    wmma::store_matrix_sync(at, sum, acc_ld, wmma::mem_row_major);
   }
 }
 
-// Blocks own (sample tile, column tile); the loop runs over neuron tiles: the readout and dX.
+// Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
+// dX. Per neuron tile the products and the epilogue run once, then every column tile of the group
+// takes both terms from the field tiles in shared memory into its accumulators there.
 template <int S, typename T>
-__device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split) {
-  constexpr int ld = TcSmem<T>::ld_mix;
-  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
-  const TcSmem<T> sm{raw};
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+__device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split,
+                                              int64_t group_tiles) {
+  constexpr int ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
+  TN_DYNAMIC_SMEM(dyn);
+  const TcReduceSmem<T> sm(dyn, s.terms);
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, col_tiles = (s.ncols + kTcTile - 1) / kTcTile;
+  const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
+  const int64_t g1 = g0 + group_tiles < col_tiles ? g0 + group_tiles : col_tiles;
+  const int slots = s.slots();
   int64_t t_begin, t_end;
   inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
-  // Column blocks past ncols hold padding only: their warps skip stage 2, and only the columns
-  // that some warp reads are staged.
-  const int64_t cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
-  const int staged = static_cast<int>((cols + 15) / 16 * 16);
-  FragC<T> codes, acc[2][2];
+  FragC<T> codes;
   load_codes(sm, codes);
-#pragma unroll
-  for (int t = 0; t < 2; ++t)
-#pragma unroll
-    for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[t][j], 0.0f);
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int64_t rt = t_begin; rt < t_end; ++rt) {
     const int64_t r0 = rt * kTcTile;
-    FragC<T> z0[2], u[2];
+    FragC<T> z0[2], u[2], unused[2][2];
     load_neurons(p, sm, r0);
-    if (kTileScaled<T> && threadIdx.x < 2) sm.tile_max()[threadIdx.x] = 0;
+    if (kTileScaled<T> && threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
     __syncthreads();
     tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields<S>(p, sm, codes, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
-    int exponent[2];
-    tile_exponents<T>(sm, z0, u, s.terms, exponent);
+    tc_fields<S, 2>(p, sm, codes, need, i0, r0, z0, u, unused);  // term 0's field in z0, term 1's in u
+    store_fields<T>(sm, codes, z0, u, unused, s.terms, [](int) { return true; });
+    for (int64_t ct = g0; ct < g1; ++ct) {
+      const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
+      const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
 #pragma unroll
-    for (int t = 0; t < 2; ++t) {  // unrolled: the fragments are named at compile time
-      if (t >= s.terms) break;
-      T *fs = sm.field(), *zs = sm.factor();
-      store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
-      for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
-        const int r = e / staged, col = e % staged;
-        const int64_t rr = r0 + r, cc = c0 + col;
-        float zv = 0.0f;
-        if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
-        zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z[r][col]
+      for (int t = 0; t < 2; ++t) {
+        if (t >= s.terms) break;
+        T* zs = sm.factor();
+        for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+          const int r = e / staged, col = e % staged;
+          const int64_t rr = r0 + r, cc = c0 + col;
+          float zv = 0.0f;
+          if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
+          zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z_t[r][col]
+        }
+        __syncthreads();
+        tile_products<T, wmma::row_major>(sm.acc((ct - g0) * slots + (slots == 1 ? 0 : t)),
+                                          sm.field(t) + warp_row_block() * 16 * ld, 1, zs, cols,
+                                          field_unscale(sm, t));
+        __syncthreads();
       }
-      __syncthreads();
-      tile_products<T, wmma::row_major>(acc[t], fs + warp_row_block() * 16 * ld, 1, zs, cols, exponent[t]);
-      __syncthreads();
     }
   }
-#pragma unroll
-  for (int t = 0; t < 2; ++t) {
-    if (t >= s.terms) break;
-    const float scale = static_cast<float>(s.scale[t]);
-    tc_flush(sm, acc[t], i0, c0, [&](int64_t i, int64_t col, float v) {
-      if (i < p.n && col < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + col], scale * v);
-    });
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * kTcTile * kTcTile; e += kThreads) {
+    const int64_t k = e / (kTcTile * kTcTile), ct = g0 + k / slots;
+    const int t = static_cast<int>(k % slots), row = static_cast<int>(e % (kTcTile * kTcTile) / kTcTile),
+              col = static_cast<int>(e % kTcTile);
+    const int64_t i = i0 + row, cc = ct * kTcTile + col;
+    if (i < p.n && cc < s.ncols)
+      atomicAdd(&s.out[t][i * s.ld_out + cc], static_cast<float>(s.scale[t]) * sm.acc(k)[row * acc_ld + col]);
   }
 }
 
-// Blocks own (neuron tile, column tile); the loop runs over sample tiles: dW, dW0, db, db0, dA.
+// Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
+// db0, dA, every requested term in one pass. Per sample tile the products and the epilogue run
+// once (the fields of every term the group needs), then every column tile of the group takes its
+// term's field tile from shared memory into its accumulators there; group 0 also sums the fields
+// of the terms with a bias column.
 template <int S, typename T>
-__device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split) {
-  constexpr int ld = TcSmem<T>::ld_mix;
-  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
-  const TcSmem<T> sm{raw};
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, c0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+__device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split,
+                                              int64_t group_tiles) {
+  constexpr int ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
+  TN_DYNAMIC_SMEM(dyn);
+  const TcReduceSmem<T> sm(dyn, s.terms);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, tiles = s.tiles(kTcTile);
+  const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
+  const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
   int64_t t_begin, t_end;
   inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
-  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[s.terms - 1].field);
-  // Column blocks past the reduction's width hold padding only: their warps skip stage 2, and only
-  // the columns that some warp reads are staged.
-  const int64_t cols = s.width() - c0 < kTcTile ? s.width() - c0 : kTcTile;
-  const int staged = static_cast<int>((cols + 15) / 16 * 16);
-  FragC<T> codes, acc[2];
+  const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[1 % s.terms].field,
+                            s.term[2 % s.terms].field, s.term[3 % s.terms].field);
+  auto active = [&](int t) { return sample_term_active(s, t, g0, g1, kTcTile); };  // block-uniform
+  FragC<T> codes;
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
-#pragma unroll
-  for (int j = 0; j < 2; ++j) wmma::fill_fragment(acc[j], 0.0f);
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
+  for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
   for (int64_t it = t_begin; it < t_end; ++it) {
     const int64_t i0 = it * kTcTile;
-    FragC<T> z0[2], u[2];
+    FragC<T> z0[2], u[2], extra[2][2];
     if constexpr (kTileScaled<T>) {
-      if (threadIdx.x < 2) sm.tile_max()[threadIdx.x] = 0;
+      if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
       __syncthreads();
     }
     tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields<S>(p, sm, codes, need, i0, r0, z0, u);  // term 0's field in z0, term 1's in u
-    int exponent[2];
-    tile_exponents<T>(sm, z0, u, s.terms, exponent);
-#pragma unroll
-    for (int t = 0; t < 2; ++t) {
-      if (t >= s.terms) break;
-      if (!term_in_tile(s, t, c0, kTcTile)) continue;  // block-uniform
-      T *fs = sm.field(), *ys = sm.factor();
-      store_field<T>(codes, t == 0 ? z0 : u, exponent[t], fs);  // F[i][r]
+    tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0, u, extra);
+    store_fields<T>(sm, codes, z0, u, extra, s.terms, active);
+    if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
+      for (int t = 0; t < s.terms; ++t) {
+        if (!s.term[t].ones) continue;
+        const T* fs = sm.field(t);
+        float sum = 0.0f;
+        for (int i = 0; i < kTcTile; ++i) sum += to_acc(fs[i * ld + threadIdx.x]);
+        sm.bias(t)[threadIdx.x] = fmaf(sum, field_unscale(sm, t), sm.bias(t)[threadIdx.x]);
+      }
+    }
+    __syncthreads();  // the field tiles and maxima stay until the bias sums have read them
+    for (int64_t ct = g0; ct < g1; ++ct) {
+      int t;
+      int64_t k0;
+      sample_tile_of(s, ct, kTcTile, t, k0);
+      const SampleTerm<T>& term = s.term[t];
+      const int64_t cols = term.ncols - k0 < kTcTile ? term.ncols - k0 : kTcTile;
+      const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
+      T* ys = sm.factor();
       for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
         const int i = e / staged, col = e % staged;
         const int64_t ii = i0 + i;
-        ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(s, t, ii, c0 + col) : 0.0f);  // Y_t[i][col]
+        ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
       }
       __syncthreads();
       // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
-      tile_products<T, wmma::col_major>(acc, fs + warp_row_block() * 16, ld, ys, cols, exponent[t]);
+      tile_products<T, wmma::col_major>(sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ld, ys, cols,
+                                        field_unscale(sm, t));
       __syncthreads();
     }
   }
-  tc_flush(sm, acc, r0, c0, [&](int64_t r, int64_t col, float v) {
-    if (r < p.m) sample_store(s, r, col, v);
-  });
+  __syncthreads();
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * kTcTile; e += kThreads) {
+    const int64_t ct = g0 + e / (kTcTile * kTcTile);
+    const int row = static_cast<int>(e % (kTcTile * kTcTile) / kTcTile), col = static_cast<int>(e % kTcTile);
+    int t;
+    int64_t k0;
+    sample_tile_of(s, ct, kTcTile, t, k0);
+    const SampleTerm<T>& term = s.term[t];
+    const int64_t r = r0 + row, k = k0 + col;
+    if (r < p.m && k < term.ncols)
+      atomicAdd(&term.out[r * term.ld_out + k], term.scale * sm.acc(ct - g0)[row * acc_ld + col]);
+  }
+  if (g0 == 0 && threadIdx.x < kTcTile && r0 + threadIdx.x < p.m)
+    for (int t = 0; t < s.terms; ++t)
+      if (s.term[t].ones) atomicAdd(&s.term[t].ones[r0 + threadIdx.x], s.term[t].scale * sm.bias(t)[threadIdx.x]);
 }
 #endif  // TN_TENSOR_CORES
 
@@ -663,13 +729,15 @@ __global__ void __launch_bounds__(kThreads, 1) features_forward_tc_kernel(TN_PAR
 }
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
-                                                                  TN_PARAM(NeuronSum<T>) s, int64_t per) {
-  TN_TC_BODY(neuron_sum_tc<S>(p, s, per));
+                                                                  TN_PARAM(NeuronSum<T>) s, int64_t per,
+                                                                  int64_t group_tiles) {
+  TN_TC_BODY(neuron_sum_tc<S>(p, s, per, group_tiles));
 }
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
-                                                                  TN_PARAM(SampleSum<T>) s, int64_t per) {
-  TN_TC_BODY(sample_sum_tc<S>(p, s, per));
+                                                                  TN_PARAM(SampleSum<T>) s, int64_t per,
+                                                                  int64_t group_tiles) {
+  TN_TC_BODY(sample_sum_tc<S>(p, s, per, group_tiles));
 }
 
 #undef TN_TC_BODY

@@ -18,6 +18,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <new>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -165,13 +166,30 @@ inline void check_aligned(const void* p, unsigned ld, size_t elem) {
   if (ld * elem % 16 != 0) fail("wmma leading dimension not a multiple of 16 bytes");
 }
 
+// The (sample tile, neuron tile) recomputations of the kernels (TN_COUNT_RECOMPUTE: once per block
+// and inner tile, by thread 0).
+inline long recomputed = 0;
+inline void count_recompute() {
+  if (self.thread.x == 0) ++recomputed;
+}
+
+// The running block's dynamic shared memory: a buffer of exactly the launch's size (AddressSanitizer
+// sees an access past it), filled with garbage.
+inline unsigned char* dynamic_smem_ptr = nullptr;
+inline unsigned char* dynamic_smem() { return dynamic_smem_ptr; }
+
 // Runs `kernel` for every block of `grid`, blocks in order.
-inline void launch(dim3 grid, const std::function<void()>& kernel) {
+inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) {
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
+        unsigned char* dyn = smem ? static_cast<unsigned char*>(::operator new(smem, std::align_val_t(128))) : nullptr;
+        if (dyn) std::memset(dyn, 0xA5, smem);
+        dynamic_smem_ptr = dyn;
         auto blk = std::make_unique<Block>(uint3{x, y, z}, kernel);
         blk->run();
+        dynamic_smem_ptr = nullptr;
+        if (dyn) ::operator delete(dyn, std::align_val_t(128));
       }
 }
 

@@ -46,7 +46,13 @@ struct Config {
   int sms;             // the emulated GPU's SM count: how far the inner loops are split
   bool deterministic;  // no splits at all
   bool generic = false;  // the tensor-core kernels' generic epilogue even where a specialised one exists
+  int64_t smem = 0;      // the emulated GPU's shared memory per block (0: an H100/H200's)
 };
+
+// Shared memory per block (cudaDevAttrMaxSharedMemoryPerBlockOptin) of sm_90 and sm_80 GPUs; and
+// a small one that holds one column tile of accumulators at a time (several column groups, and
+// for some paths the terms of a reduction one launch each, on small shapes).
+constexpr int64_t kSmemSm90 = 232448, kSmemSm80 = 166912, kSmemTight = 70000;
 
 int failures = 0, checks = 0;
 
@@ -254,6 +260,7 @@ struct Case {
     Context ctx;
     ctx.device.arch = 90;
     ctx.device.sms = cf.sms;
+    ctx.device.smem_optin = cf.smem ? cf.smem : kSmemSm90;
     ctx.allow_tf32 = tc;
     ctx.deterministic = cf.deterministic;
     ctx.requested = path;
@@ -649,6 +656,85 @@ void check_fast_math(const std::string& filter) {
   for (int f = 0; f < 6; ++f) report(name + " " + what[f] + ", with the hardware's error bounds", worst[f], 1e-5);
 }
 
+// ---- passes over the n x m tiles ----
+
+// Recomputations of (sample tile, neuron tile) since `from` by the launches of one kernel family,
+// as passes over the problem's n x m tiles.
+double passes(const std::string& family, size_t from, int64_t tiles) {
+  long sum = 0;
+  const auto& log = tn_emu::binary.recomputes;
+  for (size_t k = from; k < log.size(); ++k)
+    if (log[k].first.rfind(family, 0) == 0) sum += log[k].second;
+  return static_cast<double>(sum) / static_cast<double>(tiles);
+}
+
+// The passes each op makes, per path, emulated GPU and d (n = 70, m = 9, c = 3: two sample tiles
+// by one neuron tile on tensor cores, three by one in float64), from the column groups of
+// docs/cuda.md: the forward one pass; the backward one pass of sample_sum for every requested
+// parameter gradient while their accumulators fit in shared memory (then one per column group),
+// and dX a pass (or its groups) of its own.
+struct PassCase {
+  const char* path;
+  int64_t smem;
+  int64_t d;
+  int w, params, params_dx, dx, moments_all, moments_dx;  // sample_sum passes; dX's neuron_sum passes
+};
+constexpr PassCase kPassCases[] = {
+    // path       GPU        d     {W} params +dX  dX  moments(all) dX
+    {"bf16/mma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},     {"bf16/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"bf16/mma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},    {"bf16/mma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
+    {"bf16/mma", kSmemSm80, 1024, 3, 5, 5, 3, 6, 3},   {"f16/mma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
+    {"f32/tf32", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/tf32", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},
+    {"f32/tf32", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},   {"f32/simt", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
+    {"f32/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
+    {"f32/simt", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},   {"f64/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"f64/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},    {"f64/simt", kSmemSm90, 1024, 2, 3, 3, 2, 3, 2},
+};
+
+template <typename T>
+void check_passes(Mainloop ml, const std::string& filter) {
+  for (const PassCase& pc : kPassCases) {
+    Case<T> probe({1, 1, 1, 1}, Config{Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 1, false}, ml, 1);
+    if (probe.name.rfind(pc.path, 0) != 0) continue;  // this type and path only
+    const std::string gpu = pc.smem == kSmemSm90 ? "sm_90" : "sm_80";
+    const std::string name = std::string("passes/") + pc.path + " " + gpu + " d=" + std::to_string(pc.d);
+    if (!filter.empty() && name.rfind(filter, 0) != 0) continue;
+    const Shape s{70, pc.d, 9, 3};
+    const int B = ml == Mainloop::kWmma ? kTcTile : tile<acc_t<T>>();
+    const int64_t tiles = ceil_div(s.n, B) * ceil_div(s.m, B);
+    for (bool moments : {false, true}) {
+      Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, moments, 1, false};
+      c.smem = pc.smem;
+      Case<T> cs(s, c, ml, 7 + pc.d);
+      auto& log = tn_emu::binary.recomputes;
+      size_t from = log.size();
+      check_forward(cs);  // outputs checked too
+      const std::string fw = name + (moments ? " moments" : " net") + " forward";
+      if (!moments) expect(fw + ": features 1 pass", passes("features_forward", from, tiles) == 1.0);
+      expect(fw + ": readout 1 pass", passes("neuron_sum", from, tiles) == 1.0,
+             std::to_string(passes("neuron_sum", from, tiles)));
+      auto backward = [&](unsigned mask, int want_sample, int want_neuron) {
+        from = log.size();
+        check_backward(cs, false, mask, "");
+        const double got_s = passes("sample_sum", from, tiles), got_n = passes("neuron_sum", from, tiles);
+        expect(name + (moments ? " moments" : " net") + " backward " + mask_text(mask) + ": " +
+                   std::to_string(want_sample) + " + " + std::to_string(want_neuron) + " passes",
+               got_s == want_sample && got_n == want_neuron,
+               "sample_sum " + std::to_string(got_s) + ", neuron_sum " + std::to_string(got_n));
+      };
+      const unsigned params = kAllNet & ~(1u << kX);
+      if (moments) {
+        backward(kAllNet, pc.moments_all, pc.moments_dx);
+      } else {
+        backward(1u << kW, pc.w, 0);
+        backward(params, pc.params, 0);
+        backward(kAllNet, pc.params_dx, pc.dx);
+        backward(1u << kX, 0, pc.dx);
+      }
+    }
+  }
+}
+
 // ---- host-side checks: kernel choice, splits, plan capacity, launch failures ----
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -791,7 +877,8 @@ void check_host(const std::string& filter) {
                contains(message, "compute capability 7.5") && contains(message, "sm_80, sm_90") &&
                contains(message, "TORCH_CUDA_ARCH_LIST=\"7.5\""),
            message);
-    // d = 2^22 columns of dX: grid.y would need 65536 blocks of 64
+    // d = 2^22 columns of dX on a GPU whose shared memory holds one column tile of accumulators:
+    // grid.y would need 65536 column groups
     Operands op = cs.operands(plan, true);
     op.d = int64_t(1) << 22;
     op.n = 1;
@@ -804,6 +891,7 @@ void check_host(const std::string& filter) {
     message.clear();
     const long before = tn_emu::binary.launches;
     ctx.device.arch = 90;
+    ctx.device.smem_optin = SimtReduceSmem<float>::fixed_bytes(2) + SimtReduceSmem<float>::tile_bytes;
     try {
       features_backward(op, out.data(), g, ctx);
     } catch (const Error& e) {
@@ -833,6 +921,7 @@ std::pair<Shape, Config> random_case(std::mt19937_64& rng) {
   else if (kind == 1) c.orders = {static_cast<int64_t>(rng() % (top + 1))};
   else for (int64_t k = 0; k <= top; ++k) if (rng() % 2) c.orders.push_back(k);
   if (!c.exact && c.orders.empty()) c.orders = {0};
+  if (rng() % 3 == 0) c.smem = kSmemTight;
   return {s, c};
 }
 
@@ -862,9 +951,10 @@ int main(int argc, char** argv) {
     }
   } else {
     // Shapes off every tile, chunk and fragment multiple; d past one k chunk; c and d over a column
-    // tile. d = 8, 40 and 96 take the vectorized, double-buffered staging of the tensor-core kernels.
+    // tile; d = 200 over four of them (several column groups where the shared memory is small). d = 8, 40 and 96 take the vectorized, double-buffered staging of the tensor-core kernels.
     const Shape shapes[] = {{70, 37, 150, 3}, {1, 1, 1, 1}, {130, 8, 67, 17}, {33, 70, 129, 2}, {65, 96, 70, 5},
-                            {19, 40, 70, 3}, {5, 0, 9, 2}};
+                            {19, 40, 70, 3}, {5, 0, 9, 2},
+                            {40, 200, 70, 3}};
     const Config configs[] = {
         {Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 2, false},
         {Act::kGelu, {1, 3}, false, true, SignSource::kNone, true, 1, true},
@@ -873,6 +963,10 @@ int main(int argc, char** argv) {
         // specialised epilogues (tensor cores) with moments, and one forced onto the generic one
         {Act::kTanh, {0, 1, 2}, false, true, SignSource::kTensor, true, 3, false},
         {Act::kTanh, {2}, false, false, SignSource::kPhilox, false, 7, false, true},
+        // a shared memory that holds one column tile of accumulators: several column groups (and,
+        // where the field tiles of every term do not fit beside one, the terms one launch each)
+        {Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, true, 2, false, false, kSmemTight},
+        {Act::kGelu, {1, 2}, false, true, SignSource::kNone, false, 1, true, false, kSmemTight},
     };
     uint64_t seed = 1;
     for (const Shape& s : shapes)
@@ -891,6 +985,13 @@ int main(int argc, char** argv) {
       run_specialised<float>(filter);
       run_specialised<__half>(filter);
       run_specialised<__nv_bfloat16>(filter);
+    }
+    if (!small) {
+      check_passes<double>(S, filter);
+      check_passes<float>(S, filter);
+      check_passes<float>(W, filter);
+      check_passes<__half>(W, filter);
+      check_passes<__nv_bfloat16>(W, filter);
     }
     check_host(filter);
     check_tanh_sech2<float>(filter);

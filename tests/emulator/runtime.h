@@ -24,6 +24,8 @@ struct Binary {
   int code_arch = 90;
   std::vector<int> built = {80, 90};
   long launches = 0;  // kernel launches so far
+  // per launch: the kernel's name and the (sample tile, neuron tile) recomputations it ran
+  std::vector<std::pair<std::string, long>> recomputes;
 };
 inline Binary binary;
 
@@ -36,17 +38,23 @@ inline std::vector<int> built_archs() { return tn_emu::binary.built; }
 inline int kernel_code_arch(const void*, const std::string&, const Device&) { return tn_emu::binary.code_arch; }
 
 template <typename... P, typename... A>
-void launch(const std::string& name, void (*kernel)(P...), dim3 grid, const Context& ctx, A&&... args) {
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx,
+            A&&... args) {
   const bool valid = grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
                      grid.z <= 65535;
   if (!valid)
     throw Error(cuda_error_message("the launch", name, "cudaErrorInvalidConfiguration",
                                    "invalid configuration argument: grid " + std::to_string(grid.x) + " x " +
                                        std::to_string(grid.y) + " x " + std::to_string(grid.z)));
+  if (static_cast<int64_t>(smem) > ctx.device.smem_optin)
+    throw Error(cuda_error_message("the shared-memory attribute", name, "cudaErrorInvalidValue",
+                                   std::to_string(smem) + " bytes of shared memory"));
   if (tn_emu::binary.code_arch == 0) throw Error(no_image_message(name, ctx.device.arch, tn_emu::binary.built));
   ++tn_emu::binary.launches;
   const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
-  tn_emu::launch(grid, [&] { std::apply(kernel, params); });
+  const long before = tn_emu::recomputed;
+  tn_emu::launch(grid, smem, [&] { std::apply(kernel, params); });
+  tn_emu::binary.recomputes.emplace_back(name, tn_emu::recomputed - before);
 }
 
 inline void zero_async(void* ptr, size_t bytes, const Context&, const std::string&) {
