@@ -109,6 +109,15 @@ def test_kernel_choice_and_launch_failures(emulator):
     run_checks(emulator, "host/")
 
 
+def test_recompute_passes_per_op(emulator):
+    # The (sample tile, neuron tile) recomputations that each kernel runs, counted by the emulator
+    # per launch, as passes over the n x m tiles, for every path at d = 32, 128, 512, 1024 (and an
+    # sm_80 shared memory): the forward 1; the backward's parameter gradients (dW, db, dW0, db0, dA
+    # together) 1 while their accumulators fit on chip, else one per column group; dX a pass (or
+    # its groups) of its own, only when asked for. Every op's outputs are checked as well.
+    run_checks(emulator, "passes/")
+
+
 @pytest.mark.parametrize("path", PATHS)
 def test_cuda_kernels_on_random_cases_under_the_emulator(emulator, path):
     # 40 seeded random cases: sizes around the tile edges, any activation, order set, sign source,
