@@ -121,12 +121,13 @@ def test_low_precision_within_twice_the_same_precision_reference(activation, ord
 
 
 @pytest.mark.parametrize("n,d,m,c", [(65, 129, 97, 16), (200, 512, 300, 7), (3, 8, 4099, 2), (4099, 5, 3, 1),
-                                     (130, 40, 200, 1)])
+                                     (130, 40, 200, 1), (90, 1100, 140, 3)])
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "f16"])
 @pytest.mark.parametrize("op", ["features", "net", "moments"])
 def test_tensor_core_tile_edges(n, d, m, c, op, precision):
     # Not multiples of the 64 x 64 tiles, of the k chunks (32 / 16) or of the 16 x 16 fragments;
-    # d = 512 and c = 16 spread dX and dA over several column tiles.
+    # d = 512 and c = 16 spread dX and dA over several column tiles; d = 1100 spreads the gradients
+    # over several column groups (the accumulators of all their columns exceed shared memory).
     p = make_problem(n=n, d=d, m=m, c=c, bias=True)
     check_against_same_precision(p, op, precision, activation="gelu", order=3, sign_seed=SIGN_SEED)
 

@@ -174,8 +174,8 @@ template <typename T>
 void cast_out(const acc_t<T>* in, void* out, int64_t count, const Context& ctx) {
   if constexpr (!std::is_same_v<acc_t<T>, T>) {
     if (in && count > 0)
-      launch(kernel_name<T>("cast_kernel"), &cast_kernel<T>, dim3(static_cast<unsigned>(finish_blocks(count))), 0, ctx, in,
-             static_cast<T*>(out), count);
+      launch(kernel_name<T>("cast_kernel"), &cast_kernel<T>, dim3(static_cast<unsigned>(finish_blocks(count))), 0,
+             ctx, in, static_cast<T*>(out), count);
   }
 }
 

@@ -143,10 +143,11 @@ struct SampleSum {
   }
 };
 
-// What one kernel launch carries at most: the problem, a reduction and the split's tile count.
+// What one kernel launch carries at most: the problem, a reduction, the split's tile count and the
+// column group's.
 template <typename T>
 constexpr size_t kMaxKernelParams =
     sizeof(Problem<T>) + (sizeof(NeuronSum<T>) > sizeof(SampleSum<T>) ? sizeof(NeuronSum<T>) : sizeof(SampleSum<T>)) +
-    sizeof(int64_t);
+    2 * sizeof(int64_t);
 
 }  // namespace tn::cuda

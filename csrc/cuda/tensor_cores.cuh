@@ -527,7 +527,8 @@ __device__ __forceinline__ void store_fields(const TcReduceSmem<T>& sm, const Fr
   each([&](int t, const FragC<T>(&f)[2]) {
     const float up = kTileScaled<T> ? ldexpf(1.0f, tile_exponent(sm.tile_max()[t])) : 1.0f;
     T* fs = sm.field(t);
-    for_each_element<T>(codes, [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
+    for_each_element<T>(codes,
+                        [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
   });
   __syncthreads();
 }
