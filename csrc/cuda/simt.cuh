@@ -198,7 +198,7 @@ __global__ void __launch_bounds__(kThreads) features_forward_kernel(TN_PARAM(Pro
 // dX. Per neuron tile the products and the epilogue run once, then every column tile of the group
 // takes both terms from the field tiles in shared memory into its accumulators there.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s,
+__global__ void __launch_bounds__(kThreads, 1) neuron_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s,
                                                                int64_t tiles_per_split, int64_t group_tiles) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
@@ -259,12 +259,14 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
     }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * B * B; e += kThreads) {
-    const int64_t k = e / (B * B), ct = g0 + k / slots;
-    const int t = static_cast<int>(k % slots), row = static_cast<int>(e % (B * B) / B), col = static_cast<int>(e % B);
-    const int64_t i = i0 + row, cc = ct * B + col;
-    if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], s.scale[t] * sm.acc(0)[e]);
-  }
+  for (int64_t ct = g0; ct < g1; ++ct)
+    for (int t = 0; t < slots; ++t) {
+      const Acc* acc = sm.acc((ct - g0) * slots + t);
+      for (int e = threadIdx.x; e < B * B; e += kThreads) {
+        const int64_t i = i0 + e / B, cc = ct * B + e % B;
+        if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], s.scale[t] * acc[e]);
+      }
+    }
 }
 
 // Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
@@ -273,7 +275,7 @@ __global__ void __launch_bounds__(kThreads) neuron_sum_kernel(TN_PARAM(Problem<T
 // term's field tile from shared memory into its accumulators there; group 0 also sums the
 // fields of the terms with a bias column.
 template <typename T>
-__global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s,
+__global__ void __launch_bounds__(kThreads, 1) sample_sum_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s,
                                                                int64_t tiles_per_split, int64_t group_tiles) {
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
@@ -344,15 +346,16 @@ __global__ void __launch_bounds__(kThreads) sample_sum_kernel(TN_PARAM(Problem<T
     }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e < (g1 - g0) * B * B; e += kThreads) {
-    const int64_t ct = g0 + e / (B * B);
-    const int row = static_cast<int>(e % (B * B) / B), col = static_cast<int>(e % B);
+  for (int64_t ct = g0; ct < g1; ++ct) {
     int t;
     int64_t k0;
     sample_tile_of(s, ct, B, t, k0);
     const SampleTerm<T>& term = s.term[t];
-    const int64_t r = r0 + row, k = k0 + col;
-    if (r < p.m && k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * sm.acc(0)[e]);
+    const Acc* acc = sm.acc(ct - g0);
+    for (int e = threadIdx.x; e < B * B; e += kThreads) {
+      const int64_t r = r0 + e / B, k = k0 + e % B;
+      if (r < p.m && k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * acc[e]);
+    }
   }
   if (g0 == 0 && threadIdx.x < B && r0 + threadIdx.x < p.m)
     for (int t = 0; t < s.terms; ++t)

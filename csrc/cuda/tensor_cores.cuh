@@ -624,14 +624,16 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
     }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * kTcTile * kTcTile; e += kThreads) {
-    const int64_t k = e / (kTcTile * kTcTile), ct = g0 + k / slots;
-    const int t = static_cast<int>(k % slots), row = static_cast<int>(e % (kTcTile * kTcTile) / kTcTile),
-              col = static_cast<int>(e % kTcTile);
-    const int64_t i = i0 + row, cc = ct * kTcTile + col;
-    if (i < p.n && cc < s.ncols)
-      atomicAdd(&s.out[t][i * s.ld_out + cc], static_cast<float>(s.scale[t]) * sm.acc(k)[row * acc_ld + col]);
-  }
+  for (int64_t ct = g0; ct < g1; ++ct)
+    for (int t = 0; t < slots; ++t) {
+      const float* acc = sm.acc((ct - g0) * slots + t);
+      const float scale = static_cast<float>(s.scale[t]);
+      for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
+        const int row = e / kTcTile, col = e % kTcTile;
+        const int64_t i = i0 + row, cc = ct * kTcTile + col;
+        if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], scale * acc[row * acc_ld + col]);
+      }
+    }
 }
 
 // Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
@@ -699,16 +701,17 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
     }
   }
   __syncthreads();
-  for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * kTcTile; e += kThreads) {
-    const int64_t ct = g0 + e / (kTcTile * kTcTile);
-    const int row = static_cast<int>(e % (kTcTile * kTcTile) / kTcTile), col = static_cast<int>(e % kTcTile);
+  for (int64_t ct = g0; ct < g1; ++ct) {
     int t;
     int64_t k0;
     sample_tile_of(s, ct, kTcTile, t, k0);
     const SampleTerm<T>& term = s.term[t];
-    const int64_t r = r0 + row, k = k0 + col;
-    if (r < p.m && k < term.ncols)
-      atomicAdd(&term.out[r * term.ld_out + k], term.scale * sm.acc(ct - g0)[row * acc_ld + col]);
+    const float* acc = sm.acc(ct - g0);
+    for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
+      const int row = e / kTcTile, col = e % kTcTile;
+      const int64_t r = r0 + row, k = k0 + col;
+      if (r < p.m && k < term.ncols) atomicAdd(&term.out[r * term.ld_out + k], term.scale * acc[row * acc_ld + col]);
+    }
   }
   if (g0 == 0 && threadIdx.x < kTcTile && r0 + threadIdx.x < p.m)
     for (int t = 0; t < s.terms; ++t)
