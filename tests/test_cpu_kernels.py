@@ -149,3 +149,41 @@ def test_kept_derivatives_under_compile():
     got = torch.autograd.grad(f(p["x"], p["w0"], w).sum(), w)[0]
     want = torch.autograd.grad(tn.reference.taylor_features(p["x"], p["w0"], w, activation="silu", order=2).sum(), w)[0]
     torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5)
+
+
+# ---- the epilogue specialised per series (float32 in the fused kernels) against the plan-driven one ----
+
+# The series of specialised.h's kSpecialised; a series outside it (tanh order 3) takes the plan's
+# tables under either setting, and checks the setting changes nothing there.
+SPECIALISED = [("tanh", 1), ("tanh", (0, 1)), ("tanh", 2), ("tanh", (2,)), ("tanh", (0, 2)), ("tanh", "exact"),
+               ("gelu", 2), ("relu", 1), ("silu", 2), ("tanh", 3)]
+
+
+@pytest.mark.parametrize("act,order", SPECIALISED, ids=[f"{a}-{o}" for a, o in SPECIALISED])
+def test_specialised_epilogue_matches_generic(build, monkeypatch, act, order):
+    p = make_problem(n=53, d=7, m=131, c=2, seed=11)
+    for op in ("features", "net"):
+        got = {}
+        for setting in ("auto", "generic"):
+            monkeypatch.setenv("TAYLORNET_CPU_EPILOGUE", setting)
+            check_float32(op, p, name=f"{build} {op} {setting}", activation=act, order=order, sign_mode="tensor")
+            p32 = {k: (v.float().clone().requires_grad_(k != "a") if v is not None else None) for k, v in p.items()}
+            signs = torch.where(torch.arange(131) % 3 == 0, -1.0, 1.0)
+            args = [p32[k] for k in ("x", "w0", "w")]
+            if op == "features":
+                out = tn.taylor_features(*args, p32["b0"], p32["b"], activation=act, order=order, signs=signs)
+            else:
+                out = tn.taylor_net(*args, p32["a"], p32["b0"], p32["b"], activation=act, order=order, signs=signs)
+            cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
+            grads = torch.autograd.grad(out, [p32[k] for k in ("x", "w0", "w", "b0", "b")], cot)
+            got[setting] = (out.detach(), *grads)
+        for k, (a, g) in enumerate(zip(got["auto"], got["generic"])):
+            torch.testing.assert_close(a, g, rtol=2e-5, atol=2e-5 * float(g.abs().max()),
+                                       msg=f"{build} {op} {act} {order}: specialised vs generic, output {k}")
+
+
+def test_cpu_epilogue_setting_is_checked(monkeypatch):
+    p = make_problem(n=3, d=2, m=4, c=0)
+    monkeypatch.setenv("TAYLORNET_CPU_EPILOGUE", "fastest")
+    with pytest.raises(ValueError, match="TAYLORNET_CPU_EPILOGUE: expected auto or generic, got 'fastest'"):
+        tn.taylor_features(p["x"].float(), p["w0"].float(), p["w"].float(), order=2)

@@ -22,6 +22,7 @@
 #include <type_traits>
 
 #include "taylornet/philox.h"
+#include "taylornet/specialised.h"
 
 namespace tn::cpu {
 inline namespace CPU_CAPABILITY {
@@ -36,6 +37,7 @@ constexpr int kUnroll = 4;
 template <typename T, int U = kUnroll>
 struct Pack {
   using Vec = at::vec::Vectorized<T>;
+  using value_type = T;
   // In a union so that default construction leaves the lanes uninitialized: Vectorized's own
   // default constructor zeroes them, which for the epilogue's basis arrays costs more than the math.
   union {
@@ -76,10 +78,11 @@ template <typename T, int U = kUnroll>
 struct VecMath {
   using P = Pack<T, U>;
   using Vec = at::vec::Vectorized<T>;
-  static void tanh_sech2(const P& z, P& t, P& s) {
+  // Out of line: inlined into a register tile's loop, U chains of this much math spill.
+  __attribute__((noinline)) static void tanh_sech2(const P& z, P& t, P& s) {
     for (int j = 0; j < U; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
   }
-  static void sigmoid_pair(const P& z, P& p, P& q) {
+  __attribute__((noinline)) static void sigmoid_pair(const P& z, P& p, P& q) {
     for (int j = 0; j < U; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
   }
 
@@ -718,52 +721,128 @@ void copy_rows(const T* x, int64_t d, int64_t i0, int64_t rows, int64_t rows_pad
   for (int64_t i = 0; i < rows; ++i) std::copy_n(x + (i0 + i) * d, d, buf + i * ld);
 }
 
+// The instruction set's vector registers, for the register tiles: written with the intrinsics
+// themselves, as GCC keeps arrays of at::vec::Vectorized in registers less reliably (it stored
+// every accumulator to the stack at each step of the loop).
+#if defined(CPU_CAPABILITY_AVX512)
+template <typename T>
+struct Reg;
+template <>
+struct Reg<float> {
+  using R = __m512;
+  static R zero() { return _mm512_setzero_ps(); }
+  static R load(const float* p) { return _mm512_loadu_ps(p); }
+  static R set1(float v) { return _mm512_set1_ps(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+};
+template <>
+struct Reg<double> {
+  using R = __m512d;
+  static R zero() { return _mm512_setzero_pd(); }
+  static R load(const double* p) { return _mm512_loadu_pd(p); }
+  static R set1(double v) { return _mm512_set1_pd(v); }
+  static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+};
+#elif defined(CPU_CAPABILITY_AVX2)
+template <typename T>
+struct Reg;
+template <>
+struct Reg<float> {
+  using R = __m256;
+  static R zero() { return _mm256_setzero_ps(); }
+  static R load(const float* p) { return _mm256_loadu_ps(p); }
+  static R set1(float v) { return _mm256_set1_ps(v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+};
+template <>
+struct Reg<double> {
+  using R = __m256d;
+  static R zero() { return _mm256_setzero_pd(); }
+  static R load(const double* p) { return _mm256_loadu_pd(p); }
+  static R set1(double v) { return _mm256_set1_pd(v); }
+  static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+};
+#else
+template <typename T>  // the portable build runs no fused kernel; this only keeps it compiling
+struct Reg {
+  using R = at::vec::Vectorized<T>;
+  static R zero() { return R(T(0)); }
+  static R load(const T* p) { return R::loadu(p); }
+  static R set1(T v) { return R(v); }
+  static R fma(R a, R b, R c) { return at::vec::fmadd(a, b, c); }
+};
+#endif
+
 // The register tile: z0 and u of kRows rows of x (stride ld) against one group panel.
 template <typename T>
 __attribute__((always_inline)) inline void dual_product(const T* x, int64_t ld, const T* panel, int64_t d,
                                                         RowPack<T>& z, RowPack<T>& u) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int VL = Vec::size();
-  Vec cz[kRows], cu[kRows];
+  using G = Reg<T>;
+  using R = typename G::R;
+  constexpr int VL = at::vec::Vectorized<T>::size();
+  R cz[kRows], cu[kRows];
 #pragma GCC unroll 16
-  for (int i = 0; i < kRows; ++i) cz[i] = cu[i] = Vec(T(0));
+  for (int i = 0; i < kRows; ++i) cz[i] = cu[i] = G::zero();
   for (int64_t k = 0; k < d; ++k) {
-    const Vec w0 = Vec::loadu(panel + 2 * VL * k), w = Vec::loadu(panel + 2 * VL * k + VL);
+    const R w0 = G::load(panel + 2 * VL * k), w = G::load(panel + 2 * VL * k + VL);
 #pragma GCC unroll 16
     for (int i = 0; i < kRows; ++i) {
-      const Vec xi(x[i * ld + k]);
-      cz[i] = at::vec::fmadd(xi, w0, cz[i]);
-      cu[i] = at::vec::fmadd(xi, w, cu[i]);
+      const R xi = G::set1(x[i * ld + k]);
+      cz[i] = G::fma(xi, w0, cz[i]);
+      cu[i] = G::fma(xi, w, cu[i]);
     }
   }
 #pragma GCC unroll 16
   for (int i = 0; i < kRows; ++i) {
-    z.v[i] = cz[i];
-    u.v[i] = cu[i];
+    z.v[i] = at::vec::Vectorized<T>(cz[i]);
+    u.v[i] = at::vec::Vectorized<T>(cu[i]);
   }
 }
 
-// The epilogue of one register tile: kRows vectors of lanes in lock-step.
+// The same, out of line: inlined into the backward's tile loop, which keeps more values live, the
+// compiler gave the loop's 2 kRows accumulators one register too few and kept one on the stack (a
+// store and reload per step, on the loop's critical path).
 template <typename T>
-RowPack<T> tile_feature(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u,
-                                                 const RowPack<T>& s) {
-  return feature<RowPack<T>, RowMath<T>>(plan, z, u, s);
+__attribute__((noinline)) void dual_product_out_of_line(const T* x, int64_t ld, const T* panel, int64_t d,
+                                                        RowPack<T>& z, RowPack<T>& u) {
+  dual_product(x, ld, panel, d, z, u);
 }
 
-template <typename T>
-tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<T>& z,
-                                                              const RowPack<T>& u, const RowPack<T>& s,
-                                                              bool need_value, bool need_dz) {
-  return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, need_value, need_dz);
+// The epilogue of one register tile, kRows vectors of lanes in lock-step: series S of
+// specialised.h (basis in registers, coefficients as immediates), or the plan's tables when S is
+// kGenericEpilogue.
+template <int S, typename T>
+RowPack<T> tile_feature(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u, const RowPack<T>& s) {
+  if constexpr (S >= 0) return spec_feature<S, RowPack<T>, RowMath<T>>(z, u, s);
+  else return feature<RowPack<T>, RowMath<T>>(plan, z, u, s);
 }
 
-// z0 and u of one tile with the biases added.
-template <typename T>
+template <int S, typename T>
+tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u,
+                                         const RowPack<T>& s, bool need_value, bool need_dz) {
+  if constexpr (S >= 0) return spec_feature_grads<S, RowPack<T>, RowMath<T>>(z, u, s, need_value, need_dz);
+  else return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, need_value, need_dz);
+}
+
+// f(std::integral_constant<int, S>{}) with the epilogue of the call's series: float32 takes the
+// series' specialised one where specialised.h has it (unless TAYLORNET_CPU_EPILOGUE=generic);
+// float64, the reference precision, and every other series take the plan's tables.
+template <typename T, typename F>
+void with_tile_epilogue(const Plan& plan, F&& f) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (!generic_epilogue_forced()) return with_epilogue(specialised_epilogue(plan.series), f);
+  }
+  f(std::integral_constant<int, kGenericEpilogue>{});
+}
+
+// z0 and u of one tile with the biases added; OutOfLine: see dual_product_out_of_line.
+template <bool OutOfLine = false, typename T>
 inline void tile_products(const FusedWeights<T>& f, const T* x, int64_t ld, int64_t g, RowPack<T>& z,
                           RowPack<T>& u) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
-  dual_product(x, ld, f.group_panel(g), f.d, z, u);
+  if constexpr (OutOfLine) dual_product_out_of_line(x, ld, f.group_panel(g), f.d, z, u);
+  else dual_product(x, ld, f.group_panel(g), f.d, z, u);
   if (f.has_b0) z = z + RowPack<T>::rows(Vec::loadu(f.b0.data() + g * VL));
   if (f.has_b) u = u + RowPack<T>::rows(Vec::loadu(f.b.data() + g * VL));
 }
@@ -808,8 +887,8 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
-template <typename T>
-void fused_features_forward(const Args& args, Tensor& out) {
+template <int S, typename T>
+void fused_features_forward_with(const Args& args, Tensor& out) {
   using V = RowPack<T>;
   using M = RowMath<T>;
   using Vec = at::vec::Vectorized<T>;
@@ -839,7 +918,7 @@ void fused_features_forward(const Args& args, Tensor& out) {
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
           V z, u;
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          const V h = tile_feature(plan, z, u, s);
+          const V h = tile_feature<S>(plan, z, u, s);
           for (int i = 0; i < kRows && r0 + i < rows; ++i) {
             T* dst = o + (i0 + r0 + i) * m + g * VL;
             if (cnt == VL) h.v[i].store(dst);
@@ -851,9 +930,14 @@ void fused_features_forward(const Args& args, Tensor& out) {
   });
 }
 
+template <typename T>
+void fused_features_forward(const Args& args, Tensor& out) {
+  with_tile_epilogue<T>(*args.plan, [&](auto e) { fused_features_forward_with<decltype(e)::value, T>(args, out); });
+}
+
 // ---- taylor_net forward: the readout contracted in registers, per row and output.
 
-template <typename T>
+template <int S, typename T>
 void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, const T* x, T scale,
                              int64_t i0, int64_t rows, int64_t g0, int64_t g1, T* out, std::vector<T>& xb,
                              std::vector<at::vec::Vectorized<T>>& acc) {
@@ -870,7 +954,7 @@ void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, 
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
       V z, u;
       tile_products(f, xb.data() + r0 * d, d, g, z, u);
-      const V h = tile_feature(plan, z, u, s);
+      const V h = tile_feature<S>(plan, z, u, s);
       for (int64_t j = 0; j < c; ++j) {
         const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
         Vec* accj = acc.data() + r0 * c + j;
@@ -890,8 +974,8 @@ void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, 
     }
 }
 
-template <typename T>
-void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
+template <int S, typename T>
+void fused_net_forward_with(const NetProblem<T>& p, Tensor& out) {
   const FusedWeights<T> f(p.args, p.A[0]);
   const int64_t n = p.n, c = p.c;
   const int64_t block_rows = 8 * kRows;
@@ -911,7 +995,7 @@ void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
       scratch(xb, acc);
       for (int64_t sb = b0; sb < b1; ++sb) {
         const int64_t i0 = sb * block_rows;
-        fused_net_forward_block(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), 0, f.groups, o, xb, acc);
+        fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), 0, f.groups, o, xb, acc);
       }
     });
     return;
@@ -927,11 +1011,16 @@ void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t g0 = f.groups * w / workers, g1 = f.groups * (w + 1) / workers;
       for (int64_t i0 = 0; i0 < n; i0 += block_rows)
-        fused_net_forward_block(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), g0, g1,
+        fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), g0, g1,
                                 partial[w].template mutable_data_ptr<T>(), xb, acc);
     }
   });
   for (auto& t : partial) out.add_(t);
+}
+
+template <typename T>
+void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
+  with_tile_epilogue<T>(*p.args.plan, [&](auto e) { fused_net_forward_with<decltype(e)::value, T>(p, out); });
 }
 
 // ---- backward: dW, dW0, db, db0 and dA of the net (g = gout A) or of the features (g = grad_h).
@@ -945,7 +1034,7 @@ struct FusedGrads {
   std::vector<at::vec::Vectorized<T>> db, db0, da;
 };
 
-template <typename T>
+template <int S, typename T>
 void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, const T* gout, const Needs& needs,
                           int64_t i_begin, int64_t i_end, int64_t g0, int64_t g1, Targets& t) {
   using V = RowPack<T>;
@@ -979,7 +1068,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
         const V sg = V::rows(Vec::loadu(f.s.data() + g * VL));
         for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
           V z, u;
-          tile_products(f, s.xb.data() + r0 * ld, ld, g, z, u);
+          tile_products<true>(f, s.xb.data() + r0 * ld, ld, g, z, u);
           // g = dL/dh of the tile's rows; zero on padding rows and neurons.
           V gh;
           for (int i = 0; i < kRows; ++i) {
@@ -996,7 +1085,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
               gh.v[i] = acc;
             }
           }
-          const auto dh = tile_feature_grads(p.plan, z, u, sg, need_phi, need_dz);
+          const auto dh = tile_feature_grads<S>(p.plan, z, u, sg, need_phi, need_dz);
           if (need_g) {
             const V G = gh * dh.du;
             Vec sum(T(0));
@@ -1053,8 +1142,8 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
 
 // The parameter gradients by the fused kernels: workers own blocks of neurons and sweep all
 // samples, or, with few neurons, own sample ranges and keep partial gradients.
-template <typename T>
-void fused_param_grads(const NetProblem<T>& p, const std::vector<Tensor>& gout, const Needs& needs, Targets& t) {
+template <int S, typename T>
+void fused_param_grads_with(const NetProblem<T>& p, const std::vector<Tensor>& gout, const Needs& needs, Targets& t) {
   Needs params = needs;
   params.x = false;
   const FusedWeights<T> f(p.args, p.grad_h ? Tensor() : p.A[0]);
@@ -1066,7 +1155,7 @@ void fused_param_grads(const NetProblem<T>& p, const std::vector<Tensor>& gout, 
   if (nnb >= threads || nnb >= nsb) {
     at::parallel_for(0, nnb, 1, [&](int64_t b0, int64_t b1) {
       for (int64_t nb = b0; nb < b1; ++nb)
-        fused_backward_block(f, p, go, params, 0, p.n, nb * block_groups,
+        fused_backward_block<S>(f, p, go, params, 0, p.n, nb * block_groups,
                              std::min(f.groups, (nb + 1) * block_groups), t);
     });
     return;
@@ -1077,10 +1166,15 @@ void fused_param_grads(const NetProblem<T>& p, const std::vector<Tensor>& gout, 
   at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
     for (int64_t w = w0; w < w1; ++w) {
       const int64_t i0 = p.n * w / workers, i1 = p.n * (w + 1) / workers;
-      fused_backward_block(f, p, go, params, i0, i1, 0, f.groups, partial[w]);
+      fused_backward_block<S>(f, p, go, params, i0, i1, 0, f.groups, partial[w]);
     }
   });
   for (auto& tw : partial) add_targets(t, tw);
+}
+
+template <typename T>
+void fused_param_grads(const NetProblem<T>& p, const std::vector<Tensor>& gout, const Needs& needs, Targets& t) {
+  with_tile_epilogue<T>(*p.args.plan, [&](auto e) { fused_param_grads_with<decltype(e)::value, T>(p, gout, needs, t); });
 }
 
 template <typename T>

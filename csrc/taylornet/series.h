@@ -175,6 +175,21 @@ struct Moments {
   Grads<V> e, o;
 };
 
+// The moments of the exact network from its two branches h(+-) = sigma(z0 +- u) and their
+// derivatives h'(+-) = sigma'(z0 +- u): e = (h+ + h-)/2, o = (h+ - h-)/2, and d/du, d/dz0 of both.
+template <typename V>
+TN_HD Moments<V> exact_moments(const V& hp, const V& hm, const V& dp, const V& dm) {
+  const V half(0.5);
+  Moments<V> r;
+  r.e.value = half * (hp + hm);
+  r.o.value = half * (hp - hm);
+  r.e.du = half * (dp - dm);
+  r.e.dz = half * (dp + dm);
+  r.o.du = r.e.dz;
+  r.o.dz = r.e.du;
+  return r;
+}
+
 template <typename V, typename M, typename P>
 TN_HD Moments<V> moments(const P& p, const V& z0, const V& u, bool grads, bool need_dz) {
   Moments<V> r;
@@ -187,14 +202,7 @@ TN_HD Moments<V> moments(const P& p, const V& z0, const V& u, bool grads, bool n
     eval_basis<V, M>(p.act, p.basis, z0 - u, g);
     const V hm = eval_quantity<V, M>(p, kH, g, V(0));
     const V dm = grads ? eval_quantity<V, M>(p, kHdv, g, V(0)) : V(0);
-    const V half(0.5);
-    r.e.value = half * (hp + hm);
-    r.o.value = half * (hp - hm);
-    r.e.du = half * (dp - dm);
-    r.e.dz = half * (dp + dm);
-    r.o.du = r.e.dz;
-    r.o.dz = r.e.du;
-    return r;
+    return exact_moments(hp, hm, dp, dm);
   }
   eval_basis<V, M>(p.act, p.basis, z0, g);
   r.e.value = eval_quantity<V, M>(p, kE, g, u);
