@@ -187,3 +187,41 @@ def test_cpu_epilogue_setting_is_checked(monkeypatch):
     monkeypatch.setenv("TAYLORNET_CPU_EPILOGUE", "fastest")
     with pytest.raises(ValueError, match="TAYLORNET_CPU_EPILOGUE: expected auto or generic, got 'fastest'"):
         tn.taylor_features(p["x"].float(), p["w0"].float(), p["w"].float(), order=2)
+
+
+# ---- the float32 transcendental functions of the epilogue (tanh and sech^2, the sigmoid pair) ----
+
+def _unit_features(z, activation, order):
+    """h = c_order(z) for each z: one input dimension, z0 = z, u = 1 through the bias b."""
+    x = z[:, None].contiguous()
+    return tn.taylor_features(x, torch.ones(1, 1), torch.zeros(1, 1), None, torch.ones(1), activation=activation,
+                              order=(order,))[:, 0].double()
+
+
+def test_float32_tanh_and_sigmoid_are_accurate_to_a_few_ulp(build):
+    """tanh, sech^2, silu and silu' of the float32 kernels over (-20, 20) and |z| up to 80 on a
+    log scale, against float64: within 8 ulp of the result (silu': of the sum of its terms'
+    magnitudes, as it crosses zero), and exactly saturated far out."""
+    grid = torch.cat([torch.linspace(-20, 20, 100001, dtype=torch.float64),
+                      torch.logspace(-30, 1.9, 50001, dtype=torch.float64)])
+    z = torch.cat([grid, -grid]).float()
+    zd = z.double()
+    p, q = torch.sigmoid(zd), torch.sigmoid(-zd)
+    sech2 = torch.cosh(zd) ** -2
+    cases = [("tanh", 0, torch.tanh(zd), torch.tanh(zd).abs()), ("tanh", 1, sech2, sech2),
+             ("silu", 0, zd * p, (zd * p).abs()), ("silu", 1, p * (1 + zd * q), p + (zd * p * q).abs())]
+    ulp = torch.finfo(torch.float32).eps
+    for activation, order, want, scale in cases:
+        got = _unit_features(z, activation, order)
+        keep = scale > 1e-30  # below, float32's subnormals
+        err = ((got - want).abs() / (scale * ulp))[keep]
+        worst = int(torch.argmax(err))
+        assert float(err.max()) <= 8, (f"{build} {activation} order {order}: {float(err.max()):.1f} ulp at "
+                                       f"z = {float(z[keep][worst])}")
+    far = torch.tensor([60.0, 100.0, 1e10, 1e30])  # sech^2 = 4 e^{-2|z|} below float32's range
+    z = torch.cat([far, -far])
+    assert _unit_features(z, "tanh", 0).tolist() == [1.0] * 4 + [-1.0] * 4  # (x = inf would make u = inf * 0)
+    assert _unit_features(z, "tanh", 1).tolist() == [0.0] * 8
+    assert _unit_features(far[:3], "silu", 1).tolist() == [1.0] * 3  # sigmoid(z) exactly 1
+    nan = _unit_features(torch.tensor([float("nan")]), "tanh", 0)
+    assert torch.isnan(nan).all()

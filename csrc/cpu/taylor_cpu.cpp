@@ -86,11 +86,6 @@ struct VecMath {
     for (int j = 0; j < U; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
   }
 
-  // t = tanh z and s = 1 - t^2. With E = exp(2|z|) and w = 2 / (E + 1) = 1 - |t|, s = w (2 - w) keeps
-  // its digits where tanh saturates (1 - t^2 would not), and E = inf gives exactly t = +-1, s = 0.
-  // For |z| < 0.4, where 1 - w cancels, t is the odd Taylor series to z^13 in float (truncation
-  // below 2e-9 relative) and e / (e + 2) with e = expm1(2z) in double. Both are a few ulp, and
-  // cheaper than Sleef's tanh, which costs more than the rest of a low-order epilogue.
   // e^x. For float lanes on AVX2 / AVX-512: inline, Cephes' expf polynomial after a two-part
   // ln 2 reduction (about 1 ulp), 0 below -87.34 and +inf above 88.72; Sleef's call costs more
   // than the rest of the epilogue. Elsewhere Sleef.
@@ -121,7 +116,67 @@ struct VecMath {
     return x.exp();
   }
 
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  static constexpr bool kFastFloat = sizeof(T) == 4;
+#else
+  static constexpr bool kFastFloat = false;
+#endif
+
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+  // Float lanes only. e = e^x and em = e^x - 1 for x <= 0, each to a few ulp relative: Cephes' expf
+  // polynomial p(r) = e^r - 1 after a two-part ln 2 reduction x = k ln 2 + r, then e = 2^k (1 + p)
+  // and em = 2^k p + (2^k - 1), exact in its rounding for k = 0 (small |x|, where em is tiny) and
+  // free of cancellation below (em <= -0.29). Below -87.7, 2^k is built as 0: e = 0, em = -1 exactly.
+  __attribute__((always_inline)) static void exp_expm1_nonpositive(const Vec& x, Vec& e, Vec& em) {
+    const Vec xc = at::vec::maximum(x, Vec(-88.0f));  // NaN stays NaN
+    const Vec k = (xc * Vec(1.44269504088896341f)).round();
+    Vec r = at::vec::fmadd(k, Vec(-0.693359375f), xc);
+    r = at::vec::fmadd(k, Vec(2.12194440e-4f), r);
+    Vec c(1.9875691500e-4f);
+    for (const float coef : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
+      c = at::vec::fmadd(c, r, Vec(coef));
+    const Vec p = at::vec::fmadd(c, r * r, r);
+#if defined(CPU_CAPABILITY_AVX512)
+    const Vec two_k = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));
+#else
+    const Vec two_k = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+#endif
+    e = at::vec::fmadd(two_k, p, two_k);
+    em = at::vec::fmadd(two_k, p, two_k - Vec(1.0f));
+  }
+
+  // 1 / d for d in [1, 4] (float lanes): the hardware's estimate and one Newton step, about 1 ulp
+  // on AVX-512 (14-bit estimate) and 2 on AVX2 (12-bit); no division.
+  __attribute__((always_inline)) static Vec reciprocal_1_to_4(const Vec& d) {
+#if defined(CPU_CAPABILITY_AVX512)
+    const Vec y = _mm512_rcp14_ps(d);
+#else
+    const Vec y = _mm256_rcp_ps(d);
+#endif
+    return at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
+  }
+#endif
+
+  // t = tanh z and s = 1 - t^2, both to a few ulp relative everywhere, with exactly t = +-1, s = 0
+  // where tanh saturates. float on AVX2 / AVX-512, branch- and division-free: e = e^{-2|z|},
+  // em = e - 1 (exp_expm1_nonpositive), then |t| = -em / (1 + e) or 1 - 2 e / (1 + e) and
+  // s = 4 e / (1 + e)^2, none of which cancels. double (and the portable build): w = 2 / (e^{2|z|} + 1) = 1 - |t| and
+  // s = w (2 - w) for |z| >= 0.4; below, e / (e + 2) with e = expm1(2z).
   __attribute__((always_inline)) static void tanh_sech2_vec(const Vec& z, Vec& t, Vec& s) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kFastFloat) {
+      const Vec a = z.abs();
+      Vec e, em;
+      exp_expm1_nonpositive(a * Vec(-2.0f), e, em);
+      const Vec r = reciprocal_1_to_4(em + Vec(2.0f));  // 1 / (1 + e)
+      // |t| = -em / (1 + e) near 0; = 1 - 2 e / (1 + e) from |z| = 0.55 (e <= 1/3, no cancellation),
+      // exactly 1 where e = 0. Then z's sign.
+      const Vec t_abs = Vec::blendv(em.neg() * r, at::vec::fnmadd(e + e, r, Vec(1.0f)), a > Vec(0.55f));
+      t = t_abs | (z & Vec(-0.0f));
+      s = (Vec(4.0f) * e) * (r * r);
+      return;
+    }
+#endif
     const Vec one(T(1)), two(T(2));
     const Vec a = z.abs();
     const Vec w = two / (exp_vec(a + a) + one);
@@ -142,14 +197,28 @@ struct VecMath {
     s = Vec::blendv(w * (two - w), one - near * near, near_mask);
   }
 
-  // p = sigmoid(z) and q = sigmoid(-z) from e = exp(-|z|): p, q = 1 / (1 + e) and e / (1 + e).
+  // p = sigmoid(z) and q = sigmoid(-z) from e = exp(-|z|): p, q = 1 / (1 + e) and e / (1 + e)
+  // (float on AVX2 / AVX-512: 1 / (1 + e) without a division, as in tanh_sech2_vec).
   __attribute__((always_inline)) static void sigmoid_pair_vec(const Vec& z, Vec& p, Vec& q) {
-    const Vec e = exp_vec(z.abs().neg());
-    const Vec r = Vec(T(1)) / (Vec(T(1)) + e);
-    const Vec er = e * r;
+    Vec e, r;
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kFastFloat) {
+      Vec em;
+      exp_expm1_nonpositive(z.abs().neg(), e, em);
+      r = reciprocal_1_to_4(Vec(T(1)) + e);
+    } else
+#endif
+    {
+      e = exp_vec(z.abs().neg());
+      r = Vec(T(1)) / (Vec(T(1)) + e);
+    }
+    const Vec er = e * r;  // the smaller of p and q
+    // the larger: 1 / (1 + e), or 1 - e / (1 + e) from |z| = 0.7 (e <= 1/2, no cancellation), which
+    // is exactly 1 where e = 0 (an estimated reciprocal of 1 need not be)
+    const Vec big = Vec::blendv(r, Vec(T(1)) - er, z.abs() > Vec(T(0.7)));
     const Vec negative = z < Vec(T(0));
-    p = Vec::blendv(r, er, negative);
-    q = Vec::blendv(er, r, negative);
+    p = Vec::blendv(big, er, negative);
+    q = Vec::blendv(er, big, negative);
   }
 
   static P exp(const P& x) { return P::map([](const Vec& a) { return exp_vec(a); }, x); }
