@@ -128,7 +128,11 @@ struct VecMath {
   // and em = 2^k p + (2^k - 1), exact in its rounding for k = 0 (small |x|, where em is tiny) and
   // free of cancellation below (em <= -0.29). Below -87.7, 2^k is built as 0: e = 0, em = -1 exactly.
   __attribute__((always_inline)) static void exp_expm1_nonpositive(const Vec& x, Vec& e, Vec& em) {
-    const Vec xc = at::vec::maximum(x, Vec(-88.0f));  // NaN stays NaN
+#if defined(CPU_CAPABILITY_AVX512)
+    const Vec xc = _mm512_max_ps(_mm512_set1_ps(-88.0f), x);  // x NaN: max returns its second operand, x
+#else
+    const Vec xc = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);  // x NaN: max returns its second operand, x
+#endif
     const Vec k = (xc * Vec(1.44269504088896341f)).round();
     Vec r = at::vec::fmadd(k, Vec(-0.693359375f), xc);
     r = at::vec::fmadd(k, Vec(2.12194440e-4f), r);
