@@ -10,7 +10,7 @@ import torch
 import taylornet as tn
 from taylornet.__main__ import main
 from taylornet.experiments import learners
-from taylornet.experiments.common import fit_power_law
+from taylornet.experiments.common import Interruptible, Verdict, fit_power_law
 from taylornet.experiments.data import (
     LowRankPolynomial,
     degree_shares,
@@ -407,6 +407,24 @@ def test_interrupted_sweep_keeps_what_finished(tmp_path, monkeypatch, capsys):
     rows = (out / "sample-complexity_runs.csv").read_text().splitlines()
     assert rows[0].startswith("learner,d,n,test_error") and len(rows) == 1 + 2  # the two finished fits
     assert "interrupted" in capsys.readouterr().err
+
+
+def test_interruptible_stops_on_ctrl_c_only():
+    closed = []
+    with Interruptible(lambda: closed.append(1)) as run:
+        raise KeyboardInterrupt
+    assert run.stopped and run.exit_code == 130 and closed == [1]
+    verdict, summary = Verdict("HELD", "ok"), {}
+    run.mark(verdict, summary)
+    assert verdict.reason == "interrupted run, partial results: ok" and summary == {"interrupted": True}
+    with Interruptible() as run:
+        pass
+    verdict, summary = Verdict("HELD", "ok"), {}
+    run.mark(verdict, summary)
+    assert not run.stopped and run.exit_code == 0 and verdict.reason == "ok" and summary == {}
+    with pytest.raises(ValueError), Interruptible(lambda: closed.append(2)):
+        raise ValueError("not an interruption")
+    assert closed == [1, 2]
 
 
 @pytest.mark.slow

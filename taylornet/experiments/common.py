@@ -21,6 +21,7 @@ from ..utils.progress import progress_bar
 
 __all__ = [
     "add_common_arguments", "resolve_config", "setup", "progress", "pyplot", "Results", "Verdict", "fit_power_law",
+    "Interruptible",
 ]
 
 
@@ -88,6 +89,35 @@ def fit_power_law(xs, ys) -> tuple[float, float]:
         return math.nan, math.nan
     fit = statistics.linear_regression([p[0] for p in pts], [p[1] for p in pts])
     return fit.slope, fit.intercept
+
+
+class Interruptible:
+    """``with Interruptible(close) as run:`` ends the block at Ctrl-C instead of ending the program, and
+    calls ``close()`` (the progress bars) either way: the experiment then writes what finished.
+    ``run.stopped`` says whether it was interrupted; ``run.mark(verdict, summary)`` marks the
+    results partial if so, and ``run.exit_code`` is 130 (as for SIGINT) or 0."""
+
+    def __init__(self, close=None):
+        self.stopped = False
+        self._close = close
+
+    def __enter__(self) -> Interruptible:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> bool:
+        if self._close is not None:
+            self._close()
+        self.stopped = exc_type is not None and issubclass(exc_type, KeyboardInterrupt)
+        return self.stopped
+
+    def mark(self, verdict: Verdict, summary: dict) -> None:
+        if self.stopped:
+            verdict.reason = "interrupted run, partial results: " + verdict.reason
+            summary["interrupted"] = True
+
+    @property
+    def exit_code(self) -> int:
+        return 130 if self.stopped else 0
 
 
 @dataclasses.dataclass

@@ -27,7 +27,17 @@ from dataclasses import dataclass
 
 import torch
 
-from .common import Results, Verdict, add_common_arguments, fit_power_law, progress, pyplot, resolve_config, setup
+from .common import (
+    Interruptible,
+    Results,
+    Verdict,
+    add_common_arguments,
+    fit_power_law,
+    progress,
+    pyplot,
+    resolve_config,
+    setup,
+)
 from .data import LowRankPolynomial, degree_shares, sample_sphere
 from .learners import LEARNERS, LearnerSettings, fit, fit_steps
 
@@ -458,16 +468,11 @@ def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str, 
     results = Results(name, args.out, cfg, preset, args)
     bar = progress(len(cfg.dims) * len(cfg.learners), f"{name} [{preset}]", "search", args)
     rows, thresholds = [], {}
-    interrupted = False
-    try:
+    with Interruptible(bar.close) as run:
         sweep(cfg, args.seed, device, settings_for, bar, rows, thresholds,
               on_row=results.stream(f"{name}_runs", RUN_FIELDS),
               fit_bar=lambda total, desc: progress(total, desc, "step", args, position=1))
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    if interrupted:
+    if run.stopped:
         print(f"interrupted: keeping the {len(rows)} evaluations that finished", file=sys.stderr)
     results.table(f"{name}_thresholds", [{"learner": k, "d": d, "n_star": n} for k, by_d in thresholds.items()
                                          for d, n in by_d.items()])
@@ -477,13 +482,11 @@ def run_experiment(name: str, cfg, preset: str, args, settings_for, title: str, 
     shares = target_degree_shares(cfg)
     summary["target_degree_share"] = shares
     summary.update(extra or {})
-    if interrupted:
-        verdict.reason = "interrupted run, partial results: " + verdict.reason
-        summary["interrupted"] = True
+    run.mark(verdict, summary)
     plot(rows, thresholds, summary, cfg, title, results, name.replace("-", "_"))
     print(_threshold_table(thresholds, rows, summary, shares, cfg.degree))
     results.finish(summary, verdict)
-    return 130 if interrupted else 0
+    return run.exit_code
 
 
 def run(args: argparse.Namespace) -> int:

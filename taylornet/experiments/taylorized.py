@@ -31,7 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from ..modules import TaylorNet
-from .common import Results, Verdict, add_common_arguments, fit_power_law, progress, pyplot, resolve_config, setup
+from .common import (
+    Interruptible,
+    Results,
+    Verdict,
+    add_common_arguments,
+    fit_power_law,
+    progress,
+    pyplot,
+    resolve_config,
+    setup,
+)
 from .data import LowRankPolynomial, Split, load_digits, sample_sphere
 
 __all__ = ["TaylorizedConfig", "PRESETS", "Task", "make_task", "make_models", "train_together",
@@ -527,8 +537,7 @@ def run(args: argparse.Namespace) -> int:
     train_rows, eval_rows, sweep, done = [], [], [], []
     budget_bytes = _memory_budget(cfg)
     costs = None
-    interrupted = False
-    try:
+    with Interruptible(lambda: bar.close()) as run:  # the bar current at the time
         for task in tasks if cfg.steps else []:  # --steps 0: the width sweep alone
             torch.manual_seed(args.seed)
             models = make_models(task, cfg.width, cfg.orders, cfg.activation, device)
@@ -554,11 +563,7 @@ def run(args: argparse.Namespace) -> int:
                     row.update(_predicted_reference(costs, row["width"], budget_bytes))
                 write(row)
             width_sweep(tasks[0], cfg, args.seed, device, bar, sweep, on_row)
-    except KeyboardInterrupt:
-        interrupted = True
-    finally:
-        bar.close()
-    if interrupted:
+    if run.stopped:
         print(f"interrupted: keeping {len(done)} finished task(s) and {len(sweep)} sweep width(s)", file=sys.stderr)
 
     results.table(f"{NAME}_train", train_rows)
@@ -574,16 +579,14 @@ def run(args: argparse.Namespace) -> int:
     if costs:
         summary["reference_costs"] = {"budget_bytes": budget_bytes, **costs, "out_of_memory_width": {
             impl: out_of_memory_width(costs, impl, budget_bytes) for impl in ("eager", "compiled")}}
-    if interrupted:
-        verdict.reason = "interrupted run, partial results: " + verdict.reason
-        summary["interrupted"] = True
+    run.mark(verdict, summary)
     if done:
         plot(eval_rows, train_rows, done, cfg.orders, results)
     if sweep:
         plot_sweep(sweep, summary, cfg, tasks[0], budget_bytes, results)
         print(_sweep_table(sweep, cfg))
     results.finish(summary, verdict)
-    return 130 if interrupted else 0
+    return run.exit_code
 
 
 def _sweep_fields(cfg: TaylorizedConfig, costs) -> list[str]:
