@@ -180,9 +180,14 @@ def _features_saving_setup(ctx, inputs, output):
     _, du, dz = output
     ctx.save_for_backward(x, w0, w, du, dz)
     ctx.bias = (b0 is not None, b is not None)
+    # No zero tensors for the cotangents of du and dz, which nothing differentiates: each would be
+    # another n x m buffer at the backward's peak.
+    ctx.set_materialize_grads(False)
 
 
 def _features_saving_backward(ctx, grad, _grad_du, _grad_dz):
+    if grad is None:  # only du or dz reached the loss (a direct call of the op): they carry no gradient
+        return (None,) * 11
     x, w0, w, du, dz = ctx.saved_tensors
     needs = list(ctx.needs_input_grad[:5])
     grads = ops.features_backward_saved(grad.contiguous(), du, dz, x, w0, w, *ctx.bias, needs)
