@@ -118,11 +118,7 @@ struct VecMath {
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   static constexpr bool kFastFloat = sizeof(T) == 4;
-#else
-  static constexpr bool kFastFloat = false;
-#endif
 
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   // Float lanes only. e = e^x and em = e^x - 1 for x <= 0, each to a few ulp relative: Cephes' expf
   // polynomial p(r) = e^r - 1 after a two-part ln 2 reduction x = k ln 2 + r, then e = 2^k (1 + p)
   // and em = 2^k p + (2^k - 1), exact in its rounding for k = 0 (small |x|, where em is tiny) and
@@ -141,9 +137,11 @@ struct VecMath {
       c = at::vec::fmadd(c, r, Vec(coef));
     const Vec p = at::vec::fmadd(c, r * r, r);
 #if defined(CPU_CAPABILITY_AVX512)
-    const Vec two_k = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));
+    const Vec two_k =
+        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));
 #else
-    const Vec two_k = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+    const Vec two_k =
+        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
 #endif
     e = at::vec::fmadd(two_k, p, two_k);
     em = at::vec::fmadd(two_k, p, two_k - Vec(1.0f));
@@ -159,13 +157,16 @@ struct VecMath {
 #endif
     return at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
   }
+#else
+  static constexpr bool kFastFloat = false;
 #endif
 
   // t = tanh z and s = 1 - t^2, both to a few ulp relative everywhere, with exactly t = +-1, s = 0
   // where tanh saturates. float on AVX2 / AVX-512, branch- and division-free: e = e^{-2|z|},
   // em = e - 1 (exp_expm1_nonpositive), then |t| = -em / (1 + e) or 1 - 2 e / (1 + e) and
-  // s = 4 e / (1 + e)^2, none of which cancels. double (and the portable build): w = 2 / (e^{2|z|} + 1) = 1 - |t| and
-  // s = w (2 - w) for |z| >= 0.4; below, e / (e + 2) with e = expm1(2z).
+  // s = 4 e / (1 + e)^2, none of which cancels. double (and the portable build's float):
+  // w = 2 / (e^{2|z|} + 1) = 1 - |t| and s = w (2 - w) for |z| >= 0.4; below, e / (e + 2) with
+  // e = expm1(2z) in double and the odd series of tanh to z^13 in float.
   __attribute__((always_inline)) static void tanh_sech2_vec(const Vec& z, Vec& t, Vec& s) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (kFastFloat) {
