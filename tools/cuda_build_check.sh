@@ -50,6 +50,8 @@ if ! python3 tools/ptxas_report.py --check build/cuda-build.log \
   exit 1
 fi
 ls -l build/cuda/libtaylornet_ops.so | awk '{print "libtaylornet_ops.so: " $5 " bytes"}'
+# The epilogue's instructions per element for each specialised series (docs/cuda.md's performance model).
+python3 tools/epilogue_cost.py --arch sm_90 --out build/epilogue-cost.txt
 
 "$PY" - <<'PY'
 import torch
