@@ -170,37 +170,30 @@ struct GenericBasis {
 
   __device__ __forceinline__ GenericBasis(Act act, int J, const V& x) : z(x), start(1), split(1 << 20), k(0) {
     head1 = first = base = V(0);
+    // The sigmoid family's sequence p q y^k with y = p - q; returns p = sigmoid(x).
+    auto sigmoid_sequence = [&] {
+      V p, q;
+      M::sigmoid_pair(x, p, q);
+      first = p * q;
+      base = p - q;
+      return p;
+    };
     switch (act) {
       case Act::kTanh: {
         M::tanh_sech2(x, head0, first);
         base = head0;
         break;
       }
-      case Act::kSigmoid: {
-        V p, q;
-        M::sigmoid_pair(x, p, q);
-        head0 = p;
-        first = p * q;
-        base = p - q;
-        break;
-      }
+      case Act::kSigmoid: head0 = sigmoid_sequence(); break;
       case Act::kSoftplus: {
         head0 = M::max0(x) + M::log1p(M::exp(V(0) - M::abs(x)));
-        V p, q;
-        M::sigmoid_pair(x, p, q);
-        head1 = p;
-        first = p * q;
-        base = p - q;
+        head1 = sigmoid_sequence();
         start = 2;
         break;
       }
       case Act::kSilu: {
-        V p, q;
-        M::sigmoid_pair(x, p, q);
-        head0 = p;
-        head1 = x * p;
-        first = p * q;
-        base = p - q;
+        head0 = sigmoid_sequence();
+        head1 = x * head0;
         start = 2;
         split = J / 2 - 1;
         break;
