@@ -157,3 +157,23 @@ def test_cpu_peak_measures_resident_bytes():
     assert res["method"] in ("vmhwm-reset", "vmhwm")
     if res["method"] == "vmhwm-reset":
         assert 0.95 <= res["peak_bytes"] / (4 * numel) <= 1.1
+
+
+@pytest.mark.parametrize("argv0", ["/somewhere/bin/taylornet", "/somewhere/taylornet/__main__.py"])
+def test_hugepages_restart_runs_the_same_command(monkeypatch, argv0):
+    """--hugepages re-executes the benchmark with the glibc tunable, through the interpreter, whether
+    it was started as the console script or as `python -m taylornet`."""
+    from taylornet.bench import hugepages
+
+    calls = []
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    monkeypatch.setattr(sys, "argv", [argv0, "bench", "--preset", "core", "--hugepages"])
+    monkeypatch.setattr(hugepages.os, "execve", lambda prog, args, env: calls.append((prog, args, env)))
+    hugepages.reexec_with_hugepages()
+    (prog, args, env), = calls
+    assert prog == sys.executable and args == [sys.executable, "-P", "-m", "taylornet", "bench", "--preset", "core",
+                                               "--hugepages"]
+    assert env["GLIBC_TUNABLES"] == "glibc.malloc.arena_max=2:glibc.malloc.hugetlb=1"
+    monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
+    hugepages.reexec_with_hugepages()  # already set: returns
+    assert len(calls) == 1

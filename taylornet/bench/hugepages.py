@@ -26,8 +26,9 @@ def reexec_with_hugepages() -> None:
     env = dict(os.environ, GLIBC_TUNABLES=f"{tunables}:{TUNABLE}" if tunables else TUNABLE)
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execve(sys.executable, [sys.executable, "-P", "-m", "taylornet", *sys.argv[1:]]
-              if not sys.argv[0].endswith("taylornet") else [sys.argv[0], *sys.argv[1:]], env)
+    # The same command through the interpreter, however it was started (`python -m taylornet` or the
+    # `taylornet` console script: the first element of an argument list is only the program's name).
+    os.execve(sys.executable, [sys.executable, "-P", "-m", "taylornet", *sys.argv[1:]], env)
 
 
 def anon_huge_bytes() -> int | None:
