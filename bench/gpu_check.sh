@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
 # build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
-# CUDA targets (float32 and bf16, then float32 with TF32, then an epilogue probe), and write
+# CUDA targets (float32 and bf16, then float32 with TF32, then the performance model's cases), and write
 # results.json plus the logs into OUTDIR. Each step has its own time limit (480 s in all) and a failed
 # step does not stop the next.
 #   bench/gpu_check.sh OUTDIR
@@ -34,7 +34,7 @@ status tests_host $?
 tail -5 "$OUT/tests-host.log"
 
 echo "== CUDA tests: the kernels"
-timeout 110 python3 -P -m pytest tests/test_cuda.py -q -p no:cacheprovider -k "not ($HOST_TESTS)" \
+timeout 95 python3 -P -m pytest tests/test_cuda.py -q -p no:cacheprovider -k "not ($HOST_TESTS)" \
   --junitxml="$OUT/tests.xml" > "$OUT/tests.log" 2>&1
 status tests $?
 tail -5 "$OUT/tests.log"
@@ -52,13 +52,15 @@ timeout 35 python3 -P -m taylornet bench --preset cuda-target --dtypes float32 -
 status bench_tf32 $?
 tail -8 "$OUT/bench-tf32.log"
 
-echo "== epilogue probe: the target shape with the cheapest epilogue (relu, order 1), fused op only"
-# Against the tanh order-2 time above, this shows how much of the kernels' time the epilogue takes.
-timeout 25 python3 -P -m taylornet bench --device cuda --ops net_fb --n 16384 --dims 128 --widths 262144 \
-  --orders 1 --activations relu --dtypes bfloat16 --impls taylornet --no-width-sweep --repeats 3 \
-  --tag epilogue-probe-cuda --out "$OUT/bench" --no-progress > "$OUT/bench-probe.log" 2>&1
-status bench_probe $?
-tail -6 "$OUT/bench-probe.log"
+echo "== performance model check: d = 32, 128, 512, tanh order 2 and relu order 1, fused op only"
+# The cases of docs/cuda.md's performance model; relu's epilogue is almost nothing, so tanh minus
+# relu places the epilogue's time, and relu itself the products' and contractions'.
+MODEL="--device cuda --ops net_fb --n 16384 --dims 32 128 512 --widths 262144 --dtypes bfloat16 --impls taylornet"
+MODEL="$MODEL --no-width-sweep --repeats 3 --out $OUT/bench --no-progress"
+timeout 40 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activations tanh --tag model-tanh-cuda && \
+  python3 -P -m taylornet bench $MODEL --orders 1 --activations relu --tag model-relu-cuda" > "$OUT/bench-model.log" 2>&1
+status bench_model $?
+grep -A3 "net fwd+bwd" "$OUT/bench-model.log" | grep -v "^--" | head -20
 
 python3 - "$OUT" "$START" <<'PY'
 import json, os, sys, time, glob

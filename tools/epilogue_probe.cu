@@ -9,9 +9,9 @@ using namespace tn;
 using namespace tn::cuda;
 
 template <int S>
-__device__ __forceinline__ void probe(const PlanTables<float>& plan, Need need, const float* in, float* out) {
+__device__ __forceinline__ void probe(const PlanTables<float>& plan, Need need, const float* in, float* dst) {
   using V = Lanes<float, 4>;
-  V z, u, s, g0, g1, o0, o1;
+  V z, u, s, g0, g1, out[2];
   const int i = threadIdx.x * 4;
 #pragma unroll
   for (int l = 0; l < 4; ++l) {
@@ -21,11 +21,11 @@ __device__ __forceinline__ void probe(const PlanTables<float>& plan, Need need, 
     g0.v[l] = in[3072 + i + l];
     g1.v[l] = in[4096 + i + l];
   }
-  Epilogue<S>::template fields<FastLaneMath<4>>(plan, need, z, u, s, g0, g1, o0, o1);
+  Epilogue<S>::template fields<FastLaneMath<4>, 2>(plan, need, z, u, s, g0, g1, out);
 #pragma unroll
   for (int l = 0; l < 4; ++l) {
-    out[i + l] = o0.v[l];
-    out[1024 + i + l] = o1.v[l];
+    dst[i + l] = out[0].v[l];
+    dst[1024 + i + l] = out[1].v[l];
   }
 }
 
