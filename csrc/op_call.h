@@ -68,6 +68,11 @@ std::vector<at::Tensor> checked_grads(const std::vector<at::Tensor>& grads, cons
 // t, or an empty tensor like `like` (a gradient that was not asked for).
 at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
 
+// Whether the environment variable `variable` (TAYLORNET_CPU_EPILOGUE, TAYLORNET_CUDA_EPILOGUE) asks
+// for the plan-driven epilogue ("generic") instead of the one specialised for the call's series
+// ("auto", the default, or unset). Read at each call; any other value raises a ValueError.
+bool generic_epilogue_requested(const char* variable);
+
 // The backward schemas' results: (x, w0, w, b0, b) and (x, w0, w, a, b0, b), empty where not asked for.
 using FiveGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;
 using SixGrads = std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor>;

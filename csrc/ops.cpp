@@ -10,6 +10,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <memory>
 #include <optional>
 #include <string>
@@ -134,6 +135,14 @@ void check_scale(double scale) {
 
 Tensor or_empty(const Tensor& t, const Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
+}
+
+bool generic_epilogue_requested(const char* variable) {
+  const char* env = std::getenv(variable);
+  const std::string v = env ? env : "";
+  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "generic", "taylornet: ", variable,
+                    ": expected auto or generic, got '", v, "'");
+  return v == "generic";
 }
 
 Call prepare(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& a,

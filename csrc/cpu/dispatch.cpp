@@ -88,12 +88,4 @@ std::string capability() { return builds()[chosen().load()].name; }
 
 void set_capability(const std::string& name) { chosen().store(name.empty() ? best_supported() : lookup(name)); }
 
-bool generic_epilogue_forced() {
-  const char* env = std::getenv("TAYLORNET_CPU_EPILOGUE");
-  const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "generic",
-                    "taylornet: TAYLORNET_CPU_EPILOGUE: expected auto or generic, got '", v, "'");
-  return v == "generic";
-}
-
 }  // namespace tn::cpu

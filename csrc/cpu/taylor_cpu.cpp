@@ -904,7 +904,8 @@ tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<
 template <typename T, typename F>
 void with_tile_epilogue(const Plan& plan, F&& f) {
   if constexpr (std::is_same_v<T, float>) {
-    if (!generic_epilogue_forced()) return with_epilogue(specialised_epilogue(plan.series), f);
+    if (!generic_epilogue_requested("TAYLORNET_CPU_EPILOGUE"))
+      return with_epilogue(specialised_epilogue(plan.series), f);
   }
   f(std::integral_constant<int, kGenericEpilogue>{});
 }

@@ -35,9 +35,4 @@ const Kernels& kernels();
 std::string capability();
 void set_capability(const std::string& name);
 
-// Whether TAYLORNET_CPU_EPILOGUE=generic asks every call for the plan-driven epilogue instead of the
-// one specialised for its series ("auto", the default, or unset: the specialised one where there is
-// one). Read at each call; any other value raises a ValueError.
-bool generic_epilogue_forced();
-
 }  // namespace tn::cpu

@@ -75,15 +75,6 @@ cuda::Mainloop requested_mainloop() {
   return m;
 }
 
-// TAYLORNET_CUDA_EPILOGUE: auto (default: the tensor-core kernels' epilogue specialised for the
-// call's series where there is one) or generic (always the plan-driven one).
-bool generic_epilogue() {
-  const char* env = std::getenv("TAYLORNET_CUDA_EPILOGUE");
-  const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "generic",
-                    "taylornet: TAYLORNET_CUDA_EPILOGUE: expected auto or generic, got '", v, "'");
-  return v == "generic";
-}
 
 // One op call on the GPU: the layer's operands and context, and the workspace they use.
 struct CudaCall {
@@ -99,7 +90,9 @@ struct CudaCall {
     // parallelism when the outer grid is small.
     ctx.deterministic = at::globalContext().deterministicAlgorithms();
     ctx.requested = requested_mainloop();
-    ctx.generic_epilogue = generic_epilogue();
+    // TAYLORNET_CUDA_EPILOGUE=generic: the tensor-core kernels take the plan-driven epilogue for
+    // every series
+    ctx.generic_epilogue = generic_epilogue_requested("TAYLORNET_CUDA_EPILOGUE");
     ctx.workspace = &workspace;
     op.dtype = cuda_dtype(a.x.scalar_type());
     auto ptr = [](const Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };
