@@ -48,18 +48,10 @@ inline int specialised_epilogue(const Series& s) {
 // f(std::integral_constant<int, S>{}) for the S = specialised_epilogue(s) chosen at run time, or
 // f(std::integral_constant<int, kGenericEpilogue>{}): one instantiation of f per epilogue.
 template <typename F>
-decltype(auto) with_epilogue(int epilogue, F&& f) {
-  return [&]<int... S>(std::integer_sequence<int, S...>) -> decltype(auto) {
-    using R = decltype(f(std::integral_constant<int, kGenericEpilogue>{}));
-    if constexpr (std::is_void_v<R>) {
-      if (!((epilogue == S ? (f(std::integral_constant<int, S>{}), true) : false) || ...))
-        f(std::integral_constant<int, kGenericEpilogue>{});
-    } else {
-      R r{};
-      if (!((epilogue == S ? (r = f(std::integral_constant<int, S>{}), true) : false) || ...))
-        r = f(std::integral_constant<int, kGenericEpilogue>{});
-      return r;
-    }
+void with_epilogue(int epilogue, F&& f) {
+  [&]<int... S>(std::integer_sequence<int, S...>) {
+    if (!((epilogue == S ? (f(std::integral_constant<int, S>{}), true) : false) || ...))
+      f(std::integral_constant<int, kGenericEpilogue>{});
   }(std::make_integer_sequence<int, kNumSpecialised>{});
 }
 
