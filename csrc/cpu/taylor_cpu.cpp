@@ -78,11 +78,26 @@ template <typename T, int U = kUnroll>
 struct VecMath {
   using P = Pack<T, U>;
   using Vec = at::vec::Vectorized<T>;
-  // Out of line: inlined into a register tile's loop, U chains of this much math spill.
+  // Out of line: inlined into a register tile's loop, U chains of this much math spill. The fast
+  // float forms run kInterleave vectors in lock-step, one step of the formula for each before the
+  // next: written vector by vector, each ~20-deep dependency chain ran mostly alone (the compiler
+  // keeps the source order and the out-of-order window holds about one chain).
   __attribute__((noinline)) static void tanh_sech2(const P& z, P& t, P& s) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kFastFloat) {
+      for (int j = 0; j < U; j += kInterleave) tanh_sech2_fast<kInterleave>(z.v + j, t.v + j, s.v + j);
+      return;
+    }
+#endif
     for (int j = 0; j < U; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
   }
   __attribute__((noinline)) static void sigmoid_pair(const P& z, P& p, P& q) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kFastFloat) {
+      for (int j = 0; j < U; j += kInterleave) sigmoid_pair_fast<kInterleave>(z.v + j, p.v + j, q.v + j);
+      return;
+    }
+#endif
     for (int j = 0; j < U; ++j) sigmoid_pair_vec(z.v[j], p.v[j], q.v[j]);
   }
 
@@ -118,33 +133,56 @@ struct VecMath {
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   static constexpr bool kFastFloat = sizeof(T) == 4;
+  // Vectors per lock-step group of the fast float forms: a whole share of U, small enough that the
+  // group's temporaries stay in registers (about five each; 16 ymm, 32 zmm registers).
+#if defined(CPU_CAPABILITY_AVX512)
+  static constexpr int kInterleave = U % 4 == 0 ? 4 : (U % 3 == 0 ? 3 : (U % 2 == 0 ? 2 : 1));
+#else
+  static constexpr int kInterleave = U % 3 == 0 ? 3 : (U % 2 == 0 ? 2 : 1);
+#endif
 
-  // Float lanes only. e = e^x and em = e^x - 1 for x <= 0, each to a few ulp relative: Cephes' expf
-  // polynomial p(r) = e^r - 1 after a two-part ln 2 reduction x = k ln 2 + r, then e = 2^k (1 + p)
-  // and em = 2^k p + (2^k - 1), exact in its rounding for k = 0 (small |x|, where em is tiny) and
-  // free of cancellation below (em <= -0.29). Below -87.7, 2^k is built as 0: e = 0, em = -1 exactly.
-  __attribute__((always_inline)) static void exp_expm1_nonpositive(const Vec& x, Vec& e, Vec& em) {
+  // Float lanes only, W vectors in lock-step. e = e^x and em = e^x - 1 for x <= 0, each to a few
+  // ulp relative: p(r) = e^r - 1 after a two-part ln 2 reduction x = k ln 2 + r (Cephes' expf),
+  // with p(r) = r + r^2 c(r) of degree 6, c fitted for the least largest relative error of 1 + p
+  // on |r| <= ln 2 / 2 (4e-9, under float32's rounding; one multiply-add fewer than Cephes'
+  // degree 7). Then e = 2^k (1 + p) and em = 2^k p + (2^k - 1), exact in its rounding for k = 0
+  // (small |x|, where em is tiny) and free of cancellation below (em <= -0.29). Below -87.7, 2^k
+  // is built as 0: e = 0, em = -1 exactly.
+  template <int W>
+  __attribute__((always_inline)) static void exp_expm1_nonpositive(const Vec (&x)[W], Vec (&e)[W], Vec (&em)[W]) {
+    Vec k[W], r[W], c[W];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
 #if defined(CPU_CAPABILITY_AVX512)
-    const Vec xc = _mm512_max_ps(_mm512_set1_ps(-88.0f), x);  // x NaN: max returns its second operand, x
+      r[q] = _mm512_max_ps(_mm512_set1_ps(-88.0f), x[q]);  // x NaN: max returns its second operand, x
 #else
-    const Vec xc = _mm256_max_ps(_mm256_set1_ps(-88.0f), x);  // x NaN: max returns its second operand, x
+      r[q] = _mm256_max_ps(_mm256_set1_ps(-88.0f), x[q]);  // x NaN: max returns its second operand, x
 #endif
-    const Vec k = (xc * Vec(1.44269504088896341f)).round();
-    Vec r = at::vec::fmadd(k, Vec(-0.693359375f), xc);
-    r = at::vec::fmadd(k, Vec(2.12194440e-4f), r);
-    Vec c(1.9875691500e-4f);
-    for (const float coef : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-      c = at::vec::fmadd(c, r, Vec(coef));
-    const Vec p = at::vec::fmadd(c, r * r, r);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) k[q] = (r[q] * Vec(1.44269504088896341f)).round();
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) r[q] = at::vec::fmadd(k[q], Vec(-0.693359375f), r[q]);
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) r[q] = at::vec::fmadd(k[q], Vec(2.12194440e-4f), r[q]);
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) c[q] = Vec(1.38146046e-3f);
+    for (const float coef : {8.36871099e-3f, 4.16683890e-2f, 1.66665211e-1f, 4.99999940e-1f})
+#pragma GCC unroll 8
+      for (int q = 0; q < W; ++q) c[q] = at::vec::fmadd(c[q], r[q], Vec(coef));
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec p = at::vec::fmadd(c[q], r[q] * r[q], r[q]);
 #if defined(CPU_CAPABILITY_AVX512)
-    const Vec two_k =
-        _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(127)), 23));
+      const Vec two_k = _mm512_castsi512_ps(
+          _mm512_slli_epi32(_mm512_add_epi32(_mm512_cvtps_epi32(k[q]), _mm512_set1_epi32(127)), 23));
 #else
-    const Vec two_k =
-        _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(127)), 23));
+      const Vec two_k = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(k[q]), _mm256_set1_epi32(127)), 23));
 #endif
-    e = at::vec::fmadd(two_k, p, two_k);
-    em = at::vec::fmadd(two_k, p, two_k - Vec(1.0f));
+      e[q] = at::vec::fmadd(two_k, p, two_k);
+      em[q] = at::vec::fmadd(two_k, p, two_k - Vec(1.0f));
+    }
   }
 
   // 1 / d for d in [1, 4] (float lanes): the hardware's estimate and one Newton step, about 1 ulp
@@ -157,31 +195,52 @@ struct VecMath {
 #endif
     return at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
   }
+
+  // tanh_sech2_vec's float form, W vectors in lock-step, branch- and division-free: e = e^{-2|z|},
+  // em = e - 1 (exp_expm1_nonpositive), then w = 1 - |t| = 2 e / (1 + e), |t| = -em / (1 + e) or
+  // 1 - w, and s = (1 - |t|)(1 + |t|) = w * 2 / (1 + e), none of which cancels. The multiply pipes
+  // bound this code, so what can be an addition or a logic operation is one.
+  template <int W>
+  __attribute__((always_inline)) static void tanh_sech2_fast(const Vec* z, Vec* t, Vec* s) {
+    Vec x[W], e[W], em[W], r[W];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec minus_abs = z[q] | Vec(-0.0f);
+      x[q] = minus_abs + minus_abs;  // -2 |z|, exactly
+    }
+    exp_expm1_nonpositive<W>(x, e, em);
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) r[q] = reciprocal_1_to_4(em[q] + Vec(2.0f));  // 1 / (1 + e)
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec w = (e[q] + e[q]) * r[q];
+      // |t| = -em / (1 + e) near 0; = 1 - w from |z| = 0.55 (w <= 1/2, no cancellation), exactly 1
+      // where e = 0. Then z's sign.
+      const Vec t_abs = Vec::blendv(em[q].neg() * r[q], Vec(1.0f) - w, x[q] < Vec(-1.1f));
+      t[q] = t_abs | (z[q] & Vec(-0.0f));
+      s[q] = w * (r[q] + r[q]);
+    }
+  }
+
+  // sigmoid_pair_vec's float form, W vectors in lock-step: 1 / (1 + e) without a division.
+  template <int W>
+  __attribute__((always_inline)) static void sigmoid_pair_fast(const Vec* z, Vec* p, Vec* q) {
+    Vec x[W], e[W], em[W];
+#pragma GCC unroll 8
+    for (int j = 0; j < W; ++j) x[j] = z[j].abs().neg();
+    exp_expm1_nonpositive<W>(x, e, em);
+#pragma GCC unroll 8
+    for (int j = 0; j < W; ++j) sigmoid_from_exp(z[j], e[j], reciprocal_1_to_4(Vec(T(1)) + e[j]), p[j], q[j]);
+  }
 #else
   static constexpr bool kFastFloat = false;
 #endif
 
   // t = tanh z and s = 1 - t^2, both to a few ulp relative everywhere, with exactly t = +-1, s = 0
-  // where tanh saturates. float on AVX2 / AVX-512, branch- and division-free: e = e^{-2|z|},
-  // em = e - 1 (exp_expm1_nonpositive), then |t| = -em / (1 + e) or 1 - 2 e / (1 + e) and
-  // s = 4 e / (1 + e)^2, none of which cancels. double (and the portable build's float):
-  // w = 2 / (e^{2|z|} + 1) = 1 - |t| and s = w (2 - w) for |z| >= 0.4; below, e / (e + 2) with
-  // e = expm1(2z) in double and the odd series of tanh to z^13 in float.
+  // where tanh saturates (double, and the portable build's float; float on AVX2 / AVX-512 takes
+  // tanh_sech2_fast): w = 2 / (e^{2|z|} + 1) = 1 - |t| and s = w (2 - w) for |z| >= 0.4; below,
+  // e / (e + 2) with e = expm1(2z) in double and the odd series of tanh to z^13 in float.
   __attribute__((always_inline)) static void tanh_sech2_vec(const Vec& z, Vec& t, Vec& s) {
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (kFastFloat) {
-      const Vec a = z.abs();
-      Vec e, em;
-      exp_expm1_nonpositive(a * Vec(-2.0f), e, em);
-      const Vec r = reciprocal_1_to_4(em + Vec(2.0f));  // 1 / (1 + e)
-      // |t| = -em / (1 + e) near 0; = 1 - 2 e / (1 + e) from |z| = 0.55 (e <= 1/3, no cancellation),
-      // exactly 1 where e = 0. Then z's sign.
-      const Vec t_abs = Vec::blendv(em.neg() * r, at::vec::fnmadd(e + e, r, Vec(1.0f)), a > Vec(0.55f));
-      t = t_abs | (z & Vec(-0.0f));
-      s = (Vec(4.0f) * e) * (r * r);
-      return;
-    }
-#endif
     const Vec one(T(1)), two(T(2));
     const Vec a = z.abs();
     const Vec w = two / (exp_vec(a + a) + one);
@@ -202,21 +261,8 @@ struct VecMath {
     s = Vec::blendv(w * (two - w), one - near * near, near_mask);
   }
 
-  // p = sigmoid(z) and q = sigmoid(-z) from e = exp(-|z|): p, q = 1 / (1 + e) and e / (1 + e)
-  // (float on AVX2 / AVX-512: 1 / (1 + e) without a division, as in tanh_sech2_vec).
-  __attribute__((always_inline)) static void sigmoid_pair_vec(const Vec& z, Vec& p, Vec& q) {
-    Vec e, r;
-#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (kFastFloat) {
-      Vec em;
-      exp_expm1_nonpositive(z.abs().neg(), e, em);
-      r = reciprocal_1_to_4(Vec(T(1)) + e);
-    } else
-#endif
-    {
-      e = exp_vec(z.abs().neg());
-      r = Vec(T(1)) / (Vec(T(1)) + e);
-    }
+  // p = sigmoid(z) and q = sigmoid(-z) from e = exp(-|z|) and r = 1 / (1 + e): p, q = r and e r.
+  __attribute__((always_inline)) static void sigmoid_from_exp(const Vec& z, const Vec& e, const Vec& r, Vec& p, Vec& q) {
     const Vec er = e * r;  // the smaller of p and q
     // the larger: 1 / (1 + e), or 1 - e / (1 + e) from |z| = 0.7 (e <= 1/2, no cancellation), which
     // is exactly 1 where e = 0 (an estimated reciprocal of 1 need not be)
@@ -225,7 +271,10 @@ struct VecMath {
     p = Vec::blendv(big, er, negative);
     q = Vec::blendv(er, big, negative);
   }
-
+  __attribute__((always_inline)) static void sigmoid_pair_vec(const Vec& z, Vec& p, Vec& q) {
+    const Vec e = exp_vec(z.abs().neg());
+    sigmoid_from_exp(z, e, Vec(T(1)) / (Vec(T(1)) + e), p, q);
+  }
   static P exp(const P& x) { return P::map([](const Vec& a) { return exp_vec(a); }, x); }
   static P log1p(const P& x) { return P::map([](const Vec& a) { return a.log1p(); }, x); }
   static P erf(const P& x) { return P::map([](const Vec& a) { return a.erf(); }, x); }
