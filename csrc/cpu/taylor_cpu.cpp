@@ -940,11 +940,11 @@ RowPack<T> tile_feature(const PlanView<T>& plan, const RowPack<T>& z, const RowP
   else return feature<RowPack<T>, RowMath<T>>(plan, z, u, s);
 }
 
-template <int S, typename T>
+template <int S, bool NeedValue, bool NeedDz, typename T>
 tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u,
-                                         const RowPack<T>& s, bool need_value, bool need_dz) {
-  if constexpr (S >= 0) return spec_feature_grads<S, RowPack<T>, RowMath<T>>(z, u, s, need_value, need_dz);
-  else return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, need_value, need_dz);
+                                         const RowPack<T>& s) {
+  if constexpr (S >= 0) return spec_feature_grads<S, NeedValue, NeedDz, RowPack<T>, RowMath<T>>(z, u, s);
+  else return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, NeedValue, NeedDz);
 }
 
 // f(std::integral_constant<int, S>{}) with the epilogue of the call's series: float32 takes the
@@ -1152,20 +1152,87 @@ void fused_net_forward(const NetProblem<T>& p, Tensor& out) {
 template <typename T>
 struct FusedGrads {
   // Per block of neurons (groups [g0, g0 + ng)): transposed weight gradients (ld x width), bias
-  // gradient and dA accumulators (vectors), and the panel of G and G0 (panel rows x width).
+  // gradient and dA accumulators (vectors), the panel of G and G0 (panel rows x width) and the
+  // panel's scaled output cotangents gs (panel rows x c, zero on padding rows).
   int64_t width = 0, ld = 0;
-  std::vector<T> dwT, dw0T, G, G0, xb;
+  std::vector<T> dwT, dw0T, G, G0, xb, gs;
   std::vector<at::vec::Vectorized<T>> db, db0, da;
 };
+
+// The register tiles of one panel (rows p0 .. p0 + rows, padded to rows_pad) and the neuron groups
+// [gb, gb + ng): the products, dL/dh and the epilogue's derivatives, then G = dL/dh dh/du and
+// G0 = dL/dh dh/dz0 into the panels and the bias and dA sums into s. NeedDz and NeedPhi (d/dz0
+// for dW0 and db0, the value for dA) are fixed at compile time so that a tile holds only what is
+// asked for in registers.
+template <int S, bool NeedDz, bool NeedPhi, typename T>
+void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, bool need_g, int64_t p0, int64_t rows,
+                    int64_t rows_pad, int64_t gb, int64_t ng, int64_t ld, FusedGrads<T>& s) {
+  using V = RowPack<T>;
+  using Vec = at::vec::Vectorized<T>;
+  constexpr int VL = Vec::size();
+  const int64_t c = p.grad_h ? 0 : p.c, m = f.m, mp = f.padded(), width = ng * VL;
+  for (int64_t g = gb; g < gb + ng; ++g) {
+    const int64_t col = (g - gb) * VL;
+    const int cnt = f.count(g);
+    const V sg = V::rows(Vec::loadu(f.s.data() + g * VL));
+    for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
+      V z, u;
+      tile_products<true>(f, s.xb.data() + r0 * ld, ld, g, z, u);
+      // dL/dh of the tile's rows; zero on padding rows and neurons.
+      V gh(T(0));
+      if (p.grad_h) {
+        for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+          const T* src = p.grad_h + (p0 + r0 + i) * m + g * VL;
+          gh.v[i] = cnt == VL ? Vec::loadu(src) : Vec::loadu(src, cnt);
+        }
+      } else {
+        const T* gs = s.gs.data() + r0 * c;
+        for (int64_t j = 0; j < c; ++j) {
+          const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
+#pragma GCC unroll 16
+          for (int i = 0; i < kRows; ++i) gh.v[i] = at::vec::fmadd(Vec(gs[i * c + j]), aj, gh.v[i]);
+        }
+      }
+      const auto dh = tile_feature_grads<S, NeedPhi, NeedDz>(p.plan, z, u, sg);
+      if (need_g) {
+        const V G = gh * dh.du;
+        Vec sum(T(0));
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) {
+          G.v[i].store(s.G.data() + (r0 + i) * width + col);
+          sum = sum + G.v[i];
+        }
+        s.db[g - gb] = s.db[g - gb] + sum;
+      }
+      if constexpr (NeedDz) {
+        const V G0 = gh * dh.dz;
+        Vec sum(T(0));
+#pragma GCC unroll 16
+        for (int i = 0; i < kRows; ++i) {
+          G0.v[i].store(s.G0.data() + (r0 + i) * width + col);
+          sum = sum + G0.v[i];
+        }
+        s.db0[g - gb] = s.db0[g - gb] + sum;
+      }
+      if constexpr (NeedPhi) {
+        const T* gs = s.gs.data() + r0 * c;
+        for (int64_t j = 0; j < c; ++j) {
+          Vec acc = s.da[j * ng + (g - gb)];
+          // real rows only: a padding row's value (z0 = b0) may overflow where no sample's does
+          for (int i = 0; i < kRows && r0 + i < rows; ++i) acc = at::vec::fmadd(Vec(gs[i * c + j]), dh.value.v[i], acc);
+          s.da[j * ng + (g - gb)] = acc;
+        }
+      }
+    }
+  }
+}
 
 template <int S, typename T>
 void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, const T* gout, const Needs& needs,
                           int64_t i_begin, int64_t i_end, int64_t g0, int64_t g1, Targets& t) {
-  using V = RowPack<T>;
-  using M = RowMath<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
-  const int64_t d = f.d, c = p.grad_h ? 0 : p.c, m = f.m, mp = f.padded();
+  const int64_t d = f.d, c = p.grad_h ? 0 : p.c, m = f.m;
   const int64_t ld = round_up(std::max<int64_t>(d, 1), kRows);
   const int64_t panel_rows = 16 * kRows;
   const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
@@ -1174,6 +1241,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
   const T scale = p.scale[0];
   FusedGrads<T> s;
   s.xb.resize(panel_rows * ld);
+  s.gs.resize(panel_rows * c);
   for (int64_t gb = g0; gb < g1; gb += block_groups) {
     const int64_t ng = std::min(block_groups, g1 - gb), width = ng * VL;
     if (needs.w) s.dwT.assign(ld * width, T(0));
@@ -1186,58 +1254,15 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
     for (int64_t p0 = i_begin; p0 < i_end; p0 += panel_rows) {
       const int64_t rows = std::min(panel_rows, i_end - p0), rows_pad = round_up(rows, kRows);
       copy_rows(x, d, p0, rows, rows_pad, ld, s.xb.data());
-      for (int64_t g = gb; g < gb + ng; ++g) {
-        const int64_t col = (g - gb) * VL;
-        const int cnt = f.count(g);
-        const V sg = V::rows(Vec::loadu(f.s.data() + g * VL));
-        for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
-          V z, u;
-          tile_products<true>(f, s.xb.data() + r0 * ld, ld, g, z, u);
-          // g = dL/dh of the tile's rows; zero on padding rows and neurons.
-          V gh;
-          for (int i = 0; i < kRows; ++i) {
-            const int64_t row = p0 + r0 + i;
-            if (r0 + i >= rows) {
-              gh.v[i] = Vec(T(0));
-            } else if (p.grad_h) {
-              const T* src = p.grad_h + row * m + g * VL;
-              gh.v[i] = cnt == VL ? Vec::loadu(src) : Vec::loadu(src, cnt);
-            } else {
-              Vec acc(T(0));
-              for (int64_t j = 0; j < c; ++j)
-                acc = at::vec::fmadd(Vec(scale * gout[row * c + j]), Vec::loadu(f.a.data() + j * mp + g * VL), acc);
-              gh.v[i] = acc;
-            }
-          }
-          const auto dh = tile_feature_grads<S>(p.plan, z, u, sg, need_phi, need_dz);
-          if (need_g) {
-            const V G = gh * dh.du;
-            Vec sum(T(0));
-            for (int i = 0; i < kRows; ++i) {
-              G.v[i].store(s.G.data() + (r0 + i) * width + col);
-              sum = sum + G.v[i];
-            }
-            s.db[g - gb] = s.db[g - gb] + sum;
-          }
-          if (need_dz) {
-            const V G0 = gh * dh.dz;
-            Vec sum(T(0));
-            for (int i = 0; i < kRows; ++i) {
-              G0.v[i].store(s.G0.data() + (r0 + i) * width + col);
-              sum = sum + G0.v[i];
-            }
-            s.db0[g - gb] = s.db0[g - gb] + sum;
-          }
-          if (need_phi) {
-            for (int64_t j = 0; j < c; ++j) {
-              Vec acc = s.da[j * ng + (g - gb)];
-              for (int i = 0; i < kRows && r0 + i < rows; ++i)
-                acc = at::vec::fmadd(Vec(scale * gout[(p0 + r0 + i) * c + j]), dh.value.v[i], acc);
-              s.da[j * ng + (g - gb)] = acc;
-            }
-          }
-        }
-      }
+      for (int64_t i = 0; i < rows_pad; ++i)
+        for (int64_t j = 0; j < c; ++j) s.gs[i * c + j] = i < rows ? scale * gout[(p0 + i) * c + j] : T(0);
+      const auto panel = [&](auto dz, auto phi) {
+        backward_panel<S, decltype(dz)::value, decltype(phi)::value>(f, p, need_g, p0, rows, rows_pad, gb, ng, ld, s);
+      };
+      using yes = std::true_type;
+      using no = std::false_type;
+      if (need_dz) need_phi ? panel(yes{}, yes{}) : panel(yes{}, no{});
+      else need_phi ? panel(no{}, yes{}) : panel(no{}, no{});
       if (needs.w) weight_grad_panel(s.xb.data(), ld, s.G.data(), width, rows_pad, s.dwT.data());
       if (needs.w0) weight_grad_panel(s.xb.data(), ld, s.G0.data(), width, rows_pad, s.dw0T.data());
     }

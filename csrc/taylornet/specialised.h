@@ -175,19 +175,22 @@ struct SpecBasis {
 };
 
 // The value and derivatives of h(z0, s u) for specialised series S (feature_grads of series.h with
-// the series fixed at compile time); the value and d/dz0 only when asked for.
-template <int S, typename V, typename M>
-TN_HD Grads<V> spec_feature_grads(const V& z0, const V& u, const V& s, bool need_value, bool need_dz) {
+// the series fixed at compile time); the value and d/dz0 only when asked for at compile time (else
+// left unset).
+template <int S, bool NeedValue, bool NeedDz, typename V, typename M>
+TN_HD Grads<V> spec_feature_grads(const V& z0, const V& u, const V& s) {
   using A = typename V::value_type;
   constexpr bool exact = kSpecialised[S].exact;
   const V v = s * u;
   const SpecBasis<S, V, M> b(exact ? z0 + v : z0);
   const V at = exact ? V(A(0)) : v;
   Grads<V> r;
-  r.value = need_value ? b.template quantity<kH>(at) : V(A(0));
+  if constexpr (NeedValue) r.value = b.template quantity<kH>(at);
   r.du = s * b.template quantity<kHdv>(at);
-  if constexpr (exact) r.dz = r.du * s;
-  else r.dz = need_dz ? b.template quantity<kHdz>(at) : V(A(0));
+  if constexpr (NeedDz) {
+    if constexpr (exact) r.dz = r.du * s;
+    else r.dz = b.template quantity<kHdz>(at);
+  }
   return r;
 }
 
