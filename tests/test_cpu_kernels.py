@@ -161,22 +161,34 @@ SPECIALISED = [("tanh", 1), ("tanh", (0, 1)), ("tanh", 2), ("tanh", (2,)), ("tan
 
 @pytest.mark.parametrize("act,order", SPECIALISED, ids=[f"{a}-{o}" for a, o in SPECIALISED])
 def test_specialised_epilogue_matches_generic(build, monkeypatch, act, order):
+    """Every fused kernel with the series' specialised epilogue against the plan-driven one: the
+    features (also the forward that keeps dh/du, alone or with dh/dz0, taken here at d = 7) and the net."""
+    import taylornet.functional
+
     p = make_problem(n=53, d=7, m=131, c=2, seed=11)
-    for op in ("features", "net"):
+    names = ("x", "w0", "w", "b0", "b")
+    for op in ("features", "features kept", "net"):
+        monkeypatch.setattr(taylornet.functional, "KEEP_DERIVATIVES_MIN_DIM", 1 if op == "features kept" else 10**9)
         got = {}
         for setting in ("auto", "generic"):
             monkeypatch.setenv("TAYLORNET_CPU_EPILOGUE", setting)
-            check_float32(op, p, name=f"{build} {op} {setting}", activation=act, order=order, sign_mode="tensor")
+            check_float32(op.split()[0], p, name=f"{build} {op} {setting}", activation=act, order=order,
+                          sign_mode="tensor")
             p32 = {k: (v.float().clone().requires_grad_(k != "a") if v is not None else None) for k, v in p.items()}
             signs = torch.where(torch.arange(131) % 3 == 0, -1.0, 1.0)
             args = [p32[k] for k in ("x", "w0", "w")]
-            if op == "features":
-                out = tn.taylor_features(*args, p32["b0"], p32["b"], activation=act, order=order, signs=signs)
-            else:
+            if op == "net":
                 out = tn.taylor_net(*args, p32["a"], p32["b0"], p32["b"], activation=act, order=order, signs=signs)
+            else:
+                out = tn.taylor_features(*args, p32["b0"], p32["b"], activation=act, order=order, signs=signs)
             cot = torch.randn(out.shape, generator=torch.Generator().manual_seed(1))
-            grads = torch.autograd.grad(out, [p32[k] for k in ("x", "w0", "w", "b0", "b")], cot)
+            grads = torch.autograd.grad(out, [p32[k] for k in names], cot)
             got[setting] = (out.detach(), *grads)
+            if op == "features kept":  # dW alone: the forward keeps dh/du only
+                w = p32["w"].detach().requires_grad_()
+                out = tn.taylor_features(p32["x"].detach(), p32["w0"].detach(), w, p32["b0"].detach(),
+                                         p32["b"].detach(), activation=act, order=order, signs=signs)
+                got[setting] += torch.autograd.grad(out, [w], cot)
         for k, (a, g) in enumerate(zip(got["auto"], got["generic"])):
             torch.testing.assert_close(a, g, rtol=2e-5, atol=2e-5 * float(g.abs().max()),
                                        msg=f"{build} {op} {act} {order}: specialised vs generic, output {k}")

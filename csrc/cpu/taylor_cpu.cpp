@@ -334,7 +334,7 @@ bool fused_dim_ok(int64_t d) { return kHaveFused && d <= fused_max_dim(); }
 template <typename T>
 struct NetProblem;
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out);
+void fused_features_forward(const Args& args, Tensor& out, T* du = nullptr, T* dz = nullptr);
 template <typename T>
 void fused_net_forward(const NetProblem<T>& p, Tensor& out);
 
@@ -440,8 +440,9 @@ void for_each_block(int64_t workers, int64_t nblocks, F&& tile) {
 // (below) with the cotangent of h in place of gout A, so it holds no other n x m tensor.
 
 // With `save`, also dh/du (and dh/dz0 when `need_dz`) into outs[1] (and outs[2]): the features'
-// backward then needs no recomputation of the products. Saving is asked for at large d only, where
-// two whole BLAS products beat the fused kernels.
+// backward then needs no recomputation of the products. The fused kernels store them from the
+// register tile beside h; above their largest d, two whole BLAS products go straight into the
+// output buffers.
 template <typename T>
 std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need_dz) {
   using V = Pack<T>;
@@ -453,12 +454,12 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
     outs.push_back(need_dz ? at::empty({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
   if (n == 0 || m == 0) return outs;
-  if (!save && fused_dim_ok(args.x.size(1))) {
-    fused_features_forward<T>(args, outs[0]);
-    return outs;
-  }
   T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,
                  save && need_dz ? outs[2].mutable_data_ptr<T>() : nullptr};
+  if (fused_dim_ok(args.x.size(1))) {
+    fused_features_forward<T>(args, outs[0], saved[0], saved[1]);
+    return outs;
+  }
   Tensor& out = outs[0];
   std::vector<T> signs(m);
   fill_signs<T>(args.signs, 0, m, signs.data());
@@ -1011,10 +1012,10 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
-template <int S, typename T>
-void fused_features_forward_with(const Args& args, Tensor& out) {
+// Saved: 0 (h only), 1 (also dh/du into du) or 2 (also dh/dz0 into dz), rows of m like h.
+template <int S, int Saved, typename T>
+void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
   using V = RowPack<T>;
-  using M = RowMath<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
   const FusedWeights<T> f(args, Tensor());
@@ -1042,11 +1043,20 @@ void fused_features_forward_with(const Args& args, Tensor& out) {
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
           V z, u;
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          const V h = tile_feature<S>(plan, z, u, s);
-          for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-            T* dst = o + (i0 + r0 + i) * m + g * VL;
-            if (cnt == VL) h.v[i].store(dst);
-            else h.v[i].store(dst, cnt);
+          const auto rows_into = [&](const V& v, T* base) {
+            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+              T* dst = base + (i0 + r0 + i) * m + g * VL;
+              if (cnt == VL) v.v[i].store(dst);
+              else v.v[i].store(dst, cnt);
+            }
+          };
+          if constexpr (Saved == 0) {
+            rows_into(tile_feature<S>(plan, z, u, s), o);
+          } else {
+            const auto dh = tile_feature_grads<S, true, Saved == 2>(plan, z, u, s);
+            rows_into(dh.value, o);
+            rows_into(dh.du, du);
+            if constexpr (Saved == 2) rows_into(dh.dz, dz);
           }
         }
       }
@@ -1054,9 +1064,15 @@ void fused_features_forward_with(const Args& args, Tensor& out) {
   });
 }
 
+// h into out; with du (and dz), also dh/du (and dh/dz0) for the saving forward.
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out) {
-  with_tile_epilogue<T>(*args.plan, [&](auto e) { fused_features_forward_with<decltype(e)::value, T>(args, out); });
+void fused_features_forward(const Args& args, Tensor& out, T* du, T* dz) {
+  with_tile_epilogue<T>(*args.plan, [&](auto e) {
+    constexpr int S = decltype(e)::value;
+    if (!du) fused_features_forward_with<S, 0>(args, out, du, dz);
+    else if (!dz) fused_features_forward_with<S, 1>(args, out, du, dz);
+    else fused_features_forward_with<S, 2>(args, out, du, dz);
+  });
 }
 
 // ---- taylor_net forward: the readout contracted in registers, per row and output.
