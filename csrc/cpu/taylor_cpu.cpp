@@ -1012,8 +1012,8 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
-// Saved: 0 (h only), 1 (also dh/du into du) or 2 (also dh/dz0 into dz), rows of m like h.
-template <int S, int Saved, typename T>
+// With Saving, also dh/du into du and, when dz is not null, dh/dz0 into dz (rows of m like h).
+template <int S, bool Saving, typename T>
 void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
@@ -1050,13 +1050,13 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
               else v.v[i].store(dst, cnt);
             }
           };
-          if constexpr (Saved == 0) {
-            rows_into(tile_feature<S>(plan, z, u, s), o);
-          } else {
-            const auto dh = tile_feature_grads<S, true, Saved == 2>(plan, z, u, s);
+          if constexpr (Saving) {
+            const auto dh = tile_feature_grads<S, true, true>(plan, z, u, s);
             rows_into(dh.value, o);
             rows_into(dh.du, du);
-            if constexpr (Saved == 2) rows_into(dh.dz, dz);
+            if (dz) rows_into(dh.dz, dz);
+          } else {
+            rows_into(tile_feature<S>(plan, z, u, s), o);
           }
         }
       }
@@ -1069,9 +1069,8 @@ template <typename T>
 void fused_features_forward(const Args& args, Tensor& out, T* du, T* dz) {
   with_tile_epilogue<T>(*args.plan, [&](auto e) {
     constexpr int S = decltype(e)::value;
-    if (!du) fused_features_forward_with<S, 0>(args, out, du, dz);
-    else if (!dz) fused_features_forward_with<S, 1>(args, out, du, dz);
-    else fused_features_forward_with<S, 2>(args, out, du, dz);
+    if (du) fused_features_forward_with<S, true>(args, out, du, dz);
+    else fused_features_forward_with<S, false>(args, out, du, dz);
   });
 }
 
@@ -1177,16 +1176,17 @@ struct FusedGrads {
 
 // The register tiles of one panel (rows p0 .. p0 + rows, padded to rows_pad) and the neuron groups
 // [gb, gb + ng): the products, dL/dh and the epilogue's derivatives, then G = dL/dh dh/du and
-// G0 = dL/dh dh/dz0 into the panels and the bias and dA sums into s. NeedDz and NeedPhi (d/dz0
-// for dW0 and db0, the value for dA) are fixed at compile time so that a tile holds only what is
-// asked for in registers.
-template <int S, bool NeedDz, bool NeedPhi, typename T>
-void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, bool need_g, int64_t p0, int64_t rows,
-                    int64_t rows_pad, int64_t gb, int64_t ng, int64_t ld, FusedGrads<T>& s) {
+// G0 = dL/dh dh/dz0 into the panels and the bias and dA sums into s. Without Full, only dh/du is
+// computed (d/dz0 for dW0 and db0 and the value for dA not asked for), and a tile holds no more
+// than that in registers: the common case, training W (and b).
+template <int S, bool Full, typename T>
+void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Needs& needs, int64_t p0,
+                    int64_t rows, int64_t rows_pad, int64_t gb, int64_t ng, int64_t ld, FusedGrads<T>& s) {
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
   const int64_t c = p.grad_h ? 0 : p.c, m = f.m, mp = f.padded(), width = ng * VL;
+  const bool need_g = needs.w || needs.b, need_dz = needs.w0 || needs.b0, need_phi = needs.a;
   for (int64_t g = gb; g < gb + ng; ++g) {
     const int64_t col = (g - gb) * VL;
     const int cnt = f.count(g);
@@ -1209,7 +1209,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, bool need_
           for (int i = 0; i < kRows; ++i) gh.v[i] = at::vec::fmadd(Vec(gs[i * c + j]), aj, gh.v[i]);
         }
       }
-      const auto dh = tile_feature_grads<S, NeedPhi, NeedDz>(p.plan, z, u, sg);
+      const auto dh = tile_feature_grads<S, Full, Full>(p.plan, z, u, sg);
       if (need_g) {
         const V G = gh * dh.du;
         Vec sum(T(0));
@@ -1220,7 +1220,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, bool need_
         }
         s.db[g - gb] = s.db[g - gb] + sum;
       }
-      if constexpr (NeedDz) {
+      if (Full && need_dz) {
         const V G0 = gh * dh.dz;
         Vec sum(T(0));
 #pragma GCC unroll 16
@@ -1230,7 +1230,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, bool need_
         }
         s.db0[g - gb] = s.db0[g - gb] + sum;
       }
-      if constexpr (NeedPhi) {
+      if (Full && need_phi) {
         const T* gs = s.gs.data() + r0 * c;
         for (int64_t j = 0; j < c; ++j) {
           Vec acc = s.da[j * ng + (g - gb)];
@@ -1272,13 +1272,8 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
       copy_rows(x, d, p0, rows, rows_pad, ld, s.xb.data());
       for (int64_t i = 0; i < rows_pad; ++i)
         for (int64_t j = 0; j < c; ++j) s.gs[i * c + j] = i < rows ? scale * gout[(p0 + i) * c + j] : T(0);
-      const auto panel = [&](auto dz, auto phi) {
-        backward_panel<S, decltype(dz)::value, decltype(phi)::value>(f, p, need_g, p0, rows, rows_pad, gb, ng, ld, s);
-      };
-      using yes = std::true_type;
-      using no = std::false_type;
-      if (need_dz) need_phi ? panel(yes{}, yes{}) : panel(yes{}, no{});
-      else need_phi ? panel(no{}, yes{}) : panel(no{}, no{});
+      if (need_dz || need_phi) backward_panel<S, true>(f, p, needs, p0, rows, rows_pad, gb, ng, ld, s);
+      else backward_panel<S, false>(f, p, needs, p0, rows, rows_pad, gb, ng, ld, s);
       if (needs.w) weight_grad_panel(s.xb.data(), ld, s.G.data(), width, rows_pad, s.dwT.data());
       if (needs.w0) weight_grad_panel(s.xb.data(), ld, s.G0.data(), width, rows_pad, s.dw0T.data());
     }
