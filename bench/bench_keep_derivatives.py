@@ -1,0 +1,67 @@
+"""Where the CPU training forward of taylor_features should keep dh/du: keeping against recomputing.
+
+    python -P bench/bench_keep_derivatives.py                    # d = 32 ... 512
+    python -P bench/bench_keep_derivatives.py --dims 64 128 --activation silu
+
+A forward of taylor_features that will be differentiated keeps dh/du (an n x m tensor) from
+d = taylornet.functional.KEEP_DERIVATIVES_MIN_DIM; below, the backward recomputes both products.
+This times taylor_features forward + backward (dW) both ways, interleaved in one process, and prints
+the median milliseconds of each and their ratio per d. Set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to
+compare under huge-page malloc.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import time
+
+import torch
+
+import taylornet as tn
+import taylornet.functional as functional
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--n", type=int, default=1024)
+    p.add_argument("--m", type=int, default=4096)
+    p.add_argument("--dims", type=int, nargs="+", default=[32, 64, 128, 256, 512])
+    p.add_argument("--activation", default="tanh")
+    p.add_argument("--order", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=12)
+    args = p.parse_args()
+    threshold = functional.KEEP_DERIVATIVES_MIN_DIM
+    print(f"n={args.n} m={args.m} {args.activation} order {args.order}, {torch.get_num_threads()} threads, "
+          f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, load average {os.getloadavg()[0]:.1f}; "
+          f"the default keeps from d = {threshold}")
+    print("| d | keep ms | recompute ms | keep / recompute |\n|---|---|---|---|")
+    try:
+        for d in args.dims:
+            g = torch.Generator().manual_seed(d)
+            x = torch.randn(args.n, d, generator=g)
+            w0 = torch.randn(args.m, d, generator=g) / d**0.5
+            w = (0.1 * torch.randn(args.m, d, generator=g) / d**0.5).requires_grad_()
+            cot = torch.randn(args.n, args.m, generator=g)
+
+            def call():
+                h = tn.taylor_features(x, w0, w, activation=args.activation, order=args.order)
+                return torch.autograd.grad(h, [w], cot)
+
+            times = {"keep": [], "recompute": []}
+            for _ in range(args.rounds):
+                for mode in times:
+                    functional.KEEP_DERIVATIVES_MIN_DIM = 0 if mode == "keep" else d + 1
+                    call()
+                    t = time.perf_counter()
+                    call()
+                    times[mode].append(time.perf_counter() - t)
+            keep, recompute = (statistics.median(times[k]) * 1e3 for k in ("keep", "recompute"))
+            print(f"| {d} | {keep:.1f} | {recompute:.1f} | {keep / recompute:.2f} |", flush=True)
+    finally:
+        functional.KEEP_DERIVATIVES_MIN_DIM = threshold
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
