@@ -116,12 +116,12 @@ struct TcTypes<MmaLoop, T> {
   using Codes = MmaCodes;
 };
 
-__device__ __forceinline__ int code_at(const MmaCodes& c, int e) {
-  return (c.g + (e & 2) * 4) * 16 + (e >> 2) * 8 + c.t2 + (e & 1);
-}
+// Row and column apart, so that each is the lane's g or 2t plus a constant (no per-element values
+// for the compiler to hold).
+__device__ __forceinline__ Pos pos_at(const MmaCodes& c, int e) { return {c.g + (e & 2) * 4, c.t2 + (e >> 2) * 8 + (e & 1)}; }
 template <typename Pick>
-__device__ __forceinline__ int code_of(const MmaCodes& c, Pick&&, int l, int g) {
-  return code_at(c, (g & 1) * 4 + l);
+__device__ __forceinline__ Pos pos_of(const MmaCodes& c, Pick&&, int l, int g) {
+  return pos_at(c, (g & 1) * 4 + l);
 }
 
 // The codes; contains a barrier, as the wmma path's table does (callers rely on it).
@@ -300,8 +300,8 @@ __device__ __forceinline__ void tile_products(const MmaCodes& codes, float* acc,
     if (!live[j]) continue;
 #pragma unroll
     for (int e = 0; e < MmaAcc::num_elements; ++e) {
-      const int code = code_at(codes, e);
-      float& at = acc[(rb * 16 + (code >> 4)) * acc_ld + warp_col_block(j) * 16 + (code & 15)];
+      const Pos pos = pos_at(codes, e);
+      float& at = acc[(rb * 16 + pos.row) * acc_ld + warp_col_block(j) * 16 + pos.col];
       at = kTileScaled<T> ? fmaf(part[j].x[e], down, at) : at + part[j].x[e];
     }
   }

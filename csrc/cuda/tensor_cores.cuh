@@ -350,16 +350,21 @@ __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, 
   }
 }
 
-// The code (row * 16 + column in its 16 x 16 block) of accumulator element e, and of element
+// The position (row, column in its 16 x 16 block) of accumulator element e, and of element
 // (g % 2) * 4 + l of a group of four through `pick` (selects where g is not a compile-time constant).
+struct Pos {
+  int row, col;
+};
 template <int K>
-__device__ __forceinline__ int code_at(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, int e) {
-  return static_cast<int>(codes.x[e]);
+__device__ __forceinline__ Pos pos_at(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, int e) {
+  const int code = static_cast<int>(codes.x[e]);
+  return {code >> 4, code & 15};
 }
 template <int K, typename Pick>
-__device__ __forceinline__ int code_of(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, Pick&& pick,
-                                       int l, int g) {
-  return static_cast<int>(pick(codes.x, codes.x, l, g));
+__device__ __forceinline__ Pos pos_of(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, Pick&& pick,
+                                      int l, int g) {
+  const int code = static_cast<int>(pick(codes.x, codes.x, l, g));
+  return {code >> 4, code & 15};
 }
 
 // Calls f(j, e, row, col) for element e of this warp's accumulator block j, at (row, col) of the
@@ -371,8 +376,8 @@ __device__ __forceinline__ void for_each_element(const Codes& codes, F&& f) {
   for (int j = 0; j < 2; ++j)
 #pragma unroll
     for (int e = 0; e < Codes::num_elements; ++e) {
-      const int code = code_at(codes, e);
-      f(j, e, rb * 16 + (code >> 4), warp_col_block(j) * 16 + (code & 15));
+      const Pos pos = pos_at(codes, e);
+      f(j, e, rb * 16 + pos.row, warp_col_block(j) * 16 + pos.col);
     }
 }
 
@@ -411,8 +416,8 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        const int code = code_at(codes, e);
-        const int64_t i = i0 + rb * 16 + (code >> 4), r = r0 + warp_col_block(j) * 16 + (code & 15);
+        const Pos pos = pos_at(codes, e);
+        const int64_t i = i0 + rb * 16 + pos.row, r = r0 + warp_col_block(j) * 16 + pos.col;
         if (i < p.n && r < p.m) g0[j][e] = to_acc(p.gelem[i * p.m + r]);
       }
     return;
@@ -437,10 +442,10 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        const int code = code_at(codes, e);
-        const float* gr0 = cs.g0 + (rb * 16 + (code >> 4)) * cs.ld_g;
-        const float* gr1 = cs.g1 + (rb * 16 + (code >> 4)) * cs.ld_g;
-        const float* ac = cs.a + warp_col_block(j) * 16 + (code & 15);
+        const Pos pos = pos_at(codes, e);
+        const float* gr0 = cs.g0 + (rb * 16 + pos.row) * cs.ld_g;
+        const float* gr1 = cs.g1 + (rb * 16 + pos.row) * cs.ld_g;
+        const float* ac = cs.a + warp_col_block(j) * 16 + pos.col;
         float a0 = g0[j][e], a1 = g1[j][e];
         if (p.moments) {
           for (int k = 0; k < width; ++k) {
@@ -491,8 +496,8 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, S
     const int j = g >> 1;
 #pragma unroll
     for (int l = 0; l < N; ++l) {
-      const int code = code_of(codes, pick, l, g);
-      const int row = rb * 16 + (code >> 4), col = warp_col_block(j) * 16 + (code & 15);
+      const Pos pos = pos_of(codes, pick, l, g);
+      const int row = rb * 16 + pos.row, col = warp_col_block(j) * 16 + pos.col;
       valid[l] = i0 + row < p.n && r0 + col < p.m;
       z.v[l] = valid[l] ? pick(z0[0].x, z0[1].x, l, g) + sm.b0()[col] : 0.0f;
       uu.v[l] = valid[l] ? pick(u[0].x, u[1].x, l, g) + sm.b()[col] : 0.0f;
