@@ -112,10 +112,20 @@ def check_against_same_precision(p, op, precision, **kw):
         assert_error_bounded(grads[k], rgrads[k], rgrads64[k], name=f"{precision} grad {k}", factor=factor)
 
 
+# The tensor-core mainloops (TAYLORNET_CUDA_MAINLOOP); "mma" is also what auto picks on sm_80+.
+TC_MAINLOOPS = ["mma", "wmma"]
+
+
+@pytest.mark.parametrize("mainloop", TC_MAINLOOPS)
 @pytest.mark.parametrize("precision", list(PRECISIONS))
 @pytest.mark.parametrize("op", ["features", "net", "moments"])
 @pytest.mark.parametrize("activation,order", LOW)
-def test_low_precision_within_twice_the_same_precision_reference(activation, order, op, precision):
+def test_low_precision_within_twice_the_same_precision_reference(activation, order, op, precision, mainloop,
+                                                                 monkeypatch):
+    if precision == "f32" and mainloop != TC_MAINLOOPS[0]:
+        pytest.skip("float32 without TF32 runs the SIMT kernels whatever the tensor-core mainloop")
+    if precision != "f32":
+        monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
     p = make_problem(n=70, d=33, m=150, c=4, bias=True)
     check_against_same_precision(p, op, precision, activation=activation, order=order, sign_seed=SIGN_SEED)
 
@@ -124,10 +134,13 @@ def test_low_precision_within_twice_the_same_precision_reference(activation, ord
                                      (130, 40, 200, 1), (90, 1100, 140, 3)])
 @pytest.mark.parametrize("precision", ["tf32", "bf16", "f16"])
 @pytest.mark.parametrize("op", ["features", "net", "moments"])
-def test_tensor_core_tile_edges(n, d, m, c, op, precision):
+@pytest.mark.parametrize("mainloop", TC_MAINLOOPS)
+def test_tensor_core_tile_edges(n, d, m, c, op, precision, mainloop, monkeypatch):
     # Not multiples of the 64 x 64 tiles, of the k chunks (32 / 16) or of the 16 x 16 fragments;
     # d = 512 and c = 16 spread dX and dA over several column tiles; d = 1100 spreads the gradients
-    # over several column groups (the accumulators of all their columns exceed shared memory).
+    # over several column groups (the accumulators of all their columns exceed shared memory); d =
+    # 129 and 1100 run mma.sync's three-buffer ring round several times.
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
     p = make_problem(n=n, d=d, m=m, c=c, bias=True)
     check_against_same_precision(p, op, precision, activation="gelu", order=3, sign_seed=SIGN_SEED)
 
@@ -420,14 +433,15 @@ def test_simt_mainloop_on_request_for_16_bit_types(op, precision, monkeypatch):
     check_against_same_precision(p, op, precision, activation="tanh", order=2, sign_seed=SIGN_SEED)
 
 
-def test_mainloop_requests_that_cannot_run_raise(monkeypatch):
+@pytest.mark.parametrize("mainloop", TC_MAINLOOPS)
+def test_mainloop_requests_that_cannot_run_raise(mainloop, monkeypatch):
     p = on(make_problem(n=8, d=4, m=16, c=2), "cuda")
     args = [p[k] for k in ("x", "w0", "w", "a")]
-    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wmma")
-    with pytest.raises(RuntimeError, match="TAYLORNET_CUDA_MAINLOOP=wmma cannot run here.*float64"):
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
+    with pytest.raises(RuntimeError, match=f"TAYLORNET_CUDA_MAINLOOP={mainloop} cannot run here.*float64"):
         tn.taylor_net(*args)
     with allow_tf32(False), pytest.raises(RuntimeError, match="allow_tf32"):
         tn.taylor_net(*[t.float() for t in args])
     monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "fastest")
-    with pytest.raises(ValueError, match="TAYLORNET_CUDA_MAINLOOP: expected one of auto, wmma, simt"):
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_MAINLOOP: expected one of auto, mma, wmma, simt"):
         tn.taylor_net(*args)

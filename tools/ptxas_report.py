@@ -3,14 +3,17 @@ out-of-line callees included) and shared memory from the `ptxas -v` lines of a b
 the SASS of the objects (cuobjdump -sass, which calls nvdisasm) the instruction count, the
 local-memory loads and stores (LDL, STL) that a stack costs at run time and the out-of-line
 subroutines (counted by their returns, RET: a subroutine is what a CALL returns from; ptxas also
-emits CALLs to the next instruction as a branch idiom, which are not counted). Out-of-line device
-functions (compiled once per calling kernel) get a row with the largest of their copies' figures.
+emits CALLs to the next instruction as a branch idiom, which are not counted), and the tensor-core
+instructions HMMA (mma.sync, wmma) and LDSM (ldmatrix). Out-of-line device functions (compiled once
+per calling kernel) get a row with the largest of their copies' figures.
 
     python3 tools/ptxas_report.py [--check] BUILD_LOG [OBJECT ...]
 
 --check: exit with status 1, naming kernel and architecture, if a hot kernel (every kernel of the
 features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
-stores, or out-of-line subroutines; it then also needs the SASS (cuobjdump on PATH and the objects).
+stores, or out-of-line subroutines, or if a kernel of the mma.sync mainloop (tag MmaLoop) lacks
+HMMA or LDSM instructions (or there is no such kernel for sm_80); it then also needs the SASS
+(cuobjdump on PATH and the objects).
 Without cuobjdump on PATH (or without objects) the SASS columns read "-".
 """
 from __future__ import annotations
@@ -86,7 +89,8 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
     tool = shutil.which("cuobjdump")
     if not tool or not objects:
         return None
-    counts: dict[tuple[str, str], dict] = defaultdict(lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0})
+    counts: dict[tuple[str, str], dict] = defaultdict(
+        lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0, "hmma": 0, "ldsm": 0})
     for obj in objects:
         run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
         if run.returncode != 0:
@@ -105,10 +109,13 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
                 c["ldl"] += op == "LDL"
                 c["stl"] += op == "STL"
                 c["ret"] += op == "RET"
+                c["hmma"] += op == "HMMA"
+                c["ldsm"] += op == "LDSM"
     return counts
 
 
 HOT = re.compile(r"^(features_forward|neuron_sum|sample_sum)\w*kernel<")
+MMA_SYNC = re.compile(r"^\w+_tc_kernel<MmaLoop,")  # the mma.sync mainloop's kernels
 
 
 def main() -> None:
@@ -121,26 +128,31 @@ def main() -> None:
     keys = sorted(set(rows) | (set(sass) if sass else set()), key=lambda k: (names.get(k[0], k[0]), k[1]))
     width = max([44] + [len(names.get(k[0], k[0])) for k in keys])
     print(f"{'kernel / device function':{width}} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>6} "
-          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5} {'RET':>5}")
+          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5} {'RET':>5} {'HMMA':>5} {'LDSM':>5}")
     dash = "-"
     with_stack = with_local = 0
     problems = []
+    mma_sync_sm80 = 0
     for key in keys:
         r = rows.get(key, {})
         s = sass.get(key) if sass else None
         name = names.get(key[0], key[0])
         cells = [r.get("regs", dash), r.get("spill_st", dash), r.get("spill_ld", dash), r.get("stack", dash),
                  r.get("smem", dash)]
-        cells += [s["insns"], s["ldl"], s["stl"], s["ret"]] if s else [dash] * 4
+        cells += [s["insns"], s["ldl"], s["stl"], s["ret"], s["hmma"], s["ldsm"]] if s else [dash] * 6
         with_stack += bool(r.get("stack"))
         with_local += bool(s and (s["ldl"] or s["stl"]))
         print(f"{name:{width}} {key[1]:6} {cells[0]:>4} {cells[1]:>8} {cells[2]:>8} "
-              f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} {cells[8]:>5}")
+              f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} {cells[8]:>5} {cells[9]:>5} "
+              f"{cells[10]:>5}")
         if check and HOT.match(name):
             what = [f"{label} {value}" for label, value in (
                 ("bytes of stack frame", r.get("stack", 0)), ("bytes of spill stores", r.get("spill_st", 0)),
                 ("bytes of spill loads", r.get("spill_ld", 0)), ("LDL", s["ldl"] if s else 0),
                 ("STL", s["stl"] if s else 0), ("out-of-line subroutines (RET)", s["ret"] if s else 0)) if value]
+            if s and MMA_SYNC.match(name):
+                mma_sync_sm80 += key[1] == "sm_80"
+                what += [f"no {op} instructions" for op, n in (("HMMA", s["hmma"]), ("LDSM", s["ldsm"])) if not n]
             if what:
                 problems.append(f"{name} ({key[1]}): " + ", ".join(what))
     if not keys:
@@ -153,13 +165,16 @@ def main() -> None:
         if sass is None:
             print("--check needs the SASS: cuobjdump on PATH and the objects")
             sys.exit(1)
+        if not mma_sync_sm80:
+            problems.append("no kernel of the mma.sync mainloop (MmaLoop) for sm_80 in the SASS")
         if problems:
-            print(f"{len(problems)} hot kernels use local memory or out-of-line subroutines "
-                  "(they must keep everything in registers):")
+            print(f"{len(problems)} problems: hot kernels must keep everything in registers (no local memory, "
+                  "no out-of-line subroutines), and the mma.sync mainloop's kernels must run HMMA and LDSM:")
             for line in problems:
                 print(f"  {line}")
             sys.exit(1)
-        print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines")
+        print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines; "
+              f"the mma.sync mainloop's kernels ({mma_sync_sm80} for sm_80) all run HMMA and LDSM")
 
 
 if __name__ == "__main__":

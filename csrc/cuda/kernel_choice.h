@@ -26,8 +26,9 @@ inline const char* dtype_name(DType t) {
 
 // The mainloops, in order of preference. kAuto is a request only: the first one that can run.
 enum class Mainloop : int {
-  kWmma = 0,  // tensor cores through wmma fragments (sm_80+): bf16, fp16, float32 as TF32
-  kSimt,      // CUDA cores: every dtype, every GPU
+  kMma = 0,  // tensor cores through mma.sync and ldmatrix (sm_80+): bf16, fp16, float32 as TF32
+  kWmma,     // tensor cores through wmma fragments (sm_80+): the same dtypes
+  kSimt,     // CUDA cores: every dtype, every GPU
   kCount,
   kAuto = kCount,
 };
@@ -43,6 +44,7 @@ struct MainloopInfo {
 
 inline const MainloopInfo& mainloop_info(Mainloop m) {
   static const MainloopInfo table[kNumMainloops] = {
+      {"mma", 80, {false, true, true, true}, true, true},
       {"wmma", 80, {false, true, true, true}, true, true},
       {"simt", 0, {true, true, true, true}, false, true},
   };
@@ -51,7 +53,7 @@ inline const MainloopInfo& mainloop_info(Mainloop m) {
 
 inline const char* mainloop_name(Mainloop m) { return m == Mainloop::kAuto ? "auto" : mainloop_info(m).name; }
 
-// "auto", "simt", "wmma", ... (as TAYLORNET_CUDA_MAINLOOP takes them); false for anything else.
+// "auto", "mma", "wmma", "simt" (as TAYLORNET_CUDA_MAINLOOP takes them); false for anything else.
 inline bool parse_mainloop(const std::string& text, Mainloop& out) {
   if (text.empty() || text == "auto") {
     out = Mainloop::kAuto;

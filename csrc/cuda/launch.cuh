@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "cuda/launch.h"
+#include "cuda/mma_sync.cuh"
 #include "cuda/simt.cuh"
 #include "cuda/tensor_cores.cuh"
 #ifndef TN_CUDA_EMULATOR
@@ -90,10 +91,16 @@ std::string kernel_name(const char* family) {
   return std::string(family) + "<" + dtype_name(dtype_of<T>()) + ">";
 }
 
+// A kernel family's tensor-core kernels, per mainloop (null where the type has none).
+struct TcKernels {
+  const void* mma = nullptr;
+  const void* wmma = nullptr;
+};
+
 // The mainloop of one launch of a kernel family: its SIMT kernel and (but for float64) its
-// tensor-core kernel. Throws when nothing can run.
+// tensor-core kernels of each mainloop. Throws when nothing can run.
 template <typename T>
-KernelChoice choose(const Context& ctx, const std::string& family, const void* simt, const void* wmma) {
+KernelChoice choose(const Context& ctx, const std::string& family, const void* simt, const TcKernels& tc) {
   KernelQuery q;
   q.device_arch = ctx.device.arch;
   q.kernel = family;
@@ -103,7 +110,8 @@ KernelChoice choose(const Context& ctx, const std::string& family, const void* s
   q.deterministic = ctx.deterministic;
   q.requested = ctx.requested;
   q.code_arch[static_cast<int>(Mainloop::kSimt)] = kernel_code_arch(simt, family, ctx.device);
-  if (wmma) q.code_arch[static_cast<int>(Mainloop::kWmma)] = kernel_code_arch(wmma, family, ctx.device);
+  if (tc.mma) q.code_arch[static_cast<int>(Mainloop::kMma)] = kernel_code_arch(tc.mma, family, ctx.device);
+  if (tc.wmma) q.code_arch[static_cast<int>(Mainloop::kWmma)] = kernel_code_arch(tc.wmma, family, ctx.device);
   KernelChoice k = choose_kernels(q);
   if (!k.error.empty()) throw Error(k.error);
   return k;
@@ -114,20 +122,52 @@ const void* kernel_ptr(T kernel) {
   return reinterpret_cast<const void*>(kernel);
 }
 
-// The tensor-core kernels of every epilogue: [0] the generic one, [1 + k] series k of kSpecialised.
-template <typename T, int... S>
+// The tensor-core kernels of mainloop M for every epilogue: [0] the generic one, [1 + k] series k
+// of kSpecialised.
+template <typename M, typename T, int... S>
 auto features_tc_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&features_forward_tc_kernel<T, kGenericEpilogue>, &features_forward_tc_kernel<T, S>...};
+  return std::array{&features_forward_tc_kernel<M, T, kGenericEpilogue>, &features_forward_tc_kernel<M, T, S>...};
 }
-template <typename T, int... S>
+template <typename M, typename T, int... S>
 auto neuron_sum_tc_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&neuron_sum_tc_kernel<T, kGenericEpilogue>, &neuron_sum_tc_kernel<T, S>...};
+  return std::array{&neuron_sum_tc_kernel<M, T, kGenericEpilogue>, &neuron_sum_tc_kernel<M, T, S>...};
 }
-template <typename T, int... S>
+template <typename M, typename T, int... S>
 auto sample_sum_tc_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&sample_sum_tc_kernel<T, kGenericEpilogue>, &sample_sum_tc_kernel<T, S>...};
+  return std::array{&sample_sum_tc_kernel<M, T, kGenericEpilogue>, &sample_sum_tc_kernel<M, T, S>...};
 }
 using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
+
+// A kernel family's tensor-core kernels for one epilogue (null for float64), and the mainloop's tag
+// to launch them with.
+template <template <typename, typename> class Family, typename T>
+TcKernels tc_kernels(int slot) {
+  TcKernels k;
+  if constexpr (kHasTensorCoreKernels<T>) {
+    k.mma = kernel_ptr(Family<MmaLoop, T>::table()[slot]);
+    k.wmma = kernel_ptr(Family<WmmaLoop, T>::table()[slot]);
+  }
+  return k;
+}
+template <typename M, typename T>
+struct FeaturesTc {
+  static auto table() { return features_tc_kernels<M, T>(SpecialisedSeq{}); }
+};
+template <typename M, typename T>
+struct NeuronSumTc {
+  static auto table() { return neuron_sum_tc_kernels<M, T>(SpecialisedSeq{}); }
+};
+template <typename M, typename T>
+struct SampleSumTc {
+  static auto table() { return sample_sum_tc_kernels<M, T>(SpecialisedSeq{}); }
+};
+
+// Calls f(tag) with the tag of tensor-core mainloop m (kMma or kWmma).
+template <typename F>
+void with_tc_mainloop(Mainloop m, F&& f) {
+  if (m == Mainloop::kMma) f(MmaLoop{});
+  else f(WmmaLoop{});
+}
 
 // The slot of the tensor-core kernel tables above for this call's series.
 inline int epilogue_slot(const Context& ctx, const Operands& op) {
@@ -197,12 +237,16 @@ acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
 // The column groups of a reduction on this GPU: `fields` field tiles, `slots` accumulator tiles per
 // column tile, `col_tiles` column tiles.
 template <typename T>
-ColumnGroups reduce_groups(bool tc, int fields, int slots, int64_t col_tiles, const Context& ctx) {
+ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles, const Context& ctx) {
   int64_t fixed = 0, per_tile = 0;
+  const bool tc = m != Mainloop::kSimt;
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
-      fixed = TcReduceSmem<T>::fixed(fields);
-      per_tile = slots * TcReduceSmem<T>::acc_tile_bytes;
+      with_tc_mainloop(m, [&](auto tag) {
+        using Sm = TcReduceSmem<T, decltype(tag)::kStages>;
+        fixed = Sm::fixed(fields);
+        per_tile = slots * Sm::acc_tile_bytes;
+      });
     }
   }
   if (!tc) {
@@ -223,12 +267,10 @@ template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   const std::string family = kernel_name<T>("neuron_sum");
-  const void* wmma = nullptr;
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), wmma);
-  const bool tc = k.mainloop == Mainloop::kWmma;
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), tc_kernels<NeuronSumTc, T>(slot));
+  const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
-  const ColumnGroups g = reduce_groups<T>(tc, s.terms, s.slots(), ceil_div(s.ncols, B), ctx);
+  const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, s.slots(), ceil_div(s.ncols, B), ctx);
   if (!g.fits) {
     if (s.terms == 1) throw_no_room(family, ctx);
     for (int t = 0; t < s.terms; ++t) {  // a small shared memory: the terms one at a time
@@ -250,8 +292,10 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
-      launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, g.smem,
-             ctx, p, s, l.tiles_per_split, g.group_tiles);
+      with_tc_mainloop(k.mainloop, [&](auto tag) {
+        launch(kernel_name<T>("neuron_sum_tc_kernel"), NeuronSumTc<decltype(tag), T>::table()[slot], l.grid, g.smem,
+               ctx, p, s, l.tiles_per_split, g.group_tiles);
+      });
       return;
     }
   }
@@ -266,12 +310,10 @@ template <typename T>
 void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.terms == 0) return;
   const std::string family = kernel_name<T>("sample_sum");
-  const void* wmma = nullptr;
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot]);
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), wmma);
-  const bool tc = k.mainloop == Mainloop::kWmma;
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), tc_kernels<SampleSumTc, T>(slot));
+  const bool tc = k.mainloop != Mainloop::kSimt;
   const int B = tc ? kTcTile : tile<acc_t<T>>();
-  const ColumnGroups g = reduce_groups<T>(tc, s.terms, 1, s.tiles(B), ctx);
+  const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, 1, s.tiles(B), ctx);
   if (!g.fits) {
     if (s.terms == 1) throw_no_room(family, ctx);
     for (int t = 0; t < s.terms; ++t) {  // a small shared memory: the terms one at a time
@@ -286,8 +328,10 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
-      launch(kernel_name<T>("sample_sum_tc_kernel"), sample_sum_tc_kernels<T>(SpecialisedSeq{})[slot], l.grid, g.smem,
-             ctx, p, s, l.tiles_per_split, g.group_tiles);
+      with_tc_mainloop(k.mainloop, [&](auto tag) {
+        launch(kernel_name<T>("sample_sum_tc_kernel"), SampleSumTc<decltype(tag), T>::table()[slot], l.grid, g.smem,
+               ctx, p, s, l.tiles_per_split, g.group_tiles);
+      });
       return;
     }
   }
@@ -303,11 +347,10 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   const Problem<T> p = make_problem<T>(op);
   T* out = static_cast<T*>(out_ptr);
   const std::string family = kernel_name<T>("features_forward");
-  const void* wmma = nullptr;
   const int slot = epilogue_slot(ctx, op);
-  if constexpr (kHasTensorCoreKernels<T>) wmma = kernel_ptr(features_tc_kernels<T>(SpecialisedSeq{})[slot]);
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), wmma);
-  const bool tc = k.mainloop == Mainloop::kWmma;
+  const KernelChoice k =
+      choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), tc_kernels<FeaturesTc, T>(slot));
+  const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
   // (rows are independent; the signs depend on the neuron only).
@@ -319,8 +362,10 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
-        launch(kernel_name<T>("features_forward_tc_kernel"), features_tc_kernels<T>(SpecialisedSeq{})[slot], grid, 0,
-               ctx, q, out + i * p.m);
+        with_tc_mainloop(k.mainloop, [&](auto tag) {
+          launch(kernel_name<T>("features_forward_tc_kernel"), FeaturesTc<decltype(tag), T>::table()[slot], grid, 0,
+                 ctx, q, out + i * p.m);
+        });
         continue;
       }
     }

@@ -1,5 +1,5 @@
-// Tensor-core kernels of taylornet (sm_80 and newer): bfloat16 and float16 inputs (m16n16k16), and
-// float32 inputs rounded to TF32 (m16n16k8) when torch allows TF32 matmuls; accumulation in float32.
+// Tensor-core kernels of taylornet (sm_80 and newer): bfloat16 and float16 inputs (k = 16 per mma),
+// and float32 inputs rounded to TF32 (k = 8) when torch allows TF32 matmuls; accumulation in float32.
 //
 // Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons). Stage 1
 // computes the tile's z0 = x w0^T and u = x w^T with warp-level mma, each warp holding the z0 and
@@ -9,9 +9,13 @@
 // input type (float16: scaled per tile into its range) and multiplies it with the other factor
 // (A^T, W, x, gout) on tensor cores again.
 //
-// The accumulator layout of wmma is unspecified, so nothing here assumes it: every kernel loads a
-// table of (row, column) codes into an accumulator fragment once, and element e of any accumulator
-// fragment sits at the position the code fragment's element e names.
+// Two mainloops share this structure, the kernels taking the mainloop's tag as their first template
+// argument: WmmaLoop (here: nvcuda::wmma fragments, two staged k chunks) and MmaLoop (mma_sync.cuh:
+// mma.sync and ldmatrix with the PTX ISA's fragment layouts, three staged k chunks). Everything
+// that touches an accumulator goes through its element positions, (row, column) codes: wmma's
+// layout is unspecified, so its kernels load a table of codes into an accumulator fragment once
+// (element e of any accumulator fragment sits at the position the code fragment's element e
+// names); mma.sync's layout is specified, and its codes are arithmetic on the lane index.
 #pragma once
 
 #include <mma.h>
@@ -34,6 +38,15 @@ namespace tn::cuda {
 
 constexpr int kTcTile = 64;  // samples x neurons per block (and output columns per block)
 
+// The tensor-core mainloops: tags for the kernels' first template argument, with the number of k
+// chunks of stage 1 in shared memory at once.
+struct WmmaLoop {
+  static constexpr int kStages = 2;
+};
+struct MmaLoop {
+  static constexpr int kStages = 3;
+};
+
 template <typename T>
 struct TcShape;  // k of one mma, staged k chunk, row padding (elements) against bank conflicts
 template <>
@@ -49,16 +62,19 @@ struct TcShape<float> {
   static constexpr int K = 8, chunk = 16, pad = 4;
 };
 
-// Shared memory. The work region holds stage 1's input chunks (two buffers, for the asynchronous
-// copy of the next chunk during the products of this one), then the staged cotangents, then the
+// Shared memory. The work region holds stage 1's input chunks (Stages buffers, for the asynchronous
+// copies of the next chunks during the products of this one), then the staged cotangents, then the
 // field tiles and stage 2's factor tile: never live at once. The fixed part holds the (row, column)
-// codes, the tile's signs and biases, the float16 tile maxima and the bias sums of a reduction over
-// samples. Row strides keep every fragment pointer 32-byte aligned.
-template <typename T>
+// codes (wmma), the tile's signs and biases, the float16 tile maxima and the bias sums of a
+// reduction over samples. Row strides keep every fragment pointer 32-byte aligned, and make the
+// eight 16-byte rows of an ldmatrix matrix (row strides of 80, 144 and 272 bytes) fall in distinct
+// banks.
+template <typename T, int Stages>
 struct TcSmem {
   static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
   static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
-  static constexpr int in_bytes = 2 * 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
+  static constexpr int stages = Stages;
+  static constexpr int in_bytes = Stages * 3 * kTcTile * ld_in * static_cast<int>(sizeof(T));
   static constexpr int shared_bytes = in_bytes;  // the work region of stage 1
   static constexpr int fixed_bytes =
       static_cast<int>(round_up((256 + 3 * kTcTile + kMaxSampleTerms + kMaxSampleTerms * kTcTile) * 4, 128));
@@ -80,9 +96,9 @@ struct TcSmem {
 // The reductions' dynamic shared memory: the fixed part, the work region (sized for their field
 // tiles too) and the float accumulators of the block's column tiles ([row][col], one 64 x 64 tile
 // per column tile and accumulator slot), which live across the whole inner loop.
-template <typename T>
-struct TcReduceSmem : TcSmem<T> {
-  using Base = TcSmem<T>;
+template <typename T, int Stages>
+struct TcReduceSmem : TcSmem<T, Stages> {
+  using Base = TcSmem<T, Stages>;
   static constexpr int64_t field_bytes = int64_t(kTcTile) * Base::ld_mix * sizeof(T);
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
@@ -101,14 +117,23 @@ struct TcReduceSmem : TcSmem<T> {
   }
 };
 
-static_assert(TcSmem<float>::bytes <= 48 * 1024 && TcSmem<__half>::bytes <= 48 * 1024,
+static_assert(TcSmem<float, MmaLoop::kStages>::bytes <= 48 * 1024 &&
+                  TcSmem<__half, MmaLoop::kStages>::bytes <= 48 * 1024 && MmaLoop::kStages >= WmmaLoop::kStages,
               "the features kernel uses static shared memory (48 KiB)");
-static_assert(TcSmem<float>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half>::ld_in * 2 * 16 % 32 == 0 &&
-                  TcSmem<float>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half>::ld_mix * 2 * 16 % 32 == 0 &&
-                  TcReduceSmem<float>::field_bytes % 128 == 0 && TcReduceSmem<__half>::field_bytes % 128 == 0 &&
-                  TcReduceSmem<float>::acc_tile_bytes % 128 == 0 && TcSmem<float>::shared_bytes % 128 == 0 &&
-                  TcSmem<__half>::shared_bytes % 128 == 0,
+static_assert(TcSmem<float, 2>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half, 2>::ld_in * 2 * 16 % 32 == 0 &&
+                  TcSmem<float, 2>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half, 2>::ld_mix * 2 * 16 % 32 == 0 &&
+                  TcReduceSmem<float, 2>::field_bytes % 128 == 0 && TcReduceSmem<__half, 2>::field_bytes % 128 == 0 &&
+                  TcReduceSmem<float, 2>::acc_tile_bytes % 128 == 0 && TcSmem<float, 2>::shared_bytes % 128 == 0 &&
+                  TcSmem<__half, 2>::shared_bytes % 128 == 0 && TcSmem<float, 3>::shared_bytes % 128 == 0 &&
+                  TcSmem<__half, 3>::shared_bytes % 128 == 0,
               "fragment pointers must stay 32-byte aligned");
+// ldmatrix: every row is 16 bytes at a 16-byte aligned address, and the row strides are an odd
+// number of 16-byte units apart modulo 128 bytes (the eight rows of a matrix in distinct banks).
+static_assert(TcSmem<float, 3>::ld_in * 4 % 16 == 0 && TcSmem<__half, 3>::ld_in * 2 % 16 == 0 &&
+                  TcSmem<float, 3>::ld_mix * 4 % 16 == 0 && TcSmem<__half, 3>::ld_mix * 2 % 16 == 0 &&
+                  TcSmem<float, 3>::ld_in * 4 / 16 % 2 == 1 && TcSmem<__half, 3>::ld_in * 2 / 16 % 2 == 1 &&
+                  TcSmem<float, 3>::ld_mix * 4 / 16 % 2 == 1 && TcSmem<__half, 3>::ld_mix * 2 / 16 % 2 == 1,
+              "ldmatrix rows must be 16-byte aligned and free of bank conflicts");
 
 #if TN_TENSOR_CORES
 namespace wmma = nvcuda::wmma;
@@ -121,6 +146,15 @@ template <typename T, typename Layout>
 using FragB = wmma::fragment<wmma::matrix_b, 16, 16, TcShape<T>::K, TcIn<T>, Layout>;
 template <typename T>
 using FragC = wmma::fragment<wmma::accumulator, 16, 16, TcShape<T>::K, float>;
+
+// A mainloop's accumulator fragment (a 16 x 16 block of a warp's tile) and code fragment.
+template <typename M, typename T>
+struct TcTypes;
+template <typename T>
+struct TcTypes<WmmaLoop, T> {
+  using Acc = FragC<T>;
+  using Codes = FragC<T>;
+};
 
 template <typename T, typename Frag>
 __device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
@@ -138,16 +172,16 @@ __device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32
 
 // The (row, column) code fragment: row * 16 + column at every element. Contains a barrier (the
 // table is complete before any warp loads it).
-template <typename T>
-__device__ void load_codes(const TcSmem<T>& sm, FragC<T>& codes) {
+template <typename T, int St>
+__device__ void load_codes(const TcSmem<T, St>& sm, FragC<T>& codes) {
   for (int e = threadIdx.x; e < 256; e += kThreads) sm.codes()[e] = static_cast<float>(e);
   __syncthreads();
   wmma::load_matrix_sync(codes, sm.codes(), 16, wmma::mem_row_major);
 }
 
 // Signs and biases of neurons r0 .. r0 + 63 as float; callers put a barrier before their use.
-template <typename T>
-__device__ void load_neurons(const Problem<T>& p, const TcSmem<T>& sm, int64_t r0) {
+template <typename T, int St>
+__device__ void load_neurons(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t r0) {
   for (int e = threadIdx.x; e < kTcTile; e += kThreads) {
     const int64_t r = r0 + e;
     const bool in = r < p.m;
@@ -167,8 +201,8 @@ constexpr bool kTileScaled = std::is_same_v<T, __half>;
 
 // The largest magnitude of this thread's elements of f, into the block's maximum at *slot (the bit
 // patterns of non-negative floats order like their values).
-template <typename T>
-__device__ __forceinline__ void tile_max(const FragC<T> (&f)[2], int* slot) {
+template <typename Acc>
+__device__ __forceinline__ void tile_max(const Acc (&f)[2], int* slot) {
   float mx = 0.0f;
 #pragma unroll
   for (int j = 0; j < 2; ++j)
@@ -213,10 +247,10 @@ __device__ __forceinline__ void copy_async_wait() {
 
 // Stages x, w0, w [k0, k0 + chunk) of the tile into buffer buf, 16 bytes per copy (needs d a
 // multiple of the vector and 16-byte aligned rows).
-template <typename T>
-__device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T>& sm, int buf, int64_t k0, int64_t i0,
+template <typename T, int St>
+__device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
                                   int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T>::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
   for (int e = threadIdx.x; e < kTcTile * per_row; e += kThreads) {
     const int row = e / per_row, k = e % per_row * V;
@@ -235,10 +269,10 @@ __device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T>& sm, int 
 }
 
 // Stages the same chunk element by element: any d, any alignment.
-template <typename T>
-__device__ void stage_chunk(const Problem<T>& p, const TcSmem<T>& sm, int buf, int64_t k0, int64_t i0,
+template <typename T, int St>
+__device__ void stage_chunk(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
                             int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T>::ld_in;
+  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in;
   const T zero = from_acc<T>(acc_t<T>(0));
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
   // Consecutive threads read consecutive k of a row: coalesced along d.
@@ -253,9 +287,10 @@ __device__ void stage_chunk(const Problem<T>& p, const TcSmem<T>& sm, int buf, i
 }
 
 // The products of one staged chunk.
-template <typename T>
-__device__ __forceinline__ void chunk_products(const TcSmem<T>& sm, int buf, FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
-  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T>::ld_in;
+template <typename T, int St>
+__device__ __forceinline__ void chunk_products(const TcSmem<T, St>& sm, int buf, FragC<T> (&z0)[2],
+                                               FragC<T> (&u)[2]) {
+  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T, St>::ld_in;
   const T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
 #pragma unroll
   for (int k = 0; k < chunk; k += K) {
@@ -277,8 +312,8 @@ __device__ __forceinline__ bool aligned16(const void* ptr) { return reinterpret_
 
 // Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. for this warp's blocks.
 // For d > 0 it ends with a barrier, so callers may reuse the shared region at once.
-template <typename T>
-__device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T>& sm, int64_t i0, int64_t r0,
+template <typename T, int St>
+__device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t i0, int64_t r0,
                                   FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
   constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
   TN_COUNT_RECOMPUTE();
@@ -315,17 +350,34 @@ __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T>& sm, int6
   }
 }
 
+// The position (row, column in its 16 x 16 block) of accumulator element e, and of element
+// (g % 2) * 4 + l of a group of four through `pick` (selects where g is not a compile-time constant).
+struct Pos {
+  int row, col;
+};
+template <int K>
+__device__ __forceinline__ Pos pos_at(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, int e) {
+  const int code = static_cast<int>(codes.x[e]);
+  return {code >> 4, code & 15};
+}
+template <int K, typename Pick>
+__device__ __forceinline__ Pos pos_of(const wmma::fragment<wmma::accumulator, 16, 16, K, float>& codes, Pick&& pick,
+                                      int l, int g) {
+  const int code = static_cast<int>(pick(codes.x, codes.x, l, g));
+  return {code >> 4, code & 15};
+}
+
 // Calls f(j, e, row, col) for element e of this warp's accumulator block j, at (row, col) of the
 // block's 64 x 64 tile.
-template <typename T, typename F>
-__device__ __forceinline__ void for_each_element(const FragC<T>& codes, F&& f) {
+template <typename Codes, typename F>
+__device__ __forceinline__ void for_each_element(const Codes& codes, F&& f) {
   const int rb = warp_row_block();
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
-    for (int e = 0; e < codes.num_elements; ++e) {
-      const int code = static_cast<int>(codes.x[e]);
-      f(j, e, rb * 16 + (code >> 4), warp_col_block(j) * 16 + (code & 15));
+    for (int e = 0; e < Codes::num_elements; ++e) {
+      const Pos pos = pos_at(codes, e);
+      f(j, e, rb * 16 + pos.row, warp_col_block(j) * 16 + pos.col);
     }
 }
 
@@ -335,25 +387,25 @@ __device__ __forceinline__ void for_each_element(const FragC<T>& codes, F&& f) {
 // (the input region, free after stage 1), kCStage outputs at a time. Contains barriers: call it
 // after stage 1's last barrier, and it ends with one.
 constexpr int kCStage = 32;
-template <typename T>
+template <typename T, int St>
 struct CotangentSmem {
   static constexpr int ld_g = kCStage + 1, ld_a = kTcTile + 1;
   float* g0;  // [sample][j]
   float* g1;
   float* a;   // [j][neuron]
-  __device__ explicit CotangentSmem(const TcSmem<T>& sm)
+  __device__ explicit CotangentSmem(const TcSmem<T, St>& sm)
       : g0(reinterpret_cast<float*>(sm.raw)), g1(g0 + kTcTile * ld_g), a(g1 + kTcTile * ld_g) {}
   static constexpr int bytes = (2 * kTcTile * ld_g + kCStage * ld_a) * 4;
 };
-static_assert(CotangentSmem<float>::bytes <= TcSmem<float>::shared_bytes &&
-                  CotangentSmem<__half>::bytes <= TcSmem<__half>::shared_bytes,
+static_assert(CotangentSmem<float, 2>::bytes <= TcSmem<float, 2>::shared_bytes &&
+                  CotangentSmem<__half, 2>::bytes <= TcSmem<__half, 2>::shared_bytes,
               "the staged cotangents fit the shared region");
 
-template <typename T>
-__device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes,
-                                              int64_t i0, int64_t r0, float (&g0)[2][FragC<T>::num_elements],
-                                              float (&g1)[2][FragC<T>::num_elements]) {
-  constexpr int E = FragC<T>::num_elements;
+template <typename T, int St, typename Codes>
+__device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<T, St>& sm, const Codes& codes,
+                                              int64_t i0, int64_t r0, float (&g0)[2][Codes::num_elements],
+                                              float (&g1)[2][Codes::num_elements]) {
+  constexpr int E = Codes::num_elements;
   const int rb = warp_row_block();
 #pragma unroll
   for (int j = 0; j < 2; ++j)
@@ -364,13 +416,13 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        const int code = static_cast<int>(codes.x[e]);
-        const int64_t i = i0 + rb * 16 + (code >> 4), r = r0 + warp_col_block(j) * 16 + (code & 15);
+        const Pos pos = pos_at(codes, e);
+        const int64_t i = i0 + rb * 16 + pos.row, r = r0 + warp_col_block(j) * 16 + pos.col;
         if (i < p.n && r < p.m) g0[j][e] = to_acc(p.gelem[i * p.m + r]);
       }
     return;
   }
-  const CotangentSmem<T> cs(sm);
+  const CotangentSmem<T, St> cs(sm);
   for (int64_t c0 = 0; c0 < p.c; c0 += kCStage) {
     const int width = static_cast<int>(p.c - c0 < kCStage ? p.c - c0 : kCStage);
     for (int e = threadIdx.x; e < kTcTile * kCStage; e += kThreads) {
@@ -390,10 +442,10 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
     for (int j = 0; j < 2; ++j)
 #pragma unroll
       for (int e = 0; e < E; ++e) {
-        const int code = static_cast<int>(codes.x[e]);
-        const float* gr0 = cs.g0 + (rb * 16 + (code >> 4)) * cs.ld_g;
-        const float* gr1 = cs.g1 + (rb * 16 + (code >> 4)) * cs.ld_g;
-        const float* ac = cs.a + warp_col_block(j) * 16 + (code & 15);
+        const Pos pos = pos_at(codes, e);
+        const float* gr0 = cs.g0 + (rb * 16 + pos.row) * cs.ld_g;
+        const float* gr1 = cs.g1 + (rb * 16 + pos.row) * cs.ld_g;
+        const float* ac = cs.a + warp_col_block(j) * 16 + pos.col;
         float a0 = g0[j][e], a1 = g1[j][e];
         if (p.moments) {
           for (int k = 0; k < width; ++k) {
@@ -426,12 +478,12 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
 // thread's four groups of four elements; the generic one, much larger (every activation's
 // functions), runs as a loop over the groups, which it reads and writes through selects
 // (registers, not an indexed array), so that each kernel holds one copy of it.
-template <int S, int Outs, typename T>
-__device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& sm, const FragC<T>& codes,
-                                          const Need& need, int64_t i0, int64_t r0, FragC<T> (&z0)[2],
-                                          FragC<T> (&u)[2], FragC<T> (&extra)[2][2]) {
+template <int S, int Outs, typename T, int St, typename Codes, typename Acc>
+__device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, St>& sm, const Codes& codes,
+                                          const Need& need, int64_t i0, int64_t r0, Acc (&z0)[2], Acc (&u)[2],
+                                          Acc (&extra)[2][2]) {
   static_assert(Outs == 1 || Outs == 2 || Outs == 4, "one, two or four fields leave the epilogue");
-  constexpr int N = 4, E = FragC<T>::num_elements, G = 2 * E / N;
+  constexpr int N = 4, E = Acc::num_elements, G = 2 * E / N;
   static_assert(E == 2 * N, "accumulator fragments are taken as two groups of four elements");
   using V = Lanes<float, N>;
   const int rb = warp_row_block();
@@ -444,8 +496,8 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& 
     const int j = g >> 1;
 #pragma unroll
     for (int l = 0; l < N; ++l) {
-      const int code = static_cast<int>(pick(codes.x, codes.x, l, g));
-      const int row = rb * 16 + (code >> 4), col = warp_col_block(j) * 16 + (code & 15);
+      const Pos pos = pos_of(codes, pick, l, g);
+      const int row = rb * 16 + pos.row, col = warp_col_block(j) * 16 + pos.col;
       valid[l] = i0 + row < p.n && r0 + col < p.m;
       z.v[l] = valid[l] ? pick(z0[0].x, z0[1].x, l, g) + sm.b0()[col] : 0.0f;
       uu.v[l] = valid[l] ? pick(u[0].x, u[1].x, l, g) + sm.b()[col] : 0.0f;
@@ -488,17 +540,20 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T>& 
   }
 }
 
-template <int S, typename T>
+template <typename M, int S, typename T>
 __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out) {
-  __shared__ __align__(128) unsigned char raw[TcSmem<T>::bytes];
-  const TcSmem<T> sm{raw, raw + TcSmem<T>::shared_bytes};
+  using Sm = TcSmem<T, M::kStages>;
+  using Acc = typename TcTypes<M, T>::Acc;
+  __shared__ __align__(128) unsigned char raw[Sm::bytes];
+  const Sm sm{raw, raw + Sm::shared_bytes};
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
-  FragC<T> codes, z0[2], u[2], unused[2][2];
+  typename TcTypes<M, T>::Codes codes;
+  Acc z0[2], u[2], unused[2][2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
   tc_preactivations(p, sm, i0, r0, z0, u);
   tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
-  for_each_element<T>(codes, [&](int j, int e, int row, int col) {
+  for_each_element(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
     if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
   });
@@ -509,11 +564,11 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
 // in u, terms 2 and 3 in extra. A float16 tile is scaled by 2^e first, e from its largest
 // magnitude (tile_exponent of tile_max()[t], which stage 2 reads again). The maxima must have been
 // cleared before a barrier that precedes this call; ends with a barrier.
-template <typename T, typename Active>
-__device__ __forceinline__ void store_fields(const TcReduceSmem<T>& sm, const FragC<T>& codes, const FragC<T> (&z0)[2],
-                                             const FragC<T> (&u)[2], const FragC<T> (&extra)[2][2], int terms,
+template <typename T, int St, typename Codes, typename Acc, typename Active>
+__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St>& sm, const Codes& codes, const Acc (&z0)[2],
+                                             const Acc (&u)[2], const Acc (&extra)[2][2], int terms,
                                              Active&& active) {
-  constexpr int ld = TcSmem<T>::ld_mix;
+  constexpr int ld = TcSmem<T, St>::ld_mix;
   auto each = [&](auto&& f) {  // f(t, fragments of term t), t known at compile time
     if (terms > 0 && active(0)) f(0, z0);
     if (terms > 1 && active(1)) f(1, u);
@@ -521,34 +576,35 @@ __device__ __forceinline__ void store_fields(const TcReduceSmem<T>& sm, const Fr
     if (terms > 3 && active(3)) f(3, extra[1]);
   };
   if constexpr (kTileScaled<T>) {
-    each([&](int t, const FragC<T>(&f)[2]) { tile_max<T>(f, sm.tile_max() + t); });
+    each([&](int t, const Acc(&f)[2]) { tile_max(f, sm.tile_max() + t); });
     __syncthreads();
   }
-  each([&](int t, const FragC<T>(&f)[2]) {
+  each([&](int t, const Acc(&f)[2]) {
     const float up = kTileScaled<T> ? ldexpf(1.0f, tile_exponent(sm.tile_max()[t])) : 1.0f;
     T* fs = sm.field(t);
-    for_each_element<T>(codes,
-                        [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
+    for_each_element(codes, [&](int j, int e, int row, int col) { fs[row * ld + col] = from_acc<T>(f[j].x[e] * up); });
   });
   __syncthreads();
 }
 
 // 2^-e for term t's field tile (1 unless float16).
-template <typename T>
-__device__ __forceinline__ float field_unscale(const TcSmem<T>& sm, int t) {
+template <typename T, int St>
+__device__ __forceinline__ float field_unscale(const TcSmem<T, St>& sm, int t) {
   if constexpr (kTileScaled<T>) return ldexpf(1.0f, -tile_exponent(sm.tile_max()[t]));
   else return 1.0f;
 }
 
 // Stage 2 for this warp's output blocks of one column tile: acc += down * sum_k A[.][k] B[k][.]
 // over the tile's 64 k, the float accumulators in shared memory (this warp's 16 x 32 of them,
-// row-major with stride acc_ld), A's 16 rows from `a` (A's layout; stepping `a_step` elements per
-// k) and column block j of B from `b` (row-major). Blocks at or past `cols` hold padding only and
-// are skipped.
-template <typename T, typename LayoutA>
-__device__ __forceinline__ void tile_products(float* acc, const T* a, int a_step, const T* b, int64_t cols,
-                                              float down) {
-  constexpr int K = TcShape<T>::K, ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
+// row-major with stride acc_ld), A's 16 rows from `a` (stride ld_mix: A[m][k] at a[m * ld + k], or
+// with kTransA at a[k * ld + m]) and column block j of B from `b` (B[k][n] at b[k * ld + n]).
+// Blocks at or past `cols` hold padding only and are skipped. The codes select the mainloop.
+template <bool kTransA, int CodesK, typename T>
+__device__ __forceinline__ void tile_products(const wmma::fragment<wmma::accumulator, 16, 16, CodesK, float>&,
+                                              float* acc, const T* a, const T* b, int64_t cols, float down) {
+  using LayoutA = std::conditional_t<kTransA, wmma::col_major, wmma::row_major>;
+  constexpr int K = TcShape<T>::K, ld = TcSmem<T, 2>::ld_mix, acc_ld = TcReduceSmem<T, 2>::acc_ld;
+  constexpr int a_step = kTransA ? ld : 1;
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     if (warp_col_block(j) * 16 >= cols) continue;  // warp-uniform
@@ -576,12 +632,14 @@ __device__ __forceinline__ void tile_products(float* acc, const T* a, int a_step
 // Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
 // dX. Per neuron tile the products and the epilogue run once, then every column tile of the group
 // takes both terms from the field tiles in shared memory into its accumulators there.
-template <int S, typename T>
+template <typename M, int S, typename T>
 __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles) {
-  constexpr int ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
+  using Sm = TcReduceSmem<T, M::kStages>;
+  using Acc = typename TcTypes<M, T>::Acc;
+  constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
-  const TcReduceSmem<T> sm(dyn, s.terms);
+  const Sm sm(dyn, s.terms);
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, col_tiles = (s.ncols + kTcTile - 1) / kTcTile;
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < col_tiles ? g0 + group_tiles : col_tiles;
@@ -589,18 +647,18 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
   int64_t t_begin, t_end;
   inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
-  FragC<T> codes;
+  typename TcTypes<M, T>::Codes codes;
   load_codes(sm, codes);
   for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int64_t rt = t_begin; rt < t_end; ++rt) {
     const int64_t r0 = rt * kTcTile;
-    FragC<T> z0[2], u[2], unused[2][2];
+    Acc z0[2], u[2], unused[2][2];
     load_neurons(p, sm, r0);
     if (kTileScaled<T> && threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
     __syncthreads();
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields<S, 2>(p, sm, codes, need, i0, r0, z0, u, unused);  // term 0's field in z0, term 1's in u
-    store_fields<T>(sm, codes, z0, u, unused, s.terms, [](int) { return true; });
+    store_fields(sm, codes, z0, u, unused, s.terms, [](int) { return true; });
     for (int64_t ct = g0; ct < g1; ++ct) {
       const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
       const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
@@ -616,9 +674,8 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
           zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z_t[r][col]
         }
         __syncthreads();
-        tile_products<T, wmma::row_major>(sm.acc((ct - g0) * slots + (slots == 1 ? 0 : t)),
-                                          sm.field(t) + warp_row_block() * 16 * ld, 1, zs, cols,
-                                          field_unscale(sm, t));
+        tile_products<false>(codes, sm.acc((ct - g0) * slots + (slots == 1 ? 0 : t)),
+                             sm.field(t) + warp_row_block() * 16 * ld, zs, cols, field_unscale(sm, t));
         __syncthreads();
       }
     }
@@ -641,12 +698,14 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
 // once (the fields of every term the group needs), then every column tile of the group takes its
 // term's field tile from shared memory into its accumulators there; group 0 also sums the fields
 // of the terms with a bias column.
-template <int S, typename T>
+template <typename M, int S, typename T>
 __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles) {
-  constexpr int ld = TcSmem<T>::ld_mix, acc_ld = TcReduceSmem<T>::acc_ld;
+  using Sm = TcReduceSmem<T, M::kStages>;
+  using Acc = typename TcTypes<M, T>::Acc;
+  constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
-  const TcReduceSmem<T> sm(dyn, s.terms);
+  const Sm sm(dyn, s.terms);
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, tiles = s.tiles(kTcTile);
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
@@ -655,21 +714,21 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[1 % s.terms].field,
                             s.term[2 % s.terms].field, s.term[3 % s.terms].field);
   auto active = [&](int t) { return sample_term_active(s, t, g0, g1, kTcTile); };  // block-uniform
-  FragC<T> codes;
+  typename TcTypes<M, T>::Codes codes;
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
   for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
   for (int64_t it = t_begin; it < t_end; ++it) {
     const int64_t i0 = it * kTcTile;
-    FragC<T> z0[2], u[2], extra[2][2];
+    Acc z0[2], u[2], extra[2][2];
     if constexpr (kTileScaled<T>) {
       if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
       __syncthreads();
     }
     tc_preactivations(p, sm, i0, r0, z0, u);
     tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0, u, extra);
-    store_fields<T>(sm, codes, z0, u, extra, s.terms, active);
+    store_fields(sm, codes, z0, u, extra, s.terms, active);
     if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
       for (int t = 0; t < s.terms; ++t) {
         if (!s.term[t].ones) continue;
@@ -694,9 +753,9 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
         ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
       }
       __syncthreads();
-      // F^T: element (neuron, sample) at fs[sample * ld + neuron], a column-major operand.
-      tile_products<T, wmma::col_major>(sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ld, ys, cols,
-                                        field_unscale(sm, t));
+      // F^T: element (neuron, sample) at fs[sample * ld + neuron], a transposed operand.
+      tile_products<true>(codes, sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ys, cols,
+                          field_unscale(sm, t));
       __syncthreads();
     }
   }
@@ -726,22 +785,22 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
 #define TN_TC_BODY(call) __trap()
 #endif
 
-// S: the epilogue, a series of kSpecialised or kGenericEpilogue.
-template <typename T, int S>
+// M: the mainloop (WmmaLoop, MmaLoop); S: the epilogue, a series of kSpecialised or kGenericEpilogue.
+template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
-  TN_TC_BODY(features_forward_tc<S>(p, out));
+  TN_TC_BODY((features_forward_tc<M, S>(p, out)));
 }
-template <typename T, int S>
+template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(NeuronSum<T>) s, int64_t per,
                                                                   int64_t group_tiles) {
-  TN_TC_BODY(neuron_sum_tc<S>(p, s, per, group_tiles));
+  TN_TC_BODY((neuron_sum_tc<M, S>(p, s, per, group_tiles)));
 }
-template <typename T, int S>
+template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(SampleSum<T>) s, int64_t per,
                                                                   int64_t group_tiles) {
-  TN_TC_BODY(sample_sum_tc<S>(p, s, per, group_tiles));
+  TN_TC_BODY((sample_sum_tc<M, S>(p, s, per, group_tiles)));
 }
 
 #undef TN_TC_BODY

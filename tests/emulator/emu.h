@@ -32,6 +32,7 @@ constexpr size_t kStack = 256 * 1024;
 
 struct WarpScratch {
   float a[16 * 16], b[16 * 16];
+  const unsigned char* rows[32];  // ldmatrix: the row address each lane supplies
 };
 
 // Fibers start through makecontext/setcontext and then switch with _setjmp/_longjmp, which do not
@@ -214,6 +215,16 @@ inline int __float_as_int(float v) {
   return i;
 }
 inline float __int_as_float(int i) {
+  float v;
+  std::memcpy(&v, &i, 4);
+  return v;
+}
+inline unsigned __float_as_uint(float v) {
+  unsigned i;
+  std::memcpy(&i, &v, 4);
+  return i;
+}
+inline float __uint_as_float(unsigned i) {
   float v;
   std::memcpy(&v, &i, 4);
   return v;

@@ -4,6 +4,11 @@
 // lanes publish their operands in the warp's scratch, meet at the warp barrier, and each computes
 // its own elements of the product in float. TF32 operands keep only the top 19 bits, as the
 // hardware reads them.
+//
+// Also the PTX instructions of the mma.sync mainloop (csrc/cuda/mma_sync.cuh), warp-collective in
+// the same way, with the per-lane fragment layouts of the PTX ISA: ldmatrix (x1, x2, x4, .trans),
+// mma.sync.m16n8k16 (f16, bf16) and mma.sync.m16n8k8 (tf32), and cvt.rna.tf32.f32. A kernel that
+// hands a register to the wrong place computes a wrong product here.
 #pragma once
 
 #include <cstdint>
@@ -122,3 +127,98 @@ void mma_sync(fragment<accumulator, M, N, K, float>& d, const fragment<matrix_a,
 }
 
 }  // namespace nvcuda::wmma
+
+namespace tn_emu {
+
+// cvt.rna.tf32.f32 on the bits of a float.
+inline uint32_t round_tf32(uint32_t v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  f = nvcuda::wmma::__float_to_tf32(f);
+  std::memcpy(&v, &f, 4);
+  return v;
+}
+
+// ldmatrix.sync.aligned.m8n8.x{Count}[.trans].shared.b16: lane 8q + r supplies the address of row r
+// of matrix q (16 bytes, 16-byte aligned). Lane l receives, of matrix q, the 32-bit word l % 4 of
+// row l / 4; with .trans the 16-bit elements in column l / 4 of rows 2 (l % 4) (low half) and
+// 2 (l % 4) + 1 (high half).
+template <int Count, bool Trans>
+void ldmatrix(uint32_t (&r)[Count], const void* row) {
+  WarpScratch& s = warp_scratch();
+  const int l = lane();
+  s.rows[l] = static_cast<const unsigned char*>(row);
+  if (l < 8 * Count && reinterpret_cast<uintptr_t>(row) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
+  warp_sync();
+  for (int q = 0; q < Count; ++q) {
+    if (!Trans) {
+      std::memcpy(&r[q], s.rows[8 * q + l / 4] + 4 * (l % 4), 4);
+    } else {
+      uint16_t lo, hi;
+      std::memcpy(&lo, s.rows[8 * q + 2 * (l % 4)] + 2 * (l / 4), 2);
+      std::memcpy(&hi, s.rows[8 * q + 2 * (l % 4) + 1] + 2 * (l / 4), 2);
+      r[q] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+    }
+  }
+  warp_sync();  // every lane has read the addresses before any lane publishes new ones
+}
+
+namespace detail {
+template <typename T>
+float half_bits(uint32_t v) {  // a 16-bit element of type T from the low 16 bits of v
+  const uint16_t h = static_cast<uint16_t>(v);
+  T x;
+  std::memcpy(&x, &h, 2);
+  return nvcuda::wmma::detail::to_float(x);
+}
+inline float tf32_operand(uint32_t v) {
+  float f;
+  std::memcpy(&f, &v, 4);
+  return nvcuda::wmma::detail::tf32_bits(f);
+}
+}  // namespace detail
+
+// d += a b on one 16 x 8 block: mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16} (T = __half,
+// __nv_bfloat16) or m16n8k8.row.col.f32.tf32 (T = float). With g = lane / 4, t = lane % 4: A
+// register i holds row g + 8 (i % 2), columns 2t + 8 (i / 2) and + 1 (TF32: column t + 4 (i / 2));
+// B register i holds column g, rows 2t + 8i and + 1 (TF32: row t + 4i); d[c] sits at row
+// g + 8 (c / 2), column 2t + c % 2.
+template <typename T>
+void mma_16x8(float* d, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  constexpr bool tf32 = std::is_same_v<T, float>;
+  constexpr int K = tf32 ? 8 : 16;
+  WarpScratch& s = warp_scratch();
+  const int l = lane(), g = l / 4, t = l % 4;
+  const uint32_t b[2] = {b0, b1};
+  for (int i = 0; i < 4; ++i) {
+    const int row = g + 8 * (i % 2);
+    if constexpr (tf32) {
+      s.a[row * K + t + 4 * (i / 2)] = detail::tf32_operand(a[i]);
+    } else {
+      const int col = 2 * t + 8 * (i / 2);
+      s.a[row * K + col] = detail::half_bits<T>(a[i]);
+      s.a[row * K + col + 1] = detail::half_bits<T>(a[i] >> 16);
+    }
+  }
+  for (int i = 0; i < 2; ++i) {
+    if constexpr (tf32) {
+      s.b[(t + 4 * i) * 8 + g] = detail::tf32_operand(b[i]);
+    } else {
+      const int k = 2 * t + 8 * i;
+      s.b[k * 8 + g] = detail::half_bits<T>(b[i]);
+      s.b[(k + 1) * 8 + g] = detail::half_bits<T>(b[i] >> 16);
+    }
+  }
+  warp_sync();
+  float out[4];
+  for (int c = 0; c < 4; ++c) {
+    const int row = g + 8 * (c / 2), col = 2 * t + c % 2;
+    float acc = d[c];
+    for (int k = 0; k < K; ++k) acc += s.a[row * K + k] * s.b[k * 8 + col];
+    out[c] = acc;
+  }
+  warp_sync();  // every lane has read the scratch before any lane writes it again
+  for (int c = 0; c < 4; ++c) d[c] = out[c];
+}
+
+}  // namespace tn_emu

@@ -173,7 +173,7 @@ struct Case {
   }
 
   Case(Shape s, Config c, Mainloop ml, uint64_t sd)
-      : sh(s), cf(c), path(ml), tc(ml == Mainloop::kWmma), plan(c.act, c.orders, c.exact, true), seed(sd) {
+      : sh(s), cf(c), path(ml), tc(ml == Mainloop::kMma || ml == Mainloop::kWmma), plan(c.act, c.orders, c.exact, true), seed(sd) {
     std::mt19937_64 rng(sd);
     const double rd = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(s.d, 1)));
     x = Data<T>(s.n * s.d, rng, 1.0);
@@ -218,7 +218,7 @@ struct Case {
     pd.scale[1] = scale() * scale();
     pd.gout[0] = gout[0].v.data();
     pd.gout[1] = gout[1].v.data();
-    const char* mode = tc ? (std::is_same_v<T, float> ? "/tf32" : "/mma") : "/simt";
+    const char* mode = ml == Mainloop::kMma ? "/mma" : (ml == Mainloop::kWmma ? "/wmma" : "/simt");
     name = std::string(type_name<T>()) + mode + " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) +
            " m=" + std::to_string(s.m) + " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
            (c.exact ? " exact" : " K=" + orders_text(c.orders)) + (c.moments ? " moments" : "") +
@@ -551,7 +551,7 @@ void run_masks(Mainloop ml, const std::string& filter) {
 // Every specialised epilogue of the tensor-core kernels (kSpecialised), with and without the sign
 // moments, on one shape off the tile edges: forward, backward and the features' backward.
 template <typename T>
-void run_specialised(const std::string& filter) {
+void run_specialised(Mainloop ml, const std::string& filter) {
   for (int k = 0; k < kNumSpecialised; ++k)
     for (bool moments : {false, true}) {
       const Series& sr = kSpecialised[k];
@@ -560,7 +560,7 @@ void run_specialised(const std::string& filter) {
         if (sr.orders >> q & 1u) orders.push_back(q);
       if (orders.empty()) orders = {1};  // "exact" ignores them
       const Config c{sr.act, orders, sr.exact, true, SignSource::kPhilox, moments, 2, false};
-      run<T>(Shape{19, 40, 70, 3}, c, Mainloop::kWmma, 500 + 2 * k + moments, filter);
+      run<T>(Shape{19, 40, 70, 3}, c, ml, 500 + 2 * k + moments, filter);
     }
 }
 
@@ -672,7 +672,9 @@ double passes(const std::string& family, size_t from, int64_t tiles) {
 // by one neuron tile on tensor cores, three by one in float64), from the column groups of
 // docs/cuda.md: the forward one pass; the backward one pass of sample_sum for every requested
 // parameter gradient while their accumulators fit in shared memory (then one per column group),
-// and dX a pass (or its groups) of its own.
+// and dX a pass (or its groups) of its own. The 16-bit mma.sync kernels' three staged k chunks
+// (46080 bytes, against wmma's two: 30720) leave room for fewer column tiles of accumulators
+// where a reduction has fewer than four terms: 10 instead of 11 on sm_90, 6 instead of 7 on sm_80.
 struct PassCase {
   const char* path;
   int64_t smem;
@@ -681,11 +683,16 @@ struct PassCase {
 };
 constexpr PassCase kPassCases[] = {
     // path       GPU        d     {W} params +dX  dX  moments(all) dX
-    {"bf16/mma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},     {"bf16/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
-    {"bf16/mma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},    {"bf16/mma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
-    {"bf16/mma", kSmemSm80, 1024, 3, 5, 5, 3, 6, 3},   {"f16/mma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
-    {"f32/tf32", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/tf32", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},
-    {"f32/tf32", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},   {"f32/simt", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
+    {"bf16/wmma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},    {"bf16/wmma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"bf16/wmma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},   {"bf16/wmma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
+    {"bf16/wmma", kSmemSm80, 1024, 3, 5, 5, 3, 6, 3},  {"f16/wmma", kSmemSm90, 1024, 2, 3, 3, 2, 4, 2},
+    {"f32/wmma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/wmma", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},
+    {"f32/wmma", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},   {"bf16/mma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
+    {"bf16/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"bf16/mma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
+    {"bf16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},   {"bf16/mma", kSmemSm80, 1024, 3, 6, 6, 3, 6, 3},
+    {"f16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"f32/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"f32/mma", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},     {"f32/mma", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},
+    {"f32/simt", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
     {"f32/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
     {"f32/simt", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},   {"f64/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
     {"f64/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},    {"f64/simt", kSmemSm90, 1024, 2, 3, 3, 2, 3, 2},
@@ -700,7 +707,7 @@ void check_passes(Mainloop ml, const std::string& filter) {
     const std::string name = std::string("passes/") + pc.path + " " + gpu + " d=" + std::to_string(pc.d);
     if (!filter.empty() && name.rfind(filter, 0) != 0) continue;
     const Shape s{70, pc.d, 9, 3};
-    const int B = ml == Mainloop::kWmma ? kTcTile : tile<acc_t<T>>();
+    const int B = ml != Mainloop::kSimt ? kTcTile : tile<acc_t<T>>();
     const int64_t tiles = ceil_div(s.n, B) * ceil_div(s.m, B);
     for (bool moments : {false, true}) {
       Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, moments, 1, false};
@@ -742,6 +749,7 @@ bool contains(const std::string& text, const std::string& part) { return text.fi
 KernelQuery query(DType dtype, int device, int code, Mainloop requested, bool tf32 = false, bool det = false) {
   KernelQuery q;
   q.device_arch = device;
+  q.code_arch[static_cast<int>(Mainloop::kMma)] = code;
   q.code_arch[static_cast<int>(Mainloop::kWmma)] = code;
   q.code_arch[static_cast<int>(Mainloop::kSimt)] = code;
   q.built = {80, 90};
@@ -755,23 +763,27 @@ KernelQuery query(DType dtype, int device, int code, Mainloop requested, bool tf
 
 void check_host(const std::string& filter) {
   if (!filter.empty() && std::string("host/").rfind(filter, 0) != 0 && filter.rfind("host/", 0) != 0) return;
-  const auto W = Mainloop::kWmma, S = Mainloop::kSimt, A = Mainloop::kAuto;
+  const auto X = Mainloop::kMma, W = Mainloop::kWmma, S = Mainloop::kSimt, A = Mainloop::kAuto;
   auto picks = [](const KernelQuery& q, Mainloop want) {
     const KernelChoice c = choose_kernels(q);
     return c.error.empty() && c.mainloop == want;
   };
-  // auto: tensor cores for bf16/fp16 on sm_80+, float32 only with TF32, never float64.
-  expect("host/choice auto bf16 sm_90 -> wmma", picks(query(DType::kBFloat16, 90, 90, A), W));
-  expect("host/choice auto fp16 sm_80 -> wmma", picks(query(DType::kFloat16, 80, 80, A), W));
-  expect("host/choice auto fp16 sm_86 (sm_80 code) -> wmma", picks(query(DType::kFloat16, 86, 80, A), W));
+  // auto: tensor cores (mma.sync first) for bf16/fp16 on sm_80+, float32 only with TF32, never float64.
+  expect("host/choice auto bf16 sm_90 -> mma", picks(query(DType::kBFloat16, 90, 90, A), X));
+  expect("host/choice auto fp16 sm_80 -> mma", picks(query(DType::kFloat16, 80, 80, A), X));
+  expect("host/choice auto fp16 sm_86 (sm_80 code) -> mma", picks(query(DType::kFloat16, 86, 80, A), X));
   expect("host/choice auto f32 without TF32 -> simt", picks(query(DType::kFloat32, 90, 90, A), S));
-  expect("host/choice auto f32 with TF32 -> wmma", picks(query(DType::kFloat32, 90, 90, A, true), W));
+  expect("host/choice auto f32 with TF32 -> mma", picks(query(DType::kFloat32, 90, 90, A, true), X));
+  expect("host/choice requested wmma for bf16 -> wmma", picks(query(DType::kBFloat16, 90, 90, W), W));
+  expect("host/choice requested mma for f32 with TF32 -> mma", picks(query(DType::kFloat32, 80, 80, X, true), X));
   expect("host/choice auto f64 -> simt", picks(query(DType::kFloat64, 90, 90, A, true), S));
   expect("host/choice auto bf16 sm_75 -> simt", picks(query(DType::kBFloat16, 75, 75, A), S));
   expect("host/choice auto bf16 sm_90 from sm_75 PTX -> simt", picks(query(DType::kBFloat16, 90, 75, A), S));
   expect("host/choice requested simt for bf16 -> simt", picks(query(DType::kBFloat16, 90, 90, S), S));
   {
     KernelQuery q = query(DType::kBFloat16, 90, 90, A);
+    q.code_arch[static_cast<int>(X)] = 0;  // mma.sync code missing, wmma present
+    expect("host/choice auto without mma.sync code -> wmma", picks(q, W));
     q.code_arch[static_cast<int>(W)] = 0;  // tensor-core code missing, SIMT present
     expect("host/choice auto without tensor-core code -> simt", picks(q, S));
   }
@@ -797,6 +809,15 @@ void check_host(const std::string& filter) {
     expect("host/choice wmma from sm_75 PTX refused", contains(c.error, "TORCH_CUDA_ARCH_LIST=\"9.0\""), c.error);
   }
   {
+    const KernelChoice c = choose_kernels(query(DType::kFloat64, 90, 90, X));
+    expect("host/choice mma for float64 refused", contains(c.error, "TAYLORNET_CUDA_MAINLOOP=mma cannot run here") &&
+                                                      contains(c.error, "float64"), c.error);
+  }
+  {
+    const KernelChoice c = choose_kernels(query(DType::kBFloat16, 75, 75, X));
+    expect("host/choice mma on sm_75 refused", contains(c.error, "8.0 or newer") && contains(c.error, "7.5"), c.error);
+  }
+  {
     const KernelChoice c = choose_kernels(query(DType::kBFloat16, 75, 0, A));
     const std::string want = "taylornet: no CUDA kernel image of sample_sum<float32> (simt) for this GPU (compute "
                              "capability 7.5): the extension was built for sm_80, sm_90. Rebuild it for this GPU, "
@@ -806,8 +827,9 @@ void check_host(const std::string& filter) {
   {
     Mainloop m = A;
     expect("host/choice parse", parse_mainloop("simt", m) && m == S && parse_mainloop("wmma", m) && m == W &&
-                                    parse_mainloop("", m) && m == A && parse_mainloop("auto", m) && m == A &&
-                                    !parse_mainloop("mma", m) && mainloop_list() == "auto, wmma, simt");
+                                    parse_mainloop("mma", m) && m == X && parse_mainloop("", m) && m == A &&
+                                    parse_mainloop("auto", m) && m == A && !parse_mainloop("wgmma", m) &&
+                                    mainloop_list() == "auto, mma, wmma, simt");
   }
   {
     // the epilogue a series takes on tensor cores: its own where kSpecialised lists it, else the generic one
@@ -935,13 +957,15 @@ int main(int argc, char** argv) {
     else if (arg == "--random" && a + 1 < argc) random = std::atoi(argv[++a]);
     else filter = arg;
   }
-  const auto W = Mainloop::kWmma, S = Mainloop::kSimt;
+  const auto X = Mainloop::kMma, W = Mainloop::kWmma, S = Mainloop::kSimt;
   auto run_all = [&](const Shape& s, const Config& c, uint64_t seed, bool extra_masks) {
     run<double>(s, c, S, seed, filter, extra_masks);
     run<float>(s, c, S, seed, filter, extra_masks);
-    run<float>(s, c, W, seed, filter, extra_masks);
-    run<__half>(s, c, W, seed, filter, extra_masks);
-    run<__nv_bfloat16>(s, c, W, seed, filter, extra_masks);
+    for (const Mainloop tc : {X, W}) {
+      run<float>(s, c, tc, seed, filter, extra_masks);
+      run<__half>(s, c, tc, seed, filter, extra_masks);
+      run<__nv_bfloat16>(s, c, tc, seed, filter, extra_masks);
+    }
   };
   if (random > 0) {
     std::mt19937_64 rng(20261129);
@@ -979,19 +1003,23 @@ int main(int argc, char** argv) {
     if (!small) {
       run_masks<double>(S, filter);
       run_masks<float>(S, filter);
-      run_masks<float>(W, filter);
-      run_masks<__half>(W, filter);
-      run_masks<__nv_bfloat16>(W, filter);
-      run_specialised<float>(filter);
-      run_specialised<__half>(filter);
-      run_specialised<__nv_bfloat16>(filter);
+      for (const Mainloop tc : {X, W}) {
+        run_masks<float>(tc, filter);
+        run_masks<__half>(tc, filter);
+        run_masks<__nv_bfloat16>(tc, filter);
+        run_specialised<float>(tc, filter);
+        run_specialised<__half>(tc, filter);
+        run_specialised<__nv_bfloat16>(tc, filter);
+      }
     }
     if (!small) {
       check_passes<double>(S, filter);
       check_passes<float>(S, filter);
-      check_passes<float>(W, filter);
-      check_passes<__half>(W, filter);
-      check_passes<__nv_bfloat16>(W, filter);
+      for (const Mainloop tc : {X, W}) {
+        check_passes<float>(tc, filter);
+        check_passes<__half>(tc, filter);
+        check_passes<__nv_bfloat16>(tc, filter);
+      }
     }
     check_host(filter);
     check_tanh_sech2<float>(filter);
