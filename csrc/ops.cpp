@@ -5,6 +5,7 @@
 // checks what only Python sees: argument kinds, batch shapes, order and sign-seed syntax. The
 // activation table and the order limits are read by Python from here too.
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <ATen/core/LegacyTypeDispatch.h>
 #include <torch/library.h>
@@ -226,9 +227,47 @@ std::tuple<Tensor, Tensor, Tensor> features_saving_cpu(
   return {outs[0], outs[1], outs[2]};
 }
 
+// G = grad * du (and G0 = grad * dz where dz is given) on rows [0, nb) of row length m, into the
+// buffers G and G0, with their column sums added to db and db0 where those are given. One pass
+// reads grad once for both products; threads own column blocks, so the sums need no reduction.
+template <typename T>
+void scaled_cotangents(const T* __restrict g, const T* __restrict du, const T* __restrict dz,
+                       T* __restrict G, T* __restrict G0, T* __restrict db, T* __restrict db0,
+                       int64_t nb, int64_t m) {
+  constexpr int64_t kCols = 256;  // a column block: 1 KB of float per row, long enough to stream
+  at::parallel_for(0, (m + kCols - 1) / kCols, 1, [&](int64_t blk0, int64_t blk1) {
+    T sum_g[kCols], sum_g0[kCols];
+    for (int64_t blk = blk0; blk < blk1; ++blk) {
+      const int64_t c0 = blk * kCols, w = std::min(kCols, m - c0);
+      std::fill_n(sum_g, w, T(0));
+      std::fill_n(sum_g0, w, T(0));
+      for (int64_t r = 0; r < nb; ++r) {
+        const int64_t o = r * m + c0;
+        for (int64_t c = 0; c < w; ++c) {
+          const T v = g[o + c] * du[o + c];
+          G[o + c] = v;
+          sum_g[c] += v;
+        }
+        if (dz != nullptr) {
+          for (int64_t c = 0; c < w; ++c) {
+            const T v = g[o + c] * dz[o + c];
+            G0[o + c] = v;
+            sum_g0[c] += v;
+          }
+        }
+      }
+      if (db != nullptr)
+        for (int64_t c = 0; c < w; ++c) db[c0 + c] += sum_g[c];
+      if (db0 != nullptr)
+        for (int64_t c = 0; c < w; ++c) db0[c0 + c] += sum_g0[c];
+    }
+  });
+}
+
 // The features' gradients from the saved derivatives: G = grad * dh/du, G0 = grad * dh/dz0, then
 // dW = G^T x, db = sum G, dW0 = G0^T x, db0 = sum G0, dx = G w + G0 w0, by ATen's BLAS on blocks
-// of rows (no further n x m tensor).
+// of rows. G and G0 of a block live in two buffers reused by every block (no further n x m tensor,
+// and no fresh pages per block).
 FiveGrads features_backward_saved_cpu(
     const Tensor& grad, const Tensor& du, const Tensor& dz, const Tensor& x, const Tensor& w0,
     const Tensor& w, bool has_b0, bool has_b, std::array<bool, 5> needs) {
@@ -248,15 +287,24 @@ FiveGrads features_backward_saved_cpu(
   Tensor db0 = needs[3] && has_b0 ? at::zeros({m}, x.options()) : Tensor();
   Tensor db = needs[4] && has_b ? at::zeros({m}, x.options()) : Tensor();
   const int64_t rows = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(m, 1), 16, 1024);
+  const Tensor G_buf = at::empty({std::min(rows, n), m}, x.options());
+  const Tensor G0_buf = need_dz ? at::empty_like(G_buf) : Tensor();
   for (int64_t i0 = 0; i0 < n; i0 += rows) {
     const int64_t nb = std::min(rows, n - i0);
-    const Tensor xb = xc.narrow(0, i0, nb), gb = g.narrow(0, i0, nb);
-    const Tensor G = gb * su.narrow(0, i0, nb);
-    const Tensor G0 = need_dz ? gb * sz.narrow(0, i0, nb) : Tensor();
+    const Tensor xb = xc.narrow(0, i0, nb);
+    const Tensor G = G_buf.narrow(0, 0, nb);
+    const Tensor G0 = need_dz ? G0_buf.narrow(0, 0, nb) : Tensor();
+    AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "features_backward_saved", [&] {
+      const int64_t o = i0 * m;
+      scaled_cotangents<scalar_t>(
+          g.const_data_ptr<scalar_t>() + o, su.const_data_ptr<scalar_t>() + o,
+          need_dz ? sz.const_data_ptr<scalar_t>() + o : nullptr, G.mutable_data_ptr<scalar_t>(),
+          need_dz ? G0.mutable_data_ptr<scalar_t>() : nullptr,
+          db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr,
+          db0.defined() ? db0.mutable_data_ptr<scalar_t>() : nullptr, nb, m);
+    });
     if (dw.defined()) dw.addmm_(G.t(), xb);
-    if (db.defined()) db.add_(G.sum(0));
     if (dw0.defined()) dw0.addmm_(G0.t(), xb);
-    if (db0.defined()) db0.add_(G0.sum(0));
     if (dx.defined()) {
       Tensor dxb = dx.narrow(0, i0, nb);
       at::mm_out(dxb, G, w.contiguous());

@@ -127,6 +127,22 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10, msg=f"grad {k}")
 
 
+def test_kept_derivatives_over_several_row_and_column_blocks(build):
+    """The saved backward walks rows in blocks of 2^20 / m (at most 1024) and columns in blocks of
+    256: n = 1030 and m = 290 give two of each, the second of each partial."""
+    p = make_problem(n=1030, d=SAVE_D, m=290, c=0, seed=5)
+    names = ("x", "w0", "w", "b0", "b")
+    leaves = {k: p[k].clone().requires_grad_() for k in names}
+    args = [leaves[k] for k in names]
+    h = tn.taylor_features(*args, activation="silu", order=2)
+    r = tn.reference.taylor_features(*args, activation="silu", order=2)
+    cot = torch.randn(h.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    got = torch.autograd.grad(h, args, cot)
+    want = torch.autograd.grad(r, args, cot)
+    for k, g1, g2 in zip(names, got, want):
+        torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9, msg=f"grad {k}")
+
+
 def test_kept_derivatives_gradcheck_and_opcheck():
     p = make_problem(n=4, d=SAVE_D, m=6, c=0, seed=7)
     leaves = [p[k].clone().requires_grad_() for k in ("x", "w0", "w", "b0", "b")]
