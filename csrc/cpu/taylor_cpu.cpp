@@ -1212,26 +1212,18 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Need
         }
       }
       const auto dh = tile_feature_grads<S, Full, Full>(p.plan, z, u, sg);
-      if (need_g) {
-        const V G = gh * dh.du;
+      // The tile's rows of v into the panel's columns of this group, their sum into the bias sum.
+      const auto store_and_sum = [&](const V& v, std::vector<T>& panel, Vec& bias_sum) {
         Vec sum(T(0));
 #pragma GCC unroll 16
         for (int i = 0; i < kRows; ++i) {
-          G.v[i].store(s.G.data() + (r0 + i) * width + col);
-          sum = sum + G.v[i];
+          v.v[i].store(panel.data() + (r0 + i) * width + col);
+          sum = sum + v.v[i];
         }
-        s.db[g - gb] = s.db[g - gb] + sum;
-      }
-      if (Full && need_dz) {
-        const V G0 = gh * dh.dz;
-        Vec sum(T(0));
-#pragma GCC unroll 16
-        for (int i = 0; i < kRows; ++i) {
-          G0.v[i].store(s.G0.data() + (r0 + i) * width + col);
-          sum = sum + G0.v[i];
-        }
-        s.db0[g - gb] = s.db0[g - gb] + sum;
-      }
+        bias_sum = bias_sum + sum;
+      };
+      if (need_g) store_and_sum(gh * dh.du, s.G, s.db[g - gb]);
+      if (Full && need_dz) store_and_sum(gh * dh.dz, s.G0, s.db0[g - gb]);
       if (Full && need_phi) {
         const T* gs = s.gs.data() + r0 * c;
         for (int64_t j = 0; j < c; ++j) {
