@@ -282,8 +282,11 @@ FiveGrads features_backward_saved_cpu(
   const Tensor sz = need_dz ? checked_param(dz, "dz", x, {n, m}) : Tensor();
   const Tensor xc = x.contiguous();
   Tensor dx = needs[0] ? at::empty_like(xc) : Tensor();
-  Tensor dw0 = needs[1] ? at::zeros_like(w0) : Tensor();
-  Tensor dw = needs[2] ? at::zeros_like(w) : Tensor();
+  // The weight gradients are written by the first block's product and accumulated by the others'
+  // (no zero fill of an m x d tensor first, unless there is no block).
+  const auto weight_grad = [n](const Tensor& like) { return n > 0 ? at::empty_like(like) : at::zeros_like(like); };
+  Tensor dw0 = needs[1] ? weight_grad(w0) : Tensor();
+  Tensor dw = needs[2] ? weight_grad(w) : Tensor();
   Tensor db0 = needs[3] && has_b0 ? at::zeros({m}, x.options()) : Tensor();
   Tensor db = needs[4] && has_b ? at::zeros({m}, x.options()) : Tensor();
   const int64_t rows = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(m, 1), 16, 1024);
@@ -303,8 +306,8 @@ FiveGrads features_backward_saved_cpu(
           db.defined() ? db.mutable_data_ptr<scalar_t>() : nullptr,
           db0.defined() ? db0.mutable_data_ptr<scalar_t>() : nullptr, nb, m);
     });
-    if (dw.defined()) dw.addmm_(G.t(), xb);
-    if (dw0.defined()) dw0.addmm_(G0.t(), xb);
+    if (dw.defined()) dw.addmm_(G.t(), xb, i0 == 0 ? 0 : 1);
+    if (dw0.defined()) dw0.addmm_(G0.t(), xb, i0 == 0 ? 0 : 1);
     if (dx.defined()) {
       Tensor dxb = dx.narrow(0, i0, nb);
       at::mm_out(dxb, G, w.contiguous());

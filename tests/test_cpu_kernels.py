@@ -143,6 +143,18 @@ def test_kept_derivatives_over_several_row_and_column_blocks(build):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-9, msg=f"grad {k}")
 
 
+def test_kept_derivatives_of_an_empty_batch_are_zero(build):
+    p = make_problem(n=1, d=SAVE_D, m=7, c=0, seed=3)
+    names = ("x", "w0", "w", "b0", "b")
+    leaves = {k: (torch.zeros(0, SAVE_D, dtype=torch.float64) if k == "x" else p[k]).clone().requires_grad_()
+              for k in names}
+    h = tn.taylor_features(*(leaves[k] for k in names), activation="silu", order=2)
+    assert h.shape == (0, 7)
+    h.sum().backward()
+    for k in names:
+        assert leaves[k].grad.shape == leaves[k].shape and bool((leaves[k].grad == 0).all()), k
+
+
 def test_kept_derivatives_gradcheck_and_opcheck():
     p = make_problem(n=4, d=SAVE_D, m=6, c=0, seed=7)
     leaves = [p[k].clone().requires_grad_() for k in ("x", "w0", "w", "b0", "b")]
