@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
 # build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
-# CUDA targets (float32 and bf16, then float32 with TF32, then the performance model's cases), and write
-# results.json plus the logs into OUTDIR. Each step has its own time limit (480 s in all) and a failed
-# step does not stop the next.
+# CUDA targets (float32 and bf16, then float32 with TF32, then each mainloop on the target case, then the
+# performance model's cases), and write results.json plus the logs into OUTDIR. Each step has its own
+# time limit (480 s in all), a failed step does not stop the next, and results.json is rewritten after
+# every step, so a run cut short still reports the steps it finished.
 #   bench/gpu_check.sh OUTDIR
 set -uo pipefail
 OUT=${1:?usage: bench/gpu_check.sh OUTDIR}
@@ -14,7 +15,40 @@ export PYTHONUNBUFFERED=1
 ARCH=$(python3 -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}.{p[1]}')" 2>/dev/null || echo "9.0")
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
 START=$(date +%s)
-status() { echo "$1=$2" >> "$OUT/steps.env"; }
+# The device and torch, once (the summary after each step does not import torch again).
+python3 - "$OUT/device.json" <<'PY' || true
+import json, sys
+info = {}
+try:
+    import torch
+    info.update(torch=torch.__version__, cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(0))
+except Exception as exc:  # the summary is written whatever failed
+    info["torch_error"] = repr(exc)
+json.dump(info, open(sys.argv[1], "w"))
+PY
+# results.json from the steps so far (called after every step).
+summarize() {
+  python3 - "$OUT" "$START" <<'PY'
+import json, os, sys, time, glob
+out, start = sys.argv[1], int(sys.argv[2])
+steps = dict(line.strip().split("=") for line in open(os.path.join(out, "steps.env")) if "=" in line)
+info = {"steps": {k: int(v) for k, v in steps.items()}, "seconds": int(time.time()) - start}
+if os.path.exists(os.path.join(out, "device.json")):
+    info.update(json.load(open(os.path.join(out, "device.json"))))
+for key, name in (("tests_host", "tests-host.xml"), ("tests", "tests.xml")):
+    path = os.path.join(out, name)
+    if os.path.exists(path):
+        import xml.etree.ElementTree as ET
+        suite = ET.parse(path).getroot()
+        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
+        info[key] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+info["bench"] = sorted(glob.glob(os.path.join(out, "bench", "*.json")))
+if os.path.exists(os.path.join(out, "mainloops.json")):
+    info["mainloops"] = json.load(open(os.path.join(out, "mainloops.json"))).get("mainloops")
+json.dump(info, open(os.path.join(out, "results.json"), "w"), indent=2)
+PY
+}
+status() { echo "$1=$2" >> "$OUT/steps.env"; summarize; }
 : > "$OUT/steps.env"
 
 echo "== build (TORCH_CUDA_ARCH_LIST=$TORCH_CUDA_ARCH_LIST)"
@@ -40,7 +74,7 @@ status tests $?
 tail -5 "$OUT/tests.log"
 
 echo "== benchmark"
-timeout 100 python3 -P -m taylornet bench --preset cuda-target --repeats 3 --out "$OUT/bench" --no-progress \
+timeout 75 python3 -P -m taylornet bench --preset cuda-target --repeats 3 --out "$OUT/bench" --no-progress \
   > "$OUT/bench.log" 2>&1
 status bench $?
 tail -25 "$OUT/bench.log"
@@ -52,6 +86,11 @@ timeout 35 python3 -P -m taylornet bench --preset cuda-target --dtypes float32 -
 status bench_tf32 $?
 tail -8 "$OUT/bench-tf32.log"
 
+echo "== the mainloops on the target case (TAYLORNET_CUDA_MAINLOOP), each against SIMT"
+timeout 25 python3 -P bench/bench_mainloops.py --repeats 3 --out "$OUT/mainloops.json" > "$OUT/mainloops.log" 2>&1
+status mainloops $?
+cat "$OUT/mainloops.log"
+
 echo "== performance model check: d = 32, 128, 512, tanh order 2 and relu order 1, fused op only"
 # The cases of docs/cuda.md's performance model; relu's epilogue is almost nothing, so tanh minus
 # relu places the epilogue's time, and relu itself the products' and contractions'.
@@ -61,25 +100,4 @@ timeout 40 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activation
   python3 -P -m taylornet bench $MODEL --orders 1 --activations relu --tag model-relu-cuda" > "$OUT/bench-model.log" 2>&1
 status bench_model $?
 grep -A3 "net fwd+bwd" "$OUT/bench-model.log" | grep -v "^--" | head -20
-
-python3 - "$OUT" "$START" <<'PY'
-import json, os, sys, time, glob
-out, start = sys.argv[1], int(sys.argv[2])
-steps = dict(line.strip().split("=") for line in open(os.path.join(out, "steps.env")) if "=" in line)
-info = {"steps": {k: int(v) for k, v in steps.items()}, "seconds": int(time.time()) - start}
-try:
-    import torch
-    info.update(torch=torch.__version__, cuda=torch.version.cuda, gpu=torch.cuda.get_device_name(0))
-except Exception as exc:  # the summary is written whatever failed
-    info["torch_error"] = repr(exc)
-for key, name in (("tests_host", "tests-host.xml"), ("tests", "tests.xml")):
-    path = os.path.join(out, name)
-    if os.path.exists(path):
-        import xml.etree.ElementTree as ET
-        suite = ET.parse(path).getroot()
-        suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
-        info[key] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
-info["bench"] = sorted(glob.glob(os.path.join(out, "bench", "*.json")))
-json.dump(info, open(os.path.join(out, "results.json"), "w"), indent=2)
-print(json.dumps(info, indent=2))
-PY
+cat "$OUT/results.json"
