@@ -177,3 +177,16 @@ def test_hugepages_restart_runs_the_same_command(monkeypatch, argv0):
     monkeypatch.setenv("GLIBC_TUNABLES", env["GLIBC_TUNABLES"])
     hugepages.reexec_with_hugepages()  # already set: returns
     assert len(calls) == 1
+
+
+def test_gpu_check_fits_its_time_budget():
+    """bench/gpu_check.sh parses, and its steps' time limits sum to at most 480 s (a device run is
+    cut at 600 s, start-up and transfers included)."""
+    import re
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "gpu_check.sh"
+    subprocess.run(["bash", "-n", str(script)], check=True)
+    limits = [int(s) for s in re.findall(r"^\s*timeout (\d+) ", script.read_text(), flags=re.M)]
+    assert len(limits) >= 7 and sum(limits) <= 480, limits
