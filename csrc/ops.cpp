@@ -289,7 +289,10 @@ FiveGrads features_backward_saved_cpu(
   Tensor dw = needs[2] ? weight_grad(w) : Tensor();
   Tensor db0 = needs[3] && has_b0 ? at::zeros({m}, x.options()) : Tensor();
   Tensor db = needs[4] && has_b ? at::zeros({m}, x.options()) : Tensor();
-  const int64_t rows = std::clamp<int64_t>((int64_t(1) << 20) / std::max<int64_t>(m, 1), 16, 1024);
+  // Blocks of about 2^20 numbers, and at most a quarter of the rows: G and G0 then never add more
+  // than a quarter of an n x m tensor each to the peak that h and the saved derivatives set.
+  const int64_t rows = std::clamp<int64_t>(
+      std::min((int64_t(1) << 20) / std::max<int64_t>(m, 1), (n + 3) / 4), 16, 1024);
   const Tensor G_buf = at::empty({std::min(rows, n), m}, x.options());
   const Tensor G0_buf = need_dz ? at::empty_like(G_buf) : Tensor();
   for (int64_t i0 = 0; i0 < n; i0 += rows) {

@@ -128,8 +128,8 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
 
 
 def test_kept_derivatives_over_several_row_and_column_blocks(build):
-    """The saved backward walks rows in blocks of 2^20 / m (at most 1024) and columns in blocks of
-    256: n = 1030 and m = 290 give two of each, the second of each partial."""
+    """The saved backward walks rows in blocks of at most a quarter of them and columns in blocks of
+    256: n = 1030 and m = 290 give five row blocks and two column blocks, the last of each partial."""
     p = make_problem(n=1030, d=SAVE_D, m=290, c=0, seed=5)
     names = ("x", "w0", "w", "b0", "b")
     leaves = {k: p[k].clone().requires_grad_() for k in names}
