@@ -165,10 +165,12 @@ __device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
   }
 }
 
-// Warp w owns the 16-row block w / 2 and the 16-column blocks 2 (w % 2) and 2 (w % 2) + 1 of a
-// 64 x 64 tile, in both stages.
-__device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) >> 1; }
-__device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) & 1) * 2 + j; }
+// Warp w owns the 16-row block w % 4 and the 16-column blocks 2 (w / 4) and 2 (w / 4) + 1 of a
+// 64 x 64 tile, in both stages: warps 4q .. 4q + 3 (a warpgroup) own the 32 columns 32q .. 32q + 31
+// of all 64 rows, the shape of one warpgroup's wgmma accumulator (wgmma.cuh), so every mainloop
+// hands the epilogue the same elements per thread.
+__device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) & 3; }
+__device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) >> 2) * 2 + j; }
 
 // The (row, column) code fragment: row * 16 + column at every element. Contains a barrier (the
 // table is complete before any warp loads it).
