@@ -145,6 +145,55 @@ def test_tensor_core_tile_edges(n, d, m, c, op, precision, mainloop, monkeypatch
     check_against_same_precision(p, op, precision, activation="gelu", order=3, sign_seed=SIGN_SEED)
 
 
+# The wgmma mainloop (sm_90a) has a kernel of the features forward for bfloat16 and float16; every
+# other kernel runs its stand-in, mma.sync, under TAYLORNET_CUDA_MAINLOOP=wgmma.
+def wgmma_device() -> bool:
+    return torch.cuda.get_device_capability() == (9, 0)
+
+
+needs_wgmma = pytest.mark.skipif(not torch.cuda.is_available() or not wgmma_device(),
+                                 reason="wgmma runs on compute capability 9.0 (H100, H200) only")
+
+
+@needs_wgmma
+@pytest.mark.parametrize("n,d,m", [(70, 33, 150), (65, 129, 97), (3, 8, 4099), (4099, 5, 3), (130, 64, 200),
+                                   (90, 1100, 140), (64, 200, 64)])
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+@pytest.mark.parametrize("activation,order", LOW + [("tanh", 0), ("tanh", 1), ("tanh", (2,)), ("tanh", (0, 2)),
+                                                    ("tanh", "exact"), ("relu", 1)])
+def test_wgmma_features_forward(n, d, m, activation, order, precision, monkeypatch):
+    # Tile edges in every direction, d not a multiple of the 8-element vectors (the element-wise
+    # staging: 33, 5), one k chunk (64), the three-stage ring round several times (1100), every
+    # specialised epilogue and the generic one. The gradients run mma.sync (the stand-in).
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
+    p = make_problem(n=n, d=d, m=m, c=1, bias=True)
+    check_against_same_precision(p, "features", precision, activation=activation, order=order, sign_seed=SIGN_SEED)
+
+
+@needs_wgmma
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+def test_wgmma_features_forward_matches_mma(precision, monkeypatch):
+    # The same float32 sums of the same products in another order: equal up to the output's rounding.
+    dtype = PRECISIONS[precision][0]
+    p = on(make_problem(n=300, d=512, m=260, c=1, bias=True), "cuda", dtype)
+    args = [p[k] for k in ("x", "w0", "w")]
+    outs = {}
+    for mainloop in ("mma", "wgmma"):
+        monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
+        outs[mainloop] = tn.taylor_features(*args, b0=p["b0"], b=p["b"], activation="tanh", order=2,
+                                            sign_seed=SIGN_SEED).float()
+    scale = outs["mma"].abs().max().item()
+    assert_close_verbose(outs["wgmma"], outs["mma"], atol=4e-3 * scale, rtol=2 ** -6, name="wgmma vs mma")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available() or wgmma_device(), reason="a GPU other than compute capability 9.0")
+def test_wgmma_request_off_hopper_raises(monkeypatch):
+    p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
+    with pytest.raises(RuntimeError, match="TAYLORNET_CUDA_MAINLOOP=wgmma cannot run here.*compute capability"):
+        tn.taylor_features(p["x"], p["w0"], p["w"])
+
+
 def test_tf32_switch_selects_the_tensor_core_path_for_float32():
     p = on(make_problem(n=64, d=256, m=130, c=2), "cuda")
     args = [p[k] for k in ("x", "w0", "w", "a")]
@@ -433,7 +482,7 @@ def test_simt_mainloop_on_request_for_16_bit_types(op, precision, monkeypatch):
     check_against_same_precision(p, op, precision, activation="tanh", order=2, sign_seed=SIGN_SEED)
 
 
-@pytest.mark.parametrize("mainloop", TC_MAINLOOPS)
+@pytest.mark.parametrize("mainloop", TC_MAINLOOPS + ["wgmma"])
 def test_mainloop_requests_that_cannot_run_raise(mainloop, monkeypatch):
     p = on(make_problem(n=8, d=4, m=16, c=2), "cuda")
     args = [p[k] for k in ("x", "w0", "w", "a")]
@@ -443,5 +492,5 @@ def test_mainloop_requests_that_cannot_run_raise(mainloop, monkeypatch):
     with allow_tf32(False), pytest.raises(RuntimeError, match="allow_tf32"):
         tn.taylor_net(*[t.float() for t in args])
     monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "fastest")
-    with pytest.raises(ValueError, match="TAYLORNET_CUDA_MAINLOOP: expected one of auto, mma, wmma, simt"):
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_MAINLOOP: expected one of auto, wgmma, mma, wmma, simt"):
         tn.taylor_net(*args)

@@ -4,7 +4,8 @@
 // Pure functions of plain values (no CUDA, no torch), so that the CPU tests cover every branch.
 //
 // A new mainloop joins by an enumerator (before kSimt, in order of preference), a row of
-// kMainloops, and its kernels in launch.cuh.
+// kMainloops, and its kernels in launch.cuh. A mainloop with kernels for some kernel families and
+// dtypes only (wgmma) names the mainloop that runs the others in its `stand_in`.
 #pragma once
 
 #include <cstdint>
@@ -26,7 +27,8 @@ inline const char* dtype_name(DType t) {
 
 // The mainloops, in order of preference. kAuto is a request only: the first one that can run.
 enum class Mainloop : int {
-  kMma = 0,  // tensor cores through mma.sync and ldmatrix (sm_80+): bf16, fp16, float32 as TF32
+  kWgmma = 0,  // tensor cores through wgmma from shared memory (sm_90a): the features forward, bf16, fp16
+  kMma,      // tensor cores through mma.sync and ldmatrix (sm_80+): bf16, fp16, float32 as TF32
   kWmma,     // tensor cores through wmma fragments (sm_80+): the same dtypes
   kSimt,     // CUDA cores: every dtype, every GPU
   kCount,
@@ -40,20 +42,24 @@ struct MainloopInfo {
   bool dtypes[4];       // by DType: float64, float32, float16, bfloat16
   bool float32_as_tf32; // float32 runs only where TF32 matmuls are allowed (its products round)
   bool deterministic;   // can give run-to-run identical results (under torch.use_deterministic_algorithms)
+  int max_arch;         // the newest compute capability it runs on (0: no limit); sm_90a code runs on 9.0 only
+  const char* arch_suffix;  // of TORCH_CUDA_ARCH_LIST's entry that builds its code ("a": "9.0a")
+  Mainloop stand_in;    // runs the kernel families and dtypes it has no kernels for (kAuto: none)
 };
 
 inline const MainloopInfo& mainloop_info(Mainloop m) {
   static const MainloopInfo table[kNumMainloops] = {
-      {"mma", 80, {false, true, true, true}, true, true},
-      {"wmma", 80, {false, true, true, true}, true, true},
-      {"simt", 0, {true, true, true, true}, false, true},
+      {"wgmma", 90, {false, false, true, true}, false, true, 90, "a", Mainloop::kMma},
+      {"mma", 80, {false, true, true, true}, true, true, 0, "", Mainloop::kAuto},
+      {"wmma", 80, {false, true, true, true}, true, true, 0, "", Mainloop::kAuto},
+      {"simt", 0, {true, true, true, true}, false, true, 0, "", Mainloop::kAuto},
   };
   return table[static_cast<int>(m)];
 }
 
 inline const char* mainloop_name(Mainloop m) { return m == Mainloop::kAuto ? "auto" : mainloop_info(m).name; }
 
-// "auto", "mma", "wmma", "simt" (as TAYLORNET_CUDA_MAINLOOP takes them); false for anything else.
+// "auto", "wgmma", "mma", "wmma", "simt" (as TAYLORNET_CUDA_MAINLOOP takes them); false for anything else.
 inline bool parse_mainloop(const std::string& text, Mainloop& out) {
   if (text.empty() || text == "auto") {
     out = Mainloop::kAuto;
@@ -82,11 +88,13 @@ inline std::string arch_list(const std::vector<int>& archs) {
 
 inline std::string arch_text(int arch) { return std::to_string(arch / 10) + "." + std::to_string(arch % 10); }
 
-// A kernel the binary holds no code for on this GPU.
-inline std::string no_image_message(const std::string& kernel, int device_arch, const std::vector<int>& built) {
+// A kernel the binary holds no code for on this GPU; `suffix` that of the architecture to rebuild
+// for ("a": sm_90a's wgmma).
+inline std::string no_image_message(const std::string& kernel, int device_arch, const std::vector<int>& built,
+                                    const std::string& suffix = "") {
   return "taylornet: no CUDA kernel image of " + kernel + " for this GPU (compute capability " +
          arch_text(device_arch) + "): the extension was built for " + arch_list(built) +
-         ". Rebuild it for this GPU, e.g. TORCH_CUDA_ARCH_LIST=\"" + arch_text(device_arch) +
+         ". Rebuild it for this GPU, e.g. TORCH_CUDA_ARCH_LIST=\"" + arch_text(device_arch) + suffix +
          "\" pip install --no-build-isolation .";
 }
 
@@ -102,6 +110,10 @@ struct KernelQuery {
   // Per mainloop, the architecture the code loaded for this GPU was compiled for (the kernel's
   // cudaFuncAttributes::ptxVersion, which __CUDA_ARCH__ saw); 0 where the binary holds none.
   int code_arch[kNumMainloops] = {};
+  // Per mainloop, whether the kernel family has a kernel of it for this dtype at all (wgmma: the
+  // features forward of bf16 and fp16 only); where not, its stand-in runs.
+  bool has_kernel[kNumMainloops] = {true, true, true, true};
+  static_assert(kNumMainloops == 4, "one has_kernel entry per mainloop");
   std::vector<int> built;  // the architectures the binary was built for (for messages)
   std::string kernel;      // the kernel family, for messages: "sample_sum<bfloat16>"
   DType dtype = DType::kFloat32;
@@ -127,11 +139,15 @@ inline std::string mainloop_refusal(const KernelQuery& q, Mainloop m) {
            "(torch.backends.cuda.matmul.allow_tf32 = True allows it)";
   if (q.deterministic && !info.deterministic)
     return "the " + name + " mainloop is not deterministic (torch.use_deterministic_algorithms is on)";
+  if (!q.has_kernel[static_cast<int>(m)]) return "the " + name + " mainloop has no kernel of " + q.kernel;
   if (q.device_arch < info.min_arch)
     return "the " + name + " mainloop needs compute capability " + arch_text(info.min_arch) + " or newer, this GPU has " +
            arch_text(q.device_arch);
+  if (info.max_arch && q.device_arch > info.max_arch)
+    return "the " + name + " mainloop runs on compute capability " + arch_text(info.max_arch) + " only (sm_" +
+           std::to_string(info.max_arch) + info.arch_suffix + "), this GPU has " + arch_text(q.device_arch);
   const int code = q.code_arch[static_cast<int>(m)];
-  if (code == 0) return no_image_message(q.kernel + " (" + name + ")", q.device_arch, q.built);
+  if (code == 0) return no_image_message(q.kernel + " (" + name + ")", q.device_arch, q.built, info.arch_suffix);
   if (code < info.min_arch)
     return "the " + name + " mainloop's code for this GPU was compiled for compute capability " + arch_text(code) +
            " (from PTX), which lacks its instructions; rebuild with TORCH_CUDA_ARCH_LIST=\"" +
@@ -139,13 +155,19 @@ inline std::string mainloop_refusal(const KernelQuery& q, Mainloop m) {
   return {};
 }
 
-// The mainloop that runs: the one requested, or under kAuto the first that can.
+// The mainloop that runs: the one requested (or its stand-in where the kernel family has no kernel
+// of it for this dtype), or under kAuto the first that can.
 inline KernelChoice choose_kernels(const KernelQuery& q) {
   KernelChoice c;
   c.split = !q.deterministic;
   if (q.requested != Mainloop::kAuto) {
-    c.mainloop = q.requested;
-    const std::string why = mainloop_refusal(q, q.requested);
+    Mainloop m = q.requested;
+    const MainloopInfo& info = mainloop_info(m);
+    if (info.stand_in != Mainloop::kAuto &&
+        (!q.has_kernel[static_cast<int>(m)] || !info.dtypes[static_cast<int>(q.dtype)]))
+      m = info.stand_in;
+    c.mainloop = m;
+    const std::string why = mainloop_refusal(q, m);
     if (!why.empty()) {
       // A missing image says so itself; any other refusal names the request that cannot be met.
       c.error = why.rfind("taylornet:", 0) == 0

@@ -15,6 +15,7 @@
 #include "cuda/mma_sync.cuh"
 #include "cuda/simt.cuh"
 #include "cuda/tensor_cores.cuh"
+#include "cuda/wgmma.cuh"
 #ifndef TN_CUDA_EMULATOR
 #include "cuda/runtime.cuh"
 #endif
@@ -93,6 +94,7 @@ std::string kernel_name(const char* family) {
 
 // A kernel family's tensor-core kernels, per mainloop (null where the type has none).
 struct TcKernels {
+  const void* wgmma = nullptr;
   const void* mma = nullptr;
   const void* wmma = nullptr;
 };
@@ -110,6 +112,9 @@ KernelChoice choose(const Context& ctx, const std::string& family, const void* s
   q.deterministic = ctx.deterministic;
   q.requested = ctx.requested;
   q.code_arch[static_cast<int>(Mainloop::kSimt)] = kernel_code_arch(simt, family, ctx.device);
+  q.has_kernel[static_cast<int>(Mainloop::kWgmma)] = tc.wgmma != nullptr;
+  if (tc.wgmma && ctx.device.arch == 90)  // sm_90a code loads on compute capability 9.0 only
+    q.code_arch[static_cast<int>(Mainloop::kWgmma)] = kernel_code_arch(tc.wgmma, family, ctx.device, true);
   if (tc.mma) q.code_arch[static_cast<int>(Mainloop::kMma)] = kernel_code_arch(tc.mma, family, ctx.device);
   if (tc.wmma) q.code_arch[static_cast<int>(Mainloop::kWmma)] = kernel_code_arch(tc.wmma, family, ctx.device);
   KernelChoice k = choose_kernels(q);
@@ -135,6 +140,10 @@ auto neuron_sum_tc_kernels(std::integer_sequence<int, S...>) {
 template <typename M, typename T, int... S>
 auto sample_sum_tc_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_tc_kernel<M, T, kGenericEpilogue>, &sample_sum_tc_kernel<M, T, S>...};
+}
+template <typename T, int... S>
+auto features_wgmma_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&features_forward_wgmma_kernel<T, kGenericEpilogue>, &features_forward_wgmma_kernel<T, S>...};
 }
 using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
 
@@ -162,7 +171,8 @@ struct SampleSumTc {
   static auto table() { return sample_sum_tc_kernels<M, T>(SpecialisedSeq{}); }
 };
 
-// Calls f(tag) with the tag of tensor-core mainloop m (kMma or kWmma).
+// Calls f(tag) with the tag of tensor-core mainloop m (kMma or kWmma; the reductions have no wgmma
+// kernels, and the choice gives them its stand-in, kMma).
 template <typename F>
 void with_tc_mainloop(Mainloop m, F&& f) {
   if (m == Mainloop::kMma) f(MmaLoop{});
@@ -348,8 +358,9 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   T* out = static_cast<T*>(out_ptr);
   const std::string family = kernel_name<T>("features_forward");
   const int slot = epilogue_slot(ctx, op);
-  const KernelChoice k =
-      choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), tc_kernels<FeaturesTc, T>(slot));
+  TcKernels kernels = tc_kernels<FeaturesTc, T>(slot);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(features_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
@@ -360,6 +371,13 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     q.x = p.x + i * p.d;
     q.n = p.n - i < slab ? p.n - i : slab;
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
+    if constexpr (kHasWgmmaKernels<T>) {
+      if (k.mainloop == Mainloop::kWgmma) {
+        launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
+               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m);
+        continue;
+      }
+    }
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
         with_tc_mainloop(k.mainloop, [&](auto tag) {

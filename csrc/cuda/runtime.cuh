@@ -43,8 +43,11 @@ inline bool is_missing_image(cudaError_t e) {
 
 // The architecture the code of `kernel` loaded for the current device was compiled for (the
 // __CUDA_ARCH__ it saw, from cudaFuncAttributes::ptxVersion), 0 where the binary holds no code this
-// GPU can run. Asked of the runtime once per kernel and device.
-inline int kernel_code_arch(const void* kernel, const std::string& name, const Device& device) {
+// GPU can run. An sm_90a kernel (`sm90a`: the wgmma mainloop's) is compiled for every target, but
+// only its sm_90a code has a body; the others are entry points without shared memory that trap, and
+// count as no code (ptxVersion does not tell compute_90 from compute_90a). Asked of the runtime once
+// per kernel and device.
+inline int kernel_code_arch(const void* kernel, const std::string& name, const Device& device, bool sm90a = false) {
   static std::mutex mutex;
   static std::vector<std::tuple<const void*, int, int>> known;  // (kernel, device, arch)
   {
@@ -55,7 +58,7 @@ inline int kernel_code_arch(const void* kernel, const std::string& name, const D
   cudaFuncAttributes attr{};
   const cudaError_t e = cudaFuncGetAttributes(&attr, kernel);
   int arch = 0;
-  if (e == cudaSuccess) arch = attr.ptxVersion;
+  if (e == cudaSuccess) arch = (sm90a && attr.sharedSizeBytes == 0) ? 0 : attr.ptxVersion;
   else if (is_missing_image(e)) cudaGetLastError();
   else throw_cuda_error(e, "the attribute query", name, device);
   const std::lock_guard<std::mutex> lock(mutex);

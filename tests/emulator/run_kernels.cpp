@@ -787,6 +787,45 @@ void check_host(const std::string& filter) {
     q.code_arch[static_cast<int>(W)] = 0;  // tensor-core code missing, SIMT present
     expect("host/choice auto without tensor-core code -> simt", picks(q, S));
   }
+  // wgmma (sm_90a): first where the family has a kernel of it for the dtype and its code loaded;
+  // otherwise, and for what it has no kernel of even on request, mma.sync.
+  {
+    const auto G = Mainloop::kWgmma;
+    auto with_wgmma = [&](DType dtype, int device, Mainloop requested, bool tf32 = false) {
+      KernelQuery q = query(dtype, device, device, requested, tf32);
+      q.code_arch[static_cast<int>(G)] = device == 90 ? 90 : 0;
+      q.kernel = "features_forward<bfloat16>";
+      return q;
+    };
+    expect("host/choice auto bf16 sm_90 with sm_90a code -> wgmma", picks(with_wgmma(DType::kBFloat16, 90, A), G));
+    expect("host/choice auto fp16 sm_90 with sm_90a code -> wgmma", picks(with_wgmma(DType::kFloat16, 90, A), G));
+    expect("host/choice auto f32 TF32 sm_90 -> mma", picks(with_wgmma(DType::kFloat32, 90, A, true), X));
+    expect("host/choice requested wgmma for f32 TF32 -> mma", picks(with_wgmma(DType::kFloat32, 90, G, true), X));
+    expect("host/choice requested wgmma for bf16 sm_90 -> wgmma", picks(with_wgmma(DType::kBFloat16, 90, G), G));
+    KernelQuery q = with_wgmma(DType::kBFloat16, 90, A);
+    q.has_kernel[static_cast<int>(G)] = false;  // a reduction: no wgmma kernel
+    expect("host/choice auto bf16 sm_90 without a wgmma kernel -> mma", picks(q, X));
+    q.requested = G;
+    expect("host/choice requested wgmma without a wgmma kernel -> mma", picks(q, X));
+    q = with_wgmma(DType::kBFloat16, 90, A);
+    q.code_arch[static_cast<int>(G)] = 0;  // built without sm_90a (plain sm_90: the trap entry point)
+    expect("host/choice auto bf16 sm_90 without sm_90a code -> mma", picks(q, X));
+    q.requested = G;
+    KernelChoice c = choose_kernels(q);
+    expect("host/choice wgmma without sm_90a code refused",
+           contains(c.error, "(wgmma)") && contains(c.error, "TORCH_CUDA_ARCH_LIST=\"9.0a\""), c.error);
+    c = choose_kernels(with_wgmma(DType::kFloat64, 90, G));
+    expect("host/choice wgmma for float64 refused",
+           contains(c.error, "TAYLORNET_CUDA_MAINLOOP=wgmma cannot run here") && contains(c.error, "float64"), c.error);
+    c = choose_kernels(with_wgmma(DType::kBFloat16, 80, G));
+    expect("host/choice wgmma on sm_80 refused", contains(c.error, "9.0 or newer") && contains(c.error, "8.0"), c.error);
+    c = choose_kernels(with_wgmma(DType::kBFloat16, 100, G));
+    expect("host/choice wgmma on sm_100 refused", contains(c.error, "9.0 only (sm_90a)") && contains(c.error, "10.0"),
+           c.error);
+    expect("host/choice auto bf16 sm_100 -> mma", picks(with_wgmma(DType::kBFloat16, 100, A), X));
+    Mainloop m = A;
+    expect("host/choice parse wgmma", parse_mainloop("wgmma", m) && m == G);
+  }
   // deterministic: no splits; otherwise splits allowed
   expect("host/choice deterministic takes no splits", !choose_kernels(query(DType::kFloat32, 90, 90, A, false, true)).split);
   expect("host/choice splits otherwise", choose_kernels(query(DType::kFloat32, 90, 90, A)).split);
@@ -829,7 +868,7 @@ void check_host(const std::string& filter) {
     expect("host/choice parse", parse_mainloop("simt", m) && m == S && parse_mainloop("wmma", m) && m == W &&
                                     parse_mainloop("mma", m) && m == X && parse_mainloop("", m) && m == A &&
                                     parse_mainloop("auto", m) && m == A && !parse_mainloop("wgmma", m) &&
-                                    mainloop_list() == "auto, mma, wmma, simt");
+                                    mainloop_list() == "auto, wgmma, mma, wmma, simt");
   }
   {
     // the epilogue a series takes on tensor cores: its own where kSpecialised lists it, else the generic one

@@ -35,7 +35,10 @@ namespace tn::cuda {
 
 inline std::vector<int> built_archs() { return tn_emu::binary.built; }
 
-inline int kernel_code_arch(const void*, const std::string&, const Device&) { return tn_emu::binary.code_arch; }
+// The emulator runs no sm_90a code (wgmma): such kernels have none here.
+inline int kernel_code_arch(const void*, const std::string&, const Device&, bool sm90a = false) {
+  return sm90a ? 0 : tn_emu::binary.code_arch;
+}
 
 template <typename... P, typename... A>
 void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx,
