@@ -13,6 +13,7 @@ cd "$(dirname "$0")/.."
 export PYTHONUNBUFFERED=1
 # Only the architecture of this GPU: the build is the first thing that must fit in the time.
 ARCH=$(python3 -c "import torch; p = torch.cuda.get_device_capability(); print(f'{p[0]}.{p[1]}')" 2>/dev/null || echo "9.0")
+[ "$ARCH" = "9.0" ] && ARCH=9.0a  # Hopper: sm_90a, with the wgmma kernels
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$ARCH}
 START=$(date +%s)
 # The device and torch, once (the summary after each step does not import torch again).

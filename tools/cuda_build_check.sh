@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Compile and link the CUDA extension without a GPU: a CUDA build of torch in .venv-cuda, every .cu
-# through plain nvcc -std=c++20 for sm_80 and sm_90, a report per kernel and architecture (ptxas:
+# through plain nvcc -std=c++20 for sm_80 and sm_90a, a report per kernel and architecture (ptxas:
 # registers, spills, stack frame; SASS: instructions, local loads and stores, calls), then the
 # library loaded into that torch with its CUDA kernels registered. Fails on any error, and where a
 # hot kernel uses local memory or calls out of line.
@@ -15,7 +15,9 @@ if [ -z "${CUDA_HOME:-}" ]; then
   else CUDA_HOME=$(dirname "$(dirname "$(readlink -f "$(command -v nvcc)")")"); fi
 fi
 export CUDA_HOME CUDACXX="$CUDA_HOME/bin/nvcc"
-export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0"}
+# 9.0a: -gencode=arch=compute_90a,code=sm_90a, the target of the wgmma kernels (the entry points of
+# other targets compile too: try TORCH_CUDA_ARCH_LIST="8.0;9.0;9.0a").
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-"8.0;9.0a"}
 
 if [ ! -f "$VENV/.created" ]; then
   python3 -m venv "$VENV"
