@@ -867,7 +867,7 @@ void check_host(const std::string& filter) {
     Mainloop m = A;
     expect("host/choice parse", parse_mainloop("simt", m) && m == S && parse_mainloop("wmma", m) && m == W &&
                                     parse_mainloop("mma", m) && m == X && parse_mainloop("", m) && m == A &&
-                                    parse_mainloop("auto", m) && m == A && !parse_mainloop("wgmma", m) &&
+                                    parse_mainloop("auto", m) && m == A && !parse_mainloop("fastest", m) &&
                                     mainloop_list() == "auto, wgmma, mma, wmma, simt");
   }
   {
