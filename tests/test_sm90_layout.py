@@ -22,7 +22,8 @@ PROGRAM = r"""
 using namespace tn::cuda::sm90;
 int main() {
   for (uint32_t start : {0u, 1024u, 0x2400u, 0x1C000u, 0x3FC00u})
-    for (uint32_t k = 0; k < 4; ++k) std::printf("desc %u %u %llu\n", start, k, (unsigned long long)kmajor_desc(start + 32 * k));
+    for (uint32_t k = 0; k < 4; ++k)
+      std::printf("desc %u %u %llu\n", start, k, (unsigned long long)kmajor_desc(start + 32 * k));
   for (uint32_t row = 0; row < 128; ++row)
     for (uint32_t b = 0; b < 128; ++b) std::printf("tile %u %u %u\n", row, b, tile_offset(row, b));
   for (uint32_t k = 0; k < 4; ++k)
