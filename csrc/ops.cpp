@@ -239,27 +239,24 @@ void scaled_cotangents(const T* __restrict g, const T* __restrict du, const T* _
     T sum_g[kCols], sum_g0[kCols];
     for (int64_t blk = blk0; blk < blk1; ++blk) {
       const int64_t c0 = blk * kCols, w = std::min(kCols, m - c0);
+      // out = g * deriv on the block's w columns of row offset o, summed into sums.
+      const auto scale_row = [&](const T* __restrict deriv, T* __restrict out, T* __restrict sums, int64_t o) {
+        for (int64_t c = 0; c < w; ++c) {
+          const T v = g[o + c] * deriv[o + c];
+          out[o + c] = v;
+          sums[c] += v;
+        }
+      };
       std::fill_n(sum_g, w, T(0));
       std::fill_n(sum_g0, w, T(0));
       for (int64_t r = 0; r < nb; ++r) {
-        const int64_t o = r * m + c0;
-        for (int64_t c = 0; c < w; ++c) {
-          const T v = g[o + c] * du[o + c];
-          G[o + c] = v;
-          sum_g[c] += v;
-        }
-        if (dz != nullptr) {
-          for (int64_t c = 0; c < w; ++c) {
-            const T v = g[o + c] * dz[o + c];
-            G0[o + c] = v;
-            sum_g0[c] += v;
-          }
-        }
+        scale_row(du, G, sum_g, r * m + c0);
+        if (dz != nullptr) scale_row(dz, G0, sum_g0, r * m + c0);
       }
-      if (db != nullptr)
-        for (int64_t c = 0; c < w; ++c) db[c0 + c] += sum_g[c];
-      if (db0 != nullptr)
-        for (int64_t c = 0; c < w; ++c) db0[c0 + c] += sum_g0[c];
+      for (int64_t c = 0; c < w; ++c) {
+        if (db != nullptr) db[c0 + c] += sum_g[c];
+        if (db0 != nullptr) db0[c0 + c] += sum_g0[c];
+      }
     }
   });
 }
