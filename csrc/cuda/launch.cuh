@@ -179,6 +179,15 @@ void with_tc_mainloop(Mainloop m, F&& f) {
   else f(WmmaLoop{});
 }
 
+// The sample rows of a features_forward block on mainloop m (its neurons: 64 on tensor cores, as
+// many as its rows on SIMT).
+template <typename T>
+int64_t features_tile_rows(Mainloop m) {
+  if (m == Mainloop::kSimt) return tile<acc_t<T>>();
+  if (m == Mainloop::kMma) return MmaLoop::kFeaturesRows;
+  return m == Mainloop::kWmma ? WmmaLoop::kFeaturesRows : kTcTile;  // wgmma: 64 x 64
+}
+
 // The slot of the tensor-core kernel tables above for this call's series.
 inline int epilogue_slot(const Context& ctx, const Operands& op) {
   return ctx.generic_epilogue ? 0 : specialised_epilogue(op.plan->series) + 1;
@@ -362,15 +371,15 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(features_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
-  const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  const int64_t B = tc ? kTcTile : tile<acc_t<T>>(), rows = features_tile_rows<T>(k.mainloop);
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
   // (rows are independent; the signs depend on the neuron only).
-  const int64_t slab = 65535 * B;
+  const int64_t slab = 65535 * rows;
   for (int64_t i = 0; i < p.n; i += slab) {
     Problem<T> q = p;
     q.x = p.x + i * p.d;
     q.n = p.n - i < slab ? p.n - i : slab;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
         launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
@@ -381,8 +390,9 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
         with_tc_mainloop(k.mainloop, [&](auto tag) {
-          launch(kernel_name<T>("features_forward_tc_kernel"), FeaturesTc<decltype(tag), T>::table()[slot], grid, 0,
-                 ctx, q, out + i * p.m);
+          using M = decltype(tag);
+          launch(kernel_name<T>("features_forward_tc_kernel"), FeaturesTc<M, T>::table()[slot], grid,
+                 FeaturesSmem<M, T>::bytes, ctx, q, out + i * p.m);
         });
         continue;
       }

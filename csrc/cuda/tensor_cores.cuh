@@ -1,7 +1,8 @@
 // Tensor-core kernels of taylornet (sm_80 and newer): bfloat16 and float16 inputs (k = 16 per mma),
 // and float32 inputs rounded to TF32 (k = 8) when torch allows TF32 matmuls; accumulation in float32.
 //
-// Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons). Stage 1
+// Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons) (the
+// features kernel on MmaLoop: 128 x 64, as two 64 x 64 halves that share stage 1's w0, w). Stage 1
 // computes the tile's z0 = x w0^T and u = x w^T with warp-level mma, each warp holding the z0 and
 // u accumulators of the same 16 x 32 sub-tile, so a neuron's pair meets in one thread's registers
 // (the two products share their A fragment: x is loaded once for both). The Taylor epilogue runs
@@ -39,12 +40,17 @@ namespace tn::cuda {
 constexpr int kTcTile = 64;  // samples x neurons per block (and output columns per block)
 
 // The tensor-core mainloops: tags for the kernels' first template argument, with the number of k
-// chunks of stage 1 in shared memory at once.
+// chunks of stage 1 in shared memory at once (kStages), the samples of the features kernel's block
+// tile (kFeaturesRows, a multiple of 64, by 64 neurons; each warp holds kFeaturesRows / 64 row
+// blocks of 16 x 32, which share its w0 and w fragments) and the blocks per SM that kernel is
+// built for (its register budget). The reductions' tiles are 64 x 64 on both.
 struct WmmaLoop {
   static constexpr int kStages = 2;
+  static constexpr int kFeaturesRows = 64, kFeaturesBlocksPerSm = 1;
 };
 struct MmaLoop {
   static constexpr int kStages = 3;
+  static constexpr int kFeaturesRows = 128, kFeaturesBlocksPerSm = 2;
 };
 
 template <typename T>
@@ -71,6 +77,8 @@ struct TcShape<float> {
 // banks.
 template <typename T, int Stages>
 struct TcSmem {
+  using elem = T;
+  static constexpr int rows = kTcTile;                                // samples of stage 1's x chunks
   static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
   static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
   static constexpr int stages = Stages;
@@ -92,6 +100,25 @@ struct TcSmem {
   __device__ int* tile_max() const { return reinterpret_cast<int*>(b() + kTcTile); }  // per term, float bits
   __device__ float* bias(int t) const { return reinterpret_cast<float*>(tile_max() + kMaxSampleTerms) + t * kTcTile; }
 };
+
+// The features kernel's dynamic shared memory: as TcSmem, with stage 1's x chunks `Rows` samples
+// tall (w0's and w's stay 64 neurons), so that each chunk of w0 and w serves Rows / 64 row blocks.
+template <typename T, int Stages, int Rows>
+struct TcTallSmem : TcSmem<T, Stages> {
+  using Base = TcSmem<T, Stages>;
+  static_assert(Rows % kTcTile == 0, "the tile's samples are a multiple of 64");
+  static constexpr int rows = Rows;
+  static constexpr int in_bytes = Stages * (Rows + 2 * kTcTile) * Base::ld_in * static_cast<int>(sizeof(T));
+  static constexpr int shared_bytes = in_bytes > Base::shared_bytes ? in_bytes : Base::shared_bytes;
+  static constexpr int bytes = shared_bytes + Base::fixed_bytes;
+
+  __device__ TcTallSmem(unsigned char* work, unsigned char* fixed) : Base{work, fixed} {}
+  __device__ T* x(int buf) const { return reinterpret_cast<T*>(this->raw) + buf * (Rows + 2 * kTcTile) * Base::ld_in; }
+  __device__ T* w0(int buf) const { return x(buf) + Rows * Base::ld_in; }
+  __device__ T* w(int buf) const { return w0(buf) + kTcTile * Base::ld_in; }
+};
+template <typename M, typename T>
+using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
 
 // The reductions' dynamic shared memory: the fixed part, the work region (sized for their field
 // tiles too) and the float accumulators of the block's column tiles ([row][col], one 64 x 64 tile
@@ -117,15 +144,17 @@ struct TcReduceSmem : TcSmem<T, Stages> {
   }
 };
 
-static_assert(TcSmem<float, MmaLoop::kStages>::bytes <= 48 * 1024 &&
-                  TcSmem<__half, MmaLoop::kStages>::bytes <= 48 * 1024 && MmaLoop::kStages >= WmmaLoop::kStages,
-              "the features kernel uses static shared memory (48 KiB)");
+// 99 KiB: the shared memory per block of sm_86 and sm_89, the smallest of the GPUs with tensor cores.
+static_assert(FeaturesSmem<MmaLoop, float>::bytes <= 101376 && FeaturesSmem<MmaLoop, __half>::bytes <= 101376 &&
+                  FeaturesSmem<WmmaLoop, float>::bytes <= 101376 && FeaturesSmem<WmmaLoop, __half>::bytes <= 101376,
+              "the features kernel's shared memory fits every GPU with tensor cores");
 static_assert(TcSmem<float, 2>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half, 2>::ld_in * 2 * 16 % 32 == 0 &&
                   TcSmem<float, 2>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half, 2>::ld_mix * 2 * 16 % 32 == 0 &&
                   TcReduceSmem<float, 2>::field_bytes % 128 == 0 && TcReduceSmem<__half, 2>::field_bytes % 128 == 0 &&
                   TcReduceSmem<float, 2>::acc_tile_bytes % 128 == 0 && TcSmem<float, 2>::shared_bytes % 128 == 0 &&
                   TcSmem<__half, 2>::shared_bytes % 128 == 0 && TcSmem<float, 3>::shared_bytes % 128 == 0 &&
-                  TcSmem<__half, 3>::shared_bytes % 128 == 0,
+                  TcSmem<__half, 3>::shared_bytes % 128 == 0 && FeaturesSmem<MmaLoop, float>::shared_bytes % 128 == 0 &&
+                  FeaturesSmem<MmaLoop, __half>::shared_bytes % 128 == 0,
               "fragment pointers must stay 32-byte aligned");
 // ldmatrix: every row is 16 bytes at a 16-byte aligned address, and the row strides are an odd
 // number of 16-byte units apart modulo 128 bytes (the eight rows of a matrix in distinct banks).
@@ -247,20 +276,27 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
-// Stages x, w0, w [k0, k0 + chunk) of the tile into buffer buf, 16 bytes per copy (needs d a
-// multiple of the vector and 16-byte aligned rows).
-template <typename T, int St>
-__device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
-                                  int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+// Stages x, w0, w [k0, k0 + chunk) of the tile (Sm::rows samples, 64 neurons) into buffer buf,
+// 16 bytes per copy (needs d a multiple of the vector and 16-byte aligned rows). A 64-sample tile
+// takes x, w0 and w in one loop; a taller one takes x and then w0, w.
+template <typename T, typename Sm>
+__device__ void stage_chunk_async(const Problem<T>& p, const Sm& sm, int buf, int64_t k0, int64_t i0, int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = Sm::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+  constexpr bool tall = Sm::rows > kTcTile;
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  auto stage_x = [&](int row, int k) {
+    const int64_t kk = k0 + k, i = i0 + row;
+    if (kk < p.d && i < p.n) copy16_async(xs + row * ld + k, p.x + i * p.d + kk);  // whole vectors: V | d
+    else *reinterpret_cast<uint4*>(xs + row * ld + k) = make_uint4(0, 0, 0, 0);
+  };
+  if constexpr (tall) {
+    for (int e = threadIdx.x; e < Sm::rows * per_row; e += kThreads) stage_x(e / per_row, e % per_row * V);
+  }
   for (int e = threadIdx.x; e < kTcTile * per_row; e += kThreads) {
     const int row = e / per_row, k = e % per_row * V;
-    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
-    const bool kin = kk < p.d;  // whole vectors: d is a multiple of V
-    if (kin && i < p.n) copy16_async(xs + row * ld + k, p.x + i * p.d + kk);
-    else *reinterpret_cast<uint4*>(xs + row * ld + k) = make_uint4(0, 0, 0, 0);
-    if (kin && r < p.m) {
+    const int64_t kk = k0 + k, r = r0 + row;
+    if constexpr (!tall) stage_x(row, k);
+    if (kk < p.d && r < p.m) {
       copy16_async(w0s + row * ld + k, p.w0 + r * p.d + kk);
       copy16_async(ws + row * ld + k, p.w + r * p.d + kk);
     } else {
@@ -271,18 +307,25 @@ __device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T, St>& sm, 
 }
 
 // Stages the same chunk element by element: any d, any alignment.
-template <typename T, int St>
-__device__ void stage_chunk(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
-                            int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in;
+template <typename T, typename Sm>
+__device__ void stage_chunk(const Problem<T>& p, const Sm& sm, int buf, int64_t k0, int64_t i0, int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = Sm::ld_in;
+  constexpr bool tall = Sm::rows > kTcTile;
   const T zero = from_acc<T>(acc_t<T>(0));
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  auto stage_x = [&](int row, int k) {
+    const int64_t kk = k0 + k, i = i0 + row;
+    xs[row * ld + k] = (kk < p.d && i < p.n) ? p.x[i * p.d + kk] : zero;
+  };
   // Consecutive threads read consecutive k of a row: coalesced along d.
+  if constexpr (tall) {
+    for (int e = threadIdx.x; e < Sm::rows * chunk; e += kThreads) stage_x(e / chunk, e % chunk);
+  }
   for (int e = threadIdx.x; e < kTcTile * chunk; e += kThreads) {
     const int row = e / chunk, k = e % chunk;
-    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
+    const int64_t kk = k0 + k, r = r0 + row;
     const bool kin = kk < p.d;
-    xs[row * ld + k] = (kin && i < p.n) ? p.x[i * p.d + kk] : zero;
+    if constexpr (!tall) stage_x(row, k);
     w0s[row * ld + k] = (kin && r < p.m) ? p.w0[r * p.d + kk] : zero;
     ws[row * ld + k] = (kin && r < p.m) ? p.w[r * p.d + kk] : zero;
   }
@@ -542,23 +585,34 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, S
   }
 }
 
+// A block owns M::kFeaturesRows samples by 64 neurons (dynamic shared memory: FeaturesSmem). Its
+// H row halves of 64 samples share stage 1's w0 and w chunks; the epilogue and the stores then
+// run per half, each exactly as for a 64 x 64 tile at samples i0 + 64 h.
 template <typename M, int S, typename T>
 __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out) {
-  using Sm = TcSmem<T, M::kStages>;
+  using Sm = FeaturesSmem<M, T>;
   using Acc = typename TcTypes<M, T>::Acc;
-  __shared__ __align__(128) unsigned char raw[Sm::bytes];
-  const Sm sm{raw, raw + Sm::shared_bytes};
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  constexpr int H = M::kFeaturesRows / kTcTile;
+  TN_DYNAMIC_SMEM(dyn);
+  const Sm sm(dyn, dyn + Sm::shared_bytes);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * M::kFeaturesRows;
   typename TcTypes<M, T>::Codes codes;
-  Acc z0[2], u[2], unused[2][2];
+  Acc z0[H][2], u[H][2], unused[2][2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
-  tc_preactivations(p, sm, i0, r0, z0, u);
-  tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
-  for_each_element(codes, [&](int j, int e, int row, int col) {
-    const int64_t i = i0 + row, r = r0 + col;
-    if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
-  });
+  if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
+  else tc_preactivations(p, sm, i0, r0, z0, u);
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    const int64_t ih = i0 + h * kTcTile;
+    if (ih >= p.n) break;  // block-uniform: a last tile's empty half
+    tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), ih, r0, z0[h], u[h], unused);
+    for_each_element(codes, [&](int j, int e, int row, int col) {
+      const int64_t i = ih + row, r = r0 + col;
+      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[h][j].x[e]);
+    });
+  }
 }
 
 // The field tiles of this (sample, neuron) tile in shared memory, F_t[i][r] at field(t)[i * ld + r]
@@ -789,7 +843,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
 
 // M: the mainloop (WmmaLoop, MmaLoop); S: the epilogue, a series of kSpecialised or kGenericEpilogue.
 template <typename M, typename T, int S>
-__global__ void __launch_bounds__(kThreads, 1) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
+__global__ void __launch_bounds__(kThreads, M::kFeaturesBlocksPerSm) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
   TN_TC_BODY((features_forward_tc<M, S>(p, out)));
 }
 template <typename M, typename T, int S>
