@@ -239,7 +239,7 @@ __device__ void tc_preactivations(const Problem<T>& p, const Sm& sm, int64_t i0,
                                   MmaAcc (&u)[H][2]) {
   constexpr int St = Sm::stages, chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
   static_assert(St >= 2, "the ring needs two buffers at least");
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, Sm::rows, kTcTile);
 #pragma unroll
   for (int h = 0; h < H; ++h)
 #pragma unroll

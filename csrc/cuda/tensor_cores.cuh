@@ -53,6 +53,15 @@ struct MmaLoop {
   static constexpr int kFeaturesRows = 128, kFeaturesBlocksPerSm = 2;
 };
 
+// The samples per inner tile of sample_sum on mainloop M: 128 on mma.sync for 16-bit inputs with a
+// specialised epilogue, as two halves of 64 that share stage 1's w0 and w fragments (half 1's z0
+// and u wait in registers while half 0 runs its epilogue and stage 2: 32 registers that the generic
+// epilogue and TF32 do not have to spare under one block's 255), else 64.
+template <typename M, typename T>
+__host__ __device__ constexpr int sample_sum_rows(bool specialised) {
+  return std::is_same_v<M, MmaLoop> && sizeof(T) == 2 && specialised ? 2 * kTcTile : kTcTile;
+}
+
 template <typename T>
 struct TcShape;  // k of one mma, staged k chunk, row padding (elements) against bank conflicts
 template <>
@@ -120,12 +129,13 @@ struct TcTallSmem : TcSmem<T, Stages> {
 template <typename M, typename T>
 using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
 
-// The reductions' dynamic shared memory: the fixed part, the work region (sized for their field
-// tiles too) and the float accumulators of the block's column tiles ([row][col], one 64 x 64 tile
-// per column tile and accumulator slot), which live across the whole inner loop.
-template <typename T, int Stages>
-struct TcReduceSmem : TcSmem<T, Stages> {
-  using Base = TcSmem<T, Stages>;
+// The reductions' dynamic shared memory: the fixed part, the work region (stage 1's chunks for
+// `Rows` samples, as TcTallSmem, sized for the field tiles of 64 samples too) and the float
+// accumulators of the block's column tiles ([row][col], one 64 x 64 tile per column tile and
+// accumulator slot), which live across the whole inner loop.
+template <typename T, int Stages, int Rows = kTcTile>
+struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
+  using Base = TcTallSmem<T, Stages, Rows>;
   static constexpr int64_t field_bytes = int64_t(kTcTile) * Base::ld_mix * sizeof(T);
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
@@ -136,7 +146,7 @@ struct TcReduceSmem : TcSmem<T, Stages> {
   __host__ __device__ static constexpr int64_t fixed(int fields) { return Base::fixed_bytes + work_bytes(fields); }
 
   int fields;
-  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base{dyn + Base::fixed_bytes, dyn}, fields(f) {}
+  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base(dyn + Base::fixed_bytes, dyn), fields(f) {}
   __device__ T* field(int t) const { return reinterpret_cast<T*>(this->raw) + t * kTcTile * Base::ld_mix; }
   __device__ T* factor() const { return field(fields); }
   __device__ float* acc(int64_t k) const {
@@ -361,7 +371,7 @@ template <typename T, int St>
 __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t i0, int64_t r0,
                                   FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
   constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     wmma::fill_fragment(z0[j], 0.0f);
@@ -620,8 +630,8 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
 // in u, terms 2 and 3 in extra. A float16 tile is scaled by 2^e first, e from its largest
 // magnitude (tile_exponent of tile_max()[t], which stage 2 reads again). The maxima must have been
 // cleared before a barrier that precedes this call; ends with a barrier.
-template <typename T, int St, typename Codes, typename Acc, typename Active>
-__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St>& sm, const Codes& codes, const Acc (&z0)[2],
+template <typename T, int St, int R, typename Codes, typename Acc, typename Active>
+__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St, R>& sm, const Codes& codes, const Acc (&z0)[2],
                                              const Acc (&u)[2], const Acc (&extra)[2][2], int terms,
                                              Active&& active) {
   constexpr int ld = TcSmem<T, St>::ld_mix;
@@ -750,14 +760,15 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
 }
 
 // Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
-// db0, dA, every requested term in one pass. Per sample tile the products and the epilogue run
-// once (the fields of every term the group needs), then every column tile of the group takes its
-// term's field tile from shared memory into its accumulators there; group 0 also sums the fields
-// of the terms with a bias column.
+// db0, dA, every requested term in one pass. Per sample tile the products run once, then per half
+// of 64 samples the epilogue (the fields of every term the group needs), and every column tile of
+// the group takes its term's field tile from shared memory into its accumulators there; group 0
+// also sums the fields of the terms with a bias column.
 template <typename M, int S, typename T>
 __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles) {
-  using Sm = TcReduceSmem<T, M::kStages>;
+  constexpr int R = sample_sum_rows<M, T>(S != kGenericEpilogue), H = R / kTcTile;
+  using Sm = TcReduceSmem<T, M::kStages, R>;
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
@@ -766,7 +777,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
   int64_t t_begin, t_end;
-  inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
+  inner_tile_range((p.n + R - 1) / R, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[1 % s.terms].field,
                             s.term[2 % s.terms].field, s.term[3 % s.terms].field);
   auto active = [&](int t) { return sample_term_active(s, t, g0, g1, kTcTile); };  // block-uniform
@@ -776,43 +787,48 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
   for (int64_t it = t_begin; it < t_end; ++it) {
-    const int64_t i0 = it * kTcTile;
-    Acc z0[2], u[2], extra[2][2];
-    if constexpr (kTileScaled<T>) {
-      if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
-      __syncthreads();
-    }
-    tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0, u, extra);
-    store_fields(sm, codes, z0, u, extra, s.terms, active);
-    if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
-      for (int t = 0; t < s.terms; ++t) {
-        if (!s.term[t].ones) continue;
-        const T* fs = sm.field(t);
-        float sum = 0.0f;
-        for (int i = 0; i < kTcTile; ++i) sum += to_acc(fs[i * ld + threadIdx.x]);
-        sm.bias(t)[threadIdx.x] = fmaf(sum, field_unscale(sm, t), sm.bias(t)[threadIdx.x]);
+    Acc z0[H][2], u[H][2], extra[2][2];
+    if constexpr (H == 1) tc_preactivations(p, sm, it * R, r0, z0[0], u[0]);
+    else tc_preactivations(p, sm, it * R, r0, z0, u);
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const int64_t i0 = it * R + h * kTcTile;
+      if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
+      if constexpr (kTileScaled<T>) {
+        if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
+        __syncthreads();
       }
-    }
-    __syncthreads();  // the field tiles and maxima stay until the bias sums have read them
-    for (int64_t ct = g0; ct < g1; ++ct) {
-      int t;
-      int64_t k0;
-      sample_tile_of(s, ct, kTcTile, t, k0);
-      const SampleTerm<T>& term = s.term[t];
-      const int64_t cols = term.ncols - k0 < kTcTile ? term.ncols - k0 : kTcTile;
-      const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
-      T* ys = sm.factor();
-      for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
-        const int i = e / staged, col = e % staged;
-        const int64_t ii = i0 + i;
-        ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
+      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[h], u[h], extra);
+      store_fields(sm, codes, z0[h], u[h], extra, s.terms, active);
+      if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
+        for (int t = 0; t < s.terms; ++t) {
+          if (!s.term[t].ones) continue;
+          const T* fs = sm.field(t);
+          float sum = 0.0f;
+          for (int i = 0; i < kTcTile; ++i) sum += to_acc(fs[i * ld + threadIdx.x]);
+          sm.bias(t)[threadIdx.x] = fmaf(sum, field_unscale(sm, t), sm.bias(t)[threadIdx.x]);
+        }
       }
-      __syncthreads();
-      // F^T: element (neuron, sample) at fs[sample * ld + neuron], a transposed operand.
-      tile_products<true>(codes, sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ys, cols,
-                          field_unscale(sm, t));
-      __syncthreads();
+      __syncthreads();  // the field tiles and maxima stay until the bias sums have read them
+      for (int64_t ct = g0; ct < g1; ++ct) {
+        int t;
+        int64_t k0;
+        sample_tile_of(s, ct, kTcTile, t, k0);
+        const SampleTerm<T>& term = s.term[t];
+        const int64_t cols = term.ncols - k0 < kTcTile ? term.ncols - k0 : kTcTile;
+        const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
+        T* ys = sm.factor();
+        for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+          const int i = e / staged, col = e % staged;
+          const int64_t ii = i0 + i;
+          ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
+        }
+        __syncthreads();
+        // F^T: element (neuron, sample) at fs[sample * ld + neuron], a transposed operand.
+        tile_products<true>(codes, sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ys, cols,
+                            field_unscale(sm, t));
+        __syncthreads();
+      }
     }
   }
   __syncthreads();
