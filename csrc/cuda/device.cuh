@@ -271,13 +271,15 @@ __device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_spli
   end = begin + per_split < tiles ? begin + per_split : tiles;
 }
 
-// Recomputations of a (sample tile, neuron tile) counted by the CPU emulator (once per block and
-// inner tile, by its thread 0), so that tests can assert how many passes over the n x m tiles each
-// op makes. Compiled out of the device code.
+// Recomputations of the (sample, neuron) elements of a tile of `rows` samples from i0 and `cols`
+// neurons from r0, counted by the CPU emulator (the elements inside the n x m problem, once per block
+// and inner tile, by its thread 0), so that tests can assert how many passes over the n x m elements
+// each op makes whatever its tiles. Compiled out of the device code.
 #ifdef TN_CUDA_EMULATOR
-#define TN_COUNT_RECOMPUTE() tn_emu::count_recompute()
+#define TN_COUNT_RECOMPUTE(p, i0, r0, rows, cols) \
+  tn_emu::count_recompute(((p).n - (i0) < (rows) ? (p).n - (i0) : (rows)) * ((p).m - (r0) < (cols) ? (p).m - (r0) : (cols)))
 #else
-#define TN_COUNT_RECOMPUTE() ((void)0)
+#define TN_COUNT_RECOMPUTE(p, i0, r0, rows, cols) ((void)0)
 #endif
 
 // The reductions' dynamic shared memory (their accumulators for a group of column tiles), sized at

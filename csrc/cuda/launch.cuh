@@ -179,6 +179,15 @@ void with_tc_mainloop(Mainloop m, F&& f) {
   else f(WmmaLoop{});
 }
 
+// The sample rows of a features_forward block on mainloop m (its neurons: 64 on tensor cores, as
+// many as its rows on SIMT).
+template <typename T>
+int64_t features_tile_rows(Mainloop m) {
+  if (m == Mainloop::kSimt) return tile<acc_t<T>>();
+  if (m == Mainloop::kMma) return MmaLoop::kFeaturesRows;
+  return m == Mainloop::kWmma ? WmmaLoop::kFeaturesRows : kTcTile;  // wgmma: 64 x 64
+}
+
 // The slot of the tensor-core kernel tables above for this call's series.
 inline int epilogue_slot(const Context& ctx, const Operands& op) {
   return ctx.generic_epilogue ? 0 : specialised_epilogue(op.plan->series) + 1;
@@ -244,18 +253,35 @@ acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
 
 // ---- the reductions ----
 
-// The column groups of a reduction on this GPU: `fields` field tiles, `slots` accumulator tiles per
-// column tile, `col_tiles` column tiles.
+// The samples of a sample_sum inner tile on mainloop m for the epilogue of table slot `slot` (0: the
+// generic one).
 template <typename T>
-ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles, const Context& ctx) {
+int sample_tile_rows(Mainloop m, int slot) {
+  if (m == Mainloop::kSimt) return tile<acc_t<T>>();
+  int rows = kTcTile;
+  if constexpr (kHasTensorCoreKernels<T>) {
+    with_tc_mainloop(m, [&](auto tag) { rows = sample_sum_rows<decltype(tag), T>(slot != 0); });
+  }
+  return rows;
+}
+
+// The column groups of a reduction on this GPU: `fields` field tiles, `slots` accumulator tiles per
+// column tile, `col_tiles` column tiles; stage 1's chunks of `rows` samples.
+template <typename T>
+ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles, const Context& ctx,
+                           int rows = kTcTile) {
   int64_t fixed = 0, per_tile = 0;
   const bool tc = m != Mainloop::kSimt;
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
       with_tc_mainloop(m, [&](auto tag) {
-        using Sm = TcReduceSmem<T, decltype(tag)::kStages>;
-        fixed = Sm::fixed(fields);
-        per_tile = slots * Sm::acc_tile_bytes;
+        auto sizes = [&](auto type) {
+          using Sm = typename decltype(type)::type;
+          fixed = Sm::fixed(fields);
+          per_tile = slots * Sm::acc_tile_bytes;
+        };
+        if (rows == 2 * kTcTile) sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages, 2 * kTcTile>>{});
+        else sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages>>{});
       });
     }
   }
@@ -322,8 +348,11 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   const std::string family = kernel_name<T>("sample_sum");
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), tc_kernels<SampleSumTc, T>(slot));
   const bool tc = k.mainloop != Mainloop::kSimt;
-  const int B = tc ? kTcTile : tile<acc_t<T>>();
-  const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, 1, s.tiles(B), ctx);
+  const int B = tc ? kTcTile : tile<acc_t<T>>(), rows = sample_tile_rows<T>(k.mainloop, slot);
+  const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, 1, s.tiles(B), ctx, rows);
+  // Stage 1 of 128 samples needs a third more shared memory: a GPU with too little for it (none
+  // with tensor cores has) takes the generic epilogue's 64-sample kernel.
+  if (!g.fits && rows > B) return sample_sum<T>(p, s, 0, ctx);
   if (!g.fits) {
     if (s.terms == 1) throw_no_room(family, ctx);
     for (int t = 0; t < s.terms; ++t) {  // a small shared memory: the terms one at a time
@@ -334,7 +363,7 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
     }
     return;
   }
-  const int64_t gx = ceil_div(p.m, B), tiles = ceil_div(p.n, B);
+  const int64_t gx = ceil_div(p.m, B), tiles = ceil_div(p.n, rows);
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
@@ -362,15 +391,15 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(features_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
-  const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  const int64_t B = tc ? kTcTile : tile<acc_t<T>>(), rows = features_tile_rows<T>(k.mainloop);
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
   // (rows are independent; the signs depend on the neuron only).
-  const int64_t slab = 65535 * B;
+  const int64_t slab = 65535 * rows;
   for (int64_t i = 0; i < p.n; i += slab) {
     Problem<T> q = p;
     q.x = p.x + i * p.d;
     q.n = p.n - i < slab ? p.n - i : slab;
-    const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, B)));
+    const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
         launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
@@ -381,8 +410,9 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     if constexpr (kHasTensorCoreKernels<T>) {
       if (tc) {
         with_tc_mainloop(k.mainloop, [&](auto tag) {
-          launch(kernel_name<T>("features_forward_tc_kernel"), FeaturesTc<decltype(tag), T>::table()[slot], grid, 0,
-                 ctx, q, out + i * p.m);
+          using M = decltype(tag);
+          launch(kernel_name<T>("features_forward_tc_kernel"), FeaturesTc<M, T>::table()[slot], grid,
+                 FeaturesSmem<M, T>::bytes, ctx, q, out + i * p.m);
         });
         continue;
       }

@@ -201,42 +201,51 @@ __device__ __forceinline__ void mma_16x16(MmaAcc& acc, const uint32_t (&a)[4], c
 
 // ---- stage 1 ----
 
-// The products of one staged chunk: per k step one A fragment of x for all four products of the
-// warp (z0 and u of both its column blocks).
-template <typename T, int St>
-__device__ __forceinline__ void chunk_products(const TcSmem<T, St>& sm, int buf, MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
-  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = TcSmem<T, St>::ld_in;
+// The products of one staged chunk for the warp's H row blocks (rows 64 h + 16 warp_row_block(),
+// h < H) and two column blocks: per k step one A fragment of x per row block, shared by z0 and u,
+// and one B fragment of w0 and of w per column block, shared by the H row blocks.
+template <typename Sm, int H>
+__device__ __forceinline__ void chunk_products(const Sm& sm, int buf, MmaAcc (&z0)[H][2], MmaAcc (&u)[H][2]) {
+  using T = typename Sm::elem;
+  constexpr int chunk = TcShape<T>::chunk, K = TcShape<T>::K, ld = Sm::ld_in;
+  static_assert(Sm::rows == H * kTcTile, "one row block per 64 samples of the staged x");
   const T* xs = sm.x(buf) + warp_row_block() * 16 * ld;
   const T* w0s = sm.w0(buf) + warp_col_block(0) * 16 * ld;
   const T* ws = sm.w(buf) + warp_col_block(0) * 16 * ld;
 #pragma unroll
   for (int k = 0; k < chunk; k += K) {
-    uint32_t a[4], b[4];
-    load_a(a, xs + k, ld);
+    uint32_t a[H][4], b[4];
+#pragma unroll
+    for (int h = 0; h < H; ++h) load_a(a[h], xs + h * kTcTile * ld + k, ld);
 #pragma unroll
     for (int j = 0; j < 2; ++j) {
       load_b(b, w0s + j * 16 * ld + k, ld);  // w0, w: (neuron, k) rows, B[k][n] at [n * ld + k]
-      mma_16x16<T>(z0[j], a, b);
+#pragma unroll
+      for (int h = 0; h < H; ++h) mma_16x16<T>(z0[h][j], a[h], b);
       load_b(b, ws + j * 16 * ld + k, ld);
-      mma_16x16<T>(u[j], a, b);
+#pragma unroll
+      for (int h = 0; h < H; ++h) mma_16x16<T>(u[h][j], a[h], b);
     }
   }
 }
 
-// Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. for this warp's blocks.
-// The k chunks cycle through St buffers: chunk c + St - 1 is copied while chunk c is multiplied,
-// one barrier per chunk (it also frees the buffer the next copy overwrites, read in the step
-// before). Ends with a barrier, so callers may reuse the shared region at once.
-template <typename T, int St>
-__device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t i0, int64_t r0,
-                                  MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+// Stage 1: z0 and u (biases not added) of samples i0 .. i0 + Sm::rows - 1 and neurons r0 .. r0 + 63
+// for this warp's blocks, z0[h] and u[h] those of samples i0 + 64 h onwards. The k chunks cycle
+// through St buffers: chunk c + St - 1 is copied while chunk c is multiplied, one barrier per chunk
+// (it also frees the buffer the next copy overwrites, read in the step before). Ends with a
+// barrier, so callers may reuse the shared region at once.
+template <typename T, typename Sm, int H>
+__device__ void tc_preactivations(const Problem<T>& p, const Sm& sm, int64_t i0, int64_t r0, MmaAcc (&z0)[H][2],
+                                  MmaAcc (&u)[H][2]) {
+  constexpr int St = Sm::stages, chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
   static_assert(St >= 2, "the ring needs two buffers at least");
-  constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, Sm::rows, kTcTile);
 #pragma unroll
-  for (int j = 0; j < 2; ++j)
+  for (int h = 0; h < H; ++h)
 #pragma unroll
-    for (int e = 0; e < MmaAcc::num_elements; ++e) z0[j].x[e] = u[j].x[e] = 0.0f;
+    for (int j = 0; j < 2; ++j)
+#pragma unroll
+      for (int e = 0; e < MmaAcc::num_elements; ++e) z0[h][j].x[e] = u[h][j].x[e] = 0.0f;
   const int64_t chunks = (p.d + chunk - 1) / chunk;
   if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
 #pragma unroll
@@ -261,6 +270,19 @@ __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, 
     }
   }
   __syncthreads();
+}
+
+// The same for a 64-sample tile (the reductions).
+template <typename T, int St>
+__device__ __forceinline__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t i0,
+                                                  int64_t r0, MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+  MmaAcc z[1][2], uu[1][2];
+  tc_preactivations(p, sm, i0, r0, z, uu);
+#pragma unroll
+  for (int j = 0; j < 2; ++j) {
+    z0[j] = z[0][j];
+    u[j] = uu[0][j];
+  }
 }
 
 // ---- stage 2 ----

@@ -79,7 +79,7 @@ __device__ void preactivations(const Problem<T>& p, int64_t i0, int64_t r0, cons
   using Acc = acc_t<T>;
   constexpr int TM = micro_tile<Acc>(), B = tile<Acc>();
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, B, B);
 #pragma unroll
   for (int a = 0; a < TM; ++a)
 #pragma unroll

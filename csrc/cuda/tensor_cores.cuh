@@ -1,7 +1,8 @@
 // Tensor-core kernels of taylornet (sm_80 and newer): bfloat16 and float16 inputs (k = 16 per mma),
 // and float32 inputs rounded to TF32 (k = 8) when torch allows TF32 matmuls; accumulation in float32.
 //
-// Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons). Stage 1
+// Same structure as the SIMT kernels: a block owns a 64 x 64 tile of (samples, neurons) (the
+// features kernel on MmaLoop: 128 x 64, as two 64 x 64 halves that share stage 1's w0, w). Stage 1
 // computes the tile's z0 = x w0^T and u = x w^T with warp-level mma, each warp holding the z0 and
 // u accumulators of the same 16 x 32 sub-tile, so a neuron's pair meets in one thread's registers
 // (the two products share their A fragment: x is loaded once for both). The Taylor epilogue runs
@@ -39,13 +40,27 @@ namespace tn::cuda {
 constexpr int kTcTile = 64;  // samples x neurons per block (and output columns per block)
 
 // The tensor-core mainloops: tags for the kernels' first template argument, with the number of k
-// chunks of stage 1 in shared memory at once.
+// chunks of stage 1 in shared memory at once (kStages), the samples of the features kernel's block
+// tile (kFeaturesRows, a multiple of 64, by 64 neurons; each warp holds kFeaturesRows / 64 row
+// blocks of 16 x 32, which share its w0 and w fragments) and the blocks per SM that kernel is
+// built for (its register budget). The reductions' tiles are 64 x 64 on both.
 struct WmmaLoop {
   static constexpr int kStages = 2;
+  static constexpr int kFeaturesRows = 64, kFeaturesBlocksPerSm = 1;
 };
 struct MmaLoop {
   static constexpr int kStages = 3;
+  static constexpr int kFeaturesRows = 128, kFeaturesBlocksPerSm = 2;
 };
+
+// The samples per inner tile of sample_sum on mainloop M: 128 on mma.sync for 16-bit inputs with a
+// specialised epilogue, as two halves of 64 that share stage 1's w0 and w fragments (half 1's z0
+// and u wait in registers while half 0 runs its epilogue and stage 2: 32 registers that the generic
+// epilogue and TF32 do not have to spare under one block's 255), else 64.
+template <typename M, typename T>
+__host__ __device__ constexpr int sample_sum_rows(bool specialised) {
+  return std::is_same_v<M, MmaLoop> && sizeof(T) == 2 && specialised ? 2 * kTcTile : kTcTile;
+}
 
 template <typename T>
 struct TcShape;  // k of one mma, staged k chunk, row padding (elements) against bank conflicts
@@ -71,6 +86,8 @@ struct TcShape<float> {
 // banks.
 template <typename T, int Stages>
 struct TcSmem {
+  using elem = T;
+  static constexpr int rows = kTcTile;                                // samples of stage 1's x chunks
   static constexpr int ld_in = TcShape<T>::chunk + TcShape<T>::pad;  // x, w0, w chunks: [row][k]
   static constexpr int ld_mix = kTcTile + TcShape<T>::pad;           // field and factor: [k][col]
   static constexpr int stages = Stages;
@@ -93,12 +110,32 @@ struct TcSmem {
   __device__ float* bias(int t) const { return reinterpret_cast<float*>(tile_max() + kMaxSampleTerms) + t * kTcTile; }
 };
 
-// The reductions' dynamic shared memory: the fixed part, the work region (sized for their field
-// tiles too) and the float accumulators of the block's column tiles ([row][col], one 64 x 64 tile
-// per column tile and accumulator slot), which live across the whole inner loop.
-template <typename T, int Stages>
-struct TcReduceSmem : TcSmem<T, Stages> {
+// The features kernel's dynamic shared memory: as TcSmem, with stage 1's x chunks `Rows` samples
+// tall (w0's and w's stay 64 neurons), so that each chunk of w0 and w serves Rows / 64 row blocks.
+template <typename T, int Stages, int Rows>
+struct TcTallSmem : TcSmem<T, Stages> {
   using Base = TcSmem<T, Stages>;
+  static_assert(Rows % kTcTile == 0, "the tile's samples are a multiple of 64");
+  static constexpr int rows = Rows;
+  static constexpr int in_bytes = Stages * (Rows + 2 * kTcTile) * Base::ld_in * static_cast<int>(sizeof(T));
+  static constexpr int shared_bytes = in_bytes > Base::shared_bytes ? in_bytes : Base::shared_bytes;
+  static constexpr int bytes = shared_bytes + Base::fixed_bytes;
+
+  __device__ TcTallSmem(unsigned char* work, unsigned char* fixed) : Base{work, fixed} {}
+  __device__ T* x(int buf) const { return reinterpret_cast<T*>(this->raw) + buf * (Rows + 2 * kTcTile) * Base::ld_in; }
+  __device__ T* w0(int buf) const { return x(buf) + Rows * Base::ld_in; }
+  __device__ T* w(int buf) const { return w0(buf) + kTcTile * Base::ld_in; }
+};
+template <typename M, typename T>
+using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
+
+// The reductions' dynamic shared memory: the fixed part, the work region (stage 1's chunks for
+// `Rows` samples, as TcTallSmem, sized for the field tiles of 64 samples too) and the float
+// accumulators of the block's column tiles ([row][col], one 64 x 64 tile per column tile and
+// accumulator slot), which live across the whole inner loop.
+template <typename T, int Stages, int Rows = kTcTile>
+struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
+  using Base = TcTallSmem<T, Stages, Rows>;
   static constexpr int64_t field_bytes = int64_t(kTcTile) * Base::ld_mix * sizeof(T);
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
@@ -109,7 +146,7 @@ struct TcReduceSmem : TcSmem<T, Stages> {
   __host__ __device__ static constexpr int64_t fixed(int fields) { return Base::fixed_bytes + work_bytes(fields); }
 
   int fields;
-  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base{dyn + Base::fixed_bytes, dyn}, fields(f) {}
+  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base(dyn + Base::fixed_bytes, dyn), fields(f) {}
   __device__ T* field(int t) const { return reinterpret_cast<T*>(this->raw) + t * kTcTile * Base::ld_mix; }
   __device__ T* factor() const { return field(fields); }
   __device__ float* acc(int64_t k) const {
@@ -117,15 +154,17 @@ struct TcReduceSmem : TcSmem<T, Stages> {
   }
 };
 
-static_assert(TcSmem<float, MmaLoop::kStages>::bytes <= 48 * 1024 &&
-                  TcSmem<__half, MmaLoop::kStages>::bytes <= 48 * 1024 && MmaLoop::kStages >= WmmaLoop::kStages,
-              "the features kernel uses static shared memory (48 KiB)");
+// 99 KiB: the shared memory per block of sm_86 and sm_89, the smallest of the GPUs with tensor cores.
+static_assert(FeaturesSmem<MmaLoop, float>::bytes <= 101376 && FeaturesSmem<MmaLoop, __half>::bytes <= 101376 &&
+                  FeaturesSmem<WmmaLoop, float>::bytes <= 101376 && FeaturesSmem<WmmaLoop, __half>::bytes <= 101376,
+              "the features kernel's shared memory fits every GPU with tensor cores");
 static_assert(TcSmem<float, 2>::ld_in * 4 * 16 % 32 == 0 && TcSmem<__half, 2>::ld_in * 2 * 16 % 32 == 0 &&
                   TcSmem<float, 2>::ld_mix * 4 * 8 % 32 == 0 && TcSmem<__half, 2>::ld_mix * 2 * 16 % 32 == 0 &&
                   TcReduceSmem<float, 2>::field_bytes % 128 == 0 && TcReduceSmem<__half, 2>::field_bytes % 128 == 0 &&
                   TcReduceSmem<float, 2>::acc_tile_bytes % 128 == 0 && TcSmem<float, 2>::shared_bytes % 128 == 0 &&
                   TcSmem<__half, 2>::shared_bytes % 128 == 0 && TcSmem<float, 3>::shared_bytes % 128 == 0 &&
-                  TcSmem<__half, 3>::shared_bytes % 128 == 0,
+                  TcSmem<__half, 3>::shared_bytes % 128 == 0 && FeaturesSmem<MmaLoop, float>::shared_bytes % 128 == 0 &&
+                  FeaturesSmem<MmaLoop, __half>::shared_bytes % 128 == 0,
               "fragment pointers must stay 32-byte aligned");
 // ldmatrix: every row is 16 bytes at a 16-byte aligned address, and the row strides are an odd
 // number of 16-byte units apart modulo 128 bytes (the eight rows of a matrix in distinct banks).
@@ -247,20 +286,27 @@ __device__ __forceinline__ void copy_async_wait() {
 #endif
 }
 
-// Stages x, w0, w [k0, k0 + chunk) of the tile into buffer buf, 16 bytes per copy (needs d a
-// multiple of the vector and 16-byte aligned rows).
-template <typename T, int St>
-__device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
-                                  int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+// Stages x, w0, w [k0, k0 + chunk) of the tile (Sm::rows samples, 64 neurons) into buffer buf,
+// 16 bytes per copy (needs d a multiple of the vector and 16-byte aligned rows). A 64-sample tile
+// takes x, w0 and w in one loop; a taller one takes x and then w0, w.
+template <typename T, typename Sm>
+__device__ void stage_chunk_async(const Problem<T>& p, const Sm& sm, int buf, int64_t k0, int64_t i0, int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = Sm::ld_in, V = 16 / sizeof(T), per_row = chunk / V;
+  constexpr bool tall = Sm::rows > kTcTile;
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  auto stage_x = [&](int row, int k) {
+    const int64_t kk = k0 + k, i = i0 + row;
+    if (kk < p.d && i < p.n) copy16_async(xs + row * ld + k, p.x + i * p.d + kk);  // whole vectors: V | d
+    else *reinterpret_cast<uint4*>(xs + row * ld + k) = make_uint4(0, 0, 0, 0);
+  };
+  if constexpr (tall) {
+    for (int e = threadIdx.x; e < Sm::rows * per_row; e += kThreads) stage_x(e / per_row, e % per_row * V);
+  }
   for (int e = threadIdx.x; e < kTcTile * per_row; e += kThreads) {
     const int row = e / per_row, k = e % per_row * V;
-    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
-    const bool kin = kk < p.d;  // whole vectors: d is a multiple of V
-    if (kin && i < p.n) copy16_async(xs + row * ld + k, p.x + i * p.d + kk);
-    else *reinterpret_cast<uint4*>(xs + row * ld + k) = make_uint4(0, 0, 0, 0);
-    if (kin && r < p.m) {
+    const int64_t kk = k0 + k, r = r0 + row;
+    if constexpr (!tall) stage_x(row, k);
+    if (kk < p.d && r < p.m) {
       copy16_async(w0s + row * ld + k, p.w0 + r * p.d + kk);
       copy16_async(ws + row * ld + k, p.w + r * p.d + kk);
     } else {
@@ -271,18 +317,25 @@ __device__ void stage_chunk_async(const Problem<T>& p, const TcSmem<T, St>& sm, 
 }
 
 // Stages the same chunk element by element: any d, any alignment.
-template <typename T, int St>
-__device__ void stage_chunk(const Problem<T>& p, const TcSmem<T, St>& sm, int buf, int64_t k0, int64_t i0,
-                            int64_t r0) {
-  constexpr int chunk = TcShape<T>::chunk, ld = TcSmem<T, St>::ld_in;
+template <typename T, typename Sm>
+__device__ void stage_chunk(const Problem<T>& p, const Sm& sm, int buf, int64_t k0, int64_t i0, int64_t r0) {
+  constexpr int chunk = TcShape<T>::chunk, ld = Sm::ld_in;
+  constexpr bool tall = Sm::rows > kTcTile;
   const T zero = from_acc<T>(acc_t<T>(0));
   T *xs = sm.x(buf), *w0s = sm.w0(buf), *ws = sm.w(buf);
+  auto stage_x = [&](int row, int k) {
+    const int64_t kk = k0 + k, i = i0 + row;
+    xs[row * ld + k] = (kk < p.d && i < p.n) ? p.x[i * p.d + kk] : zero;
+  };
   // Consecutive threads read consecutive k of a row: coalesced along d.
+  if constexpr (tall) {
+    for (int e = threadIdx.x; e < Sm::rows * chunk; e += kThreads) stage_x(e / chunk, e % chunk);
+  }
   for (int e = threadIdx.x; e < kTcTile * chunk; e += kThreads) {
     const int row = e / chunk, k = e % chunk;
-    const int64_t kk = k0 + k, i = i0 + row, r = r0 + row;
+    const int64_t kk = k0 + k, r = r0 + row;
     const bool kin = kk < p.d;
-    xs[row * ld + k] = (kin && i < p.n) ? p.x[i * p.d + kk] : zero;
+    if constexpr (!tall) stage_x(row, k);
     w0s[row * ld + k] = (kin && r < p.m) ? p.w0[r * p.d + kk] : zero;
     ws[row * ld + k] = (kin && r < p.m) ? p.w[r * p.d + kk] : zero;
   }
@@ -318,7 +371,7 @@ template <typename T, int St>
 __device__ void tc_preactivations(const Problem<T>& p, const TcSmem<T, St>& sm, int64_t i0, int64_t r0,
                                   FragC<T> (&z0)[2], FragC<T> (&u)[2]) {
   constexpr int chunk = TcShape<T>::chunk, V = 16 / sizeof(T);
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
 #pragma unroll
   for (int j = 0; j < 2; ++j) {
     wmma::fill_fragment(z0[j], 0.0f);
@@ -542,23 +595,34 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, S
   }
 }
 
+// A block owns M::kFeaturesRows samples by 64 neurons (dynamic shared memory: FeaturesSmem). Its
+// H row halves of 64 samples share stage 1's w0 and w chunks; the epilogue and the stores then
+// run per half, each exactly as for a 64 x 64 tile at samples i0 + 64 h.
 template <typename M, int S, typename T>
 __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out) {
-  using Sm = TcSmem<T, M::kStages>;
+  using Sm = FeaturesSmem<M, T>;
   using Acc = typename TcTypes<M, T>::Acc;
-  __shared__ __align__(128) unsigned char raw[Sm::bytes];
-  const Sm sm{raw, raw + Sm::shared_bytes};
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  constexpr int H = M::kFeaturesRows / kTcTile;
+  TN_DYNAMIC_SMEM(dyn);
+  const Sm sm(dyn, dyn + Sm::shared_bytes);
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.y) * M::kFeaturesRows;
   typename TcTypes<M, T>::Codes codes;
-  Acc z0[2], u[2], unused[2][2];
+  Acc z0[H][2], u[H][2], unused[2][2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
-  tc_preactivations(p, sm, i0, r0, z0, u);
-  tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
-  for_each_element(codes, [&](int j, int e, int row, int col) {
-    const int64_t i = i0 + row, r = r0 + col;
-    if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
-  });
+  if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
+  else tc_preactivations(p, sm, i0, r0, z0, u);
+#pragma unroll
+  for (int h = 0; h < H; ++h) {
+    const int64_t ih = i0 + h * kTcTile;
+    if (ih >= p.n) break;  // block-uniform: a last tile's empty half
+    tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), ih, r0, z0[h], u[h], unused);
+    for_each_element(codes, [&](int j, int e, int row, int col) {
+      const int64_t i = ih + row, r = r0 + col;
+      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[h][j].x[e]);
+    });
+  }
 }
 
 // The field tiles of this (sample, neuron) tile in shared memory, F_t[i][r] at field(t)[i * ld + r]
@@ -566,8 +630,8 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
 // in u, terms 2 and 3 in extra. A float16 tile is scaled by 2^e first, e from its largest
 // magnitude (tile_exponent of tile_max()[t], which stage 2 reads again). The maxima must have been
 // cleared before a barrier that precedes this call; ends with a barrier.
-template <typename T, int St, typename Codes, typename Acc, typename Active>
-__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St>& sm, const Codes& codes, const Acc (&z0)[2],
+template <typename T, int St, int R, typename Codes, typename Acc, typename Active>
+__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St, R>& sm, const Codes& codes, const Acc (&z0)[2],
                                              const Acc (&u)[2], const Acc (&extra)[2][2], int terms,
                                              Active&& active) {
   constexpr int ld = TcSmem<T, St>::ld_mix;
@@ -696,14 +760,15 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
 }
 
 // Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
-// db0, dA, every requested term in one pass. Per sample tile the products and the epilogue run
-// once (the fields of every term the group needs), then every column tile of the group takes its
-// term's field tile from shared memory into its accumulators there; group 0 also sums the fields
-// of the terms with a bias column.
+// db0, dA, every requested term in one pass. Per sample tile the products run once, then per half
+// of 64 samples the epilogue (the fields of every term the group needs), and every column tile of
+// the group takes its term's field tile from shared memory into its accumulators there; group 0
+// also sums the fields of the terms with a bias column.
 template <typename M, int S, typename T>
 __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles) {
-  using Sm = TcReduceSmem<T, M::kStages>;
+  constexpr int R = sample_sum_rows<M, T>(S != kGenericEpilogue), H = R / kTcTile;
+  using Sm = TcReduceSmem<T, M::kStages, R>;
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
@@ -712,7 +777,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
   int64_t t_begin, t_end;
-  inner_tile_range((p.n + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
+  inner_tile_range((p.n + R - 1) / R, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.term[0].field, s.term[1 % s.terms].field,
                             s.term[2 % s.terms].field, s.term[3 % s.terms].field);
   auto active = [&](int t) { return sample_term_active(s, t, g0, g1, kTcTile); };  // block-uniform
@@ -722,43 +787,48 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
   for (int64_t it = t_begin; it < t_end; ++it) {
-    const int64_t i0 = it * kTcTile;
-    Acc z0[2], u[2], extra[2][2];
-    if constexpr (kTileScaled<T>) {
-      if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
-      __syncthreads();
-    }
-    tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0, u, extra);
-    store_fields(sm, codes, z0, u, extra, s.terms, active);
-    if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
-      for (int t = 0; t < s.terms; ++t) {
-        if (!s.term[t].ones) continue;
-        const T* fs = sm.field(t);
-        float sum = 0.0f;
-        for (int i = 0; i < kTcTile; ++i) sum += to_acc(fs[i * ld + threadIdx.x]);
-        sm.bias(t)[threadIdx.x] = fmaf(sum, field_unscale(sm, t), sm.bias(t)[threadIdx.x]);
+    Acc z0[H][2], u[H][2], extra[2][2];
+    if constexpr (H == 1) tc_preactivations(p, sm, it * R, r0, z0[0], u[0]);
+    else tc_preactivations(p, sm, it * R, r0, z0, u);
+#pragma unroll
+    for (int h = 0; h < H; ++h) {
+      const int64_t i0 = it * R + h * kTcTile;
+      if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
+      if constexpr (kTileScaled<T>) {
+        if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
+        __syncthreads();
       }
-    }
-    __syncthreads();  // the field tiles and maxima stay until the bias sums have read them
-    for (int64_t ct = g0; ct < g1; ++ct) {
-      int t;
-      int64_t k0;
-      sample_tile_of(s, ct, kTcTile, t, k0);
-      const SampleTerm<T>& term = s.term[t];
-      const int64_t cols = term.ncols - k0 < kTcTile ? term.ncols - k0 : kTcTile;
-      const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
-      T* ys = sm.factor();
-      for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
-        const int i = e / staged, col = e % staged;
-        const int64_t ii = i0 + i;
-        ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
+      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[h], u[h], extra);
+      store_fields(sm, codes, z0[h], u[h], extra, s.terms, active);
+      if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
+        for (int t = 0; t < s.terms; ++t) {
+          if (!s.term[t].ones) continue;
+          const T* fs = sm.field(t);
+          float sum = 0.0f;
+          for (int i = 0; i < kTcTile; ++i) sum += to_acc(fs[i * ld + threadIdx.x]);
+          sm.bias(t)[threadIdx.x] = fmaf(sum, field_unscale(sm, t), sm.bias(t)[threadIdx.x]);
+        }
       }
-      __syncthreads();
-      // F^T: element (neuron, sample) at fs[sample * ld + neuron], a transposed operand.
-      tile_products<true>(codes, sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ys, cols,
-                          field_unscale(sm, t));
-      __syncthreads();
+      __syncthreads();  // the field tiles and maxima stay until the bias sums have read them
+      for (int64_t ct = g0; ct < g1; ++ct) {
+        int t;
+        int64_t k0;
+        sample_tile_of(s, ct, kTcTile, t, k0);
+        const SampleTerm<T>& term = s.term[t];
+        const int64_t cols = term.ncols - k0 < kTcTile ? term.ncols - k0 : kTcTile;
+        const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
+        T* ys = sm.factor();
+        for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+          const int i = e / staged, col = e % staged;
+          const int64_t ii = i0 + i;
+          ys[i * ld + col] = from_acc<T>(ii < p.n ? sample_factor(term, ii, k0 + col) : 0.0f);  // Y_t[i][col]
+        }
+        __syncthreads();
+        // F^T: element (neuron, sample) at fs[sample * ld + neuron], a transposed operand.
+        tile_products<true>(codes, sm.acc(ct - g0), sm.field(t) + warp_row_block() * 16, ys, cols,
+                            field_unscale(sm, t));
+        __syncthreads();
+      }
     }
   }
   __syncthreads();
@@ -789,7 +859,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
 
 // M: the mainloop (WmmaLoop, MmaLoop); S: the epilogue, a series of kSpecialised or kGenericEpilogue.
 template <typename M, typename T, int S>
-__global__ void __launch_bounds__(kThreads, 1) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
+__global__ void __launch_bounds__(kThreads, M::kFeaturesBlocksPerSm) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
   TN_TC_BODY((features_forward_tc<M, S>(p, out)));
 }
 template <typename M, typename T, int S>

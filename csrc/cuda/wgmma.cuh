@@ -126,7 +126,7 @@ template <typename T>
 __device__ void wgmma_preactivations(const Problem<T>& p, unsigned char* ring, int64_t i0, int64_t r0,
                                      MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
   constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
-  TN_COUNT_RECOMPUTE();
+  TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
   float acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.0f;

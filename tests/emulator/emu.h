@@ -167,11 +167,11 @@ inline void check_aligned(const void* p, unsigned ld, size_t elem) {
   if (ld * elem % 16 != 0) fail("wmma leading dimension not a multiple of 16 bytes");
 }
 
-// The (sample tile, neuron tile) recomputations of the kernels (TN_COUNT_RECOMPUTE: once per block
+// The (sample, neuron) elements the kernels' products recompute (TN_COUNT_RECOMPUTE: once per block
 // and inner tile, by thread 0).
 inline long recomputed = 0;
-inline void count_recompute() {
-  if (self.thread.x == 0) ++recomputed;
+inline void count_recompute(long elements) {
+  if (self.thread.x == 0) recomputed += elements;
 }
 
 // The running block's dynamic shared memory: a buffer of exactly the launch's size (AddressSanitizer
