@@ -695,6 +695,20 @@ __device__ __forceinline__ void tile_products(const wmma::fragment<wmma::accumul
   }
 }
 
+// The reductions' loops over the halves of a 128-sample tile read half 0's registers: this moves
+// half 1's accumulators there (constant indices, so no local memory; a no-op for 64 samples).
+template <typename Acc, int H>
+__device__ __forceinline__ void next_half(Acc (&z0)[H][2], Acc (&u)[H][2]) {
+  static_assert(H == 1 || H == 2, "one or two halves");
+  if constexpr (H == 2) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      z0[0][j] = z0[1][j];
+      u[0][j] = u[1][j];
+    }
+  }
+}
+
 // Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
 // dX. Per neuron tile the products run once; then per half of R / 64 the epilogue, and every column
 // tile of the group takes both terms from the field tiles in shared memory into its accumulators
@@ -729,7 +743,9 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
     __syncthreads();
     if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
     else tc_preactivations(p, sm, i0, r0, z0, u);
-#pragma unroll
+    // Half after half from z0[0] and u[0] (the next half moves there at the end of the body): not
+    // unrolled, so the kernel holds one copy of the epilogue and stage 2.
+#pragma unroll 1
     for (int h = 0; h < H; ++h) {
       const int64_t ih = i0 + h * kTcTile;
       if (ih >= p.n) break;  // block-uniform: a last tile's empty half
@@ -737,8 +753,8 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
         if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
         __syncthreads();
       }
-      tc_fields<S, 2>(p, sm, codes, need, ih, r0, z0[h], u[h], unused);  // term 0's field in z0, term 1's in u
-      store_fields(sm, codes, z0[h], u[h], unused, s.terms, [](int) { return true; });
+      tc_fields<S, 2>(p, sm, codes, need, ih, r0, z0[0], u[0], unused);  // term 0's field in z0, term 1's in u
+      store_fields(sm, codes, z0[0], u[0], unused, s.terms, [](int) { return true; });
       for (int64_t ct = g0; ct < g1; ++ct) {
         const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
         const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
@@ -759,6 +775,7 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
           __syncthreads();
         }
       }
+      next_half(z0, u);
     }
   }
   __syncthreads();
@@ -807,7 +824,8 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
     Acc z0[H][2], u[H][2], extra[2][2];
     if constexpr (H == 1) tc_preactivations(p, sm, it * R, r0, z0[0], u[0]);
     else tc_preactivations(p, sm, it * R, r0, z0, u);
-#pragma unroll
+    // Half after half from z0[0] and u[0], as in neuron_sum_tc.
+#pragma unroll 1
     for (int h = 0; h < H; ++h) {
       const int64_t i0 = it * R + h * kTcTile;
       if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
@@ -815,8 +833,8 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
         if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
         __syncthreads();
       }
-      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[h], u[h], extra);
-      store_fields(sm, codes, z0[h], u[h], extra, s.terms, active);
+      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[0], u[0], extra);
+      store_fields(sm, codes, z0[0], u[0], extra, s.terms, active);
       if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
         for (int t = 0; t < s.terms; ++t) {
           if (!s.term[t].ones) continue;
@@ -846,6 +864,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
                             field_unscale(sm, t));
         __syncthreads();
       }
+      next_half(z0, u);
     }
   }
   __syncthreads();
