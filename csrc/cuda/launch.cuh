@@ -137,6 +137,12 @@ template <typename M, typename T, int... S>
 auto neuron_sum_tc_kernels(std::integer_sequence<int, S...>) {
   return std::array{&neuron_sum_tc_kernel<M, T, kGenericEpilogue>, &neuron_sum_tc_kernel<M, T, S>...};
 }
+// neuron_sum's 128-sample blocks, per specialised epilogue (slot 0, the generic epilogue, keeps 64).
+template <typename T, int... S>
+auto neuron_sum_tall_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_tc_kernel<MmaLoop, T, kGenericEpilogue>,
+                    &neuron_sum_tc_kernel<MmaLoop, T, S, 2 * kTcTile>...};
+}
 template <typename M, typename T, int... S>
 auto sample_sum_tc_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_tc_kernel<M, T, kGenericEpilogue>, &sample_sum_tc_kernel<M, T, S>...};
@@ -266,10 +272,11 @@ int sample_tile_rows(Mainloop m, int slot) {
 }
 
 // The column groups of a reduction on this GPU: `fields` field tiles, `slots` accumulator tiles per
-// column tile, `col_tiles` column tiles; stage 1's chunks of `rows` samples.
+// column tile, `col_tiles` column tiles; stage 1's chunks of `rows` samples, accumulators of
+// `acc_rows` rows per column tile and slot.
 template <typename T>
 ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles, const Context& ctx,
-                           int rows = kTcTile) {
+                           int rows = kTcTile, int acc_rows = kTcTile) {
   int64_t fixed = 0, per_tile = 0;
   const bool tc = m != Mainloop::kSimt;
   if constexpr (kHasTensorCoreKernels<T>) {
@@ -278,7 +285,7 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
         auto sizes = [&](auto type) {
           using Sm = typename decltype(type)::type;
           fixed = Sm::fixed(fields);
-          per_tile = slots * Sm::acc_tile_bytes;
+          per_tile = slots * Sm::acc_tile_bytes * (acc_rows / kTcTile);
         };
         if (rows == 2 * kTcTile) sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages, 2 * kTcTile>>{});
         else sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages>>{});
@@ -323,6 +330,22 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
       neuron_sum<T>(p, one, slot, ctx);
     }
     return;
+  }
+  if constexpr (sizeof(T) == 2) {
+    // 128-sample blocks (mma.sync, specialised epilogues) where their accumulators, twice as tall,
+    // still fit every column in as few groups: each group is a pass over the n x m elements.
+    if (k.mainloop == Mainloop::kMma && slot != 0) {
+      const ColumnGroups gt = reduce_groups<T>(k.mainloop, s.terms, s.slots(), ceil_div(s.ncols, B), ctx,
+                                               2 * kTcTile, 2 * kTcTile);
+      if (gt.fits && gt.groups <= g.groups) {
+        const int64_t gx = ceil_div(p.n, 2 * kTcTile), tiles = ceil_div(p.m, B);
+        const SplitLaunch l =
+            split_launch(gx, gt.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * gt.groups, tiles));
+        launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tall_kernels<T>(SpecialisedSeq{})[slot], l.grid,
+               gt.smem, ctx, p, s, l.tiles_per_split, gt.group_tiles);
+        return;
+      }
+    }
   }
   const int64_t gx = ceil_div(p.n, B), tiles = ceil_div(p.m, B);
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));

@@ -695,68 +695,102 @@ __device__ __forceinline__ void tile_products(const wmma::fragment<wmma::accumul
   }
 }
 
+// The reductions' loops over the halves of a 128-sample tile read half 0's registers: this moves
+// half 1's accumulators there (constant indices, so no local memory; a no-op for 64 samples).
+template <typename Acc, int H>
+__device__ __forceinline__ void next_half(Acc (&z0)[H][2], Acc (&u)[H][2]) {
+  static_assert(H == 1 || H == 2, "one or two halves");
+  if constexpr (H == 2) {
+#pragma unroll
+    for (int j = 0; j < 2; ++j) {
+      z0[0][j] = z0[1][j];
+      u[0][j] = u[1][j];
+    }
+  }
+}
+
 // Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
-// dX. Per neuron tile the products and the epilogue run once, then every column tile of the group
-// takes both terms from the field tiles in shared memory into its accumulators there.
-template <typename M, int S, typename T>
+// dX. Per neuron tile the products run once; then per half of R / 64 the epilogue, and every column
+// tile of the group takes both terms from the field tiles in shared memory into its accumulators
+// there. R = 128 (mma.sync, 16-bit inputs, specialised epilogues) shares stage 1's w0 and w
+// fragments between two halves of 64 samples and holds accumulators for 128 rows per column tile:
+// the launch takes it where that costs no extra column group.
+template <typename M, int S, typename T, int R = kTcTile>
 __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles) {
-  using Sm = TcReduceSmem<T, M::kStages>;
+  constexpr int H = R / kTcTile;
+  using Sm = TcReduceSmem<T, M::kStages, R>;
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
   const Sm sm(dyn, s.terms);
-  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * kTcTile, col_tiles = (s.ncols + kTcTile - 1) / kTcTile;
+  const int64_t i0 = static_cast<int64_t>(blockIdx.x) * R, col_tiles = (s.ncols + kTcTile - 1) / kTcTile;
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < col_tiles ? g0 + group_tiles : col_tiles;
   const int slots = s.slots();
+  // The 64-row accumulator tile of column tile ct, slot t and half h.
+  auto acc_tile = [&](int64_t ct, int t, int h) { return sm.acc(((ct - g0) * slots + t) * H + h); };
   int64_t t_begin, t_end;
   inner_tile_range((p.m + kTcTile - 1) / kTcTile, tiles_per_split, t_begin, t_end);
   const Need need = need_of(s.fields(), p.moments, s.field[0], s.field[s.terms - 1]);
   typename TcTypes<M, T>::Codes codes;
   load_codes(sm, codes);
-  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
+  for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * H * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int64_t rt = t_begin; rt < t_end; ++rt) {
     const int64_t r0 = rt * kTcTile;
-    Acc z0[2], u[2], unused[2][2];
+    Acc z0[H][2], u[H][2], unused[2][2];
     load_neurons(p, sm, r0);
-    if (kTileScaled<T> && threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
     __syncthreads();
-    tc_preactivations(p, sm, i0, r0, z0, u);
-    tc_fields<S, 2>(p, sm, codes, need, i0, r0, z0, u, unused);  // term 0's field in z0, term 1's in u
-    store_fields(sm, codes, z0, u, unused, s.terms, [](int) { return true; });
-    for (int64_t ct = g0; ct < g1; ++ct) {
-      const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
-      const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
-#pragma unroll
-      for (int t = 0; t < 2; ++t) {
-        if (t >= s.terms) break;
-        T* zs = sm.factor();
-        for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
-          const int r = e / staged, col = e % staged;
-          const int64_t rr = r0 + r, cc = c0 + col;
-          float zv = 0.0f;
-          if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
-          zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z_t[r][col]
-        }
-        __syncthreads();
-        tile_products<false>(codes, sm.acc((ct - g0) * slots + (slots == 1 ? 0 : t)),
-                             sm.field(t) + warp_row_block() * 16 * ld, zs, cols, field_unscale(sm, t));
+    if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
+    else tc_preactivations(p, sm, i0, r0, z0, u);
+    // Half after half from z0[0] and u[0] (the next half moves there at the end of the body): not
+    // unrolled, so the kernel holds one copy of the epilogue and stage 2.
+#pragma unroll 1
+    for (int h = 0; h < H; ++h) {
+      const int64_t ih = i0 + h * kTcTile;
+      if (ih >= p.n) break;  // block-uniform: a last tile's empty half
+      if constexpr (kTileScaled<T>) {
+        if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
         __syncthreads();
       }
+      tc_fields<S, 2>(p, sm, codes, need, ih, r0, z0[0], u[0], unused);  // term 0's field in z0, term 1's in u
+      store_fields(sm, codes, z0[0], u[0], unused, s.terms, [](int) { return true; });
+      for (int64_t ct = g0; ct < g1; ++ct) {
+        const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
+        const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
+#pragma unroll
+        for (int t = 0; t < 2; ++t) {
+          if (t >= s.terms) break;
+          T* zs = sm.factor();
+          for (int e = threadIdx.x; e < kTcTile * staged; e += kThreads) {
+            const int r = e / staged, col = e % staged;
+            const int64_t rr = r0 + r, cc = c0 + col;
+            float zv = 0.0f;
+            if (rr < p.m && cc < s.ncols) zv = to_acc(s.z[t][rr * s.z_row[t] + cc * s.z_col[t]]);
+            zs[r * ld + col] = from_acc<T>(s.square[t] ? zv * zv : zv);  // Z_t[r][col]
+          }
+          __syncthreads();
+          tile_products<false>(codes, acc_tile(ct, slots == 1 ? 0 : t, h), sm.field(t) + warp_row_block() * 16 * ld,
+                               zs, cols, field_unscale(sm, t));
+          __syncthreads();
+        }
+      }
+      next_half(z0, u);
     }
   }
   __syncthreads();
   for (int64_t ct = g0; ct < g1; ++ct)
-    for (int t = 0; t < slots; ++t) {
-      const float* acc = sm.acc((ct - g0) * slots + t);
-      const float scale = static_cast<float>(s.scale[t]);
-      for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
-        const int row = e / kTcTile, col = e % kTcTile;
-        const int64_t i = i0 + row, cc = ct * kTcTile + col;
-        if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], scale * acc[row * acc_ld + col]);
+    for (int t = 0; t < slots; ++t)
+#pragma unroll
+      for (int h = 0; h < H; ++h) {
+        const float* acc = acc_tile(ct, t, h);
+        const float scale = static_cast<float>(s.scale[t]);
+        for (int e = threadIdx.x; e < kTcTile * kTcTile; e += kThreads) {
+          const int row = e / kTcTile, col = e % kTcTile;
+          const int64_t i = i0 + h * kTcTile + row, cc = ct * kTcTile + col;
+          if (i < p.n && cc < s.ncols) atomicAdd(&s.out[t][i * s.ld_out + cc], scale * acc[row * acc_ld + col]);
+        }
       }
-    }
 }
 
 // Blocks own (neuron tile, group of column tiles); the loop runs over sample tiles: dW, dW0, db,
@@ -790,7 +824,8 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
     Acc z0[H][2], u[H][2], extra[2][2];
     if constexpr (H == 1) tc_preactivations(p, sm, it * R, r0, z0[0], u[0]);
     else tc_preactivations(p, sm, it * R, r0, z0, u);
-#pragma unroll
+    // Half after half from z0[0] and u[0], as in neuron_sum_tc.
+#pragma unroll 1
     for (int h = 0; h < H; ++h) {
       const int64_t i0 = it * R + h * kTcTile;
       if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
@@ -798,8 +833,8 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
         if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
         __syncthreads();
       }
-      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[h], u[h], extra);
-      store_fields(sm, codes, z0[h], u[h], extra, s.terms, active);
+      tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[0], u[0], extra);
+      store_fields(sm, codes, z0[0], u[0], extra, s.terms, active);
       if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order
         for (int t = 0; t < s.terms; ++t) {
           if (!s.term[t].ones) continue;
@@ -829,6 +864,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
                             field_unscale(sm, t));
         __syncthreads();
       }
+      next_half(z0, u);
     }
   }
   __syncthreads();
@@ -862,11 +898,12 @@ template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, M::kFeaturesBlocksPerSm) features_forward_tc_kernel(TN_PARAM(Problem<T>) p, T* out) {
   TN_TC_BODY((features_forward_tc<M, S>(p, out)));
 }
-template <typename M, typename T, int S>
+// R: the samples of a block (64, or 128 for neuron_sum_tc's taller tile).
+template <typename M, typename T, int S, int R = kTcTile>
 __global__ void __launch_bounds__(kThreads, 1) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(NeuronSum<T>) s, int64_t per,
                                                                   int64_t group_tiles) {
-  TN_TC_BODY((neuron_sum_tc<M, S>(p, s, per, group_tiles)));
+  TN_TC_BODY((neuron_sum_tc<M, S, T, R>(p, s, per, group_tiles)));
 }
 template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
