@@ -708,7 +708,7 @@ void check_passes(Mainloop ml, const std::string& filter) {
     const std::string name = std::string("passes/") + pc.path + " " + gpu + " d=" + std::to_string(pc.d);
     if (!filter.empty() && name.rfind(filter, 0) != 0) continue;
     const Shape s{70, pc.d, 9, 3};
-    const int64_t tiles = s.n * s.m;  // the elements of one pass
+    const int64_t elements = s.n * s.m;  // one pass
     for (bool moments : {false, true}) {
       Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, moments, 1, false};
       c.smem = pc.smem;
@@ -717,13 +717,13 @@ void check_passes(Mainloop ml, const std::string& filter) {
       size_t from = log.size();
       check_forward(cs);  // outputs checked too
       const std::string fw = name + (moments ? " moments" : " net") + " forward";
-      if (!moments) expect(fw + ": features 1 pass", passes("features_forward", from, tiles) == 1.0);
-      expect(fw + ": readout 1 pass", passes("neuron_sum", from, tiles) == 1.0,
-             std::to_string(passes("neuron_sum", from, tiles)));
+      if (!moments) expect(fw + ": features 1 pass", passes("features_forward", from, elements) == 1.0);
+      expect(fw + ": readout 1 pass", passes("neuron_sum", from, elements) == 1.0,
+             std::to_string(passes("neuron_sum", from, elements)));
       auto backward = [&](unsigned mask, int want_sample, int want_neuron) {
         from = log.size();
         check_backward(cs, false, mask, "");
-        const double got_s = passes("sample_sum", from, tiles), got_n = passes("neuron_sum", from, tiles);
+        const double got_s = passes("sample_sum", from, elements), got_n = passes("neuron_sum", from, elements);
         expect(name + (moments ? " moments" : " net") + " backward " + mask_text(mask) + ": " +
                    std::to_string(want_sample) + " + " + std::to_string(want_neuron) + " passes",
                got_s == want_sample && got_n == want_neuron,
