@@ -1,6 +1,6 @@
 // Definitions of the launch layer (launch.h), instantiated per storage type by taylor_<dtype>.cu and
 // compiled on the CPU by tests/emulator/, which supplies its own runtime.h (built_archs,
-// kernel_code_arch, launch, zero_async) before including this file.
+// kernel_code_arch, launch, zero_async, encode_tile_map) before including this file.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -423,8 +423,14 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
+        // The copy engine's maps of this slab of x and of the weights: one 64-row box of x and four
+        // 32-row boxes of w0, w per chunk (WgmmaRing).
+        sm90::TileMaps maps;
+        maps.usable = ctx.tensor_copies && encode_tile_map(maps.x, q.x, p.d, q.n, kTcTile) &&
+                      encode_tile_map(maps.w0, p.w0, p.d, p.m, kTcTile / 2) &&
+                      encode_tile_map(maps.w, p.w, p.d, p.m, kTcTile / 2);
         launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
-               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m);
+               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m, maps);
         continue;
       }
     }
