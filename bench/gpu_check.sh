@@ -44,8 +44,9 @@ for key, name in (("tests_host", "tests-host.xml"), ("tests", "tests.xml")):
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         info[key] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 info["bench"] = sorted(glob.glob(os.path.join(out, "bench", "*.json")))
-if os.path.exists(os.path.join(out, "mainloops.json")):
-    info["mainloops"] = json.load(open(os.path.join(out, "mainloops.json"))).get("mainloops")
+for key, name in (("mainloops", "mainloops.json"), ("mainloops_features", "mainloops-features.json")):
+    if os.path.exists(os.path.join(out, name)):
+        info[key] = json.load(open(os.path.join(out, name))).get("mainloops")
 json.dump(info, open(os.path.join(out, "results.json"), "w"), indent=2)
 PY
 }
