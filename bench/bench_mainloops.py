@@ -2,13 +2,17 @@
 
     python -P bench/bench_mainloops.py --out mainloops.json
     python -P bench/bench_mainloops.py --d 32 --m 65536 --mainloops mma simt
+    python -P bench/bench_mainloops.py --op features --m 65536 --mainloops simt wgmma wgmma+cp.async mma
 
 For each name of TAYLORNET_CUDA_MAINLOOP (the library reads it on every call), taylor_net forward +
 backward w.r.t. W (n=16384, d=128, m=2^18, order 2, tanh, bfloat16 by default: the target case of
 docs/cuda.md) is timed with CUDA events, and its output and dW are compared with those of the SIMT
 mainloop (float32 arithmetic on bf16 inputs), so a mainloop that is fast but wrong shows at once. The
 rate is 10nmd FLOPs per step (two products forward, both again and the dW product backward) against
-an 8192^3 torch.mm in the same dtype, measured in the same run. A name the library does not know, or
+an 8192^3 torch.mm in the same dtype, measured in the same run. `--op features` times the
+taylor_features forward instead (4nmd FLOPs, an n x m output: take a smaller m), the one op with a
+wgmma kernel; a name with "+cp.async" runs that mainloop with TAYLORNET_CUDA_TMA=0 (the wgmma kernel
+staging with cp.async instead of the copy engine). A name the library does not know, or
 a mainloop that cannot run this case here, is recorded as such. The JSON is rewritten after every
 mainloop, so a run cut short keeps what it measured.
 """
@@ -24,6 +28,7 @@ import torch
 import taylornet as tn
 
 ENV = "TAYLORNET_CUDA_MAINLOOP"
+TMA_ENV = "TAYLORNET_CUDA_TMA"
 
 
 def event_times(fn, repeats: int) -> list[float]:
@@ -59,8 +64,9 @@ def main() -> int:
     p.add_argument("--order", type=int, default=2)
     p.add_argument("--activation", default="tanh")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
+    p.add_argument("--op", default="net_fb", choices=["net_fb", "features"])
     p.add_argument("--mainloops", nargs="+", default=["simt", "auto", "wgmma", "mma", "wmma"],
-                   help="SIMT first: the others are compared with it")
+                   help="SIMT first: the others are compared with it; NAME+cp.async: with TAYLORNET_CUDA_TMA=0")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="mainloops.json")
     args = p.parse_args()
@@ -77,21 +83,26 @@ def main() -> int:
     cot = torch.randn(n, device="cuda", dtype=dtype, generator=g)
 
     def step():
+        if args.op == "features":
+            with torch.no_grad():
+                return tn.taylor_features(x, w0, w, activation=args.activation, order=args.order), None
         out = tn.taylor_net(x, w0, w, a, activation=args.activation, order=args.order)
         return out, torch.autograd.grad(out, [w], cot)[0]
 
-    flops = 10 * n * m * d
-    report = {"case": {"n": n, "d": d, "m": m, "order": args.order, "activation": args.activation,
+    flops = (4 if args.op == "features" else 10) * n * m * d
+    report = {"case": {"op": args.op, "n": n, "d": d, "m": m, "order": args.order, "activation": args.activation,
                        "dtype": args.dtype, "flops_per_step": flops},
               "gpu": torch.cuda.get_device_name(0), "torch": torch.__version__,
               "matmul_8192_flops_per_s": matmul_rate(dtype), "mainloops": {}}
     print(f"{report['gpu']}: 8192^3 {args.dtype} mm {report['matmul_8192_flops_per_s'] / 1e12:.0f} TFLOP/s; "
           f"n={n} d={d} m={m} order {args.order} {args.activation}")
     reference = None
-    previous = os.environ.get(ENV)
+    previous = {v: os.environ.get(v) for v in (ENV, TMA_ENV)}
     try:
         for name in args.mainloops:
-            os.environ[ENV] = name
+            mainloop, cp_async = name.removesuffix("+cp.async"), name.endswith("+cp.async")
+            os.environ[ENV] = mainloop
+            os.environ[TMA_ENV] = "0" if cp_async else "1"
             row: dict = {}
             try:
                 out, dw = step()
@@ -105,21 +116,23 @@ def main() -> int:
                 row = {"status": "ok", "median_s": secs, "flops_per_s": flops / secs,
                        "share_of_matmul": flops / secs / report["matmul_8192_flops_per_s"],
                        "out_rel_err_vs_first": rel_err(out, reference[0]),
-                       "dw_rel_err_vs_first": rel_err(dw, reference[1])}
+                       "dw_rel_err_vs_first": rel_err(dw, reference[1]) if dw is not None else None}
             report["mainloops"][name] = row
             if row["status"] == "ok":
+                dw_err = "" if dw is None else f", dW {row['dw_rel_err_vs_first']:.1e}"
                 print(f"  {name:6s} {row['median_s'] * 1e3:9.2f} ms  {row['flops_per_s'] / 1e12:7.1f} TFLOP/s  "
                       f"{100 * row['share_of_matmul']:5.1f}% of mm   rel. err. vs {args.mainloops[0]}: "
-                      f"out {row['out_rel_err_vs_first']:.1e}, dW {row['dw_rel_err_vs_first']:.1e}", flush=True)
+                      f"out {row['out_rel_err_vs_first']:.1e}{dw_err}", flush=True)
             else:
                 print(f"  {name:6s} unavailable: {row['error']}", flush=True)
             with open(args.out, "w") as f:
                 json.dump(report, f, indent=2)
     finally:
-        if previous is None:
-            os.environ.pop(ENV, None)
-        else:
-            os.environ[ENV] = previous
+        for var, value in previous.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
     return 0
 
 

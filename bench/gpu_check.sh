@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # GPU validation in one run, on a machine with an NVIDIA GPU, nvcc and its own torch (no internet):
 # build the extension with its CUDA kernels, run the CUDA tests, run the GPU benchmark of the
-# CUDA targets (float32 and bf16, then float32 with TF32, then each mainloop on the target case, then the
-# performance model's cases), and write results.json plus the logs into OUTDIR. Each step has its own
+# CUDA targets (float32 and bf16, then float32 with TF32, then each mainloop on the target case and on
+# the features forward, then the performance model's cases), and write results.json plus the logs into OUTDIR. Each step has its own
 # time limit (480 s in all), a failed step does not stop the next, and results.json is rewritten after
 # every step, so a run cut short still reports the steps it finished.
 #   bench/gpu_check.sh OUTDIR
@@ -44,8 +44,9 @@ for key, name in (("tests_host", "tests-host.xml"), ("tests", "tests.xml")):
         suite = suite if suite.tag == "testsuite" else suite.find("testsuite")
         info[key] = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
 info["bench"] = sorted(glob.glob(os.path.join(out, "bench", "*.json")))
-if os.path.exists(os.path.join(out, "mainloops.json")):
-    info["mainloops"] = json.load(open(os.path.join(out, "mainloops.json"))).get("mainloops")
+for key, name in (("mainloops", "mainloops.json"), ("mainloops_features", "mainloops-features.json")):
+    if os.path.exists(os.path.join(out, name)):
+        info[key] = json.load(open(os.path.join(out, name))).get("mainloops")
 json.dump(info, open(os.path.join(out, "results.json"), "w"), indent=2)
 PY
 }
@@ -75,7 +76,7 @@ status tests $?
 tail -5 "$OUT/tests.log"
 
 echo "== benchmark"
-timeout 75 python3 -P -m taylornet bench --preset cuda-target --repeats 3 --out "$OUT/bench" --no-progress \
+timeout 70 python3 -P -m taylornet bench --preset cuda-target --repeats 3 --out "$OUT/bench" --no-progress \
   > "$OUT/bench.log" 2>&1
 status bench $?
 tail -25 "$OUT/bench.log"
@@ -92,12 +93,18 @@ timeout 25 python3 -P bench/bench_mainloops.py --repeats 3 --out "$OUT/mainloops
 status mainloops $?
 cat "$OUT/mainloops.log"
 
+echo "== the features forward (the op with a wgmma kernel): wgmma with tensor copies and with cp.async, mma"
+timeout 10 python3 -P bench/bench_mainloops.py --op features --m 65536 --repeats 3 \
+  --mainloops simt wgmma wgmma+cp.async mma --out "$OUT/mainloops-features.json" > "$OUT/mainloops-features.log" 2>&1
+status mainloops_features $?
+cat "$OUT/mainloops-features.log"
+
 echo "== performance model check: d = 32, 128, 512, tanh order 2 and relu order 1, fused op only"
 # The cases of docs/cuda.md's performance model; relu's epilogue is almost nothing, so tanh minus
 # relu places the epilogue's time, and relu itself the products' and contractions'.
 MODEL="--device cuda --ops net_fb --n 16384 --dims 32 128 512 --widths 262144 --dtypes bfloat16 --impls taylornet"
 MODEL="$MODEL --no-width-sweep --repeats 3 --out $OUT/bench --no-progress"
-timeout 40 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activations tanh --tag model-tanh-cuda && \
+timeout 35 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activations tanh --tag model-tanh-cuda && \
   python3 -P -m taylornet bench $MODEL --orders 1 --activations relu --tag model-relu-cuda" > "$OUT/bench-model.log" 2>&1
 status bench_model $?
 grep -A3 "net fwd+bwd" "$OUT/bench-model.log" | grep -v "^--" | head -20

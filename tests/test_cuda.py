@@ -178,12 +178,22 @@ def test_wgmma_features_forward_matches_mma(precision, monkeypatch):
     p = on(make_problem(n=300, d=512, m=260, c=1, bias=True), "cuda", dtype)
     args = [p[k] for k in ("x", "w0", "w")]
     outs = {}
-    for mainloop in ("mma", "wgmma"):
+    for mainloop, tma in (("mma", "1"), ("wgmma", "1"), ("wgmma", "0")):
         monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
-        outs[mainloop] = tn.taylor_features(*args, b0=p["b0"], b=p["b"], activation="tanh", order=2,
-                                            sign_seed=SIGN_SEED).float()
-    scale = outs["mma"].abs().max().item()
-    assert_close_verbose(outs["wgmma"], outs["mma"], atol=4e-3 * scale, rtol=2 ** -6, name="wgmma vs mma")
+        monkeypatch.setenv("TAYLORNET_CUDA_TMA", tma)
+        outs[mainloop + tma] = tn.taylor_features(*args, b0=p["b0"], b=p["b"], activation="tanh", order=2,
+                                                  sign_seed=SIGN_SEED).float()
+    scale = outs["mma1"].abs().max().item()
+    assert_close_verbose(outs["wgmma1"], outs["mma1"], atol=4e-3 * scale, rtol=2 ** -6, name="wgmma vs mma")
+    # the copy engine's tiles and cp.async's are the same bytes in shared memory: the same wgmmas
+    assert torch.equal(outs["wgmma1"], outs["wgmma0"]), "wgmma with tensor copies vs with cp.async"
+
+
+def test_tensor_copy_switch_takes_0_or_1(monkeypatch):
+    p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
+    monkeypatch.setenv("TAYLORNET_CUDA_TMA", "off")
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_TMA: expected 0 or 1, got 'off'"):
+        tn.taylor_features(p["x"], p["w0"], p["w"])
 
 
 @pytest.mark.skipif(not torch.cuda.is_available() or wgmma_device(), reason="a GPU other than compute capability 9.0")

@@ -3,7 +3,9 @@ tests/emulator, op by op as the CUDA implementation calls them, and checked agai
 the shared epilogue: problem set-up, the plan's tables, the reductions' terms for every needs-mask,
 dA's combination, output casts, tiles and their edges, shared-memory staging, barriers, wmma
 fragment use (under a scrambled fragment layout), the mma.sync mainloop's lane arithmetic (ldmatrix
-and mma.sync emulated with the PTX ISA's fragment layouts), split reductions, signs, biases, and (built with
+and mma.sync emulated with the PTX ISA's fragment layouts), the sm_90a wgmma mainloop (wgmma.mma_async
+from shared-memory descriptors with the 128-byte swizzle, its commit groups and waits, emulated from
+the PTX ISA), split reductions, signs, biases, and (built with
 AddressSanitizer) that every access stays inside its buffer; plus the kernel choice and the messages
 of failed launches. Needs a C++20 compiler and the CUDA headers (cuda_fp16.h, cuda_bf16.h,
 cuda_runtime.h); skipped without them. A real GPU run is tests/test_cuda.py."""
@@ -21,8 +23,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
-# dtype/mainloop: float32 runs as TF32 on the tensor-core mainloops (mma.sync and wmma).
-PATHS = ["f64/simt", "f32/simt", "f32/mma", "f16/mma", "bf16/mma", "f32/wmma", "f16/wmma", "bf16/wmma"]
+# dtype/mainloop: float32 runs as TF32 on the tensor-core mainloops (mma.sync and wmma); wgmma has
+# a kernel for the 16-bit features forward and runs the rest on mma.sync.
+PATHS = ["f64/simt", "f32/simt", "f32/mma", "f16/mma", "bf16/mma", "f32/wmma", "f16/wmma", "bf16/wmma",
+         "f16/wgmma", "bf16/wgmma"]
 # Built binaries, one per hash of everything that goes into them (TAYLORNET_EMULATOR_CACHE overrides).
 CACHE = Path(os.environ.get("TAYLORNET_EMULATOR_CACHE", ROOT / "build" / "emulator"))
 

@@ -2,8 +2,9 @@
 ISA's definitions written out here independently: the shared-memory matrix descriptor's bit fields,
 the 128-byte swizzle, where the descriptor of each k step finds the elements the tiles were stored
 at, the wgmma accumulator layout, and that the accumulator registers land where the tensor-core
-epilogue expects z0 and u of each (sample, neuron). No GPU: the kernels themselves run only in
-tests/test_cuda.py on an sm_90 device."""
+epilogue expects z0 and u of each (sample, neuron). No GPU: the kernel itself runs on the CPU
+emulator's model of wgmma (tests/test_cuda_emulated.py, paths */wgmma) and on an sm_90 device in
+tests/test_cuda.py."""
 from __future__ import annotations
 
 import shutil

@@ -4,7 +4,8 @@ the SASS of the objects (cuobjdump -sass, which calls nvdisasm) the instruction 
 local-memory loads and stores (LDL, STL) that a stack costs at run time and the out-of-line
 subroutines (counted by their returns, RET: a subroutine is what a CALL returns from; ptxas also
 emits CALLs to the next instruction as a branch idiom, which are not counted), and the tensor-core
-instructions HMMA (mma.sync, wmma), LDSM (ldmatrix) and HGMMA (wgmma). Out-of-line device functions
+instructions HMMA (mma.sync, wmma), LDSM (ldmatrix) and HGMMA (wgmma), and the copy engine's tensor
+loads UTMALDG (cp.async.bulk.tensor). Out-of-line device functions
 (compiled once per calling kernel) get a row with the largest of their copies' figures.
 
     python3 tools/ptxas_report.py [--check] BUILD_LOG [OBJECT ...]
@@ -13,7 +14,7 @@ instructions HMMA (mma.sync, wmma), LDSM (ldmatrix) and HGMMA (wgmma). Out-of-li
 features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
 stores, or out-of-line subroutines, or if a kernel of the mma.sync mainloop (tag MmaLoop) lacks
 HMMA or LDSM instructions (or there is no such kernel for sm_80), or if a kernel of the wgmma
-mainloop (features_forward_wgmma_kernel) lacks HGMMA or static shared memory in its sm_90a code (or
+mainloop (features_forward_wgmma_kernel) lacks HGMMA, UTMALDG or static shared memory in its sm_90a code (or
 there is no such kernel where the build has sm_90a code), or has static shared memory in the entry
 points of other targets (the launch layer tells the sm_90a code from them by it); it then also
 needs the SASS (cuobjdump on PATH and the objects).
@@ -93,7 +94,7 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
     if not tool or not objects:
         return None
     counts: dict[tuple[str, str], dict] = defaultdict(
-        lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0, "hmma": 0, "ldsm": 0, "hgmma": 0})
+        lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0, "hmma": 0, "ldsm": 0, "hgmma": 0, "utmaldg": 0})
     for obj in objects:
         run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
         if run.returncode != 0:
@@ -115,6 +116,7 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
                 c["hmma"] += op == "HMMA"
                 c["ldsm"] += op == "LDSM"
                 c["hgmma"] += op == "HGMMA"
+                c["utmaldg"] += op == "UTMALDG"
     return counts
 
 
@@ -133,7 +135,8 @@ def main() -> None:
     keys = sorted(set(rows) | (set(sass) if sass else set()), key=lambda k: (names.get(k[0], k[0]), k[1]))
     width = max([44] + [len(names.get(k[0], k[0])) for k in keys])
     print(f"{'kernel / device function':{width}} {'arch':6} {'regs':>4} {'spill st':>8} {'spill ld':>8} {'stack':>6} "
-          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5} {'RET':>5} {'HMMA':>5} {'LDSM':>5} {'HGMMA':>5}")
+          f"{'smem':>6} {'insns':>6} {'LDL':>5} {'STL':>5} {'RET':>5} {'HMMA':>5} {'LDSM':>5} {'HGMMA':>5} "
+          f"{'UTMALDG':>7}")
     dash = "-"
     with_stack = with_local = 0
     problems = []
@@ -145,12 +148,13 @@ def main() -> None:
         name = names.get(key[0], key[0])
         cells = [r.get("regs", dash), r.get("spill_st", dash), r.get("spill_ld", dash), r.get("stack", dash),
                  r.get("smem", dash)]
-        cells += [s["insns"], s["ldl"], s["stl"], s["ret"], s["hmma"], s["ldsm"], s["hgmma"]] if s else [dash] * 7
+        cells += ([s["insns"], s["ldl"], s["stl"], s["ret"], s["hmma"], s["ldsm"], s["hgmma"], s["utmaldg"]] if s
+                  else [dash] * 8)
         with_stack += bool(r.get("stack"))
         with_local += bool(s and (s["ldl"] or s["stl"]))
         print(f"{name:{width}} {key[1]:6} {cells[0]:>4} {cells[1]:>8} {cells[2]:>8} "
               f"{cells[3]:>6} {cells[4]:>6} {cells[5]:>6} {cells[6]:>5} {cells[7]:>5} {cells[8]:>5} {cells[9]:>5} "
-              f"{cells[10]:>5} {cells[11]:>5}")
+              f"{cells[10]:>5} {cells[11]:>5} {cells[12]:>7}")
         if check and HOT.match(name):
             what = [f"{label} {value}" for label, value in (
                 ("bytes of stack frame", r.get("stack", 0)), ("bytes of spill stores", r.get("spill_st", 0)),
@@ -163,6 +167,7 @@ def main() -> None:
                 if key[1] == "sm_90a":
                     wgmma_sm90a += 1
                     what += ["no HGMMA instructions"] * (not s["hgmma"])
+                    what += ["no UTMALDG instructions (tensor copies)"] * (not s["utmaldg"])
                     what += ["no static shared memory (the sign of its sm_90a code)"] * (not r.get("smem"))
                 elif r.get("smem"):
                     what.append("static shared memory outside sm_90a (read as sm_90a code)")
@@ -185,13 +190,13 @@ def main() -> None:
         if problems:
             print(f"{len(problems)} problems: hot kernels must keep everything in registers (no local memory, "
                   "no out-of-line subroutines), the mma.sync mainloop's kernels must run HMMA and LDSM, the "
-                  "wgmma mainloop's HGMMA:")
+                  "wgmma mainloop's HGMMA and UTMALDG:")
             for line in problems:
                 print(f"  {line}")
             sys.exit(1)
         print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines; "
               f"the mma.sync mainloop's kernels ({mma_sync_sm80} for sm_80) all run HMMA and LDSM"
-              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA" if has_sm90a else ""))
+              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA and UTMALDG" if has_sm90a else ""))
 
 
 if __name__ == "__main__":

@@ -1,6 +1,6 @@
 // Definitions of the launch layer (launch.h), instantiated per storage type by taylor_<dtype>.cu and
 // compiled on the CPU by tests/emulator/, which supplies its own runtime.h (built_archs,
-// kernel_code_arch, launch, zero_async) before including this file.
+// kernel_code_arch, launch, zero_async, encode_tile_map) before including this file.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -282,13 +282,10 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
       with_tc_mainloop(m, [&](auto tag) {
-        auto sizes = [&](auto type) {
-          using Sm = typename decltype(type)::type;
-          fixed = Sm::fixed(fields);
-          per_tile = slots * Sm::acc_tile_bytes * (acc_rows / kTcTile);
-        };
-        if (rows == 2 * kTcTile) sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages, 2 * kTcTile>>{});
-        else sizes(std::type_identity<TcReduceSmem<T, decltype(tag)::kStages>>{});
+        constexpr int St = decltype(tag)::kStages;
+        fixed = rows == 2 * kTcTile ? TcReduceSmem<T, St, 2 * kTcTile>::fixed(fields)
+                                    : TcReduceSmem<T, St>::fixed(fields);
+        per_tile = slots * TcReduceSmem<T, St>::acc_tile_bytes * (acc_rows / kTcTile);  // per 64 rows
       });
     }
   }
@@ -331,29 +328,30 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
     }
     return;
   }
+  // 128-sample blocks (mma.sync, 16-bit types, specialised epilogues) where their accumulators,
+  // twice as tall, still fit every column in as few groups: each group is a pass over the n x m
+  // elements.
+  ColumnGroups use = g;
+  bool tall = false;
   if constexpr (sizeof(T) == 2) {
-    // 128-sample blocks (mma.sync, specialised epilogues) where their accumulators, twice as tall,
-    // still fit every column in as few groups: each group is a pass over the n x m elements.
     if (k.mainloop == Mainloop::kMma && slot != 0) {
       const ColumnGroups gt = reduce_groups<T>(k.mainloop, s.terms, s.slots(), ceil_div(s.ncols, B), ctx,
                                                2 * kTcTile, 2 * kTcTile);
-      if (gt.fits && gt.groups <= g.groups) {
-        const int64_t gx = ceil_div(p.n, 2 * kTcTile), tiles = ceil_div(p.m, B);
-        const SplitLaunch l =
-            split_launch(gx, gt.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * gt.groups, tiles));
-        launch(kernel_name<T>("neuron_sum_tc_kernel"), neuron_sum_tall_kernels<T>(SpecialisedSeq{})[slot], l.grid,
-               gt.smem, ctx, p, s, l.tiles_per_split, gt.group_tiles);
-        return;
-      }
+      tall = gt.fits && gt.groups <= g.groups;
+      if (tall) use = gt;
     }
   }
-  const int64_t gx = ceil_div(p.n, B), tiles = ceil_div(p.m, B);
-  const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
+  const int64_t gx = ceil_div(p.n, tall ? 2 * kTcTile : B), tiles = ceil_div(p.m, B);
+  const SplitLaunch l =
+      split_launch(gx, use.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * use.groups, tiles));
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
       with_tc_mainloop(k.mainloop, [&](auto tag) {
-        launch(kernel_name<T>("neuron_sum_tc_kernel"), NeuronSumTc<decltype(tag), T>::table()[slot], l.grid, g.smem,
-               ctx, p, s, l.tiles_per_split, g.group_tiles);
+        auto kernel = NeuronSumTc<decltype(tag), T>::table()[slot];
+        if constexpr (sizeof(T) == 2)
+          if (tall) kernel = neuron_sum_tall_kernels<T>(SpecialisedSeq{})[slot];
+        launch(kernel_name<T>("neuron_sum_tc_kernel"), kernel, l.grid, use.smem, ctx, p, s, l.tiles_per_split,
+               use.group_tiles);
       });
       return;
     }
@@ -425,8 +423,14 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
+        // The copy engine's maps of this slab of x and of the weights: one 64-row box of x and four
+        // 32-row boxes of w0, w per chunk (WgmmaRing).
+        sm90::TileMaps maps;
+        maps.usable = ctx.tensor_copies && encode_tile_map(maps.x, q.x, p.d, q.n, kTcTile) &&
+                      encode_tile_map(maps.w0, p.w0, p.d, p.m, kTcTile / 2) &&
+                      encode_tile_map(maps.w, p.w, p.d, p.m, kTcTile / 2);
         launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
-               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m);
+               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m, maps);
         continue;
       }
     }

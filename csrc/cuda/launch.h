@@ -52,6 +52,7 @@ struct Context {
   bool deterministic = false;  // run-to-run identical sums (no split inner loops)
   Mainloop requested = Mainloop::kAuto;
   bool generic_epilogue = false;  // the tensor-core kernels skip their specialised epilogues
+  bool tensor_copies = true;      // the wgmma kernel stages through the copy engine where it can (else cp.async)
   Workspace* workspace = nullptr;
 };
 

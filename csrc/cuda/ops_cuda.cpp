@@ -76,6 +76,16 @@ cuda::Mainloop requested_mainloop() {
 }
 
 
+// TAYLORNET_CUDA_TMA=0: the wgmma kernel stages its tiles with cp.async instead of the copy
+// engine's tensor copies (1 or unset: tensor copies where the shapes allow them).
+bool tensor_copies_requested() {
+  const char* env = std::getenv("TAYLORNET_CUDA_TMA");
+  const std::string v = env ? env : "";
+  TORCH_CHECK_VALUE(v.empty() || v == "0" || v == "1", "taylornet: TAYLORNET_CUDA_TMA: expected 0 or 1, got '", v,
+                    "'");
+  return v != "0";
+}
+
 // One op call on the GPU: the layer's operands and context, and the workspace they use.
 struct CudaCall {
   explicit CudaCall(const Call& c) : workspace(c.args.x.device()) {
@@ -93,6 +103,7 @@ struct CudaCall {
     // TAYLORNET_CUDA_EPILOGUE=generic: the tensor-core kernels take the plan-driven epilogue for
     // every series
     ctx.generic_epilogue = generic_epilogue_requested("TAYLORNET_CUDA_EPILOGUE");
+    ctx.tensor_copies = tensor_copies_requested();
     ctx.workspace = &workspace;
     op.dtype = cuda_dtype(a.x.scalar_type());
     auto ptr = [](const Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };

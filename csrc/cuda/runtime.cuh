@@ -1,9 +1,11 @@
 // The launch layer's only contact with the CUDA runtime, every call checked: kernel launches, the
-// zeroing of accumulators, and which code the binary holds for a kernel on this GPU. The CPU
-// emulator (tests/emulator/runtime.h) provides the same four functions.
+// zeroing of accumulators, which code the binary holds for a kernel on this GPU, and the tensor
+// maps of the copy engine (through the driver's entry point). The CPU emulator
+// (tests/emulator/runtime.h) provides the same five functions.
 #pragma once
 
 #include <cuda_runtime.h>
+#include <cudaTypedefs.h>  // PFN_cuTensorMapEncodeTiled
 
 #include <mutex>
 #include <string>
@@ -85,6 +87,33 @@ void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t sme
   const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), pointers, smem,
                                          ctx.stream);
   if (e != cudaSuccess) throw_cuda_error(e, "the launch", name, ctx.device);
+}
+
+// A tensor map for the copy engine (sm_90): a row-major (rows x inner) tensor of 16-bit elements at
+// `base`, read in boxes of box_rows rows by 64 elements (one 128-byte row, stored with the 128-byte
+// swizzle), zeros outside it. False where the driver refuses it (a base or row stride that is not a
+// multiple of 16 bytes, say) or has no cuTensorMapEncodeTiled: the caller then copies without one.
+// The element type only sets the map's element size, so bfloat16 serves float16 too.
+inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, int64_t rows, uint32_t box_rows) {
+  static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    if (cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found) !=
+            cudaSuccess ||
+        found != cudaDriverEntryPointSuccess) {
+      cudaGetLastError();
+      fn = nullptr;
+    }
+    return reinterpret_cast<PFN_cuTensorMapEncodeTiled_v12000>(fn);
+  }();
+  if (!encode || inner <= 0 || rows <= 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0 || (inner * 2) % 16 != 0)
+    return false;
+  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(rows)};
+  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
+  const cuuint32_t box[2] = {64, box_rows}, steps[2] = {1, 1};
+  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, steps,
+                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
 }
 
 // bytes of zeros at ptr, in stream order.

@@ -653,6 +653,16 @@ __device__ __forceinline__ void store_fields(const TcReduceSmem<T, St, R>& sm, c
   __syncthreads();
 }
 
+// Clears the float16 field tiles' maxima that store_fields gathers, and publishes that (a no-op
+// for the other types).
+template <typename T, int St>
+__device__ __forceinline__ void clear_tile_max(const TcSmem<T, St>& sm) {
+  if constexpr (kTileScaled<T>) {
+    if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
+    __syncthreads();
+  }
+}
+
 // 2^-e for term t's field tile (1 unless float16).
 template <typename T, int St>
 __device__ __forceinline__ float field_unscale(const TcSmem<T, St>& sm, int t) {
@@ -749,10 +759,7 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
     for (int h = 0; h < H; ++h) {
       const int64_t ih = i0 + h * kTcTile;
       if (ih >= p.n) break;  // block-uniform: a last tile's empty half
-      if constexpr (kTileScaled<T>) {
-        if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
-        __syncthreads();
-      }
+      clear_tile_max(sm);
       tc_fields<S, 2>(p, sm, codes, need, ih, r0, z0[0], u[0], unused);  // term 0's field in z0, term 1's in u
       store_fields(sm, codes, z0[0], u[0], unused, s.terms, [](int) { return true; });
       for (int64_t ct = g0; ct < g1; ++ct) {
@@ -829,10 +836,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
     for (int h = 0; h < H; ++h) {
       const int64_t i0 = it * R + h * kTcTile;
       if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
-      if constexpr (kTileScaled<T>) {
-        if (threadIdx.x < kMaxSampleTerms) sm.tile_max()[threadIdx.x] = 0;
-        __syncthreads();
-      }
+      clear_tile_max(sm);
       tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[0], u[0], extra);
       store_fields(sm, codes, z0[0], u[0], extra, s.terms, active);
       if (g0 == 0 && threadIdx.x < kTcTile) {  // the bias columns: one thread per neuron, in sample order

@@ -13,14 +13,21 @@
 // Shared memory. k chunks of 64 elements (one 128-byte row per sample or weight row) in three ring
 // stages of 8 KiB (x: 64 rows) + 16 KiB (w0/w: 128 rows, [w0 0-31; w 0-31; w0 32-63; w 32-63]),
 // each stored K-major in the 128-byte swizzle that the descriptors name (sm90/layout.h), 1024-byte
-// aligned; the epilogue's signs and biases in static shared memory.
+// aligned; the epilogue's signs and biases and the ring's barriers in static shared memory.
 //
-// Pipeline (not warp-specialised): every thread copies its share of a chunk with 16-byte cp.async
-// (zeros past the problem's edges; element by element where d or the rows are not 16-byte aligned),
-// chunks 0 and 1 up front. Per chunk c: wait for this thread's copies of chunk c,
+// Pipeline. Where the copy engine can read x and the weights (tensor maps: d a multiple of 8,
+// 16-byte aligned rows), thread 0 issues each chunk's copies (cp.async.bulk.tensor, which writes the
+// swizzle itself and zeros past the tensors' edges) completing on the stage's full barrier, up to
+// three chunks ahead; each warpgroup waits for a stage's full barrier, issues its four wgmmas as one
+// group and waits only for the previous chunk's group (wait_group 1) before it marks that stage
+// empty, and thread 0 refills a stage once all threads have marked it. Otherwise every thread copies
+// its share of a chunk with 16-byte cp.async (element by element where d or the rows are not 16-byte
+// aligned), chunks 0 and 1 up front; per chunk c: wait for this thread's copies of chunk c,
 // fence.proxy.async (they become visible to wgmma's async proxy), a barrier (everyone's; and every
 // warpgroup has finished chunk c - 1's wgmmas, whose buffer the next copy overwrites), four wgmmas
-// committed as one group, the copies of chunk c + 2, and the wait for the wgmmas.
+// committed as one group, the copies of chunk c + 2, and the wait for the wgmmas. Neither is
+// warp-specialised: both warpgroups multiply, and two blocks per SM overlap one's epilogue with the
+// other's wgmmas.
 //
 // Other targets (sm_80, plain sm_90) compile an entry point without shared memory that traps: the
 // launch layer tells the two apart by the kernel's static shared memory (runtime.cuh) and never
@@ -31,6 +38,7 @@
 
 #include "cuda/mma_sync.cuh"
 #include "cuda/sm90/layout.h"
+#include "cuda/sm90/tma.cuh"
 #include "cuda/sm90/wgmma.cuh"
 #include "cuda/tensor_cores.cuh"
 
@@ -120,11 +128,26 @@ __device__ __forceinline__ void wgmma_done(float (&acc)[32]) {
   sm90::fence_accumulators(acc);
 }
 
+// The ring's barriers: full[s] completes when stage s's bytes have landed (one arrival, the copy
+// engine's transaction bytes), empty[s] when every thread has finished reading it (kThreads
+// arrivals, each after its warpgroup's wgmmas on it are done).
+struct WgmmaBarriers {
+  uint64_t full[WgmmaRing::stages], empty[WgmmaRing::stages];
+};
+
 // Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. as the MmaAcc blocks of this
 // warp (warp_row_block, warp_col_block). Ends with a barrier.
+//
+// With tensor maps (maps.usable), thread 0 issues each chunk's five copies (the x box, then w0 and
+// w of neurons 0-31 and 32-63) on the copy engine into a free stage, and every thread waits for a
+// stage's full barrier, issues its warpgroup's wgmmas and then waits for the previous chunk's group
+// only (wgmma.wait_group 1), which frees that chunk's stage: the tensor cores always have the next
+// chunk's wgmmas queued behind the current ones, and no block-wide barrier is taken per chunk.
+// Without (d not a multiple of 8, unaligned rows), 16-byte cp.async copies by every thread, or
+// element by element.
 template <typename T>
-__device__ void wgmma_preactivations(const Problem<T>& p, unsigned char* ring, int64_t i0, int64_t r0,
-                                     MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+__device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
+                                     unsigned char* ring, int64_t i0, int64_t r0, MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
   constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
   TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
   float acc[32];
@@ -133,7 +156,36 @@ __device__ void wgmma_preactivations(const Problem<T>& p, unsigned char* ring, i
   const uint32_t ring_addr = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
   auto stage_at = [&](int64_t c) { return static_cast<uint32_t>(c % St) * WgmmaRing::stage_bytes; };
   const int64_t chunks = (p.d + chunk - 1) / chunk;
-  if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
+  if (maps.usable) {
+    auto issue = [&](int64_t c) {  // thread 0: chunk c into its stage
+      unsigned char* const stage = ring + stage_at(c);
+      uint64_t* const full = &bars.full[c % St];
+      const int32_t k = static_cast<int32_t>(c * chunk);
+      sm90::mbarrier_arrive_expect_tx(full, WgmmaRing::stage_bytes);
+      sm90::tma_load_2d(stage, maps.x, k, static_cast<int32_t>(i0), full);
+#pragma unroll
+      for (int b = 0; b < 4; ++b)  // [w0 0-31; w 0-31; w0 32-63; w 32-63], 32 rows each
+        sm90::tma_load_2d(stage + WgmmaRing::x_bytes + b * (WgmmaRing::w_bytes / 4), b % 2 ? maps.w : maps.w0, k,
+                          static_cast<int32_t>(r0 + (b / 2) * (kTcTile / 2)), full);
+    };
+    if (threadIdx.x == 0)
+      for (int64_t c = 0; c < St && c < chunks; ++c) issue(c);
+    for (int64_t c = 0; c < chunks; ++c) {
+      sm90::mbarrier_wait(&bars.full[c % St], static_cast<uint32_t>(c / St) & 1u);
+      wgmma_chunk<T>(acc, ring_addr + stage_at(c));
+      sm90::wgmma_wait<1>();  // chunk c - 1's wgmmas are done: its stage is free
+      sm90::fence_accumulators(acc);
+      if (c > 0) {
+        const int64_t prev = c - 1;
+        sm90::mbarrier_arrive(&bars.empty[prev % St]);
+        if (threadIdx.x == 0 && prev + St < chunks) {
+          sm90::mbarrier_wait(&bars.empty[prev % St], static_cast<uint32_t>(prev / St) & 1u);
+          issue(prev + St);
+        }
+      }
+    }
+    wgmma_done(acc);
+  } else if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
 #pragma unroll
     for (int c = 0; c < St - 1; ++c) {  // one commit group per chunk, empty ones included
       if (c < chunks) wgmma_stage_chunk<true>(p, ring + stage_at(c), int64_t(c) * chunk, i0, r0);
@@ -172,19 +224,27 @@ __device__ void wgmma_preactivations(const Problem<T>& p, unsigned char* ring, i
 }
 
 template <int S, typename T>
-__device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* out) {
+__device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* out, const sm90::TileMaps& maps) {
   using Sm = TcSmem<T, WgmmaLoop::kStages>;
   __shared__ __align__(128) unsigned char fix[Sm::fixed_bytes];
-  extern __shared__ __align__(128) unsigned char dyn[];
+  __shared__ __align__(8) WgmmaBarriers bars;
+  TN_DYNAMIC_SMEM(dyn);
   unsigned char* const ring = dyn + (sm90::kAtomBytes - static_cast<uint32_t>(__cvta_generic_to_shared(dyn)) %
                                                            sm90::kAtomBytes) % sm90::kAtomBytes;
   const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   MmaCodes codes;
   MmaAcc z0[2], u[2], unused[2][2];
+  if (maps.usable && threadIdx.x == 0) {
+    for (int s = 0; s < WgmmaRing::stages; ++s) {
+      sm90::mbarrier_init(&bars.full[s], 1);
+      sm90::mbarrier_init(&bars.empty[s], kThreads);
+    }
+    sm90::mbarrier_init_fence();
+  }
   load_neurons(p, sm, r0);
-  load_codes(sm, codes);  // its barrier publishes the signs and biases
-  wgmma_preactivations(p, ring, i0, r0, z0, u);
+  load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
+  wgmma_preactivations(p, maps, bars, ring, i0, r0, z0, u);
   tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
   for_each_element(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
@@ -192,20 +252,24 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
   });
   // A series without u (order 0 alone) leaves u's accumulators unread, and ptxas then serialises
   // the wgmmas (warning C7511: a wait after each); an empty read at the end keeps them live.
+#if !TN_WGMMA_EMULATED
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
     for (int e = 0; e < MmaAcc::num_elements; ++e) asm volatile("" ::"f"(u[j].x[e]));
+#endif
 }
 
 #endif  // TN_WGMMA
 
 // S: the epilogue, a series of kSpecialised or kGenericEpilogue. WgmmaRing::dynamic_bytes of
-// dynamic shared memory.
+// dynamic shared memory. `maps`: the copy engine's tensor maps of x and the weights (a
+// __grid_constant__ parameter, which the copies name by address).
 template <typename T, int S>
-__global__ void __launch_bounds__(kThreads, 1) features_forward_wgmma_kernel(TN_PARAM(Problem<T>) p, T* out) {
+__global__ void __launch_bounds__(kThreads, 1)
+    features_forward_wgmma_kernel(TN_PARAM(Problem<T>) p, T* out, TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
-  features_forward_wgmma<S>(p, out);
+  features_forward_wgmma<S>(p, out, maps);
 #else
   __trap();
 #endif

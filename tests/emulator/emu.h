@@ -122,6 +122,16 @@ class Block {
   void sync_block() { wait(block_bar_); }
   void sync_warp() { wait(warp_bars_[me_ / 32]); }
 
+  // Lets the other fibers run until pred() holds: a wait on state that other threads (or the
+  // emulated copy engine) change, which must call progress() when they do.
+  template <typename P>
+  void wait_until(P&& pred) {
+    Fiber& f = fibers_[me_];
+    while (!pred())
+      if (!_setjmp(f.jmp)) _longjmp(scheduler_, 1);
+  }
+  void progress() { progressed_ = true; }
+
  private:
   static void entry() {
     Block& b = *current_;
@@ -177,7 +187,32 @@ inline void count_recompute(long elements) {
 // The running block's dynamic shared memory: a buffer of exactly the launch's size (AddressSanitizer
 // sees an access past it), filled with garbage.
 inline unsigned char* dynamic_smem_ptr = nullptr;
+inline size_t dynamic_smem_bytes = 0;
 inline unsigned char* dynamic_smem() { return dynamic_smem_ptr; }
+
+// The shared-memory window's address of the dynamic buffer's first byte, as __cvta_generic_to_shared
+// gives it: on the GPU the dynamic part follows the kernel's static shared memory, so it is
+// 128-byte but not necessarily 1024-byte aligned; this one is not, so that code aligning its
+// swizzled tiles to 1024 bytes does work here.
+constexpr uint32_t kDynamicSmemBase = 0x580;
+
+inline uint32_t shared_address(const void* p) {
+  const auto* b = static_cast<const unsigned char*>(p);
+  if (!dynamic_smem_ptr || b < dynamic_smem_ptr || b >= dynamic_smem_ptr + dynamic_smem_bytes)
+    fail("__cvta_generic_to_shared of an address outside the block's dynamic shared memory");
+  return kDynamicSmemBase + static_cast<uint32_t>(b - dynamic_smem_ptr);
+}
+// The dynamic shared memory at window address `addr`, `bytes` of it, which must lie in the buffer.
+inline const unsigned char* shared_bytes(uint32_t addr, uint32_t bytes, const char* what) {
+  if (addr < kDynamicSmemBase || addr + bytes > kDynamicSmemBase + dynamic_smem_bytes) fail(what);
+  return dynamic_smem_ptr + (addr - kDynamicSmemBase);
+}
+
+// Checks run after every block (e.g. that no asynchronous operation is left in flight).
+inline std::vector<void (*)()>& block_end_checks() {
+  static std::vector<void (*)()> checks;
+  return checks;
+}
 
 // Runs `kernel` for every block of `grid`, blocks in order.
 inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) {
@@ -187,9 +222,12 @@ inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) 
         unsigned char* dyn = smem ? static_cast<unsigned char*>(::operator new(smem, std::align_val_t(128))) : nullptr;
         if (dyn) std::memset(dyn, 0xA5, smem);
         dynamic_smem_ptr = dyn;
+        dynamic_smem_bytes = smem;
         auto blk = std::make_unique<Block>(uint3{x, y, z}, kernel);
         blk->run();
+        for (auto check : block_end_checks()) check();
         dynamic_smem_ptr = nullptr;
+        dynamic_smem_bytes = 0;
         if (dyn) ::operator delete(dyn, std::align_val_t(128));
       }
 }
@@ -208,6 +246,7 @@ inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) 
 #define threadIdx (tn_emu::self.thread)
 #define blockIdx (tn_emu::self.block)
 inline void __syncthreads() { tn_emu::sync_block(); }
+inline size_t __cvta_generic_to_shared(const void* p) { return tn_emu::shared_address(p); }
 [[noreturn]] inline void __trap() { tn_emu::fail("__trap"); }
 inline int __float_as_int(float v) {
   int i;

@@ -11,6 +11,7 @@
 //     cases, two small ones (--small), or K seeded random ones (--random); exit status 1 if any fails
 #include "runtime.h"
 #include "mma.h"
+#include "wgmma.h"
 
 #include "cuda/launch.cuh"
 
@@ -173,7 +174,7 @@ struct Case {
   }
 
   Case(Shape s, Config c, Mainloop ml, uint64_t sd)
-      : sh(s), cf(c), path(ml), tc(ml == Mainloop::kMma || ml == Mainloop::kWmma), plan(c.act, c.orders, c.exact, true), seed(sd) {
+      : sh(s), cf(c), path(ml), tc(ml == Mainloop::kMma || ml == Mainloop::kWmma || ml == Mainloop::kWgmma), plan(c.act, c.orders, c.exact, true), seed(sd) {
     std::mt19937_64 rng(sd);
     const double rd = 1.0 / std::sqrt(static_cast<double>(std::max<int64_t>(s.d, 1)));
     x = Data<T>(s.n * s.d, rng, 1.0);
@@ -218,7 +219,10 @@ struct Case {
     pd.scale[1] = scale() * scale();
     pd.gout[0] = gout[0].v.data();
     pd.gout[1] = gout[1].v.data();
-    const char* mode = ml == Mainloop::kMma ? "/mma" : (ml == Mainloop::kWmma ? "/wmma" : "/simt");
+    const char* mode = ml == Mainloop::kWgmma ? "/wgmma"
+                       : ml == Mainloop::kMma ? "/mma"
+                       : ml == Mainloop::kWmma ? "/wmma"
+                                               : "/simt";
     name = std::string(type_name<T>()) + mode + " n=" + std::to_string(s.n) + " d=" + std::to_string(s.d) +
            " m=" + std::to_string(s.m) + " c=" + std::to_string(s.c) + " " + kActNames[static_cast<int>(c.act)] +
            (c.exact ? " exact" : " K=" + orders_text(c.orders)) + (c.moments ? " moments" : "") +
@@ -405,8 +409,9 @@ bool run_op(const std::string& what, F&& f) {
   }
 }
 
+// without_maps: on wgmma, the features a second time without tensor maps (its cp.async staging)
 template <typename T>
-void check_forward(Case<T>& cs) {
+void check_forward(Case<T>& cs, bool without_maps = true) {
   const Shape s = cs.sh;
   const double tol = tolerance<T>(cs.tc);
   const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, false);  // as prepare() builds it for a forward
@@ -414,14 +419,27 @@ void check_forward(Case<T>& cs) {
   const Context ctx = cs.context(ws);
   const Reference<T> ref(cs);
   if (!cs.cf.moments) {
-    std::vector<T> out = garbage<T>(s.n * s.m);
-    if (run_op(cs.name + " features", [&] { features_forward(cs.operands(plan, true), out.data(), ctx); })) {
+    // wgmma: with the copy engine's tensor maps where d allows them, and again without (cp.async)
+    for (const bool maps : {true, false}) {
+      if (!maps && (!without_maps || cs.path != Mainloop::kWgmma || s.d % 8 != 0)) break;
+      Context with = ctx;
+      with.tensor_copies = maps;
+      const std::string what = cs.name + (maps ? " features" : " features (no tensor maps)");
+      std::vector<T> out = garbage<T>(s.n * s.m);
+      const size_t from = tn_emu::binary.recomputes.size();
+      if (!run_op(what, [&] { features_forward(cs.operands(plan, true), out.data(), with); })) continue;
+      if (cs.path == Mainloop::kWgmma) {  // not its stand-in
+        const auto& log = tn_emu::binary.recomputes;
+        expect(what + " ran the wgmma kernel", std::any_of(log.begin() + from, log.end(), [](const auto& l) {
+                 return l.first.rfind("features_forward_wgmma_kernel", 0) == 0;
+               }));
+      }
       std::vector<double> want(out.size()), mag(out.size());
       for (size_t e = 0; e < out.size(); ++e) {
         want[e] = ref.F[kPhi0][e];
         mag[e] = std::abs(want[e]);
       }
-      report(cs.name + " features", max_rel_err(out, want, mag), tol);
+      report(what, max_rel_err(out, want, mag), tol);
     }
   }
   std::vector<T> out = garbage<T>(s.n * s.c), var = garbage<T>(s.n * s.c);
@@ -675,7 +693,8 @@ double passes(const std::string& family, size_t from, int64_t elements) {
 // kernels' three staged k chunks (46080 bytes, against wmma's two: 30720) leave room for fewer
 // column tiles of accumulators where a reduction has fewer than four terms: 10 instead of 11 on
 // sm_90, 6 instead of 7 on sm_80; their sample_sum's chunks of 128 samples (61440 bytes) for 9 on
-// sm_90 and 5 on sm_80, where d = 1024 then takes four column groups instead of three.
+// sm_90 and 5 on sm_80, where d = 1024 then takes four column groups instead of three. wgmma runs
+// the forward's features only; its reductions are mma.sync's.
 struct PassCase {
   const char* path;
   int64_t smem;
@@ -691,7 +710,9 @@ constexpr PassCase kPassCases[] = {
     {"f32/wmma", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},   {"bf16/mma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
     {"bf16/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"bf16/mma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
     {"bf16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},   {"bf16/mma", kSmemSm80, 1024, 4, 7, 7, 3, 7, 3},
-    {"f16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"f32/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"f16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"bf16/wgmma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
+    {"bf16/wgmma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},  {"bf16/wgmma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
+    {"bf16/wgmma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2}, {"f16/wgmma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"f32/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
     {"f32/mma", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},     {"f32/mma", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},
     {"f32/simt", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
     {"f32/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
@@ -715,7 +736,7 @@ void check_passes(Mainloop ml, const std::string& filter) {
       Case<T> cs(s, c, ml, 7 + pc.d);
       auto& log = tn_emu::binary.recomputes;
       size_t from = log.size();
-      check_forward(cs);  // outputs checked too
+      check_forward(cs, false);  // outputs checked too
       const std::string fw = name + (moments ? " moments" : " net") + " forward";
       if (!moments) expect(fw + ": features 1 pass", passes("features_forward", from, elements) == 1.0);
       expect(fw + ": readout 1 pass", passes("neuron_sum", from, elements) == 1.0,
@@ -996,7 +1017,7 @@ int main(int argc, char** argv) {
     else if (arg == "--random" && a + 1 < argc) random = std::atoi(argv[++a]);
     else filter = arg;
   }
-  const auto X = Mainloop::kMma, W = Mainloop::kWmma, S = Mainloop::kSimt;
+  const auto G = Mainloop::kWgmma, X = Mainloop::kMma, W = Mainloop::kWmma, S = Mainloop::kSimt;
   auto run_all = [&](const Shape& s, const Config& c, uint64_t seed, bool extra_masks) {
     run<double>(s, c, S, seed, filter, extra_masks);
     run<float>(s, c, S, seed, filter, extra_masks);
@@ -1004,6 +1025,12 @@ int main(int argc, char** argv) {
       run<float>(s, c, tc, seed, filter, extra_masks);
       run<__half>(s, c, tc, seed, filter, extra_masks);
       run<__nv_bfloat16>(s, c, tc, seed, filter, extra_masks);
+    }
+    // wgmma: the features forward (its only kernel; the rest on its stand-in, mma.sync), on the
+    // shared memory of the GPUs that run sm_90a (the tight one does not hold its ring)
+    if (c.smem != kSmemTight) {
+      run<__half>(s, c, G, seed, filter, extra_masks);
+      run<__nv_bfloat16>(s, c, G, seed, filter, extra_masks);
     }
   };
   if (random > 0) {
@@ -1050,6 +1077,10 @@ int main(int argc, char** argv) {
         run_specialised<__half>(tc, filter);
         run_specialised<__nv_bfloat16>(tc, filter);
       }
+      run_masks<__half>(G, filter);
+      run_masks<__nv_bfloat16>(G, filter);
+      run_specialised<__half>(G, filter);
+      run_specialised<__nv_bfloat16>(G, filter);
     }
     if (!small) {
       check_passes<double>(S, filter);
@@ -1059,6 +1090,8 @@ int main(int argc, char** argv) {
         check_passes<__half>(tc, filter);
         check_passes<__nv_bfloat16>(tc, filter);
       }
+      check_passes<__half>(G, filter);
+      check_passes<__nv_bfloat16>(G, filter);
     }
     check_host(filter);
     check_tanh_sech2<float>(filter);

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "emu.h"
+#include "tma.h"
 #include "cuda/launch.h"
 
 namespace tn_emu {
@@ -22,6 +23,7 @@ namespace tn_emu {
 // The emulated GPU's binary: the code architecture of every kernel (0: none) and what it was built for.
 struct Binary {
   int code_arch = 90;
+  int sm90a_code_arch = 90;  // of the wgmma kernels (0: built without sm_90a)
   std::vector<int> built = {80, 90};
   long launches = 0;  // kernel launches so far
   // per launch: the kernel's name and the (sample tile, neuron tile) recomputations it ran
@@ -35,9 +37,15 @@ namespace tn::cuda {
 
 inline std::vector<int> built_archs() { return tn_emu::binary.built; }
 
-// The emulator runs no sm_90a code (wgmma): such kernels have none here.
+// sm_90a kernels (wgmma) run on the emulator's model of their instructions (wgmma.h) where the
+// binary holds sm_90a code.
 inline int kernel_code_arch(const void*, const std::string&, const Device&, bool sm90a = false) {
-  return sm90a ? 0 : tn_emu::binary.code_arch;
+  return sm90a ? tn_emu::binary.sm90a_code_arch : tn_emu::binary.code_arch;
+}
+
+// The tensor maps of the wgmma kernel's copies, in the emulator's own encoding (tma.h).
+inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, int64_t rows, uint32_t box_rows) {
+  return tn_emu::encode_tile_map(map, base, inner, rows, box_rows);
 }
 
 template <typename... P, typename... A>

@@ -2,7 +2,8 @@
 // memory (bf16 or fp16, f32 accumulators in registers), its asynchronous-group controls, and the
 // proxy fence that makes ordinary shared-memory writes (cp.async, st.shared) visible to it. Device
 // code only where __CUDA_ARCH_FEAT_SM90_ALL is defined (-gencode=arch=compute_90a,code=sm_90a):
-// callers compile nothing of this for other targets.
+// callers compile nothing of this for other targets. The CPU emulator (TN_CUDA_EMULATOR, host code)
+// runs the same calls on its model of the instructions (tests/emulator/wgmma.h).
 #pragma once
 
 #include <cuda_bf16.h>
@@ -13,13 +14,33 @@
 
 #if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
 #define TN_WGMMA 1
+#define TN_WGMMA_EMULATED 0
+#elif defined(TN_CUDA_EMULATOR) && !defined(__CUDA_ARCH__)
+#define TN_WGMMA 1
+#define TN_WGMMA_EMULATED 1
 #else
 #define TN_WGMMA 0
 #endif
 
 namespace tn::cuda::sm90 {
 
-#if TN_WGMMA
+#if TN_WGMMA && TN_WGMMA_EMULATED
+
+__forceinline__ void wgmma_fence() { tn_emu::wgmma_fence(); }
+__forceinline__ void wgmma_commit() { tn_emu::wgmma_commit(); }
+template <int Pending>
+__forceinline__ void wgmma_wait() {
+  tn_emu::wgmma_wait(Pending);
+}
+__forceinline__ void fence_proxy_async() {}
+template <int N>
+__forceinline__ void fence_accumulators(float (&)[N]) {}
+template <typename T>
+__forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b) {
+  tn_emu::wgmma_m64n64k16<T>(d, a, b);
+}
+
+#elif TN_WGMMA
 
 // Orders this thread's register accesses before the wgmmas that follow (required before the
 // first wgmma of a batch, and whenever the accumulators were touched since the last one).
@@ -78,6 +99,6 @@ __device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint
 #undef TN_ACC8
 #undef TN_WGMMA_D32
 
-#endif  // TN_WGMMA
+#endif  // TN_WGMMA && TN_WGMMA_EMULATED, TN_WGMMA
 
 }  // namespace tn::cuda::sm90
