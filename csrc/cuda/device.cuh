@@ -282,6 +282,16 @@ __device__ __forceinline__ void inner_tile_range(int64_t tiles, int64_t per_spli
 #define TN_COUNT_RECOMPUTE(p, i0, r0, rows, cols) ((void)0)
 #endif
 
+// A write of shared memory through the generic proxy (a plain store, cp.async) that the
+// asynchronous proxy (wgmma's operand reads) reads next: the CPU emulator records it and requires a
+// fence.proxy.async of the writing thread before any wgmma reads those bytes. Compiled out of the
+// device code.
+#ifdef TN_CUDA_EMULATOR
+#define TN_GENERIC_SMEM_WRITE(ptr, bytes) tn_emu::generic_smem_write(ptr, bytes)
+#else
+#define TN_GENERIC_SMEM_WRITE(ptr, bytes) ((void)0)
+#endif
+
 // The reductions' dynamic shared memory (their accumulators for a group of column tiles), sized at
 // launch; the emulator hands each block a buffer of exactly that size.
 #ifdef TN_CUDA_EMULATOR

@@ -96,6 +96,7 @@ __device__ __forceinline__ void wgmma_stage_chunk(const Problem<T>& p, unsigned 
       unsigned char* dst = target(row, v * 16);
       if (src) copy16_async(dst, src);
       else *reinterpret_cast<uint4*>(dst) = make_uint4(0, 0, 0, 0);
+      TN_GENERIC_SMEM_WRITE(dst, 16);
     }
   } else {
     constexpr int chunk = kWgmmaChunk<T>;
@@ -103,7 +104,9 @@ __device__ __forceinline__ void wgmma_stage_chunk(const Problem<T>& p, unsigned 
     for (int e = threadIdx.x; e < rows * chunk; e += kThreads) {  // consecutive threads: consecutive k
       const int row = e / chunk, k = e % chunk;
       const T* src = source(row, k0 + k);
-      *reinterpret_cast<T*>(target(row, k * static_cast<uint32_t>(sizeof(T)))) = src ? *src : zero;
+      T* const dst = reinterpret_cast<T*>(target(row, k * static_cast<uint32_t>(sizeof(T))));
+      *dst = src ? *src : zero;
+      TN_GENERIC_SMEM_WRITE(dst, sizeof(T));
     }
   }
 }

@@ -93,13 +93,24 @@ struct Data {
   }
 };
 
+// The largest finite value of T.
+template <typename T>
+double max_finite() {
+  if constexpr (std::is_same_v<T, __half>) return 65504.0;
+  else if constexpr (std::is_same_v<T, __nv_bfloat16>) return 3.3895313892515355e38;
+  else return static_cast<double>(std::numeric_limits<T>::max());
+}
+
 // max |got - want| over the largest magnitude: of the sums of the terms' magnitudes (`mag`), the
-// scale of a sum's rounding error however much its terms cancel.
+// scale of a sum's rounding error however much its terms cancel. An infinity is right only where
+// the exact value lies past T's range (less the checks' 3 % tolerance), with its sign: float16
+// outputs of exp's moments reach that on small problems.
 template <typename T>
 double max_rel_err(const std::vector<T>& got, const std::vector<double>& want, const std::vector<double>& mag) {
   double err = 0, scale = 1e-300;
   for (size_t i = 0; i < want.size(); ++i) {
     const double g = to_double(got[i]);
+    if (std::isinf(g) && std::abs(want[i]) > 0.97 * max_finite<T>() && (g > 0) == (want[i] > 0)) continue;
     if (!std::isfinite(g)) return INFINITY;
     err = std::max(err, std::abs(g - want[i]));
     scale = std::max(scale, std::abs(mag[i]));

@@ -14,8 +14,12 @@
 // (.sync.aligned), a wgmma after a wait needs a wgmma.fence first, and no thread may leave a block
 // with wgmmas in flight.
 //
-// Not modelled: fence.proxy.async (shared-memory writes are visible to wgmma at once here) and the
-// instruction's internal rounding (products are summed in float).
+// Proxies. The kernels mark their generic-proxy writes of shared memory that wgmma reads
+// (TN_GENERIC_SMEM_WRITE: cp.async and plain stores of the operand tiles); a wgmma whose operand
+// bytes a thread wrote without a fence.proxy.async since fails. (The copy engine writes in the
+// asynchronous proxy: its copies need none.)
+//
+// Not modelled: the instruction's internal rounding (products are summed in float).
 #pragma once
 
 #include <cstdint>
@@ -74,6 +78,7 @@ struct Op {
 };
 
 struct ThreadState {
+  std::vector<std::pair<uintptr_t, uintptr_t>> unfenced;  // generic-proxy writes [begin, end) since a fence
   std::vector<Op> open;                 // issued since the last commit
   std::deque<std::vector<Op>> groups;   // committed, not yet complete
   std::vector<std::pair<float*, std::vector<float>>> regs;  // accumulators in flight: their values at issue
@@ -106,6 +111,19 @@ inline float element(uint16_t bits, bool bf16) {
   __half h;
   std::memcpy(&h, &bits, 2);
   return __half2float(h);
+}
+
+// Fails if a thread wrote bytes of the operand at desc through the generic proxy without a proxy
+// fence since (the operand spans 8 groups of 8 rows, SBO apart, from its start address).
+inline void check_fenced(uint64_t desc) {
+  const uint32_t start = static_cast<uint32_t>(desc & 0x3FFF) << 4;
+  const uint32_t sbo = static_cast<uint32_t>((desc >> 32) & 0x3FFF) << 4;
+  const auto lo =
+      reinterpret_cast<uintptr_t>(shared_bytes(start & ~1023u, 1, "wgmma operand outside the shared memory"));
+  const uintptr_t hi = lo + (kM / 8) * sbo;
+  for (const ThreadState& t : block().thread)
+    for (const auto& [b, e] : t.unfenced)
+      if (b < hi && e > lo) fail("wgmma reads shared memory that a thread wrote without fence.proxy.async since");
 }
 
 inline std::vector<float>* in_flight(ThreadState& s, float* d) {
@@ -147,12 +165,21 @@ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b) {
   else if (log[s.issued].a != a || log[s.issued].b != b || log[s.issued].bf16 != bf16)
     fail("the threads of a warpgroup issued different wgmmas (.sync.aligned)");
   ++s.issued;
+  wg::check_fenced(a);
+  wg::check_fenced(b);
   std::vector<float>* at_issue = wg::in_flight(s, d);
   if (!at_issue) s.regs.emplace_back(d, std::vector<float>(d, d + 32));
   else if (std::memcmp(at_issue->data(), d, sizeof(d)) != 0)
     fail("accumulator registers written while a wgmma on them was in flight");
   s.open.push_back({d, a, b, wg::Operand::read(a), wg::Operand::read(b), bf16});
 }
+
+inline void generic_smem_write(const void* p, size_t bytes) {
+  const auto b = reinterpret_cast<uintptr_t>(p);
+  wg::block().thread[self.thread.x].unfenced.emplace_back(b, b + bytes);
+}
+
+inline void fence_proxy_async() { wg::block().thread[self.thread.x].unfenced.clear(); }
 
 inline void wgmma_commit() {
   wg::ThreadState& s = wg::block().thread[self.thread.x];

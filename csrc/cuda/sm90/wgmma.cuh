@@ -32,7 +32,7 @@ template <int Pending>
 __forceinline__ void wgmma_wait() {
   tn_emu::wgmma_wait(Pending);
 }
-__forceinline__ void fence_proxy_async() {}
+__forceinline__ void fence_proxy_async() { tn_emu::fence_proxy_async(); }
 template <int N>
 __forceinline__ void fence_accumulators(float (&)[N]) {}
 template <typename T>
