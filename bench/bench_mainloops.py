@@ -10,9 +10,9 @@ docs/cuda.md) is timed with CUDA events, and its output and dW are compared with
 mainloop (float32 arithmetic on bf16 inputs), so a mainloop that is fast but wrong shows at once. The
 rate is 10nmd FLOPs per step (two products forward, both again and the dW product backward) against
 an 8192^3 torch.mm in the same dtype, measured in the same run. `--op features` times the
-taylor_features forward instead (4nmd FLOPs, an n x m output: take a smaller m), the one op with a
-wgmma kernel; a name with "+cp.async" runs that mainloop with TAYLORNET_CUDA_TMA=0 (the wgmma kernel
-staging with cp.async instead of the copy engine). A name the library does not know, or
+taylor_features forward instead (4nmd FLOPs, an n x m output: take a smaller m). A name with
+"+cp.async" runs that mainloop with TAYLORNET_CUDA_TMA=0 (the wgmma kernels staging with cp.async
+instead of the copy engine). A name the library does not know, or
 a mainloop that cannot run this case here, is recorded as such. The JSON is rewritten after every
 mainloop, so a run cut short keeps what it measured.
 """

@@ -145,8 +145,9 @@ def test_tensor_core_tile_edges(n, d, m, c, op, precision, mainloop, monkeypatch
     check_against_same_precision(p, op, precision, activation="gelu", order=3, sign_seed=SIGN_SEED)
 
 
-# The wgmma mainloop (sm_90a) has a kernel of the features forward for bfloat16 and float16; every
-# other kernel runs its stand-in, mma.sync, under TAYLORNET_CUDA_MAINLOOP=wgmma.
+# The wgmma mainloop (sm_90a) has kernels of the features forward and of the reductions (every
+# other op) for bfloat16 and float16; float32 runs its stand-in, mma.sync, under
+# TAYLORNET_CUDA_MAINLOOP=wgmma.
 def wgmma_device() -> bool:
     return torch.cuda.get_device_capability() == (9, 0)
 
@@ -164,7 +165,7 @@ needs_wgmma = pytest.mark.skipif(not torch.cuda.is_available() or not wgmma_devi
 def test_wgmma_features_forward(n, d, m, activation, order, precision, monkeypatch):
     # Tile edges in every direction, d not a multiple of the 8-element vectors (the element-wise
     # staging: 33, 5), one k chunk (64), the three-stage ring round several times (1100), every
-    # specialised epilogue and the generic one. The gradients run mma.sync (the stand-in).
+    # specialised epilogue and the generic one; the gradients on the wgmma reductions.
     monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
     p = make_problem(n=n, d=d, m=m, c=1, bias=True)
     check_against_same_precision(p, "features", precision, activation=activation, order=order, sign_seed=SIGN_SEED)
@@ -187,6 +188,44 @@ def test_wgmma_features_forward_matches_mma(precision, monkeypatch):
     assert_close_verbose(outs["wgmma1"], outs["mma1"], atol=4e-3 * scale, rtol=2 ** -6, name="wgmma vs mma")
     # the copy engine's tiles and cp.async's are the same bytes in shared memory: the same wgmmas
     assert torch.equal(outs["wgmma1"], outs["wgmma0"]), "wgmma with tensor copies vs with cp.async"
+
+
+@needs_wgmma
+@pytest.mark.parametrize("n,d,m,c", [(70, 33, 150, 3), (260, 72, 200, 2), (130, 1100, 90, 1), (4099, 8, 67, 17)])
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+@pytest.mark.parametrize("op", ["net", "moments"])
+def test_wgmma_reductions(n, d, m, c, op, precision, monkeypatch):
+    # The net's readout and every gradient on the wgmma reductions: the ring round several neuron
+    # and sample tiles per block (260 x 200), several k chunks per tile (72, 1100), cp.async
+    # staging (d = 33), a readout over a column tile (c = 17).
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
+    p = make_problem(n=n, d=d, m=m, c=c, bias=True)
+    check_against_same_precision(p, op, precision, activation="tanh", order=2, sign_seed=SIGN_SEED)
+
+
+@needs_wgmma
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+def test_wgmma_reductions_match_mma(precision, monkeypatch):
+    # Without splits (deterministic: one atomic add per output element), wgmma with tensor copies and
+    # with cp.async multiply the same bytes in the same order: bit for bit the same gradients.
+    dtype = PRECISIONS[precision][0]
+    p = on(make_problem(n=300, d=200, m=260, c=2, bias=True), "cuda", dtype)
+    w = p["w"].clone().requires_grad_()
+    cot = torch.randn(300, 2, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(3))
+    outs = {}
+    with deterministic():
+        for mainloop, tma in (("mma", "1"), ("wgmma", "1"), ("wgmma", "0")):
+            monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
+            monkeypatch.setenv("TAYLORNET_CUDA_TMA", tma)
+            y = tn.taylor_net(p["x"], p["w0"], w, p["a"], b0=p["b0"], b=p["b"], activation="tanh", order=2,
+                              sign_seed=SIGN_SEED)
+            (dw,) = torch.autograd.grad(y, [w], cot)
+            outs[mainloop + tma] = (y.float(), dw.float())
+    for i, name in enumerate(("output", "dW")):
+        scale = outs["mma1"][i].abs().max().item()
+        assert_close_verbose(outs["wgmma1"][i], outs["mma1"][i], atol=4e-3 * scale, rtol=2 ** -6,
+                             name=f"wgmma vs mma {name}")
+        assert torch.equal(outs["wgmma1"][i], outs["wgmma0"][i]), f"{name}: wgmma with tensor copies vs cp.async"
 
 
 def test_tensor_copy_switch_takes_0_or_1(monkeypatch):

@@ -24,7 +24,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
 # dtype/mainloop: float32 runs as TF32 on the tensor-core mainloops (mma.sync and wmma); wgmma has
-# a kernel for the 16-bit features forward and runs the rest on mma.sync.
+# kernels for float16 and bfloat16 only.
 PATHS = ["f64/simt", "f32/simt", "f32/mma", "f16/mma", "bf16/mma", "f32/wmma", "f16/wmma", "bf16/wmma",
          "f16/wgmma", "bf16/wgmma"]
 # Built binaries, one per hash of everything that goes into them (TAYLORNET_EMULATOR_CACHE overrides).

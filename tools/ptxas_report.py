@@ -14,7 +14,7 @@ loads UTMALDG (cp.async.bulk.tensor). Out-of-line device functions
 features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
 stores, or out-of-line subroutines, or if a kernel of the mma.sync mainloop (tag MmaLoop) lacks
 HMMA or LDSM instructions (or there is no such kernel for sm_80), or if a kernel of the wgmma
-mainloop (features_forward_wgmma_kernel) lacks HGMMA, UTMALDG or static shared memory in its sm_90a code (or
+mainloop (the *_wgmma_kernel entry points) lacks HGMMA, UTMALDG or static shared memory in its sm_90a code (or
 there is no such kernel where the build has sm_90a code), or has static shared memory in the entry
 points of other targets (the launch layer tells the sm_90a code from them by it); it then also
 needs the SASS (cuobjdump on PATH and the objects).

@@ -27,7 +27,7 @@ inline const char* dtype_name(DType t) {
 
 // The mainloops, in order of preference. kAuto is a request only: the first one that can run.
 enum class Mainloop : int {
-  kWgmma = 0,  // tensor cores through wgmma from shared memory (sm_90a): the features forward, bf16, fp16
+  kWgmma = 0,  // tensor cores through wgmma from shared memory (sm_90a): bf16, fp16
   kMma,      // tensor cores through mma.sync and ldmatrix (sm_80+): bf16, fp16, float32 as TF32
   kWmma,     // tensor cores through wmma fragments (sm_80+): the same dtypes
   kSimt,     // CUDA cores: every dtype, every GPU
@@ -110,8 +110,8 @@ struct KernelQuery {
   // Per mainloop, the architecture the code loaded for this GPU was compiled for (the kernel's
   // cudaFuncAttributes::ptxVersion, which __CUDA_ARCH__ saw); 0 where the binary holds none.
   int code_arch[kNumMainloops] = {};
-  // Per mainloop, whether the kernel family has a kernel of it for this dtype at all (wgmma: the
-  // features forward of bf16 and fp16 only); where not, its stand-in runs.
+  // Per mainloop, whether the kernel family has a kernel of it for this dtype at all (wgmma: bf16
+  // and fp16 only); where not, its stand-in runs.
   bool has_kernel[kNumMainloops] = {true, true, true, true};
   static_assert(kNumMainloops == 4, "one has_kernel entry per mainloop");
   std::vector<int> built;  // the architectures the binary was built for (for messages)

@@ -151,6 +151,14 @@ template <typename T, int... S>
 auto features_wgmma_kernels(std::integer_sequence<int, S...>) {
   return std::array{&features_forward_wgmma_kernel<T, kGenericEpilogue>, &features_forward_wgmma_kernel<T, S>...};
 }
+template <typename T, int... S>
+auto neuron_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_wgmma_kernel<T, kGenericEpilogue>, &neuron_sum_wgmma_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto sample_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&sample_sum_wgmma_kernel<T, kGenericEpilogue>, &sample_sum_wgmma_kernel<T, S>...};
+}
 using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
 
 // A kernel family's tensor-core kernels for one epilogue (null for float64), and the mainloop's tag
@@ -177,12 +185,24 @@ struct SampleSumTc {
   static auto table() { return sample_sum_tc_kernels<M, T>(SpecialisedSeq{}); }
 };
 
-// Calls f(tag) with the tag of tensor-core mainloop m (kMma or kWmma; the reductions have no wgmma
-// kernels, and the choice gives them its stand-in, kMma).
+// Calls f(tag) with the tag of tensor-core mainloop m, kMma or kWmma (the wgmma kernels are
+// launched on their own).
 template <typename F>
 void with_tc_mainloop(Mainloop m, F&& f) {
   if (m == Mainloop::kMma) f(MmaLoop{});
   else f(WmmaLoop{});
+}
+
+// The copy engine's maps of x (n rows) and of the weights for the wgmma ring: one 64-row box of x
+// and four 32-row boxes of w0, w per chunk (WgmmaRing). Not usable where the driver refuses them
+// or TAYLORNET_CUDA_TMA=0: the kernels then stage with cp.async.
+template <typename T>
+sm90::TileMaps wgmma_tile_maps(const Problem<T>& p, const T* x, int64_t n, const Context& ctx) {
+  sm90::TileMaps maps;
+  maps.usable = ctx.tensor_copies && encode_tile_map(maps.x, x, p.d, n, kTcTile) &&
+                encode_tile_map(maps.w0, p.w0, p.d, p.m, kTcTile / 2) &&
+                encode_tile_map(maps.w, p.w, p.d, p.m, kTcTile / 2);
+  return maps;
 }
 
 // The sample rows of a features_forward block on mainloop m (its neurons: 64 on tensor cores, as
@@ -264,9 +284,10 @@ acc_t<T>* accumulator(void* out, int64_t count, const Context& ctx) {
 template <typename T>
 int sample_tile_rows(Mainloop m, int slot) {
   if (m == Mainloop::kSimt) return tile<acc_t<T>>();
-  int rows = kTcTile;
+  int rows = kTcTile;  // wgmma: 64
   if constexpr (kHasTensorCoreKernels<T>) {
-    with_tc_mainloop(m, [&](auto tag) { rows = sample_sum_rows<decltype(tag), T>(slot != 0); });
+    if (m != Mainloop::kWgmma)
+      with_tc_mainloop(m, [&](auto tag) { rows = sample_sum_rows<decltype(tag), T>(slot != 0); });
   }
   return rows;
 }
@@ -279,8 +300,14 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
                            int rows = kTcTile, int acc_rows = kTcTile) {
   int64_t fixed = 0, per_tile = 0;
   const bool tc = m != Mainloop::kSimt;
+  if constexpr (kHasWgmmaKernels<T>) {
+    if (m == Mainloop::kWgmma) {
+      fixed = WgmmaReduceSmem<T>::fixed(fields);
+      per_tile = slots * WgmmaReduceSmem<T>::acc_tile_bytes;
+    }
+  }
   if constexpr (kHasTensorCoreKernels<T>) {
-    if (tc) {
+    if (tc && m != Mainloop::kWgmma) {
       with_tc_mainloop(m, [&](auto tag) {
         constexpr int St = decltype(tag)::kStages;
         fixed = rows == 2 * kTcTile ? TcReduceSmem<T, St, 2 * kTcTile>::fixed(fields)
@@ -307,7 +334,9 @@ template <typename T>
 void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   const std::string family = kernel_name<T>("neuron_sum");
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), tc_kernels<NeuronSumTc, T>(slot));
+  TcKernels kernels = tc_kernels<NeuronSumTc, T>(slot);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
   const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, s.slots(), ceil_div(s.ncols, B), ctx);
@@ -344,6 +373,13 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
   const int64_t gx = ceil_div(p.n, tall ? 2 * kTcTile : B), tiles = ceil_div(p.m, B);
   const SplitLaunch l =
       split_launch(gx, use.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * use.groups, tiles));
+  if constexpr (kHasWgmmaKernels<T>) {
+    if (k.mainloop == Mainloop::kWgmma) {
+      launch(kernel_name<T>("neuron_sum_wgmma_kernel"), neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
+             use.smem, ctx, p, s, l.tiles_per_split, use.group_tiles, wgmma_tile_maps(p, p.x, p.n, ctx));
+      return;
+    }
+  }
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
       with_tc_mainloop(k.mainloop, [&](auto tag) {
@@ -367,7 +403,9 @@ template <typename T>
 void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Context& ctx) {
   if (p.n == 0 || p.m == 0 || s.terms == 0) return;
   const std::string family = kernel_name<T>("sample_sum");
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), tc_kernels<SampleSumTc, T>(slot));
+  TcKernels kernels = tc_kernels<SampleSumTc, T>(slot);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int B = tc ? kTcTile : tile<acc_t<T>>(), rows = sample_tile_rows<T>(k.mainloop, slot);
   const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, 1, s.tiles(B), ctx, rows);
@@ -386,6 +424,13 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   }
   const int64_t gx = ceil_div(p.m, B), tiles = ceil_div(p.n, rows);
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
+  if constexpr (kHasWgmmaKernels<T>) {
+    if (k.mainloop == Mainloop::kWgmma) {
+      launch(kernel_name<T>("sample_sum_wgmma_kernel"), sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
+             g.smem, ctx, p, s, l.tiles_per_split, g.group_tiles, wgmma_tile_maps(p, p.x, p.n, ctx));
+      return;
+    }
+  }
   if constexpr (kHasTensorCoreKernels<T>) {
     if (tc) {
       with_tc_mainloop(k.mainloop, [&](auto tag) {
@@ -423,14 +468,8 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
-        // The copy engine's maps of this slab of x and of the weights: one 64-row box of x and four
-        // 32-row boxes of w0, w per chunk (WgmmaRing).
-        sm90::TileMaps maps;
-        maps.usable = ctx.tensor_copies && encode_tile_map(maps.x, q.x, p.d, q.n, kTcTile) &&
-                      encode_tile_map(maps.w0, p.w0, p.d, p.m, kTcTile / 2) &&
-                      encode_tile_map(maps.w, p.w, p.d, p.m, kTcTile / 2);
         launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
-               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m, maps);
+               grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m, wgmma_tile_maps(p, q.x, q.n, ctx));
         continue;
       }
     }

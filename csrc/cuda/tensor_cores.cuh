@@ -130,17 +130,19 @@ template <typename M, typename T>
 using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
 
 // The reductions' dynamic shared memory: the fixed part, the work region (stage 1's chunks for
-// `Rows` samples, as TcTallSmem, sized for the field tiles of 64 samples too) and the float
-// accumulators of the block's column tiles ([row][col], one 64 x 64 tile per column tile and
-// accumulator slot), which live across the whole inner loop.
-template <typename T, int Stages, int Rows = kTcTile>
+// `Rows` samples, as TcTallSmem, or the `Stage1Bytes` of another mainloop's stage 1 where more;
+// sized for the field tiles of 64 samples too) and the float accumulators of the block's column
+// tiles ([row][col], one 64 x 64 tile per column tile and accumulator slot), which live across the
+// whole inner loop.
+template <typename T, int Stages, int Rows = kTcTile, int64_t Stage1Bytes = 0>
 struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
   using Base = TcTallSmem<T, Stages, Rows>;
   static constexpr int64_t field_bytes = int64_t(kTcTile) * Base::ld_mix * sizeof(T);
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
+  static constexpr int64_t stage1_bytes = Base::shared_bytes > Stage1Bytes ? Base::shared_bytes : Stage1Bytes;
   __host__ __device__ static constexpr int64_t work_bytes(int fields) {
-    return Base::shared_bytes > (fields + 1) * field_bytes ? Base::shared_bytes : (fields + 1) * field_bytes;
+    return stage1_bytes > (fields + 1) * field_bytes ? stage1_bytes : (fields + 1) * field_bytes;
   }
   // Everything but the accumulators.
   __host__ __device__ static constexpr int64_t fixed(int fields) { return Base::fixed_bytes + work_bytes(fields); }
@@ -630,8 +632,8 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
 // in u, terms 2 and 3 in extra. A float16 tile is scaled by 2^e first, e from its largest
 // magnitude (tile_exponent of tile_max()[t], which stage 2 reads again). The maxima must have been
 // cleared before a barrier that precedes this call; ends with a barrier.
-template <typename T, int St, int R, typename Codes, typename Acc, typename Active>
-__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St, R>& sm, const Codes& codes, const Acc (&z0)[2],
+template <typename T, int St, int R, int64_t W, typename Codes, typename Acc, typename Active>
+__device__ __forceinline__ void store_fields(const TcReduceSmem<T, St, R, W>& sm, const Codes& codes, const Acc (&z0)[2],
                                              const Acc (&u)[2], const Acc (&extra)[2][2], int terms,
                                              Active&& active) {
   constexpr int ld = TcSmem<T, St>::ld_mix;
@@ -725,11 +727,13 @@ __device__ __forceinline__ void next_half(Acc (&z0)[H][2], Acc (&u)[H][2]) {
 // there. R = 128 (mma.sync, 16-bit inputs, specialised epilogues) shares stage 1's w0 and w
 // fragments between two halves of 64 samples and holds accumulators for 128 rows per column tile:
 // the launch takes it where that costs no extra column group.
-template <typename M, int S, typename T, int R = kTcTile>
+//
+// Sm: the shared memory's layout (TcReduceSmem), R = Sm::rows. stage1(sm, i0, r0, z0, u): stage 1 of
+// the tile, the products of R samples (z0 and u: Acc[2] per 64 rows, or Acc[H][2]).
+template <typename M, int S, typename T, typename Sm, typename Stage1>
 __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split,
-                                              int64_t group_tiles) {
-  constexpr int H = R / kTcTile;
-  using Sm = TcReduceSmem<T, M::kStages, R>;
+                                              int64_t group_tiles, Stage1&& stage1) {
+  constexpr int R = Sm::rows, H = R / kTcTile;
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
@@ -751,8 +755,8 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
     Acc z0[H][2], u[H][2], unused[2][2];
     load_neurons(p, sm, r0);
     __syncthreads();
-    if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
-    else tc_preactivations(p, sm, i0, r0, z0, u);
+    if constexpr (H == 1) stage1(sm, i0, r0, z0[0], u[0]);
+    else stage1(sm, i0, r0, z0, u);
     // Half after half from z0[0] and u[0] (the next half moves there at the end of the body): not
     // unrolled, so the kernel holds one copy of the epilogue and stage 2.
 #pragma unroll 1
@@ -805,11 +809,11 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
 // of 64 samples the epilogue (the fields of every term the group needs), and every column tile of
 // the group takes its term's field tile from shared memory into its accumulators there; group 0
 // also sums the fields of the terms with a bias column.
-template <typename M, int S, typename T>
+// Sm and stage1 as in neuron_sum_tc.
+template <typename M, int S, typename T, typename Sm, typename Stage1>
 __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleSum<T>& s, int64_t tiles_per_split,
-                                              int64_t group_tiles) {
-  constexpr int R = sample_sum_rows<M, T>(S != kGenericEpilogue), H = R / kTcTile;
-  using Sm = TcReduceSmem<T, M::kStages, R>;
+                                              int64_t group_tiles, Stage1&& stage1) {
+  constexpr int R = Sm::rows, H = R / kTcTile;
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
@@ -829,8 +833,8 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
   for (int64_t it = t_begin; it < t_end; ++it) {
     Acc z0[H][2], u[H][2], extra[2][2];
-    if constexpr (H == 1) tc_preactivations(p, sm, it * R, r0, z0[0], u[0]);
-    else tc_preactivations(p, sm, it * R, r0, z0, u);
+    if constexpr (H == 1) stage1(sm, it * R, r0, z0[0], u[0]);
+    else stage1(sm, it * R, r0, z0, u);
     // Half after half from z0[0] and u[0], as in neuron_sum_tc.
 #pragma unroll 1
     for (int h = 0; h < H; ++h) {
@@ -888,6 +892,16 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
     for (int t = 0; t < s.terms; ++t)
       if (s.term[t].ones) atomicAdd(&s.term[t].ones[r0 + threadIdx.x], s.term[t].scale * sm.bias(t)[threadIdx.x]);
 }
+
+// Stage 1 of a reduction's tile by mma.sync or wmma from the staged chunks of x, w0, w.
+template <typename T>
+struct TcStage1 {
+  const Problem<T>& p;
+  template <typename Sm, typename Acc>
+  __device__ __forceinline__ void operator()(const Sm& sm, int64_t i0, int64_t r0, Acc& z0, Acc& u) const {
+    tc_preactivations(p, sm, i0, r0, z0, u);
+  }
+};
 #endif  // TN_TENSOR_CORES
 
 // Kernel entry points exist for every architecture; the bodies only where mma does.
@@ -907,13 +921,14 @@ template <typename M, typename T, int S, int R = kTcTile>
 __global__ void __launch_bounds__(kThreads, 1) neuron_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(NeuronSum<T>) s, int64_t per,
                                                                   int64_t group_tiles) {
-  TN_TC_BODY((neuron_sum_tc<M, S, T, R>(p, s, per, group_tiles)));
+  TN_TC_BODY((neuron_sum_tc<M, S, T, TcReduceSmem<T, M::kStages, R>>(p, s, per, group_tiles, TcStage1<T>{p})));
 }
 template <typename M, typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1) sample_sum_tc_kernel(TN_PARAM(Problem<T>) p,
                                                                   TN_PARAM(SampleSum<T>) s, int64_t per,
                                                                   int64_t group_tiles) {
-  TN_TC_BODY((sample_sum_tc<M, S>(p, s, per, group_tiles)));
+  using Sm = TcReduceSmem<T, M::kStages, sample_sum_rows<M, T>(S != kGenericEpilogue)>;
+  TN_TC_BODY((sample_sum_tc<M, S, T, Sm>(p, s, per, group_tiles, TcStage1<T>{p})));
 }
 
 #undef TN_TC_BODY

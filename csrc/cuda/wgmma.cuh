@@ -66,6 +66,11 @@ static_assert(WgmmaRing::x_bytes % sm90::kAtomBytes == 0 && WgmmaRing::wg_w_byte
                   WgmmaRing::stage_bytes % sm90::kAtomBytes == 0,
               "every operand tile starts on a 1024-byte swizzle atom");
 
+// The reductions' shared memory with the ring as stage 1: at 64 samples per tile, the field tiles
+// and stage 2's factor tile in the ring's bytes once the products are done (as on mma.sync).
+template <typename T>
+using WgmmaReduceSmem = TcReduceSmem<T, MmaLoop::kStages, kTcTile, WgmmaRing::dynamic_bytes>;
+
 #if TN_WGMMA
 
 template <typename T>
@@ -146,11 +151,16 @@ struct WgmmaBarriers {
 // stage's full barrier, issues its warpgroup's wgmmas and then waits for the previous chunk's group
 // only (wgmma.wait_group 1), which frees that chunk's stage: the tensor cores always have the next
 // chunk's wgmmas queued behind the current ones, and no block-wide barrier is taken per chunk.
+// `issued` counts the chunks the ring has taken before this call (a reduction's block runs stage 1
+// once per inner tile): chunk c of the call is the ring's chunk issued + c, whose number fixes its
+// stage and the barriers' phases, and the count moves on by this call's chunks. Every chunk's stage
+// is marked empty once read, the last one's at the end, so the next call's copies find it free.
 // Without (d not a multiple of 8, unaligned rows), 16-byte cp.async copies by every thread, or
 // element by element.
 template <typename T>
 __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
-                                     unsigned char* ring, int64_t i0, int64_t r0, MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+                                     unsigned char* ring, int64_t i0, int64_t r0, MmaAcc (&z0)[2], MmaAcc (&u)[2],
+                                     int64_t& issued) {
   constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
   TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
   float acc[32];
@@ -160,10 +170,18 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
   auto stage_at = [&](int64_t c) { return static_cast<uint32_t>(c % St) * WgmmaRing::stage_bytes; };
   const int64_t chunks = (p.d + chunk - 1) / chunk;
   if (maps.usable) {
-    auto issue = [&](int64_t c) {  // thread 0: chunk c into its stage
+    const int64_t base = issued;
+    if (base > 0) {
+      // The ring's bytes were last the previous tile's field tiles, written and read through the
+      // generic proxy: every thread orders those accesses before the copy engine's writes.
+      sm90::fence_proxy_async();
+      __syncthreads();
+    }
+    auto issue = [&](int64_t c) {  // thread 0: the ring's chunk c into its stage, once that is free
       unsigned char* const stage = ring + stage_at(c);
       uint64_t* const full = &bars.full[c % St];
-      const int32_t k = static_cast<int32_t>(c * chunk);
+      const int32_t k = static_cast<int32_t>((c - base) * chunk);
+      if (c >= St) sm90::mbarrier_wait(&bars.empty[c % St], static_cast<uint32_t>(c / St - 1) & 1u);
       sm90::mbarrier_arrive_expect_tx(full, WgmmaRing::stage_bytes);
       sm90::tma_load_2d(stage, maps.x, k, static_cast<int32_t>(i0), full);
 #pragma unroll
@@ -171,23 +189,22 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
         sm90::tma_load_2d(stage + WgmmaRing::x_bytes + b * (WgmmaRing::w_bytes / 4), b % 2 ? maps.w : maps.w0, k,
                           static_cast<int32_t>(r0 + (b / 2) * (kTcTile / 2)), full);
     };
+    const int64_t end = base + chunks;
     if (threadIdx.x == 0)
-      for (int64_t c = 0; c < St && c < chunks; ++c) issue(c);
-    for (int64_t c = 0; c < chunks; ++c) {
+      for (int64_t c = base; c < base + St && c < end; ++c) issue(c);
+    for (int64_t c = base; c < end; ++c) {
       sm90::mbarrier_wait(&bars.full[c % St], static_cast<uint32_t>(c / St) & 1u);
       wgmma_chunk<T>(acc, ring_addr + stage_at(c));
       sm90::wgmma_wait<1>();  // chunk c - 1's wgmmas are done: its stage is free
       sm90::fence_accumulators(acc);
-      if (c > 0) {
-        const int64_t prev = c - 1;
-        sm90::mbarrier_arrive(&bars.empty[prev % St]);
-        if (threadIdx.x == 0 && prev + St < chunks) {
-          sm90::mbarrier_wait(&bars.empty[prev % St], static_cast<uint32_t>(prev / St) & 1u);
-          issue(prev + St);
-        }
+      if (c > base) {
+        sm90::mbarrier_arrive(&bars.empty[(c - 1) % St]);
+        if (threadIdx.x == 0 && c - 1 + St < end) issue(c - 1 + St);
       }
     }
     wgmma_done(acc);
+    sm90::mbarrier_arrive(&bars.empty[(end - 1) % St]);
+    issued = end;
   } else if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
 #pragma unroll
     for (int c = 0; c < St - 1; ++c) {  // one commit group per chunk, empty ones included
@@ -226,18 +243,9 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
     }
 }
 
-template <int S, typename T>
-__device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* out, const sm90::TileMaps& maps) {
-  using Sm = TcSmem<T, WgmmaLoop::kStages>;
-  __shared__ __align__(128) unsigned char fix[Sm::fixed_bytes];
-  __shared__ __align__(8) WgmmaBarriers bars;
-  TN_DYNAMIC_SMEM(dyn);
-  unsigned char* const ring = dyn + (sm90::kAtomBytes - static_cast<uint32_t>(__cvta_generic_to_shared(dyn)) %
-                                                           sm90::kAtomBytes) % sm90::kAtomBytes;
-  const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
-  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
-  MmaCodes codes;
-  MmaAcc z0[2], u[2], unused[2][2];
+// Thread 0 initialises the ring's barriers where the copy engine fills it; a barrier of the caller
+// publishes them.
+__device__ __forceinline__ void init_ring_barriers(const sm90::TileMaps& maps, WgmmaBarriers& bars) {
   if (maps.usable && threadIdx.x == 0) {
     for (int s = 0; s < WgmmaRing::stages; ++s) {
       sm90::mbarrier_init(&bars.full[s], 1);
@@ -245,9 +253,45 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
     }
     sm90::mbarrier_init_fence();
   }
+}
+
+// The 1024-byte aligned ring at the start of a work region (which has WgmmaRing::dynamic_bytes).
+__device__ __forceinline__ unsigned char* ring_in(unsigned char* work) {
+  const uint32_t misalign = static_cast<uint32_t>(__cvta_generic_to_shared(work)) % sm90::kAtomBytes;
+  return work + (sm90::kAtomBytes - misalign) % sm90::kAtomBytes;
+}
+
+// Stage 1 of a reduction's tiles by wgmma (neuron_sum_tc, sample_sum_tc): the block's tiles one
+// after the other through the ring in the work region, the barriers' phases carried from tile to
+// tile.
+template <typename T>
+struct WgmmaStage1 {
+  const Problem<T>& p;
+  const sm90::TileMaps& maps;
+  WgmmaBarriers& bars;
+  int64_t issued = 0;  // the ring's chunks so far
+  __device__ __forceinline__ void operator()(const WgmmaReduceSmem<T>& sm, int64_t i0, int64_t r0, MmaAcc (&z0)[2],
+                                             MmaAcc (&u)[2]) {
+    wgmma_preactivations(p, maps, bars, ring_in(sm.raw), i0, r0, z0, u, issued);
+  }
+};
+
+template <int S, typename T>
+__device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* out, const sm90::TileMaps& maps) {
+  using Sm = TcSmem<T, WgmmaLoop::kStages>;
+  __shared__ __align__(128) unsigned char fix[Sm::fixed_bytes];
+  __shared__ __align__(8) WgmmaBarriers bars;
+  TN_DYNAMIC_SMEM(dyn);
+  unsigned char* const ring = ring_in(dyn);
+  const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
+  MmaCodes codes;
+  MmaAcc z0[2], u[2], unused[2][2];
+  init_ring_barriers(maps, bars);
   load_neurons(p, sm, r0);
   load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
-  wgmma_preactivations(p, maps, bars, ring, i0, r0, z0, u);
+  int64_t issued = 0;
+  wgmma_preactivations(p, maps, bars, ring, i0, r0, z0, u, issued);
   tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
   for_each_element(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
@@ -273,6 +317,34 @@ __global__ void __launch_bounds__(kThreads, 1)
     features_forward_wgmma_kernel(TN_PARAM(Problem<T>) p, T* out, TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
   features_forward_wgmma<S>(p, out, maps);
+#else
+  __trap();
+#endif
+}
+
+// The reductions on wgmma (bfloat16, float16): neuron_sum_tc and sample_sum_tc at 64 x 64 tiles with
+// stage 1 by WgmmaStage1 (dynamic shared memory: WgmmaReduceSmem), stage 2 and the epilogue those
+// of mma.sync.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    neuron_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s, int64_t per, int64_t group_tiles,
+                            TN_PARAM(sm90::TileMaps) maps) {
+#if TN_WGMMA
+  __shared__ __align__(8) WgmmaBarriers bars;
+  init_ring_barriers(maps, bars);  // published by load_codes' barrier
+  neuron_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T>{p, maps, bars});
+#else
+  __trap();
+#endif
+}
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    sample_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s, int64_t per, int64_t group_tiles,
+                            TN_PARAM(sm90::TileMaps) maps) {
+#if TN_WGMMA
+  __shared__ __align__(8) WgmmaBarriers bars;
+  init_ring_barriers(maps, bars);  // published by load_codes' barrier
+  sample_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T>{p, maps, bars});
 #else
   __trap();
 #endif

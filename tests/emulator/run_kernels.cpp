@@ -420,6 +420,17 @@ bool run_op(const std::string& what, F&& f) {
   }
 }
 
+// On the wgmma path (not its stand-in): a kernel whose name starts with `kernel` ran since launch
+// log entry `from`.
+template <typename T>
+void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from, const char* kernel) {
+  if (cs.path != Mainloop::kWgmma) return;
+  const auto& log = tn_emu::binary.recomputes;
+  expect(what + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
+           return l.first.rfind(kernel, 0) == 0;
+         }));
+}
+
 // without_maps: on wgmma, the features a second time without tensor maps (its cp.async staging)
 template <typename T>
 void check_forward(Case<T>& cs, bool without_maps = true) {
@@ -439,12 +450,7 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
       std::vector<T> out = garbage<T>(s.n * s.m);
       const size_t from = tn_emu::binary.recomputes.size();
       if (!run_op(what, [&] { features_forward(cs.operands(plan, true), out.data(), with); })) continue;
-      if (cs.path == Mainloop::kWgmma) {  // not its stand-in
-        const auto& log = tn_emu::binary.recomputes;
-        expect(what + " ran the wgmma kernel", std::any_of(log.begin() + from, log.end(), [](const auto& l) {
-                 return l.first.rfind("features_forward_wgmma_kernel", 0) == 0;
-               }));
-      }
+      expect_wgmma_kernel(cs, what, from, "features_forward_wgmma_kernel");
       std::vector<double> want(out.size()), mag(out.size());
       for (size_t e = 0; e < out.size(); ++e) {
         want[e] = ref.F[kPhi0][e];
@@ -455,7 +461,9 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
   }
   std::vector<T> out = garbage<T>(s.n * s.c), var = garbage<T>(s.n * s.c);
   const std::string what = cs.name + (cs.cf.moments ? " moments" : " net");
+  const size_t from = tn_emu::binary.recomputes.size();
   if (!run_op(what, [&] { readout(cs.operands(plan, false), cs.cf.moments, out.data(), var.data(), ctx); })) return;
+  expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma_kernel");
   const Case<T>& c = cs;
   auto a_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r]; };
   auto a2_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r] * c.a.v[j * s.m + r]; };
@@ -468,9 +476,10 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
 }
 
 // One backward call with the gradients of `mask` (bits in the op order of Grad), checked output by
-// output; the features op when `features` (its own cotangent, no dA).
+// output; the features op when `features` (its own cotangent, no dA). tensor_copies: false stages
+// wgmma's ring with cp.async.
 template <typename T>
-void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string& label) {
+void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string& label, bool tensor_copies = true) {
   const Shape s = cs.sh;
   const double tol = tolerance<T>(cs.tc);
   if (!cs.cf.bias) mask &= ~((1u << kB0) | (1u << kB));  // prepare() drops the biases' needs
@@ -478,7 +487,8 @@ void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string
   const bool dz = mask & ((1u << kX) | (1u << kW0) | (1u << kB0));
   const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, dz);
   HostWorkspace ws;
-  const Context ctx = cs.context(ws);
+  Context ctx = cs.context(ws);
+  ctx.tensor_copies = tensor_copies;
   const int64_t sizes[kNumGrads] = {s.n * s.d, s.m * s.d, s.m * s.d, s.c * s.m, s.m, s.m};
   std::vector<T> got[kNumGrads];
   GradOutputs out;
@@ -488,7 +498,8 @@ void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string
       got[g] = garbage<T>(sizes[g]);
       *slots[g] = got[g].data();
     }
-  const std::string what = cs.name + " " + label + mask_text(mask);
+  const std::string what = cs.name + " " + label + mask_text(mask) + (tensor_copies ? "" : " (no tensor maps)");
+  const size_t from = tn_emu::binary.recomputes.size();
   if (features) {
     cs.pd.gelem = cs.grad.v.data();
     cs.pd.scale[0] = cs.pd.scale[1] = 1;  // as the layer sets them: gelem carries no scale
@@ -497,6 +508,10 @@ void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string
     const void* gout[2] = {cs.gout[0].t.data(), cs.cf.moments ? cs.gout[1].t.data() : nullptr};
     if (!run_op(what, [&] { net_backward(cs.operands(plan, false), cs.cf.moments, gout, out, ctx); })) return;
   }
+  // (d = 0: no dX, dW0 or dW to compute)
+  const unsigned sums = (1u << kA) | (1u << kB0) | (1u << kB) | (s.d > 0 ? (1u << kW0) | (1u << kW) : 0u);
+  if (s.n > 0 && s.m > 0 && (mask & sums)) expect_wgmma_kernel(cs, what, from, "sample_sum_wgmma_kernel");
+  if (s.n > 0 && s.m > 0 && s.d > 0 && (mask >> kX & 1)) expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma_kernel");
   const Reference<T> ref(cs);
   cs.pd.gelem = nullptr;
   cs.pd.scale[0] = cs.scale();
@@ -542,6 +557,8 @@ template <typename T>
 void run_case(Case<T>& cs, bool extra_masks) {
   check_forward(cs);
   check_backward(cs, false, kAllNet, "");
+  // wgmma: the reductions again with the ring staged by cp.async (the tensor maps need d % 8 == 0)
+  if (cs.path == Mainloop::kWgmma && cs.sh.d % 8 == 0) check_backward(cs, false, kAllNet, "", false);
   // A second needs-mask per case, drawn from the seed: every reduction's term layout over the matrix.
   if (extra_masks) check_backward(cs, false, static_cast<unsigned>(cs.seed * 37 % 63) + 1, "");
   if (!cs.cf.moments) {
@@ -591,6 +608,16 @@ void run_specialised(Mainloop ml, const std::string& filter) {
       const Config c{sr.act, orders, sr.exact, true, SignSource::kPhilox, moments, 2, false};
       run<T>(Shape{19, 40, 70, 3}, c, ml, 500 + 2 * k + moments, filter);
     }
+}
+
+// wgmma's ring across a reduction block's inner tiles: without splits (deterministic), neuron_sum
+// takes 4 neuron tiles and sample_sum 5 sample tiles per block, 2 chunks each (d = 72, a multiple
+// of 8: tensor copies, then cp.async), so the ring wraps within and across tiles and every stage's
+// barriers run through several phases.
+template <typename T>
+void run_ring(Mainloop ml, const std::string& filter) {
+  const Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, true};
+  run<T>(Shape{260, 72, 200, 2}, c, ml, 77, filter, false);
 }
 
 // The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over
@@ -704,8 +731,9 @@ double passes(const std::string& family, size_t from, int64_t elements) {
 // kernels' three staged k chunks (46080 bytes, against wmma's two: 30720) leave room for fewer
 // column tiles of accumulators where a reduction has fewer than four terms: 10 instead of 11 on
 // sm_90, 6 instead of 7 on sm_80; their sample_sum's chunks of 128 samples (61440 bytes) for 9 on
-// sm_90 and 5 on sm_80, where d = 1024 then takes four column groups instead of three. wgmma runs
-// the forward's features only; its reductions are mma.sync's.
+// sm_90 and 5 on sm_80, where d = 1024 then takes four column groups instead of three. wgmma's
+// ring (three 24 KiB stages and 1 KiB to align them: 74752 bytes) leaves room for 8 on sm_90: 3
+// groups for every parameter gradient at d = 512 and 5 at d = 1024.
 struct PassCase {
   const char* path;
   int64_t smem;
@@ -722,8 +750,8 @@ constexpr PassCase kPassCases[] = {
     {"bf16/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"bf16/mma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
     {"bf16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},   {"bf16/mma", kSmemSm80, 1024, 4, 7, 7, 3, 7, 3},
     {"f16/mma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"bf16/wgmma", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
-    {"bf16/wgmma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},  {"bf16/wgmma", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
-    {"bf16/wgmma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2}, {"f16/wgmma", kSmemSm90, 1024, 2, 4, 4, 2, 4, 2},    {"f32/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
+    {"bf16/wgmma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},  {"bf16/wgmma", kSmemSm90, 512, 1, 3, 3, 1, 3, 1},
+    {"bf16/wgmma", kSmemSm90, 1024, 2, 5, 5, 2, 5, 2}, {"f16/wgmma", kSmemSm90, 1024, 2, 5, 5, 2, 5, 2},    {"f32/mma", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},
     {"f32/mma", kSmemSm90, 512, 1, 2, 2, 1, 3, 1},     {"f32/mma", kSmemSm90, 1024, 2, 4, 4, 2, 5, 2},
     {"f32/simt", kSmemSm90, 32, 1, 1, 1, 1, 1, 1},
     {"f32/simt", kSmemSm90, 128, 1, 1, 1, 1, 1, 1},    {"f32/simt", kSmemSm90, 512, 1, 2, 2, 1, 2, 1},
@@ -835,7 +863,7 @@ void check_host(const std::string& filter) {
     expect("host/choice requested wgmma for f32 TF32 -> mma", picks(with_wgmma(DType::kFloat32, 90, G, true), X));
     expect("host/choice requested wgmma for bf16 sm_90 -> wgmma", picks(with_wgmma(DType::kBFloat16, 90, G), G));
     KernelQuery q = with_wgmma(DType::kBFloat16, 90, A);
-    q.has_kernel[static_cast<int>(G)] = false;  // a reduction: no wgmma kernel
+    q.has_kernel[static_cast<int>(G)] = false;  // a kernel family without a wgmma kernel
     expect("host/choice auto bf16 sm_90 without a wgmma kernel -> mma", picks(q, X));
     q.requested = G;
     expect("host/choice requested wgmma without a wgmma kernel -> mma", picks(q, X));
@@ -1037,8 +1065,8 @@ int main(int argc, char** argv) {
       run<__half>(s, c, tc, seed, filter, extra_masks);
       run<__nv_bfloat16>(s, c, tc, seed, filter, extra_masks);
     }
-    // wgmma: the features forward (its only kernel; the rest on its stand-in, mma.sync), on the
-    // shared memory of the GPUs that run sm_90a (the tight one does not hold its ring)
+    // wgmma: every op (the features' forward and the reductions on its ring), on the shared memory
+    // of the GPUs that run sm_90a (the tight one does not hold its ring)
     if (c.smem != kSmemTight) {
       run<__half>(s, c, G, seed, filter, extra_masks);
       run<__nv_bfloat16>(s, c, G, seed, filter, extra_masks);
@@ -1092,6 +1120,8 @@ int main(int argc, char** argv) {
       run_masks<__nv_bfloat16>(G, filter);
       run_specialised<__half>(G, filter);
       run_specialised<__nv_bfloat16>(G, filter);
+      run_ring<__half>(G, filter);
+      run_ring<__nv_bfloat16>(G, filter);
     }
     if (!small) {
       check_passes<double>(S, filter);
