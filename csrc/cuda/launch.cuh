@@ -323,6 +323,17 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
   return column_groups(col_tiles, fixed, per_tile, ctx.device.smem_optin);
 }
 
+// Under `auto`, a reduction that the choice gives wgmma runs on mma.sync instead where mma.sync's
+// smaller stage 1 fits the columns in fewer groups (each group is a pass over the n x m elements:
+// by the model a pass costs far more than wgmma saves per pass). mma.sync is wgmma's stand-in, so
+// its code is there wherever wgmma's is. groups(m): the column groups on mainloop m.
+template <typename F>
+void fewest_passes(KernelChoice& k, const Context& ctx, F&& groups) {
+  if (k.mainloop != Mainloop::kWgmma || ctx.requested != Mainloop::kAuto) return;
+  const ColumnGroups on_wgmma = groups(Mainloop::kWgmma), on_mma = groups(Mainloop::kMma);
+  if (on_mma.fits && (!on_wgmma.fits || on_mma.groups < on_wgmma.groups)) k.mainloop = Mainloop::kMma;
+}
+
 [[noreturn]] inline void throw_no_room(const std::string& family, const Context& ctx) {
   throw Error("taylornet: " + family + " needs more shared memory per block than this GPU's " +
               std::to_string(ctx.device.smem_optin) + " bytes");
@@ -336,9 +347,10 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
   const std::string family = kernel_name<T>("neuron_sum");
   TcKernels kernels = tc_kernels<NeuronSumTc, T>(slot);
   if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), kernels);
+  KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
+  fewest_passes(k, ctx, [&](Mainloop m) { return reduce_groups<T>(m, s.terms, s.slots(), ceil_div(s.ncols, B), ctx); });
   const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, s.slots(), ceil_div(s.ncols, B), ctx);
   if (!g.fits) {
     if (s.terms == 1) throw_no_room(family, ctx);
@@ -405,8 +417,11 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   const std::string family = kernel_name<T>("sample_sum");
   TcKernels kernels = tc_kernels<SampleSumTc, T>(slot);
   if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
-  const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), kernels);
+  KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
+  fewest_passes(k, ctx, [&](Mainloop m) {
+    return reduce_groups<T>(m, s.terms, 1, s.tiles(kTcTile), ctx, sample_tile_rows<T>(m, slot));
+  });
   const int B = tc ? kTcTile : tile<acc_t<T>>(), rows = sample_tile_rows<T>(k.mainloop, slot);
   const ColumnGroups g = reduce_groups<T>(k.mainloop, s.terms, 1, s.tiles(B), ctx, rows);
   // Stage 1 of 128 samples needs a third more shared memory: a GPU with too little for it (none

@@ -166,6 +166,7 @@ struct Case {
   Shape sh;
   Config cf;
   Mainloop path;
+  bool request_auto = false;  // TAYLORNET_CUDA_MAINLOOP=auto on the path's GPU and code, not the path itself
   bool tc;
   Plan plan;  // with d/dz0, for the reference
   std::vector<double> coef64;
@@ -278,7 +279,7 @@ struct Case {
     ctx.device.smem_optin = cf.smem ? cf.smem : kSmemSm90;
     ctx.allow_tf32 = tc;
     ctx.deterministic = cf.deterministic;
-    ctx.requested = path;
+    ctx.requested = request_auto ? Mainloop::kAuto : path;
     ctx.generic_epilogue = cf.generic;
     ctx.workspace = &ws;
     return ctx;
@@ -420,11 +421,11 @@ bool run_op(const std::string& what, F&& f) {
   }
 }
 
-// On the wgmma path (not its stand-in): a kernel whose name starts with `kernel` ran since launch
-// log entry `from`.
+// On the wgmma path (requested, not `auto`): a kernel whose name starts with `kernel` ran since
+// launch log entry `from`.
 template <typename T>
 void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from, const char* kernel) {
-  if (cs.path != Mainloop::kWgmma) return;
+  if (cs.path != Mainloop::kWgmma || cs.request_auto) return;
   const auto& log = tn_emu::binary.recomputes;
   expect(what + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
            return l.first.rfind(kernel, 0) == 0;
@@ -802,6 +803,31 @@ void check_passes(Mainloop ml, const std::string& filter) {
   }
 }
 
+// `auto` on an sm_90 GPU with sm_90a code (path wgmma): a reduction runs on wgmma unless mma.sync's
+// smaller stage 1 fits its columns in fewer groups. d = 128, every gradient: one group either way,
+// wgmma; d = 512, every parameter gradient: 2 groups on mma.sync (9 column tiles per group, 128
+// samples) against 3 on wgmma (8), so mma.sync and 2 passes.
+template <typename T>
+void check_auto_passes(const std::string& filter) {
+  for (const int64_t d : {128, 512}) {
+    Case<T> cs({70, d, 9, 3}, Config{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, false},
+               Mainloop::kWgmma, 7 + d);
+    cs.request_auto = true;
+    cs.name = "passes/auto " + cs.name;
+    if (!filter.empty() && cs.name.rfind(filter, 0) != 0) continue;
+    auto& log = tn_emu::binary.recomputes;
+    const size_t from = log.size();
+    check_backward(cs, false, kAllNet & ~(1u << kX), "");
+    const bool wgmma = d == 128;
+    const char* kernel = wgmma ? "sample_sum_wgmma_kernel" : "sample_sum_tc_kernel";
+    expect(cs.name + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
+             return l.first.rfind(kernel, 0) == 0;
+           }));
+    const double got = passes("sample_sum", from, cs.sh.n * cs.sh.m);
+    expect(cs.name + (wgmma ? ": 1 pass" : ": 2 passes"), got == (wgmma ? 1.0 : 2.0), std::to_string(got));
+  }
+}
+
 // ---- host-side checks: kernel choice, splits, plan capacity, launch failures ----
 
 bool contains(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
@@ -1133,6 +1159,7 @@ int main(int argc, char** argv) {
       }
       check_passes<__half>(G, filter);
       check_passes<__nv_bfloat16>(G, filter);
+      check_auto_passes<__nv_bfloat16>(filter);
     }
     check_host(filter);
     check_tanh_sech2<float>(filter);
