@@ -421,15 +421,18 @@ bool run_op(const std::string& what, F&& f) {
   }
 }
 
-// On the wgmma path (requested, not `auto`): a kernel whose name starts with `kernel` ran since
-// launch log entry `from`.
-template <typename T>
-void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from, const char* kernel) {
-  if (cs.path != Mainloop::kWgmma || cs.request_auto) return;
+// A kernel whose name starts with `kernel` ran since launch log entry `from`.
+void expect_ran(const std::string& what, size_t from, const char* kernel) {
   const auto& log = tn_emu::binary.recomputes;
   expect(what + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
            return l.first.rfind(kernel, 0) == 0;
          }));
+}
+
+// The same, on the wgmma path only (requested, not `auto`).
+template <typename T>
+void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from, const char* kernel) {
+  if (cs.path == Mainloop::kWgmma && !cs.request_auto) expect_ran(what, from, kernel);
 }
 
 // without_maps: on wgmma, the features a second time without tensor maps (its cp.async staging)
@@ -815,14 +818,10 @@ void check_auto_passes(const std::string& filter) {
     cs.request_auto = true;
     cs.name = "passes/auto " + cs.name;
     if (!filter.empty() && cs.name.rfind(filter, 0) != 0) continue;
-    auto& log = tn_emu::binary.recomputes;
-    const size_t from = log.size();
+    const size_t from = tn_emu::binary.recomputes.size();
     check_backward(cs, false, kAllNet & ~(1u << kX), "");
     const bool wgmma = d == 128;
-    const char* kernel = wgmma ? "sample_sum_wgmma_kernel" : "sample_sum_tc_kernel";
-    expect(cs.name + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
-             return l.first.rfind(kernel, 0) == 0;
-           }));
+    expect_ran(cs.name, from, wgmma ? "sample_sum_wgmma_kernel" : "sample_sum_tc_kernel");
     const double got = passes("sample_sum", from, cs.sh.n * cs.sh.m);
     expect(cs.name + (wgmma ? ": 1 pass" : ": 2 passes"), got == (wgmma ? 1.0 : 2.0), std::to_string(got));
   }
