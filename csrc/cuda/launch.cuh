@@ -334,14 +334,15 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
 
 // The wgmma reductions' column groups with the field tiles apart from the ring, where that needs no
 // more groups than `shared` (their groups with the field tiles in the ring's bytes), the copy engine
-// fills the ring, the epilogue is specialised (slot != 0) and TAYLORNET_CUDA_OVERLAP is not 0: the
+// fills the ring, the epilogue is specialised (slot != 0), d > 0 (the overlap kernels start every sum
+// with a wgmma) and TAYLORNET_CUDA_OVERLAP is not 0: the
 // overlap kernels then run each tile's first products under the previous tile's epilogue and stage
 // 2 (WgmmaStage1). Else `shared`, not separate.
 template <typename T>
-ColumnGroups wgmma_groups(const ColumnGroups& shared, int fields, int slots, int64_t col_tiles, int slot,
-                          const sm90::TileMaps& maps, const Context& ctx, bool& separate) {
+ColumnGroups wgmma_groups(const Problem<T>& p, const ColumnGroups& shared, int fields, int slots, int64_t col_tiles,
+                          int slot, const sm90::TileMaps& maps, const Context& ctx, bool& separate) {
   separate = false;
-  if (slot == 0 || !maps.usable || !ctx.overlap_stage1) return shared;
+  if (slot == 0 || !maps.usable || !ctx.overlap_stage1 || p.d == 0) return shared;
   const ColumnGroups g = column_groups(col_tiles, WgmmaReduceSmem<T>::fixed(fields, true),
                                       slots * WgmmaReduceSmem<T>::acc_tile_bytes, ctx.device.smem_optin);
   separate = g.fits && g.groups <= shared.groups;
@@ -414,7 +415,7 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
     if (k.mainloop == Mainloop::kWgmma) {
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
-      const ColumnGroups w = wgmma_groups<T>(use, s.terms, s.slots(), ceil_div(s.ncols, B), slot, maps, ctx, separate);
+      const ColumnGroups w = wgmma_groups<T>(p, use, s.terms, s.slots(), ceil_div(s.ncols, B), slot, maps, ctx, separate);
       if (separate)
         launch(kernel_name<T>("neuron_sum_wgmma_overlap_kernel"),
                neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
@@ -476,7 +477,7 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
     if (k.mainloop == Mainloop::kWgmma) {
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
-      const ColumnGroups w = wgmma_groups<T>(g, s.terms, 1, s.tiles(B), slot, maps, ctx, separate);
+      const ColumnGroups w = wgmma_groups<T>(p, g, s.terms, 1, s.tiles(B), slot, maps, ctx, separate);
       if (separate)
         launch(kernel_name<T>("sample_sum_wgmma_overlap_kernel"),
                sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,

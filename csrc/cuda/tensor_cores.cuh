@@ -129,12 +129,18 @@ struct TcTallSmem : TcSmem<T, Stages> {
 template <typename M, typename T>
 using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
 
-// The reductions' dynamic shared memory: the fixed part, the work region (stage 1's chunks for
-// `Rows` samples, as TcTallSmem, or the `Stage1Bytes` of another mainloop's stage 1 where more;
-// and the field tiles of 64 samples with stage 2's factor tile: in the same bytes, or after stage
-// 1's where `separate`, so that the next tile's stage 1 can run while they are in use) and the
-// float accumulators of the block's column tiles ([row][col], one 64 x 64 tile per column tile and
-// accumulator slot), which live across the whole inner loop.
+// The epilogue's staged cotangents (CotangentSmem): kCStage outputs of gout's rows and A's columns
+// of a tile at a time.
+constexpr int kCStage = 32;
+constexpr int kCotangentBytes = (2 * kTcTile * (kCStage + 1) + kCStage * (kTcTile + 1)) * 4;
+
+// The reductions' dynamic shared memory: the fixed part, the work region and the float accumulators
+// of the block's column tiles ([row][col], one 64 x 64 tile per column tile and accumulator slot),
+// which live across the whole inner loop. The work region holds stage 1's bytes (its chunks for
+// `Rows` samples, as TcTallSmem, or the `Stage1Bytes` of another mainloop's stage 1 where more) and
+// the scratch of the epilogue and stage 2 (the staged cotangents, then the field tiles of 64 samples
+// and stage 2's factor tile), from `raw` on: in the same bytes, used in turn, or where `separate`
+// after stage 1's, so that the next tile's stage 1 can run while the scratch is in use.
 template <typename T, int Stages, int Rows = kTcTile, int64_t Stage1Bytes = 0>
 struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
   using Base = TcTallSmem<T, Stages, Rows>;
@@ -142,9 +148,12 @@ struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
   static constexpr int64_t stage1_bytes = Base::shared_bytes > Stage1Bytes ? Base::shared_bytes : Stage1Bytes;
+  __host__ __device__ static constexpr int64_t scratch_bytes(int fields) {
+    return (fields + 1) * field_bytes > kCotangentBytes ? (fields + 1) * field_bytes : kCotangentBytes;
+  }
   __host__ __device__ static constexpr int64_t work_bytes(int fields, bool separate = false) {
-    const int64_t tiles = (fields + 1) * field_bytes;
-    return separate ? stage1_bytes + tiles : stage1_bytes > tiles ? stage1_bytes : tiles;
+    const int64_t scratch = scratch_bytes(fields);
+    return separate ? stage1_bytes + scratch : stage1_bytes > scratch ? stage1_bytes : scratch;
   }
   // Everything but the accumulators.
   __host__ __device__ static constexpr int64_t fixed(int fields, bool separate = false) {
@@ -153,14 +162,14 @@ struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
 
   int fields;
   bool separate;
+  unsigned char* stage1;  // stage 1's bytes: `raw` itself, or the bytes before it where separate
   __device__ TcReduceSmem(unsigned char* dyn, int f, bool sep = false)
-      : Base(dyn + Base::fixed_bytes, dyn), fields(f), separate(sep) {}
-  __device__ T* field(int t) const {
-    return reinterpret_cast<T*>(this->raw + (separate ? stage1_bytes : 0)) + t * kTcTile * Base::ld_mix;
-  }
+      : Base(dyn + Base::fixed_bytes + (sep ? stage1_bytes : 0), dyn), fields(f), separate(sep),
+        stage1(dyn + Base::fixed_bytes) {}
+  __device__ T* field(int t) const { return reinterpret_cast<T*>(this->raw) + t * kTcTile * Base::ld_mix; }
   __device__ T* factor() const { return field(fields); }
   __device__ float* acc(int64_t k) const {
-    return reinterpret_cast<float*>(this->raw + work_bytes(fields, separate)) + k * kTcTile * acc_ld;
+    return reinterpret_cast<float*>(stage1 + work_bytes(fields, separate)) + k * kTcTile * acc_ld;
   }
 };
 
@@ -449,9 +458,9 @@ __device__ __forceinline__ void for_each_element(const Codes& codes, F&& f) {
 // The output cotangents' sums per accumulator element, g_rho[i][r] = scale_rho sum_j gout_rho[i][j]
 // A_rho[j][r] (A_0 = A, A_1 = A * A, the latter for the moments only), or the features' own
 // cotangent gelem[i][r] in g0. gout's rows and A's columns of the tile are staged in shared memory
-// (the input region, free after stage 1), kCStage outputs at a time. Contains barriers: call it
+// (from `raw` on: stage 1's bytes, free after stage 1, or the reductions' scratch, see
+// TcReduceSmem), kCStage outputs at a time. Contains barriers: call it
 // after stage 1's last barrier, and it ends with one.
-constexpr int kCStage = 32;
 template <typename T, int St>
 struct CotangentSmem {
   static constexpr int ld_g = kCStage + 1, ld_a = kTcTile + 1;
@@ -461,6 +470,7 @@ struct CotangentSmem {
   __device__ explicit CotangentSmem(const TcSmem<T, St>& sm)
       : g0(reinterpret_cast<float*>(sm.raw)), g1(g0 + kTcTile * ld_g), a(g1 + kTcTile * ld_g) {}
   static constexpr int bytes = (2 * kTcTile * ld_g + kCStage * ld_a) * 4;
+  static_assert(bytes == kCotangentBytes, "TcReduceSmem sizes its scratch by kCotangentBytes");
 };
 static_assert(CotangentSmem<float, 2>::bytes <= TcSmem<float, 2>::shared_bytes &&
                   CotangentSmem<__half, 2>::bytes <= TcSmem<__half, 2>::shared_bytes,

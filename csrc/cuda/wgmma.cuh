@@ -362,7 +362,7 @@ struct WgmmaStage1 {
 
   __device__ WgmmaRingCopies<T> copies(const WgmmaReduceSmem<T>& sm, const TileRun& run) const {
     const int64_t chunks = (p.d + kWgmmaChunk<T> - 1) / kWgmmaChunk<T>;
-    return {maps, bars, ring_in(sm.raw), run, chunks, run.count * chunks};
+    return {maps, bars, ring_in(sm.stage1), run, chunks, run.count * chunks};
   }
   __device__ static int ahead(int64_t chunks) {  // the chunks of a tile that start issues
     return static_cast<int>(chunks < WgmmaRing::stages - 1 ? chunks : WgmmaRing::stages - 1);
@@ -382,7 +382,7 @@ struct WgmmaStage1 {
       const WgmmaRingCopies<T> r = copies(sm, run);
       wgmma_tma_finish(p, r, ring, j, ahead(r.chunks), q.acc, z0, u);
     } else {
-      wgmma_preactivations(p, maps, bars, ring_in(sm.raw), run, j, ring, z0, u);
+      wgmma_preactivations(p, maps, bars, ring_in(sm.stage1), run, j, ring, z0, u);
     }
   }
 };
