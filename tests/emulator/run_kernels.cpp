@@ -631,11 +631,15 @@ void run_ring(Mainloop ml, const std::string& filter) {
 // and stage 2), on tiles of 2 k chunks (d = 72: the whole of stage 1 issued ahead), 4 (d = 200: 2
 // ahead, 2 after) and 1 (d = 64: the copies run up to 3 tiles ahead), without splits so that a block
 // takes several tiles: the readout and every gradient checked against the reference, the overlap
-// kernels having run; then with TAYLORNET_CUDA_OVERLAP=0, the plain ones.
+// kernels having run; then with TAYLORNET_CUDA_OVERLAP=0, the plain ones, which must issue as many
+// wgmmas (a tile's chunks issued ahead and then again would give the same sums at twice the work).
 template <typename T>
 void run_overlap(const std::string& filter) {
   const Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, true};
-  for (const Shape& s : {Shape{260, 72, 200, 2}, Shape{150, 200, 140, 2}, Shape{200, 64, 200, 2}})
+  for (const Shape& s : {Shape{260, 72, 200, 2}, Shape{150, 200, 140, 2}, Shape{200, 64, 200, 2}}) {
+    long issued[2][2] = {};  // [overlap][forward, backward]
+    bool ran[2] = {};
+    std::string name;
     for (const bool overlap : {true, false}) {
       Case<T> cs(s, c, Mainloop::kWgmma, 91 + s.d);
       cs.overlap = overlap;
@@ -644,13 +648,24 @@ void run_overlap(const std::string& filter) {
       const char* sample = overlap ? "sample_sum_wgmma_overlap_kernel" : "sample_sum_wgmma_kernel";
       const char* neuron = overlap ? "neuron_sum_wgmma_overlap_kernel" : "neuron_sum_wgmma_kernel";
       size_t from = tn_emu::binary.recomputes.size();
+      long before = tn_emu::wgmmas_issued;
       check_forward(cs, false);
+      issued[overlap][0] = tn_emu::wgmmas_issued - before;
       expect_ran(cs.name + " forward", from, neuron);
       from = tn_emu::binary.recomputes.size();
+      before = tn_emu::wgmmas_issued;
       check_backward(cs, false, kAllNet, "");
+      issued[overlap][1] = tn_emu::wgmmas_issued - before;
       expect_ran(cs.name + " backward", from, sample);
       expect_ran(cs.name + " backward dX", from, neuron);
+      name = cs.name;
+      ran[overlap] = true;
     }
+    if (!ran[0] || !ran[1]) continue;  // filtered out
+    for (int k = 0; k < 2; ++k)
+      expect(name + (k ? " backward" : " forward") + ": as many wgmmas with the overlap kernels as without",
+             issued[1][k] == issued[0][k], std::to_string(issued[1][k]) + " vs " + std::to_string(issued[0][k]));
+  }
 }
 
 // The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over

@@ -154,6 +154,9 @@ inline void execute(ThreadState& s, const Op& op) {
 
 inline void wgmma_fence() { wg::block().thread[self.thread.x].fenced = true; }
 
+// The wgmmas issued (each warpgroup's, counted once), for checks that two kernels do the same work.
+inline long wgmmas_issued = 0;
+
 template <typename T>
 void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
@@ -167,6 +170,7 @@ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
            log[s.issued].accumulate != accumulate)
     fail("the threads of a warpgroup issued different wgmmas (.sync.aligned)");
   ++s.issued;
+  wgmmas_issued += self.thread.x % 128 == 0;
   wg::check_fenced(a);
   wg::check_fenced(b);
   std::vector<float>* at_issue = wg::in_flight(s, d);
