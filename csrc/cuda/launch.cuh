@@ -332,12 +332,12 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
   return column_groups(col_tiles, fixed, per_tile, ctx.device.smem_optin);
 }
 
-// The wgmma reductions' column groups with the field tiles apart from the ring, where that needs no
-// more groups than `shared` (their groups with the field tiles in the ring's bytes), the copy engine
-// fills the ring, the epilogue is specialised (slot != 0), d > 0 (the overlap kernels start every sum
-// with a wgmma) and TAYLORNET_CUDA_OVERLAP is not 0: the
-// overlap kernels then run each tile's first products under the previous tile's epilogue and stage
-// 2 (WgmmaStage1). Else `shared`, not separate.
+// The wgmma reductions' column groups with the epilogue's and stage 2's scratch apart from the ring,
+// where that needs no more groups than `shared` (their groups with the scratch in the ring's bytes),
+// the copy engine fills the ring, the epilogue is specialised (slot != 0), d > 0 (the overlap
+// kernels start every sum with a wgmma) and TAYLORNET_CUDA_OVERLAP is not 0: the overlap kernels
+// then run each tile's first products under the previous tile's epilogue and stage 2
+// (WgmmaStage1). Else `shared`, not separate.
 template <typename T>
 ColumnGroups wgmma_groups(const Problem<T>& p, const ColumnGroups& shared, int fields, int slots, int64_t col_tiles,
                           int slot, const sm90::TileMaps& maps, const Context& ctx, bool& separate) {

@@ -117,9 +117,8 @@ __device__ __forceinline__ void wgmma_stage_chunk(const Problem<T>& p, unsigned 
 }
 
 // This warpgroup's products of the chunk in `stage`: four wgmma.m64n64k16 (k steps of 32 bytes
-// inside the 128-byte rows), committed as one group.
-// `first`: the tile's first chunk, whose first wgmma starts the sums (scale-d 0) rather than adding
-// to them.
+// inside the 128-byte rows), committed as one group. `first`: the tile's first chunk, whose first
+// wgmma starts the sums (scale-d 0) rather than adding to them.
 template <typename T>
 __device__ __forceinline__ void wgmma_chunk(float (&acc)[32], uint32_t stage, bool first) {
   const uint32_t x = stage, w = stage + WgmmaRing::x_bytes + (threadIdx.x / 128) * WgmmaRing::wg_w_bytes;
@@ -230,8 +229,8 @@ struct WgmmaRingCopies {
 //
 // Without Overlap a tile's copies start at its call (start), after every thread has ordered its
 // generic-proxy accesses of the ring's bytes (the previous tile's field tiles) before the copy
-// engine's writes; the wgmmas all run in finish. With Overlap (the caller's field tiles apart from
-// the ring) the copies are one stream over the run (`last` is the run's end; the caller copies the
+// engine's writes; the wgmmas all run in finish. With Overlap (the caller's scratch apart from the
+// ring) the copies are one stream over the run (`last` is the run's end; the caller copies the
 // first ones with top_up before any wgmma), and start issues the tile's first `ahead` chunks'
 // wgmmas without waiting for them: the caller runs the previous tile's epilogue and stage 2 before
 // finish, under those wgmmas. The issue and the wait stay in one iteration of the caller's loop:
@@ -348,9 +347,9 @@ __device__ __forceinline__ unsigned char* ring_in(unsigned char* work) {
 // tile.
 template <typename T, bool Overlap>
 struct WgmmaStage1 {
-  // Overlap: the field tiles apart from the ring (WgmmaReduceSmem's `separate`), and the first
-  // wgmmas of each tile under the previous tile's epilogue and stage 2 (wgmma_tma_start); tensor
-  // maps only.
+  // Overlap: the epilogue's and stage 2's scratch apart from the ring (WgmmaReduceSmem's
+  // `separate`), and the first wgmmas of each tile under the previous tile's epilogue and stage 2
+  // (wgmma_tma_start); tensor maps only.
   static constexpr bool separate = Overlap, kOverlaps = Overlap;
   struct Pending {  // a tile's accumulators between start and finish
     float acc[Overlap ? 32 : 1];
@@ -475,7 +474,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 // The same with each tile's first wgmmas under the previous tile's epilogue and stage 2
 // (WgmmaStage1<T, true>), for specialised epilogues S (the generic one has no registers to spare for
 // the second set of accumulators). Only with tensor maps (maps.usable), and with the shared memory
-// for field tiles apart from the ring (WgmmaReduceSmem::fixed(fields, true)). Kernels of their own:
+// for the scratch apart from the ring (WgmmaReduceSmem::fixed(fields, true)). Kernels of their own:
 // beside the other stage 1 in one function, ptxas serialised the wgmmas and spilled registers.
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1)
