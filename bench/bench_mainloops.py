@@ -12,7 +12,9 @@ rate is 10nmd FLOPs per step (two products forward, both again and the dW produc
 an 8192^3 torch.mm in the same dtype, measured in the same run. `--op features` times the
 taylor_features forward instead (4nmd FLOPs, an n x m output: take a smaller m). A name with
 "+cp.async" runs that mainloop with TAYLORNET_CUDA_TMA=0 (the wgmma kernels staging with cp.async
-instead of the copy engine). A name the library does not know, or
+instead of the copy engine), one with "+serial" with TAYLORNET_CUDA_OVERLAP=0 (the wgmma reductions
+running each tile's products after the previous tile's epilogue rather than under it). A name the
+library does not know, or
 a mainloop that cannot run this case here, is recorded as such. The JSON is rewritten after every
 mainloop, so a run cut short keeps what it measured.
 """
@@ -29,6 +31,18 @@ import taylornet as tn
 
 ENV = "TAYLORNET_CUDA_MAINLOOP"
 TMA_ENV = "TAYLORNET_CUDA_TMA"
+OVERLAP_ENV = "TAYLORNET_CUDA_OVERLAP"
+SWITCHES = {"+cp.async": TMA_ENV, "+serial": OVERLAP_ENV}  # a name's suffix: that switch at 0
+
+
+def mainloop_env(name: str) -> tuple[str, dict[str, str]]:
+    """The mainloop a name runs and the switches it sets: "wgmma+serial" is wgmma, overlap off."""
+    env = {var: "1" for var in SWITCHES.values()}
+    for suffix, var in SWITCHES.items():
+        if suffix in name:
+            name = name.replace(suffix, "")
+            env[var] = "0"
+    return name, env
 
 
 def event_times(fn, repeats: int) -> list[float]:
@@ -66,7 +80,8 @@ def main() -> int:
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     p.add_argument("--op", default="net_fb", choices=["net_fb", "features"])
     p.add_argument("--mainloops", nargs="+", default=["simt", "auto", "wgmma", "mma", "wmma"],
-                   help="SIMT first: the others are compared with it; NAME+cp.async: with TAYLORNET_CUDA_TMA=0")
+                   help="SIMT first: the others are compared with it; NAME+cp.async: with TAYLORNET_CUDA_TMA=0, "
+                        "NAME+serial: with TAYLORNET_CUDA_OVERLAP=0")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="mainloops.json")
     args = p.parse_args()
@@ -97,12 +112,12 @@ def main() -> int:
     print(f"{report['gpu']}: 8192^3 {args.dtype} mm {report['matmul_8192_flops_per_s'] / 1e12:.0f} TFLOP/s; "
           f"n={n} d={d} m={m} order {args.order} {args.activation}")
     reference = None
-    previous = {v: os.environ.get(v) for v in (ENV, TMA_ENV)}
+    previous = {v: os.environ.get(v) for v in (ENV, *SWITCHES.values())}
     try:
         for name in args.mainloops:
-            mainloop, cp_async = name.removesuffix("+cp.async"), name.endswith("+cp.async")
+            mainloop, switches = mainloop_env(name)
             os.environ[ENV] = mainloop
-            os.environ[TMA_ENV] = "0" if cp_async else "1"
+            os.environ.update(switches)
             row: dict = {}
             try:
                 out, dw = step()

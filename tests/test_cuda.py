@@ -228,6 +228,36 @@ def test_wgmma_reductions_match_mma(precision, monkeypatch):
         assert torch.equal(outs["wgmma1"][i], outs["wgmma0"][i]), f"{name}: wgmma with tensor copies vs cp.async"
 
 
+@needs_wgmma
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+@pytest.mark.parametrize("d", [72, 200, 64])
+def test_wgmma_overlap_matches_serial(precision, d, monkeypatch):
+    # The overlap kernels (each tile's first wgmmas under the previous tile's epilogue and stage 2)
+    # run the same wgmmas, epilogue and stage 2 in the same order as the plain ones: without splits,
+    # bit for bit the same readout and gradients, for 2, 4 and 1 k chunks per tile.
+    dtype = PRECISIONS[precision][0]
+    p = on(make_problem(n=300, d=d, m=260, c=2, bias=True), "cuda", dtype)
+    x, w = p["x"].clone().requires_grad_(), p["w"].clone().requires_grad_()
+    cot = torch.randn(300, 2, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(5))
+    outs = {}
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
+    with deterministic():
+        for overlap in ("1", "0"):
+            monkeypatch.setenv("TAYLORNET_CUDA_OVERLAP", overlap)
+            y = tn.taylor_net(x, p["w0"], w, p["a"], b0=p["b0"], b=p["b"], activation="tanh", order=2,
+                              sign_seed=SIGN_SEED)
+            outs[overlap] = (y, *torch.autograd.grad(y, [x, w], cot))
+    for name, got, want in zip(("output", "dX", "dW"), outs["1"], outs["0"]):
+        assert torch.equal(got, want), f"{name}: overlapping stage 1 vs serial"
+
+
+def test_overlap_switch_takes_0_or_1(monkeypatch):
+    p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
+    monkeypatch.setenv("TAYLORNET_CUDA_OVERLAP", "no")
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_OVERLAP: expected 0 or 1, got 'no'"):
+        tn.taylor_features(p["x"], p["w0"], p["w"])
+
+
 def test_tensor_copy_switch_takes_0_or_1(monkeypatch):
     p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
     monkeypatch.setenv("TAYLORNET_CUDA_TMA", "off")

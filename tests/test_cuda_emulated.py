@@ -115,6 +115,14 @@ def test_kernel_choice_and_launch_failures(emulator):
     run_checks(emulator, "host/")
 
 
+def test_wgmma_overlap_kernels(emulator):
+    # The wgmma reductions whose next tile's wgmmas run under the previous tile's epilogue and stage
+    # 2: tiles of 2, 4 and 1 k chunks, several per block; the readout and every gradient against the
+    # reference, the overlap kernels having run, then with TAYLORNET_CUDA_OVERLAP=0 the plain ones,
+    # and as many wgmmas issued either way.
+    run_checks(emulator, "overlap/")
+
+
 def test_recompute_passes_per_op(emulator):
     # The (sample tile, neuron tile) recomputations that each kernel runs, counted by the emulator
     # per launch, as passes over the n x m tiles, for every path at d = 32, 128, 512, 1024 (and an

@@ -159,6 +159,15 @@ template <typename T, int... S>
 auto sample_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_wgmma_kernel<T, kGenericEpilogue>, &sample_sum_wgmma_kernel<T, S>...};
 }
+// The reductions on wgmma with stage 1 under the epilogue: [k] series k of kSpecialised (no generic).
+template <typename T, int... S>
+auto neuron_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_wgmma_overlap_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto sample_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&sample_sum_wgmma_overlap_kernel<T, S>...};
+}
 using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
 
 // A kernel family's tensor-core kernels for one epilogue (null for float64), and the mainloop's tag
@@ -323,6 +332,23 @@ ColumnGroups reduce_groups(Mainloop m, int fields, int slots, int64_t col_tiles,
   return column_groups(col_tiles, fixed, per_tile, ctx.device.smem_optin);
 }
 
+// The wgmma reductions' column groups with the epilogue's and stage 2's scratch apart from the ring,
+// where that needs no more groups than `shared` (their groups with the scratch in the ring's bytes),
+// the copy engine fills the ring, the epilogue is specialised (slot != 0), d > 0 (the overlap
+// kernels start every sum with a wgmma) and TAYLORNET_CUDA_OVERLAP is not 0: the overlap kernels
+// then run each tile's first products under the previous tile's epilogue and stage 2
+// (WgmmaStage1). Else `shared`, not separate.
+template <typename T>
+ColumnGroups wgmma_groups(const Problem<T>& p, const ColumnGroups& shared, int fields, int slots, int64_t col_tiles,
+                          int slot, const sm90::TileMaps& maps, const Context& ctx, bool& separate) {
+  separate = false;
+  if (slot == 0 || !maps.usable || !ctx.overlap_stage1 || p.d == 0) return shared;
+  const ColumnGroups g = column_groups(col_tiles, WgmmaReduceSmem<T>::fixed(fields, true),
+                                      slots * WgmmaReduceSmem<T>::acc_tile_bytes, ctx.device.smem_optin);
+  separate = g.fits && g.groups <= shared.groups;
+  return separate ? g : shared;
+}
+
 // Under `auto`, a reduction that the choice gives wgmma runs on mma.sync instead where mma.sync's
 // smaller stage 1 fits the columns in fewer groups (each group is a pass over the n x m elements:
 // by the model a pass costs far more than wgmma saves per pass). mma.sync is wgmma's stand-in, so
@@ -387,8 +413,16 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
       split_launch(gx, use.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * use.groups, tiles));
   if constexpr (kHasWgmmaKernels<T>) {
     if (k.mainloop == Mainloop::kWgmma) {
-      launch(kernel_name<T>("neuron_sum_wgmma_kernel"), neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
-             use.smem, ctx, p, s, l.tiles_per_split, use.group_tiles, wgmma_tile_maps(p, p.x, p.n, ctx));
+      const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
+      bool separate = false;
+      const ColumnGroups w = wgmma_groups<T>(p, use, s.terms, s.slots(), ceil_div(s.ncols, B), slot, maps, ctx, separate);
+      if (separate)
+        launch(kernel_name<T>("neuron_sum_wgmma_overlap_kernel"),
+               neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
+               l.tiles_per_split, w.group_tiles, maps);
+      else
+        launch(kernel_name<T>("neuron_sum_wgmma_kernel"), neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
+               w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
       return;
     }
   }
@@ -441,8 +475,16 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   const SplitLaunch l = split_launch(gx, g.groups, tiles, inner_splits(ctx.device.sms, k.split, gx * g.groups, tiles));
   if constexpr (kHasWgmmaKernels<T>) {
     if (k.mainloop == Mainloop::kWgmma) {
-      launch(kernel_name<T>("sample_sum_wgmma_kernel"), sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
-             g.smem, ctx, p, s, l.tiles_per_split, g.group_tiles, wgmma_tile_maps(p, p.x, p.n, ctx));
+      const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
+      bool separate = false;
+      const ColumnGroups w = wgmma_groups<T>(p, g, s.terms, 1, s.tiles(B), slot, maps, ctx, separate);
+      if (separate)
+        launch(kernel_name<T>("sample_sum_wgmma_overlap_kernel"),
+               sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
+               l.tiles_per_split, w.group_tiles, maps);
+      else
+        launch(kernel_name<T>("sample_sum_wgmma_kernel"), sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
+               w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
       return;
     }
   }

@@ -53,6 +53,7 @@ struct Context {
   Mainloop requested = Mainloop::kAuto;
   bool generic_epilogue = false;  // the tensor-core kernels skip their specialised epilogues
   bool tensor_copies = true;      // the wgmma kernel stages through the copy engine where it can (else cp.async)
+  bool overlap_stage1 = true;     // the wgmma reductions run the next tile's products under this tile's epilogue
   Workspace* workspace = nullptr;
 };
 

@@ -76,13 +76,11 @@ cuda::Mainloop requested_mainloop() {
 }
 
 
-// TAYLORNET_CUDA_TMA=0: the wgmma kernel stages its tiles with cp.async instead of the copy
-// engine's tensor copies (1 or unset: tensor copies where the shapes allow them).
-bool tensor_copies_requested() {
-  const char* env = std::getenv("TAYLORNET_CUDA_TMA");
+// A switch that is on unless the environment variable `name` is 0 (1 or unset: on).
+bool switch_on(const char* name) {
+  const char* env = std::getenv(name);
   const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "0" || v == "1", "taylornet: TAYLORNET_CUDA_TMA: expected 0 or 1, got '", v,
-                    "'");
+  TORCH_CHECK_VALUE(v.empty() || v == "0" || v == "1", "taylornet: ", name, ": expected 0 or 1, got '", v, "'");
   return v != "0";
 }
 
@@ -103,7 +101,12 @@ struct CudaCall {
     // TAYLORNET_CUDA_EPILOGUE=generic: the tensor-core kernels take the plan-driven epilogue for
     // every series
     ctx.generic_epilogue = generic_epilogue_requested("TAYLORNET_CUDA_EPILOGUE");
-    ctx.tensor_copies = tensor_copies_requested();
+    // TAYLORNET_CUDA_TMA=0: the wgmma kernels stage their tiles with cp.async instead of the copy
+    // engine's tensor copies (1 or unset: tensor copies where the shapes allow them).
+    ctx.tensor_copies = switch_on("TAYLORNET_CUDA_TMA");
+    // TAYLORNET_CUDA_OVERLAP=0: the wgmma reductions run each tile's products after the previous
+    // tile's epilogue instead of under it (1 or unset: overlapped where shared memory allows).
+    ctx.overlap_stage1 = switch_on("TAYLORNET_CUDA_OVERLAP");
     ctx.workspace = &workspace;
     op.dtype = cuda_dtype(a.x.scalar_type());
     auto ptr = [](const Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };

@@ -129,11 +129,18 @@ struct TcTallSmem : TcSmem<T, Stages> {
 template <typename M, typename T>
 using FeaturesSmem = TcTallSmem<T, M::kStages, M::kFeaturesRows>;
 
-// The reductions' dynamic shared memory: the fixed part, the work region (stage 1's chunks for
-// `Rows` samples, as TcTallSmem, or the `Stage1Bytes` of another mainloop's stage 1 where more;
-// sized for the field tiles of 64 samples too) and the float accumulators of the block's column
-// tiles ([row][col], one 64 x 64 tile per column tile and accumulator slot), which live across the
-// whole inner loop.
+// The epilogue's staged cotangents (CotangentSmem): kCStage outputs of gout's rows and A's columns
+// of a tile at a time.
+constexpr int kCStage = 32;
+constexpr int kCotangentBytes = (2 * kTcTile * (kCStage + 1) + kCStage * (kTcTile + 1)) * 4;
+
+// The reductions' dynamic shared memory: the fixed part, the work region and the float accumulators
+// of the block's column tiles ([row][col], one 64 x 64 tile per column tile and accumulator slot),
+// which live across the whole inner loop. The work region holds stage 1's bytes (its chunks for
+// `Rows` samples, as TcTallSmem, or the `Stage1Bytes` of another mainloop's stage 1 where more) and
+// the scratch of the epilogue and stage 2 (the staged cotangents, then the field tiles of 64 samples
+// and stage 2's factor tile), from `raw` on: in the same bytes, used in turn, or where `separate`
+// after stage 1's, so that the next tile's stage 1 can run while the scratch is in use.
 template <typename T, int Stages, int Rows = kTcTile, int64_t Stage1Bytes = 0>
 struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
   using Base = TcTallSmem<T, Stages, Rows>;
@@ -141,18 +148,28 @@ struct TcReduceSmem : TcTallSmem<T, Stages, Rows> {
   static constexpr int acc_ld = kTcTile + 4;
   static constexpr int64_t acc_tile_bytes = int64_t(kTcTile) * acc_ld * 4;
   static constexpr int64_t stage1_bytes = Base::shared_bytes > Stage1Bytes ? Base::shared_bytes : Stage1Bytes;
-  __host__ __device__ static constexpr int64_t work_bytes(int fields) {
-    return stage1_bytes > (fields + 1) * field_bytes ? stage1_bytes : (fields + 1) * field_bytes;
+  __host__ __device__ static constexpr int64_t scratch_bytes(int fields) {
+    return (fields + 1) * field_bytes > kCotangentBytes ? (fields + 1) * field_bytes : kCotangentBytes;
+  }
+  __host__ __device__ static constexpr int64_t work_bytes(int fields, bool separate = false) {
+    const int64_t scratch = scratch_bytes(fields);
+    return separate ? stage1_bytes + scratch : stage1_bytes > scratch ? stage1_bytes : scratch;
   }
   // Everything but the accumulators.
-  __host__ __device__ static constexpr int64_t fixed(int fields) { return Base::fixed_bytes + work_bytes(fields); }
+  __host__ __device__ static constexpr int64_t fixed(int fields, bool separate = false) {
+    return Base::fixed_bytes + work_bytes(fields, separate);
+  }
 
   int fields;
-  __device__ TcReduceSmem(unsigned char* dyn, int f) : Base(dyn + Base::fixed_bytes, dyn), fields(f) {}
+  bool separate;
+  unsigned char* stage1;  // stage 1's bytes: `raw` itself, or the bytes before it where separate
+  __device__ TcReduceSmem(unsigned char* dyn, int f, bool sep = false)
+      : Base(dyn + Base::fixed_bytes + (sep ? stage1_bytes : 0), dyn), fields(f), separate(sep),
+        stage1(dyn + Base::fixed_bytes) {}
   __device__ T* field(int t) const { return reinterpret_cast<T*>(this->raw) + t * kTcTile * Base::ld_mix; }
   __device__ T* factor() const { return field(fields); }
   __device__ float* acc(int64_t k) const {
-    return reinterpret_cast<float*>(this->raw + work_bytes(fields)) + k * kTcTile * acc_ld;
+    return reinterpret_cast<float*>(stage1 + work_bytes(fields, separate)) + k * kTcTile * acc_ld;
   }
 };
 
@@ -441,9 +458,9 @@ __device__ __forceinline__ void for_each_element(const Codes& codes, F&& f) {
 // The output cotangents' sums per accumulator element, g_rho[i][r] = scale_rho sum_j gout_rho[i][j]
 // A_rho[j][r] (A_0 = A, A_1 = A * A, the latter for the moments only), or the features' own
 // cotangent gelem[i][r] in g0. gout's rows and A's columns of the tile are staged in shared memory
-// (the input region, free after stage 1), kCStage outputs at a time. Contains barriers: call it
+// (from `raw` on: stage 1's bytes, free after stage 1, or the reductions' scratch, see
+// TcReduceSmem), kCStage outputs at a time. Contains barriers: call it
 // after stage 1's last barrier, and it ends with one.
-constexpr int kCStage = 32;
 template <typename T, int St>
 struct CotangentSmem {
   static constexpr int ld_g = kCStage + 1, ld_a = kTcTile + 1;
@@ -453,6 +470,7 @@ struct CotangentSmem {
   __device__ explicit CotangentSmem(const TcSmem<T, St>& sm)
       : g0(reinterpret_cast<float*>(sm.raw)), g1(g0 + kTcTile * ld_g), a(g1 + kTcTile * ld_g) {}
   static constexpr int bytes = (2 * kTcTile * ld_g + kCStage * ld_a) * 4;
+  static_assert(bytes == kCotangentBytes, "TcReduceSmem sizes its scratch by kCotangentBytes");
 };
 static_assert(CotangentSmem<float, 2>::bytes <= TcSmem<float, 2>::shared_bytes &&
                   CotangentSmem<__half, 2>::bytes <= TcSmem<__half, 2>::shared_bytes,
@@ -721,6 +739,45 @@ __device__ __forceinline__ void next_half(Acc (&z0)[H][2], Acc (&u)[H][2]) {
   }
 }
 
+// A block's inner tiles in the order it takes them: tile j at samples i0 + j di, neurons r0 + j dr.
+struct TileRun {
+  int64_t i0, r0, di, dr, count;
+  __device__ int64_t i(int64_t j) const { return i0 + j * di; }
+  __device__ int64_t r(int64_t j) const { return r0 + j * dr; }
+};
+
+// The block's tiles in order: stage 1 of each (TcStage1 and its kin: begin, then per tile start and
+// finish, which leaves the products in z0 and u) and body(j), the epilogue and stage 2 of tile j. A
+// stage 1 that overlaps (kOverlaps) gets iterations that start tile j's stage 1, run body(j - 1)
+// under it and then finish tile j: the wgmmas issued by start and the wait for them in finish stay
+// in one iteration (ptxas serialises wgmmas in flight across a loop's back edge). The others keep
+// the plain order: stage 1 of tile j, then body(j).
+template <int H, typename Stage1, typename Sm, typename Acc, typename Body>
+__device__ __forceinline__ void run_tiles(Stage1& stage1, const Sm& sm, const TileRun& run, Acc (&z0)[H][2],
+                                          Acc (&u)[H][2], Body&& body) {
+  using Pending = typename Stage1::Pending;
+  auto finish = [&](int64_t j, Pending& pending) {
+    if constexpr (H == 1) stage1.finish(sm, run, j, pending, z0[0], u[0]);
+    else stage1.finish(sm, run, j, pending, z0, u);
+  };
+  stage1.begin(sm, run);
+  if constexpr (Stage1::kOverlaps) {
+    for (int64_t j = 0; j <= run.count; ++j) {
+      Pending pending;
+      if (j < run.count) stage1.start(sm, run, j, pending);
+      if (j > 0) body(j - 1);
+      if (j < run.count) finish(j, pending);
+    }
+  } else {
+    for (int64_t j = 0; j < run.count; ++j) {
+      Pending pending;
+      stage1.start(sm, run, j, pending);
+      finish(j, pending);
+      body(j);
+    }
+  }
+}
+
 // Blocks own (sample tile, group of column tiles); the loop runs over neuron tiles: the readout and
 // dX. Per neuron tile the products run once; then per half of R / 64 the epilogue, and every column
 // tile of the group takes both terms from the field tiles in shared memory into its accumulators
@@ -728,8 +785,9 @@ __device__ __forceinline__ void next_half(Acc (&z0)[H][2], Acc (&u)[H][2]) {
 // fragments between two halves of 64 samples and holds accumulators for 128 rows per column tile:
 // the launch takes it where that costs no extra column group.
 //
-// Sm: the shared memory's layout (TcReduceSmem), R = Sm::rows. stage1(sm, i0, r0, z0, u): stage 1 of
-// the tile, the products of R samples (z0 and u: Acc[2] per 64 rows, or Acc[H][2]).
+// Sm: the shared memory's layout (TcReduceSmem), R = Sm::rows. stage1: stage 1 of the block's tiles
+// (TcStage1 and its kin), the products of R samples per tile (z0 and u: Acc[2] per 64 rows, or
+// Acc[H][2]); stage1.separate: the field tiles are apart from stage 1's bytes (Sm's `separate`).
 template <typename M, int S, typename T, typename Sm, typename Stage1>
 __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronSum<T>& s, int64_t tiles_per_split,
                                               int64_t group_tiles, Stage1&& stage1) {
@@ -737,7 +795,7 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
-  const Sm sm(dyn, s.terms);
+  const Sm sm(dyn, s.terms, stage1.separate);
   const int64_t i0 = static_cast<int64_t>(blockIdx.x) * R, col_tiles = (s.ncols + kTcTile - 1) / kTcTile;
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < col_tiles ? g0 + group_tiles : col_tiles;
@@ -750,13 +808,12 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
   typename TcTypes<M, T>::Codes codes;
   load_codes(sm, codes);
   for (int64_t e = threadIdx.x; e < (g1 - g0) * slots * H * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
-  for (int64_t rt = t_begin; rt < t_end; ++rt) {
-    const int64_t r0 = rt * kTcTile;
-    Acc z0[H][2], u[H][2], unused[2][2];
+  const TileRun run{i0, t_begin * kTcTile, 0, kTcTile, t_end - t_begin};
+  Acc z0[H][2], u[H][2], unused[2][2];
+  run_tiles(stage1, sm, run, z0, u, [&](int64_t j) {
+    const int64_t r0 = run.r(j);
     load_neurons(p, sm, r0);
     __syncthreads();
-    if constexpr (H == 1) stage1(sm, i0, r0, z0[0], u[0]);
-    else stage1(sm, i0, r0, z0, u);
     // Half after half from z0[0] and u[0] (the next half moves there at the end of the body): not
     // unrolled, so the kernel holds one copy of the epilogue and stage 2.
 #pragma unroll 1
@@ -769,7 +826,9 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
       for (int64_t ct = g0; ct < g1; ++ct) {
         const int64_t c0 = ct * kTcTile, cols = s.ncols - c0 < kTcTile ? s.ncols - c0 : kTcTile;
         const int staged = static_cast<int>((cols + 15) / 16 * 16);  // the columns some warp reads
-#pragma unroll
+        // Not unrolled: with this loop unrolled, ptxas serialised the overlapping stage 1's wgmmas
+        // (warning C7518).
+#pragma unroll 1
         for (int t = 0; t < 2; ++t) {
           if (t >= s.terms) break;
           T* zs = sm.factor();
@@ -788,7 +847,7 @@ __device__ __forceinline__ void neuron_sum_tc(const Problem<T>& p, const NeuronS
       }
       next_half(z0, u);
     }
-  }
+  });
   __syncthreads();
   for (int64_t ct = g0; ct < g1; ++ct)
     for (int t = 0; t < slots; ++t)
@@ -817,7 +876,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   using Acc = typename TcTypes<M, T>::Acc;
   constexpr int ld = Sm::ld_mix, acc_ld = Sm::acc_ld;
   TN_DYNAMIC_SMEM(dyn);
-  const Sm sm(dyn, s.terms);
+  const Sm sm(dyn, s.terms, stage1.separate);
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, tiles = s.tiles(kTcTile);
   const int64_t g0 = static_cast<int64_t>(blockIdx.y) * group_tiles;
   const int64_t g1 = g0 + group_tiles < tiles ? g0 + group_tiles : tiles;
@@ -831,14 +890,13 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
   load_codes(sm, codes);
   for (int64_t e = threadIdx.x; e < (g1 - g0) * kTcTile * acc_ld; e += kThreads) sm.acc(0)[e] = 0.0f;
   for (int e = threadIdx.x; e < kMaxSampleTerms * kTcTile; e += kThreads) sm.bias(0)[e] = 0.0f;
-  for (int64_t it = t_begin; it < t_end; ++it) {
-    Acc z0[H][2], u[H][2], extra[2][2];
-    if constexpr (H == 1) stage1(sm, it * R, r0, z0[0], u[0]);
-    else stage1(sm, it * R, r0, z0, u);
+  const TileRun run{t_begin * R, r0, R, 0, t_end - t_begin};
+  Acc z0[H][2], u[H][2], extra[2][2];
+  run_tiles(stage1, sm, run, z0, u, [&](int64_t j) {
     // Half after half from z0[0] and u[0], as in neuron_sum_tc.
 #pragma unroll 1
     for (int h = 0; h < H; ++h) {
-      const int64_t i0 = it * R + h * kTcTile;
+      const int64_t i0 = run.i(j) + h * kTcTile;
       if (i0 >= p.n) break;  // block-uniform: a last tile's empty half
       clear_tile_max(sm);
       tc_fields<S, kMaxSampleTerms>(p, sm, codes, need, i0, r0, z0[0], u[0], extra);
@@ -874,7 +932,7 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
       }
       next_half(z0, u);
     }
-  }
+  });
   __syncthreads();
   for (int64_t ct = g0; ct < g1; ++ct) {
     int t;
@@ -893,13 +951,24 @@ __device__ __forceinline__ void sample_sum_tc(const Problem<T>& p, const SampleS
       if (s.term[t].ones) atomicAdd(&s.term[t].ones[r0 + threadIdx.x], s.term[t].scale * sm.bias(t)[threadIdx.x]);
 }
 
-// Stage 1 of a reduction's tile by mma.sync or wmma from the staged chunks of x, w0, w.
+// Stage 1 of a reduction's tiles by mma.sync or wmma from the staged chunks of x, w0, w, all of it
+// in finish. A stage 1 (for run_tiles) has `separate` (the field tiles apart from stage 1's bytes:
+// the shared memory's `separate`), kOverlaps, a type Pending (what start leaves for finish), and
+// begin(sm, run) before the block's first tile, start(sm, run, j, pending) and finish(sm, run, j,
+// pending, z0, u) per tile j, called for j = 0, 1, ... in order; finish ends with a barrier.
 template <typename T>
 struct TcStage1 {
+  static constexpr bool separate = false, kOverlaps = false;
+  struct Pending {};
   const Problem<T>& p;
+  template <typename Sm>
+  __device__ __forceinline__ void begin(const Sm&, const TileRun&) const {}
+  template <typename Sm>
+  __device__ __forceinline__ void start(const Sm&, const TileRun&, int64_t, Pending&) const {}
   template <typename Sm, typename Acc>
-  __device__ __forceinline__ void operator()(const Sm& sm, int64_t i0, int64_t r0, Acc& z0, Acc& u) const {
-    tc_preactivations(p, sm, i0, r0, z0, u);
+  __device__ __forceinline__ void finish(const Sm& sm, const TileRun& run, int64_t j, Pending&, Acc& z0,
+                                         Acc& u) const {
+    tc_preactivations(p, sm, run.i(j), run.r(j), z0, u);
   }
 };
 #endif  // TN_TENSOR_CORES

@@ -117,15 +117,16 @@ __device__ __forceinline__ void wgmma_stage_chunk(const Problem<T>& p, unsigned 
 }
 
 // This warpgroup's products of the chunk in `stage`: four wgmma.m64n64k16 (k steps of 32 bytes
-// inside the 128-byte rows), committed as one group.
+// inside the 128-byte rows), committed as one group. `first`: the tile's first chunk, whose first
+// wgmma starts the sums (scale-d 0) rather than adding to them.
 template <typename T>
-__device__ __forceinline__ void wgmma_chunk(float (&acc)[32], uint32_t stage) {
+__device__ __forceinline__ void wgmma_chunk(float (&acc)[32], uint32_t stage, bool first) {
   const uint32_t x = stage, w = stage + WgmmaRing::x_bytes + (threadIdx.x / 128) * WgmmaRing::wg_w_bytes;
   sm90::fence_accumulators(acc);
   sm90::wgmma_fence();
 #pragma unroll
   for (int k = 0; k < 4; ++k)
-    sm90::wgmma_m64n64k16<T>(acc, sm90::kmajor_desc(x + 32 * k), sm90::kmajor_desc(w + 32 * k));
+    sm90::wgmma_m64n64k16<T>(acc, sm90::kmajor_desc(x + 32 * k), sm90::kmajor_desc(w + 32 * k), k > 0 || !first);
   sm90::wgmma_commit();
   sm90::fence_accumulators(acc);
 }
@@ -143,69 +144,157 @@ struct WgmmaBarriers {
   uint64_t full[WgmmaRing::stages], empty[WgmmaRing::stages];
 };
 
-// Stage 1: z0 and u (biases not added) of samples i0.. and neurons r0.. as the MmaAcc blocks of this
-// warp (warp_row_block, warp_col_block). Ends with a barrier.
-//
-// With tensor maps (maps.usable), thread 0 issues each chunk's five copies (the x box, then w0 and
-// w of neurons 0-31 and 32-63) on the copy engine into a free stage, and every thread waits for a
-// stage's full barrier, issues its warpgroup's wgmmas and then waits for the previous chunk's group
-// only (wgmma.wait_group 1), which frees that chunk's stage: the tensor cores always have the next
-// chunk's wgmmas queued behind the current ones, and no block-wide barrier is taken per chunk.
-// `issued` counts the chunks the ring has taken before this call (a reduction's block runs stage 1
-// once per inner tile): chunk c of the call is the ring's chunk issued + c, whose number fixes its
-// stage and the barriers' phases, and the count moves on by this call's chunks. Every chunk's stage
-// is marked empty once read, the last one's at the end, so the next call's copies find it free.
-// Without (d not a multiple of 8, unaligned rows), 16-byte cp.async copies by every thread, or
-// element by element.
-template <typename T>
-__device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
-                                     unsigned char* ring, int64_t i0, int64_t r0, MmaAcc (&z0)[2], MmaAcc (&u)[2],
-                                     int64_t& issued) {
-  constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
-  TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
-  float acc[32];
+// The warpgroup's accumulators as this warp's MmaAcc blocks. Accumulator columns 8 s .. 8 s + 7 are
+// registers 4 s .. 4 s + 3: z0's 16-column block j is registers 8 j .. 8 j + 7, u's the same 16
+// further on.
+__device__ __forceinline__ void tile_accumulators(const float (&acc)[32], MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
 #pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
-  const uint32_t ring_addr = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
-  auto stage_at = [&](int64_t c) { return static_cast<uint32_t>(c % St) * WgmmaRing::stage_bytes; };
-  const int64_t chunks = (p.d + chunk - 1) / chunk;
-  if (maps.usable) {
-    const int64_t base = issued;
-    if (base > 0) {
-      // The ring's bytes were last the previous tile's field tiles, written and read through the
-      // generic proxy: every thread orders those accesses before the copy engine's writes.
+  for (int j = 0; j < 2; ++j)
+#pragma unroll
+    for (int e = 0; e < MmaAcc::num_elements; ++e) {
+      z0[j].x[e] = acc[8 * j + e];
+      u[j].x[e] = acc[16 + 8 * j + e];
+    }
+}
+
+// The ring filled by the copy engine (tensor maps) over a block's run of tiles (TileRun). Chunk g of
+// the run is k chunk g % chunks of tile g / chunks; its number fixes its stage (g % stages) and the
+// phases of that stage's full and empty barriers. Per thread: the chunks it has marked empty
+// (`retired`); thread 0 also counts the chunks it has copied, with the tile and k chunk of the next
+// one (a division by `chunks` would be an out-of-line subroutine).
+struct WgmmaRingState {
+  int64_t retired = 0, copied = 0, copy_tile = 0;
+  int copy_chunk = 0;
+};
+
+template <typename T>
+struct WgmmaRingCopies {
+  static constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>;
+  const sm90::TileMaps& maps;
+  WgmmaBarriers& bars;
+  unsigned char* ring;
+  const TileRun& run;
+  int64_t chunks;
+  int64_t last;  // copies stop before chunk `last`: the tile's end, or the run's (one stream over it)
+
+  __device__ uint32_t stage_at(int64_t g) const {
+    return static_cast<uint32_t>(g % St) * WgmmaRing::stage_bytes;
+  }
+  // Thread 0: the next chunk's five copies (the x box, then w0 and w of neurons 0-31 and 32-63) into
+  // its stage, once every thread has marked that stage empty.
+  __device__ void copy_next(WgmmaRingState& st) const {
+    const int64_t g = st.copied++, tile = st.copy_tile;
+    unsigned char* const stage = ring + stage_at(g);
+    uint64_t* const full = &bars.full[g % St];
+    const int32_t k = st.copy_chunk * chunk;
+    if (++st.copy_chunk == chunks) {
+      st.copy_chunk = 0;
+      ++st.copy_tile;
+    }
+    if (g >= St) sm90::mbarrier_wait(&bars.empty[g % St], static_cast<uint32_t>(g / St - 1) & 1u);
+    sm90::mbarrier_arrive_expect_tx(full, WgmmaRing::stage_bytes);
+    sm90::tma_load_2d(stage, maps.x, k, static_cast<int32_t>(run.i(tile)), full);
+#pragma unroll
+    for (int b = 0; b < 4; ++b)  // [w0 0-31; w 0-31; w0 32-63; w 32-63], 32 rows each
+      sm90::tma_load_2d(stage + WgmmaRing::x_bytes + b * (WgmmaRing::w_bytes / 4), b % 2 ? maps.w : maps.w0, k,
+                        static_cast<int32_t>(run.r(tile) + (b / 2) * (kTcTile / 2)), full);
+  }
+  // Thread 0: copies up to `stages` chunks ahead of the first one not yet retired.
+  __device__ void top_up(WgmmaRingState& st) const {
+    if (threadIdx.x == 0)
+      while (st.copied < st.retired + St && st.copied < last) copy_next(st);
+  }
+  // Marks every chunk before `upto` empty (their wgmmas are done in this thread's warpgroup) and
+  // copies as far as that frees stages.
+  __device__ void retire(WgmmaRingState& st, int64_t upto) const {
+    for (; st.retired < upto; ++st.retired) sm90::mbarrier_arrive(&bars.empty[st.retired % St]);
+    top_up(st);
+  }
+  // Chunk g's wgmmas, once its bytes have landed; `first`: the tile's first chunk, which starts the
+  // sums.
+  __device__ void consume(int64_t g, bool first, float (&acc)[32]) const {
+    sm90::mbarrier_wait(&bars.full[g % St], static_cast<uint32_t>(g / St) & 1u);
+    wgmma_chunk<T>(acc, static_cast<uint32_t>(__cvta_generic_to_shared(ring)) + stage_at(g), first);
+  }
+};
+
+// Stage 1 of tile j with the copy engine, in two steps: wgmma_tma_start, then wgmma_tma_finish, with
+// the accumulators `acc` between them. Called for j = 0, 1, ... of the run in order.
+//
+// Thread 0 keeps up to `stages` chunks copied ahead, and every thread waits for a stage's full
+// barrier, issues its warpgroup's wgmmas and then waits for the previous chunk's group only
+// (wgmma.wait_group 1), which frees that chunk's stage: the tensor cores always have the next
+// chunk's wgmmas queued behind the current ones, and no block-wide barrier is taken per chunk.
+// Every chunk's stage is marked empty once read, the tile's last one's at the end.
+//
+// Without Overlap a tile's copies start at its call (start), after every thread has ordered its
+// generic-proxy accesses of the ring's bytes (the previous tile's field tiles) before the copy
+// engine's writes; the wgmmas all run in finish. With Overlap (the caller's scratch apart from the
+// ring) the copies are one stream over the run (`last` is the run's end; the caller copies the
+// first ones with top_up before any wgmma), and start issues the tile's first `ahead` chunks'
+// wgmmas without waiting for them: the caller runs the previous tile's epilogue and stage 2 before
+// finish, under those wgmmas. The issue and the wait stay in one iteration of the caller's loop:
+// ptxas serialises wgmmas that are in flight across a loop's back edge, or where paths with and
+// without them join.
+template <bool Overlap, typename T>
+__device__ __forceinline__ void wgmma_tma_start(const WgmmaRingCopies<T>& r, WgmmaRingState& st, int64_t j, int ahead,
+                                                float (&acc)[32]) {
+  const int64_t base = j * r.chunks;
+  if constexpr (Overlap) {
+    for (int64_t c = base; c < base + ahead; ++c) r.consume(c, c == base, acc);
+  } else {
+    if (j > 0) {
       sm90::fence_proxy_async();
       __syncthreads();
     }
-    auto issue = [&](int64_t c) {  // thread 0: the ring's chunk c into its stage, once that is free
-      unsigned char* const stage = ring + stage_at(c);
-      uint64_t* const full = &bars.full[c % St];
-      const int32_t k = static_cast<int32_t>((c - base) * chunk);
-      if (c >= St) sm90::mbarrier_wait(&bars.empty[c % St], static_cast<uint32_t>(c / St - 1) & 1u);
-      sm90::mbarrier_arrive_expect_tx(full, WgmmaRing::stage_bytes);
-      sm90::tma_load_2d(stage, maps.x, k, static_cast<int32_t>(i0), full);
+    r.top_up(st);
+  }
+}
+// z0 and u (biases not added) of tile j as the MmaAcc blocks of this warp (warp_row_block,
+// warp_col_block). Ends with a barrier.
+template <typename T>
+__device__ __forceinline__ void wgmma_tma_finish(const Problem<T>& p, const WgmmaRingCopies<T>& r, WgmmaRingState& st,
+                                                 int64_t j, int ahead, float (&acc)[32], MmaAcc (&z0)[2],
+                                                 MmaAcc (&u)[2]) {
+  TN_COUNT_RECOMPUTE(p, r.run.i(j), r.run.r(j), kTcTile, kTcTile);
+  const int64_t base = j * r.chunks, end = base + r.chunks;
+  for (int64_t c = base + ahead; c < end; ++c) {
+    r.consume(c, c == base, acc);
+    sm90::wgmma_wait<1>();  // every earlier chunk's wgmmas are done
+    sm90::fence_accumulators(acc);
+    r.retire(st, c);
+  }
+  wgmma_done(acc);
+  r.retire(st, end);
+  tile_accumulators(acc, z0, u);
+  __syncthreads();
+}
+
+// Stage 1 of tile j of the run, all of it in one call: with the copy engine where x and the
+// weights have tensor maps (maps.usable: wgmma_tma_start and wgmma_tma_finish without overlap);
+// else (d not a multiple of 8, unaligned rows) with 16-byte cp.async copies by every thread, or
+// element by element. `st`: the ring's state (WgmmaRingState) with the copy engine. Ends with a
+// barrier.
+template <typename T>
+__device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
+                                     unsigned char* ring, const TileRun& run, int64_t j, WgmmaRingState& st,
+                                     MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+  constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
+  const int64_t chunks = (p.d + chunk - 1) / chunk;
+  float acc[32];  // zero where d is: no chunk then
 #pragma unroll
-      for (int b = 0; b < 4; ++b)  // [w0 0-31; w 0-31; w0 32-63; w 32-63], 32 rows each
-        sm90::tma_load_2d(stage + WgmmaRing::x_bytes + b * (WgmmaRing::w_bytes / 4), b % 2 ? maps.w : maps.w0, k,
-                          static_cast<int32_t>(r0 + (b / 2) * (kTcTile / 2)), full);
-    };
-    const int64_t end = base + chunks;
-    if (threadIdx.x == 0)
-      for (int64_t c = base; c < base + St && c < end; ++c) issue(c);
-    for (int64_t c = base; c < end; ++c) {
-      sm90::mbarrier_wait(&bars.full[c % St], static_cast<uint32_t>(c / St) & 1u);
-      wgmma_chunk<T>(acc, ring_addr + stage_at(c));
-      sm90::wgmma_wait<1>();  // chunk c - 1's wgmmas are done: its stage is free
-      sm90::fence_accumulators(acc);
-      if (c > base) {
-        sm90::mbarrier_arrive(&bars.empty[(c - 1) % St]);
-        if (threadIdx.x == 0 && c - 1 + St < end) issue(c - 1 + St);
-      }
-    }
-    wgmma_done(acc);
-    sm90::mbarrier_arrive(&bars.empty[(end - 1) % St]);
-    issued = end;
-  } else if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
+  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  if (maps.usable) {
+    const WgmmaRingCopies<T> r{maps, bars, ring, run, chunks, (j + 1) * chunks};
+    wgmma_tma_start<false>(r, st, j, 0, acc);
+    wgmma_tma_finish(p, r, st, j, 0, acc, z0, u);
+    return;
+  }
+  const int64_t i0 = run.i(j), r0 = run.r(j);
+  TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
+  const uint32_t ring_addr = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  auto stage_at = [&](int64_t c) { return static_cast<uint32_t>(c % St) * WgmmaRing::stage_bytes; };
+  if (p.d % V == 0 && aligned16(p.x) && aligned16(p.w0) && aligned16(p.w)) {
 #pragma unroll
     for (int c = 0; c < St - 1; ++c) {  // one commit group per chunk, empty ones included
       if (c < chunks) wgmma_stage_chunk<true>(p, ring + stage_at(c), int64_t(c) * chunk, i0, r0);
@@ -215,7 +304,7 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
       copy_async_wait<St - 2>();  // this thread's copies of chunk c have landed
       sm90::fence_proxy_async();  // ... and are visible to wgmma
       __syncthreads();            // everyone's; and chunk c - 1's wgmmas are done in both warpgroups
-      wgmma_chunk<T>(acc, ring_addr + stage_at(c));
+      wgmma_chunk<T>(acc, ring_addr + stage_at(c), c == 0);
       const int64_t next = c + St - 1;  // into the stage of chunk c - 1
       if (next < chunks) wgmma_stage_chunk<true>(p, ring + stage_at(next), next * chunk, i0, r0);
       copy_async_commit();
@@ -227,20 +316,12 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
       wgmma_stage_chunk<false>(p, ring + stage_at(c), c * chunk, i0, r0);
       sm90::fence_proxy_async();
       __syncthreads();
-      wgmma_chunk<T>(acc, ring_addr + stage_at(c));
+      wgmma_chunk<T>(acc, ring_addr + stage_at(c), c == 0);
       wgmma_done(acc);
     }
   }
   __syncthreads();
-  // Accumulator columns 8 s .. 8 s + 7 are registers 4 s .. 4 s + 3: z0's 16-column block j is
-  // registers 8 j .. 8 j + 7, u's the same 16 further on.
-#pragma unroll
-  for (int j = 0; j < 2; ++j)
-#pragma unroll
-    for (int e = 0; e < MmaAcc::num_elements; ++e) {
-      z0[j].x[e] = acc[8 * j + e];
-      u[j].x[e] = acc[16 + 8 * j + e];
-    }
+  tile_accumulators(acc, z0, u);
 }
 
 // Thread 0 initialises the ring's barriers where the copy engine fills it; a barrier of the caller
@@ -264,15 +345,44 @@ __device__ __forceinline__ unsigned char* ring_in(unsigned char* work) {
 // Stage 1 of a reduction's tiles by wgmma (neuron_sum_tc, sample_sum_tc): the block's tiles one
 // after the other through the ring in the work region, the barriers' phases carried from tile to
 // tile.
-template <typename T>
+template <typename T, bool Overlap>
 struct WgmmaStage1 {
+  // Overlap: the epilogue's and stage 2's scratch apart from the ring (WgmmaReduceSmem's
+  // `separate`), and the first wgmmas of each tile under the previous tile's epilogue and stage 2
+  // (wgmma_tma_start); tensor maps only.
+  static constexpr bool separate = Overlap, kOverlaps = Overlap;
+  struct Pending {  // a tile's accumulators between start and finish
+    float acc[Overlap ? 32 : 1];
+  };
   const Problem<T>& p;
   const sm90::TileMaps& maps;
   WgmmaBarriers& bars;
-  int64_t issued = 0;  // the ring's chunks so far
-  __device__ __forceinline__ void operator()(const WgmmaReduceSmem<T>& sm, int64_t i0, int64_t r0, MmaAcc (&z0)[2],
-                                             MmaAcc (&u)[2]) {
-    wgmma_preactivations(p, maps, bars, ring_in(sm.raw), i0, r0, z0, u, issued);
+  WgmmaRingState ring{};
+
+  __device__ WgmmaRingCopies<T> copies(const WgmmaReduceSmem<T>& sm, const TileRun& run) const {
+    const int64_t chunks = (p.d + kWgmmaChunk<T> - 1) / kWgmmaChunk<T>;
+    return {maps, bars, ring_in(sm.stage1), run, chunks, run.count * chunks};
+  }
+  __device__ static int ahead(int64_t chunks) {  // the chunks of a tile that start issues
+    return static_cast<int>(chunks < WgmmaRing::stages - 1 ? chunks : WgmmaRing::stages - 1);
+  }
+  __device__ __forceinline__ void begin(const WgmmaReduceSmem<T>& sm, const TileRun& run) {
+    if constexpr (Overlap) copies(sm, run).top_up(ring);
+  }
+  __device__ __forceinline__ void start(const WgmmaReduceSmem<T>& sm, const TileRun& run, int64_t j, Pending& q) {
+    if constexpr (Overlap) {
+      const WgmmaRingCopies<T> r = copies(sm, run);
+      wgmma_tma_start<true>(r, ring, j, ahead(r.chunks), q.acc);
+    }
+  }
+  __device__ __forceinline__ void finish(const WgmmaReduceSmem<T>& sm, const TileRun& run, int64_t j, Pending& q,
+                                         MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+    if constexpr (Overlap) {
+      const WgmmaRingCopies<T> r = copies(sm, run);
+      wgmma_tma_finish(p, r, ring, j, ahead(r.chunks), q.acc, z0, u);
+    } else {
+      wgmma_preactivations(p, maps, bars, ring_in(sm.stage1), run, j, ring, z0, u);
+    }
   }
 };
 
@@ -290,8 +400,8 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
   init_ring_barriers(maps, bars);
   load_neurons(p, sm, r0);
   load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
-  int64_t issued = 0;
-  wgmma_preactivations(p, maps, bars, ring, i0, r0, z0, u, issued);
+  WgmmaRingState ring_state;
+  wgmma_preactivations(p, maps, bars, ring, TileRun{i0, r0, 0, 0, 1}, 0, ring_state, z0, u);
   tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
   for_each_element(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
@@ -305,6 +415,24 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
 #pragma unroll
     for (int e = 0; e < MmaAcc::num_elements; ++e) asm volatile("" ::"f"(u[j].x[e]));
 #endif
+}
+
+// The reductions on wgmma (bfloat16, float16): neuron_sum_tc and sample_sum_tc at 64 x 64 tiles with
+// stage 1 by WgmmaStage1 (dynamic shared memory: WgmmaReduceSmem), stage 2 and the epilogue those
+// of mma.sync.
+template <bool Overlap, int S, typename T>
+__device__ __forceinline__ void neuron_sum_wgmma(const Problem<T>& p, const NeuronSum<T>& s, int64_t per,
+                                                 int64_t group_tiles, const sm90::TileMaps& maps) {
+  __shared__ __align__(8) WgmmaBarriers bars;
+  init_ring_barriers(maps, bars);  // published by load_codes' barrier
+  neuron_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap>{p, maps, bars});
+}
+template <bool Overlap, int S, typename T>
+__device__ __forceinline__ void sample_sum_wgmma(const Problem<T>& p, const SampleSum<T>& s, int64_t per,
+                                                 int64_t group_tiles, const sm90::TileMaps& maps) {
+  __shared__ __align__(8) WgmmaBarriers bars;
+  init_ring_barriers(maps, bars);  // published by load_codes' barrier
+  sample_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap>{p, maps, bars});
 }
 
 #endif  // TN_WGMMA
@@ -322,17 +450,12 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
-// The reductions on wgmma (bfloat16, float16): neuron_sum_tc and sample_sum_tc at 64 x 64 tiles with
-// stage 1 by WgmmaStage1 (dynamic shared memory: WgmmaReduceSmem), stage 2 and the epilogue those
-// of mma.sync.
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1)
     neuron_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s, int64_t per, int64_t group_tiles,
                             TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
-  __shared__ __align__(8) WgmmaBarriers bars;
-  init_ring_barriers(maps, bars);  // published by load_codes' barrier
-  neuron_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T>{p, maps, bars});
+  neuron_sum_wgmma<false, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif
@@ -342,9 +465,35 @@ __global__ void __launch_bounds__(kThreads, 1)
     sample_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s, int64_t per, int64_t group_tiles,
                             TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
-  __shared__ __align__(8) WgmmaBarriers bars;
-  init_ring_barriers(maps, bars);  // published by load_codes' barrier
-  sample_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T>{p, maps, bars});
+  sample_sum_wgmma<false, S>(p, s, per, group_tiles, maps);
+#else
+  __trap();
+#endif
+}
+
+// The same with each tile's first wgmmas under the previous tile's epilogue and stage 2
+// (WgmmaStage1<T, true>), for specialised epilogues S (the generic one has no registers to spare for
+// the second set of accumulators). Only with tensor maps (maps.usable), and with the shared memory
+// for the scratch apart from the ring (WgmmaReduceSmem::fixed(fields, true)). Kernels of their own:
+// beside the other stage 1 in one function, ptxas serialised the wgmmas and spilled registers.
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    neuron_sum_wgmma_overlap_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s, int64_t per,
+                                    int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
+  static_assert(S != kGenericEpilogue, "a specialised epilogue");
+#if TN_WGMMA
+  neuron_sum_wgmma<true, S>(p, s, per, group_tiles, maps);
+#else
+  __trap();
+#endif
+}
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    sample_sum_wgmma_overlap_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s, int64_t per,
+                                    int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
+  static_assert(S != kGenericEpilogue, "a specialised epilogue");
+#if TN_WGMMA
+  sample_sum_wgmma<true, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif

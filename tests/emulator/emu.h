@@ -19,6 +19,7 @@
 #include <functional>
 #include <memory>
 #include <new>
+#include <string>
 #include <vector>
 
 #include <cuda_bf16.h>
@@ -65,9 +66,12 @@ struct ThreadState {
 };
 inline ThreadState self;
 
+// The kernel being run (its launch name), for the failure messages.
+inline std::string running;
+
 [[noreturn]] inline void fail(const char* what) {
-  std::fprintf(stderr, "emulator: %s (block %u,%u,%u thread %u)\n", what, self.block.x, self.block.y,
-               self.block.z, self.thread.x);
+  std::fprintf(stderr, "emulator: %s (%s, block %u,%u,%u thread %u)\n", what, running.c_str(), self.block.x,
+               self.block.y, self.block.z, self.thread.x);
   std::abort();
 }
 

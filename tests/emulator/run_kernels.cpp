@@ -167,6 +167,7 @@ struct Case {
   Config cf;
   Mainloop path;
   bool request_auto = false;  // TAYLORNET_CUDA_MAINLOOP=auto on the path's GPU and code, not the path itself
+  bool overlap = true;        // TAYLORNET_CUDA_OVERLAP: the wgmma reductions' overlap kernels where they fit
   bool tc;
   Plan plan;  // with d/dz0, for the reference
   std::vector<double> coef64;
@@ -281,6 +282,7 @@ struct Case {
     ctx.deterministic = cf.deterministic;
     ctx.requested = request_auto ? Mainloop::kAuto : path;
     ctx.generic_epilogue = cf.generic;
+    ctx.overlap_stage1 = overlap;
     ctx.workspace = &ws;
     return ctx;
   }
@@ -429,7 +431,8 @@ void expect_ran(const std::string& what, size_t from, const char* kernel) {
          }));
 }
 
-// The same, on the wgmma path only (requested, not `auto`).
+// The same, on the wgmma path only (requested, not `auto`); `kernel` may name a family's prefix
+// ("sample_sum_wgmma": the plain and the overlap kernels).
 template <typename T>
 void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from, const char* kernel) {
   if (cs.path == Mainloop::kWgmma && !cs.request_auto) expect_ran(what, from, kernel);
@@ -467,7 +470,7 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
   const std::string what = cs.name + (cs.cf.moments ? " moments" : " net");
   const size_t from = tn_emu::binary.recomputes.size();
   if (!run_op(what, [&] { readout(cs.operands(plan, false), cs.cf.moments, out.data(), var.data(), ctx); })) return;
-  expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma_kernel");
+  expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma");
   const Case<T>& c = cs;
   auto a_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r]; };
   auto a2_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r] * c.a.v[j * s.m + r]; };
@@ -514,8 +517,8 @@ void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string
   }
   // (d = 0: no dX, dW0 or dW to compute)
   const unsigned sums = (1u << kA) | (1u << kB0) | (1u << kB) | (s.d > 0 ? (1u << kW0) | (1u << kW) : 0u);
-  if (s.n > 0 && s.m > 0 && (mask & sums)) expect_wgmma_kernel(cs, what, from, "sample_sum_wgmma_kernel");
-  if (s.n > 0 && s.m > 0 && s.d > 0 && (mask >> kX & 1)) expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma_kernel");
+  if (s.n > 0 && s.m > 0 && (mask & sums)) expect_wgmma_kernel(cs, what, from, "sample_sum_wgmma");
+  if (s.n > 0 && s.m > 0 && s.d > 0 && (mask >> kX & 1)) expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma");
   const Reference<T> ref(cs);
   cs.pd.gelem = nullptr;
   cs.pd.scale[0] = cs.scale();
@@ -622,6 +625,47 @@ template <typename T>
 void run_ring(Mainloop ml, const std::string& filter) {
   const Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, true};
   run<T>(Shape{260, 72, 200, 2}, c, ml, 77, filter, false);
+}
+
+// The wgmma reductions' overlap kernels (each tile's first wgmmas under the previous tile's epilogue
+// and stage 2), on tiles of 2 k chunks (d = 72: the whole of stage 1 issued ahead), 4 (d = 200: 2
+// ahead, 2 after) and 1 (d = 64: the copies run up to 3 tiles ahead), without splits so that a block
+// takes several tiles: the readout and every gradient checked against the reference, the overlap
+// kernels having run; then with TAYLORNET_CUDA_OVERLAP=0, the plain ones, which must issue as many
+// wgmmas (a tile's chunks issued ahead and then again would give the same sums at twice the work).
+template <typename T>
+void run_overlap(const std::string& filter) {
+  const Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, true};
+  for (const Shape& s : {Shape{260, 72, 200, 2}, Shape{150, 200, 140, 2}, Shape{200, 64, 200, 2}}) {
+    long issued[2][2] = {};  // [overlap][forward, backward]
+    bool ran[2] = {};
+    std::string name;
+    for (const bool overlap : {true, false}) {
+      Case<T> cs(s, c, Mainloop::kWgmma, 91 + s.d);
+      cs.overlap = overlap;
+      cs.name = "overlap/" + cs.name + (overlap ? "" : " TAYLORNET_CUDA_OVERLAP=0");
+      if (!filter.empty() && cs.name.rfind(filter, 0) != 0) continue;
+      const char* sample = overlap ? "sample_sum_wgmma_overlap_kernel" : "sample_sum_wgmma_kernel";
+      const char* neuron = overlap ? "neuron_sum_wgmma_overlap_kernel" : "neuron_sum_wgmma_kernel";
+      size_t from = tn_emu::binary.recomputes.size();
+      long before = tn_emu::wgmmas_issued;
+      check_forward(cs, false);
+      issued[overlap][0] = tn_emu::wgmmas_issued - before;
+      expect_ran(cs.name + " forward", from, neuron);
+      from = tn_emu::binary.recomputes.size();
+      before = tn_emu::wgmmas_issued;
+      check_backward(cs, false, kAllNet, "");
+      issued[overlap][1] = tn_emu::wgmmas_issued - before;
+      expect_ran(cs.name + " backward", from, sample);
+      expect_ran(cs.name + " backward dX", from, neuron);
+      name = cs.name;
+      ran[overlap] = true;
+    }
+    if (!ran[0] || !ran[1]) continue;  // filtered out
+    for (int k = 0; k < 2; ++k)
+      expect(name + (k ? " backward" : " forward") + ": as many wgmmas with the overlap kernels as without",
+             issued[1][k] == issued[0][k], std::to_string(issued[1][k]) + " vs " + std::to_string(issued[0][k]));
+  }
 }
 
 // The device tanh/sech^2 (no tanh call: one exp, or a series near 0) against long double, over
@@ -821,7 +865,7 @@ void check_auto_passes(const std::string& filter) {
     const size_t from = tn_emu::binary.recomputes.size();
     check_backward(cs, false, kAllNet & ~(1u << kX), "");
     const bool wgmma = d == 128;
-    expect_ran(cs.name, from, wgmma ? "sample_sum_wgmma_kernel" : "sample_sum_tc_kernel");
+    expect_ran(cs.name, from, wgmma ? "sample_sum_wgmma" : "sample_sum_tc_kernel");
     const double got = passes("sample_sum", from, cs.sh.n * cs.sh.m);
     expect(cs.name + (wgmma ? ": 1 pass" : ": 2 passes"), got == (wgmma ? 1.0 : 2.0), std::to_string(got));
   }
@@ -1147,6 +1191,8 @@ int main(int argc, char** argv) {
       run_specialised<__nv_bfloat16>(G, filter);
       run_ring<__half>(G, filter);
       run_ring<__nv_bfloat16>(G, filter);
+      run_overlap<__half>(filter);
+      run_overlap<__nv_bfloat16>(filter);
     }
     if (!small) {
       check_passes<double>(S, filter);

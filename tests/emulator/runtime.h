@@ -64,6 +64,7 @@ void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t sme
   ++tn_emu::binary.launches;
   const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
   const long before = tn_emu::recomputed;
+  tn_emu::running = name;
   tn_emu::launch(grid, smem, [&] { std::apply(kernel, params); });
   tn_emu::binary.recomputes.emplace_back(name, tn_emu::recomputed - before);
 }

@@ -75,6 +75,7 @@ struct Op {
   uint64_t a, b;
   Operand sa, sb;  // the operands as they stood at issue
   bool bf16;
+  bool accumulate;  // scale-d: d += A B^T, else d = A B^T
 };
 
 struct ThreadState {
@@ -88,7 +89,7 @@ struct ThreadState {
 
 struct Issued {
   uint64_t a, b;
-  bool bf16;
+  bool bf16, accumulate;
 };
 
 struct BlockState {
@@ -144,7 +145,7 @@ inline void execute(ThreadState& s, const Op& op) {
     const int r = row_of(t, i), c = col_of(t, i);
     float acc = 0;
     for (int k = 0; k < kK; ++k) acc += element(op.sa.e[r][k], op.bf16) * element(op.sb.e[c][k], op.bf16);
-    op.d[i] += acc;
+    op.d[i] = op.accumulate ? op.d[i] + acc : acc;  // scale-d
   }
   std::memcpy(at_issue->data(), op.d, kRegs * sizeof(float));  // the next wgmma of the chain starts here
 }
@@ -153,25 +154,30 @@ inline void execute(ThreadState& s, const Op& op) {
 
 inline void wgmma_fence() { wg::block().thread[self.thread.x].fenced = true; }
 
+// The wgmmas issued (each warpgroup's, counted once), for checks that two kernels do the same work.
+inline long wgmmas_issued = 0;
+
 template <typename T>
-void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b) {
+void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
   constexpr bool bf16 = std::is_same_v<T, __nv_bfloat16>;
   wg::BlockState& blk = wg::block();
   wg::ThreadState& s = blk.thread[self.thread.x];
   if (!s.fenced) fail("wgmma issued without a wgmma.fence since the last wait_group");
   std::vector<wg::Issued>& log = blk.warpgroup[self.thread.x / 128];
-  if (s.issued == log.size()) log.push_back({a, b, bf16});
-  else if (log[s.issued].a != a || log[s.issued].b != b || log[s.issued].bf16 != bf16)
+  if (s.issued == log.size()) log.push_back({a, b, bf16, accumulate});
+  else if (log[s.issued].a != a || log[s.issued].b != b || log[s.issued].bf16 != bf16 ||
+           log[s.issued].accumulate != accumulate)
     fail("the threads of a warpgroup issued different wgmmas (.sync.aligned)");
   ++s.issued;
+  wgmmas_issued += self.thread.x % 128 == 0;
   wg::check_fenced(a);
   wg::check_fenced(b);
   std::vector<float>* at_issue = wg::in_flight(s, d);
   if (!at_issue) s.regs.emplace_back(d, std::vector<float>(d, d + 32));
   else if (std::memcmp(at_issue->data(), d, sizeof(d)) != 0)
     fail("accumulator registers written while a wgmma on them was in flight");
-  s.open.push_back({d, a, b, wg::Operand::read(a), wg::Operand::read(b), bf16});
+  s.open.push_back({d, a, b, wg::Operand::read(a), wg::Operand::read(b), bf16, accumulate});
 }
 
 inline void generic_smem_write(const void* p, size_t bytes) {

@@ -36,8 +36,8 @@ __forceinline__ void fence_proxy_async() { tn_emu::fence_proxy_async(); }
 template <int N>
 __forceinline__ void fence_accumulators(float (&)[N]) {}
 template <typename T>
-__forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b) {
-  tn_emu::wgmma_m64n64k16<T>(d, a, b);
+__forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate = true) {
+  tn_emu::wgmma_m64n64k16<T>(d, a, b, accumulate);
 }
 
 #elif TN_WGMMA
@@ -76,24 +76,26 @@ __device__ __forceinline__ void fence_accumulators(float (&d)[N]) {
   "+f"(d[(i)]), "+f"(d[(i) + 1]), "+f"(d[(i) + 2]), "+f"(d[(i) + 3]), "+f"(d[(i) + 4]), "+f"(d[(i) + 5]), \
       "+f"(d[(i) + 6]), "+f"(d[(i) + 7])
 
-// d (64 x 64 per warpgroup, 32 floats per thread) += A B^T: A (64 x 16) and B (64 x 16) K-major in
-// shared memory, read through descriptors a and b. scale-d = 1 (accumulate), no negation, no
-// transpose (both operands K-major).
+// d (64 x 64 per warpgroup, 32 floats per thread) = A B^T + (accumulate ? d : 0): A (64 x 16) and B
+// (64 x 16) K-major in shared memory, read through descriptors a and b (scale-d is `accumulate`).
+// No negation, no transpose (both operands K-major). Starting a sum with accumulate = false instead
+// of zeroing d keeps every write of the accumulators inside wgmmas, which ptxas needs to keep a
+// chain of them in flight across other code.
 template <typename T>
-__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b) {
+__device__ __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate = true) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
   if constexpr (std::is_same_v<T, __nv_bfloat16>)
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 " TN_WGMMA_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
         : TN_ACC8(d, 0), TN_ACC8(d, 8), TN_ACC8(d, 16), TN_ACC8(d, 24)
-        : "l"(a), "l"(b), "r"(1));
+        : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
   else
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n64k16.f32.f16.f16 " TN_WGMMA_D32 ", %32, %33, p, 1, 1, 0, 0;\n}\n"
         : TN_ACC8(d, 0), TN_ACC8(d, 8), TN_ACC8(d, 16), TN_ACC8(d, 24)
-        : "l"(a), "l"(b), "r"(1));
+        : "l"(a), "l"(b), "r"(static_cast<int>(accumulate)));
 }
 
 #undef TN_ACC8
