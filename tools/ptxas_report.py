@@ -18,9 +18,10 @@ mainloop (the *_wgmma_kernel and *_wgmma_overlap_kernel entry points) lacks HGMM
 memory in its sm_90a code (or there is no such kernel where the build has sm_90a code), or has static shared
 memory in the entry points of other targets (the launch layer tells the sm_90a code from them by it), or if
 ptxas serialised the wgmmas of any kernel (its "wgmma.mma_async instructions are serialized" warnings,
-C7510-C7520; KNOWN_SERIALISED names the exceptions), or if an overlap kernel (*_wgmma_overlap_kernel) does not run stage 2 under its first wgmmas:
-in its SASS, after the first group of HGMMA instructions, an HMMA must come before the first
-WARPGROUP.DEPBAR (the wait for them). It then also needs the SASS (cuobjdump on PATH and the objects).
+C7510-C7520; KNOWN_SERIALISED names the exceptions), or if an overlap kernel (*_wgmma_overlap_kernel)
+does not run stage 2 under its first wgmmas: in its SASS, after the first group of HGMMA instructions,
+an HMMA must come before the first WARPGROUP.DEPBAR (the wait for them). It then also needs the SASS
+(cuobjdump on PATH and the objects).
 Without cuobjdump on PATH (or without objects) the SASS columns read "-".
 """
 from __future__ import annotations
@@ -223,8 +224,9 @@ def main() -> None:
             sys.exit(1)
         print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines; "
               f"the mma.sync mainloop's kernels ({mma_sync_sm80} for sm_80) all run HMMA and LDSM"
-              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA and UTMALDG, none serialised (but KNOWN_SERIALISED), "
-                 "the overlap kernels with stage 2 under their first wgmmas" if has_sm90a else ""))
+              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA and UTMALDG, none serialised "
+                 "(but KNOWN_SERIALISED), the overlap kernels with stage 2 under their first wgmmas"
+                 if has_sm90a else ""))
 
 
 if __name__ == "__main__":
