@@ -143,8 +143,8 @@ MMA_SYNC = re.compile(r"^\w+_tc_kernel<MmaLoop,")  # the mma.sync mainloop's ker
 WGMMA = re.compile(r"^\w+_wgmma(_overlap)?_kernel<")  # the wgmma mainloop's kernels
 OVERLAP = re.compile(r"^\w+_wgmma_overlap_kernel<")  # stage 1 under the previous tile's stage 2
 # Serialised wgmmas known and not yet mended: the plain wgmma reductions of tanh (0,) (series 0),
-# whose fields do not read u, so that ptxas finds the accumulators' registers short for the
-# pipeline (C7511). Every other serialisation fails the check.
+# where ptxas finds registers short for the pipeline (C7511) because the fallback copy paths share
+# the kernel with the tensor copies (docs/cuda.md). Every other serialisation fails the check.
 KNOWN_SERIALISED = re.compile(r"^(neuron_sum|sample_sum)_wgmma_kernel<(bfloat16|half), 0>$")
 
 
