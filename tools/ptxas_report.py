@@ -14,9 +14,10 @@ loads UTMALDG (cp.async.bulk.tensor). Out-of-line device functions
 features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
 stores, or out-of-line subroutines, or if a kernel of the mma.sync mainloop (tag MmaLoop) lacks
 HMMA or LDSM instructions (or there is no such kernel for sm_80), or if a kernel of the wgmma
-mainloop (the *_wgmma_kernel and *_wgmma_overlap_kernel entry points) lacks HGMMA, UTMALDG or static shared
-memory in its sm_90a code (or there is no such kernel where the build has sm_90a code), or has static shared
-memory in the entry points of other targets (the launch layer tells the sm_90a code from them by it), or if
+mainloop (the *_wgmma_kernel, *_wgmma_overlap_kernel and *_wgmma_fallback_kernel entry points) lacks
+HGMMA, UTMALDG (but the fallback kernels, whose threads copy) or static shared memory in its sm_90a
+code (or there is no such kernel where the build has sm_90a code), or has static shared memory in the
+entry points of other targets (the launch layer tells the sm_90a code from them by it), or if
 ptxas serialised the wgmmas of any kernel (its "wgmma.mma_async instructions are serialized" warnings,
 C7510-C7520; KNOWN_SERIALISED names the exceptions), or if an overlap kernel (*_wgmma_overlap_kernel)
 does not run stage 2 under its first wgmmas: in its SASS, after the first group of HGMMA instructions,
@@ -140,12 +141,13 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
 
 HOT = re.compile(r"^(features_forward|neuron_sum|sample_sum)\w*kernel<")
 MMA_SYNC = re.compile(r"^\w+_tc_kernel<MmaLoop,")  # the mma.sync mainloop's kernels
-WGMMA = re.compile(r"^\w+_wgmma(_overlap)?_kernel<")  # the wgmma mainloop's kernels
+WGMMA = re.compile(r"^\w+_wgmma(_overlap|_fallback)?_kernel<")  # the wgmma mainloop's kernels
+FALLBACK = re.compile(r"^\w+_wgmma_fallback_kernel<")  # the threads' copies, no tensor copies
 OVERLAP = re.compile(r"^\w+_wgmma_overlap_kernel<")  # stage 1 under the previous tile's stage 2
-# Serialised wgmmas known and not yet mended: the plain wgmma reductions of tanh (0,) (series 0),
-# where ptxas finds registers short for the pipeline (C7511) because the fallback copy paths share
-# the kernel with the tensor copies (docs/cuda.md). Every other serialisation fails the check.
-KNOWN_SERIALISED = re.compile(r"^(neuron_sum|sample_sum)_wgmma_kernel<(bfloat16|half), 0>$")
+# Serialised wgmmas known and harmless: the reductions of tanh (0,) (series 0) on the threads'
+# copies, where ptxas finds registers short for the pipeline (C7511); those kernels wait for each
+# k chunk's wgmmas before the next anyway (docs/cuda.md). Every other serialisation fails the check.
+KNOWN_SERIALISED = re.compile(r"^(neuron_sum|sample_sum)_wgmma_fallback_kernel<(bfloat16|half), 0>$")
 
 
 def main() -> None:
@@ -190,7 +192,8 @@ def main() -> None:
                 if key[1] == "sm_90a":
                     wgmma_sm90a += 1
                     what += ["no HGMMA instructions"] * (not s["hgmma"])
-                    what += ["no UTMALDG instructions (tensor copies)"] * (not s["utmaldg"])
+                    if not FALLBACK.match(name):
+                        what += ["no UTMALDG instructions (tensor copies)"] * (not s["utmaldg"])
                     what += ["no static shared memory (the sign of its sm_90a code)"] * (not r.get("smem"))
                     if OVERLAP.match(name) and not s["under"]:
                         what.append("no HMMA between its first HGMMAs and the wait for them (stage 1 not "
@@ -218,13 +221,14 @@ def main() -> None:
         if problems:
             print(f"{len(problems)} problems: hot kernels must keep everything in registers (no local memory, "
                   "no out-of-line subroutines), the mma.sync mainloop's kernels must run HMMA and LDSM, the "
-                  "wgmma mainloop's HGMMA and UTMALDG, unserialised, the overlap kernels stage 2 under stage 1:")
+                  "wgmma mainloop's HGMMA and (but the fallback kernels) UTMALDG, unserialised, the overlap kernels "
+                  "stage 2 under stage 1:")
             for line in problems:
                 print(f"  {line}")
             sys.exit(1)
         print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines; "
               f"the mma.sync mainloop's kernels ({mma_sync_sm80} for sm_80) all run HMMA and LDSM"
-              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA and UTMALDG, none serialised "
+              + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA (and UTMALDG), none serialised "
                  "(but KNOWN_SERIALISED), the overlap kernels with stage 2 under their first wgmmas"
                  if has_sm90a else ""))
 

@@ -159,6 +159,17 @@ template <typename T, int... S>
 auto sample_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_wgmma_kernel<T, kGenericEpilogue>, &sample_sum_wgmma_kernel<T, S>...};
 }
+// The same with the threads' copies (no tensor maps).
+template <typename T, int... S>
+auto neuron_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
+                    &neuron_sum_wgmma_fallback_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto sample_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&sample_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
+                    &sample_sum_wgmma_fallback_kernel<T, S>...};
+}
 // The reductions on wgmma with stage 1 under the epilogue: [k] series k of kSpecialised (no generic).
 template <typename T, int... S>
 auto neuron_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
@@ -420,9 +431,12 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
         launch(kernel_name<T>("neuron_sum_wgmma_overlap_kernel"),
                neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
                l.tiles_per_split, w.group_tiles, maps);
-      else
+      else if (maps.usable)
         launch(kernel_name<T>("neuron_sum_wgmma_kernel"), neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
                w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
+      else
+        launch(kernel_name<T>("neuron_sum_wgmma_fallback_kernel"), neuron_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{})[slot],
+               l.grid, w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
       return;
     }
   }
@@ -482,9 +496,12 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
         launch(kernel_name<T>("sample_sum_wgmma_overlap_kernel"),
                sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
                l.tiles_per_split, w.group_tiles, maps);
-      else
+      else if (maps.usable)
         launch(kernel_name<T>("sample_sum_wgmma_kernel"), sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
                w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
+      else
+        launch(kernel_name<T>("sample_sum_wgmma_fallback_kernel"), sample_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{})[slot],
+               l.grid, w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
       return;
     }
   }
