@@ -45,6 +45,9 @@ SASS_FUNC = re.compile(r"Function : (\S+)")
 SASS_INSN = re.compile(r"/\*[0-9a-f]{4,}\*/\s+(?:@!?U?P[T0-9]+\s+)?([A-Z][A-Z0-9_]*)(\.[A-Z0-9_.]+)?")
 SERIALISED = re.compile(r"\((C75\d\d)\) Potential Performance Loss: wgmma\.mma_async instructions are serialized"
                         r".*in the function '(\w+)'")
+# A wait for the wgmmas that ptxas inserted (C7517) where it cannot prove none is in flight: listed in
+# the summary, not a failure (docs/cuda.md: the overlap kernels' one, at the tile loop's back edge).
+WAIT_INJECTED = re.compile(r"\(C7517\) warpgroup\.wait is injected .* in function '(\w+)'")
 
 
 def demangle(names: list[str]) -> dict[str, str]:
@@ -74,6 +77,9 @@ def ptxas_rows(log_path: str) -> dict[tuple[str, str], dict]:
     for line in open(log_path, errors="replace"):
         if (m := SERIALISED.search(line)):  # names the function, not the architecture: wgmma is sm_90a's
             rows.setdefault((m.group(2), "sm_90a"), {}).setdefault("serialised", set()).add(m.group(1))
+        if (m := WAIT_INJECTED.search(line)):
+            row = rows.setdefault((m.group(1), "sm_90a"), {})
+            row["waits_injected"] = row.get("waits_injected", 0) + 1
         if (m := ENTRY.search(line)):
             entry, arch = m.group(1), m.group(2)
             rows.setdefault((entry, arch), {})
@@ -210,6 +216,9 @@ def main() -> None:
     print(f"{len(keys)} rows: {with_stack} with a stack frame, "
           + (f"{with_local} with local loads or stores in their SASS" if sass is not None
              else "SASS not read (no cuobjdump on PATH, or no objects given)"))
+    waits = sorted(names.get(k[0], k[0]) for k in keys if rows.get(k, {}).get("waits_injected"))
+    print(f"{len(waits)} kernels with a wgmma wait injected by ptxas (C7517)"
+          + (": " + ", ".join(waits) if waits else ""))
     if check:
         if sass is None:
             print("--check needs the SASS: cuobjdump on PATH and the objects")
