@@ -329,7 +329,10 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
                                      MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
   constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
   const int64_t chunks = (p.d + chunk - 1) / chunk;
-  float acc[32];  // zero where d is: no chunk then
+  // Zero where d is (no chunk then). The first chunk starts the sums anyway, but with the fill moved
+  // to a d = 0 branch of its own, ptxas serialised the wgmmas (C7515, accumulators defined by other
+  // instructions).
+  float acc[32];
 #pragma unroll
   for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
   if constexpr (C != WgmmaCopies::kThreads) {
