@@ -327,8 +327,7 @@ template <WgmmaCopies C, typename T>
 __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
                                      unsigned char* ring, const TileRun& run, int64_t j, WgmmaRingState& st,
                                      MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
-  constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
-  const int64_t chunks = (p.d + chunk - 1) / chunk;
+  const int64_t chunks = (p.d + kWgmmaChunk<T> - 1) / kWgmmaChunk<T>;
   // Zero where d is (no chunk then). The first chunk starts the sums anyway, but with the fill moved
   // to a d = 0 branch of its own, ptxas serialised the wgmmas (C7515, accumulators defined by other
   // instructions).
@@ -345,6 +344,7 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
   }
   if constexpr (C != WgmmaCopies::kTensor) wgmma_thread_copies(p, ring, run, j, acc, z0, u);
 }
+
 // Thread 0 initialises the ring's barriers where the copy engine fills it; a barrier of the caller
 // publishes them.
 __device__ __forceinline__ void init_ring_barriers(const sm90::TileMaps& maps, WgmmaBarriers& bars) {
