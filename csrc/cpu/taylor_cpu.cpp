@@ -1013,7 +1013,7 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
 // With Saving, also dh/du into du and, when dz is not null, dh/dz0 into dz (rows of m like h).
-template <int S, bool Saving, typename T>
+template <int S, bool Saving, bool SavingDz, typename T>
 void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
@@ -1053,10 +1053,10 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
             }
           };
           if constexpr (Saving) {
-            const auto dh = tile_feature_grads<S, true, true>(plan, z, u, s);
+            const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
             rows_into(dh.value, o);
             rows_into(dh.du, du);
-            if (dz) rows_into(dh.dz, dz);
+            if constexpr (SavingDz) rows_into(dh.dz, dz);
           } else {
             rows_into(tile_feature<S>(plan, z, u, s), o);
           }
@@ -1071,8 +1071,9 @@ template <typename T>
 void fused_features_forward(const Args& args, Tensor& out, T* du, T* dz) {
   with_tile_epilogue<T>(*args.plan, [&](auto e) {
     constexpr int S = decltype(e)::value;
-    if (du) fused_features_forward_with<S, true>(args, out, du, dz);
-    else fused_features_forward_with<S, false>(args, out, du, dz);
+    if (dz) fused_features_forward_with<S, true, true>(args, out, du, dz);
+    else if (du) fused_features_forward_with<S, true, false>(args, out, du, dz);
+    else fused_features_forward_with<S, false, false>(args, out, du, dz);
   });
 }
 

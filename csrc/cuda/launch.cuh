@@ -159,6 +159,17 @@ template <typename T, int... S>
 auto sample_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_wgmma_kernel<T, kGenericEpilogue>, &sample_sum_wgmma_kernel<T, S>...};
 }
+// The same with the threads' copies (no tensor maps).
+template <typename T, int... S>
+auto neuron_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&neuron_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
+                    &neuron_sum_wgmma_fallback_kernel<T, S>...};
+}
+template <typename T, int... S>
+auto sample_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
+  return std::array{&sample_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
+                    &sample_sum_wgmma_fallback_kernel<T, S>...};
+}
 // The reductions on wgmma with stage 1 under the epilogue: [k] series k of kSpecialised (no generic).
 template <typename T, int... S>
 auto neuron_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
@@ -349,6 +360,20 @@ ColumnGroups wgmma_groups(const Problem<T>& p, const ColumnGroups& shared, int f
   return separate ? g : shared;
 }
 
+// A wgmma reduction (`op`: "neuron_sum", "sample_sum"): the overlap kernel where wgmma_groups made
+// its scratch separate, else the kernel of the copies that x and the weights allow (the copy
+// engine's with tensor maps, else the threads'). The tables: [slot] of the op's wgmma kernels (no
+// generic epilogue among the overlap ones, hence slot - 1 there).
+template <typename T, typename Overlap, typename Plain, typename Sum>
+void launch_wgmma_reduction(const char* op, const Overlap& overlap, const Plain& plain, const Plain& fallback, int slot,
+                            bool separate, const sm90::TileMaps& maps, dim3 grid, const ColumnGroups& w,
+                            const Context& ctx, const Problem<T>& p, const Sum& s, int64_t per) {
+  const std::string name = std::string(op) + (separate ? "_wgmma_overlap_kernel"
+                                              : maps.usable ? "_wgmma_kernel" : "_wgmma_fallback_kernel");
+  const auto kernel = separate ? overlap[slot - 1] : maps.usable ? plain[slot] : fallback[slot];
+  launch(kernel_name<T>(name.c_str()), kernel, grid, w.smem, ctx, p, s, per, w.group_tiles, maps);
+}
+
 // Under `auto`, a reduction that the choice gives wgmma runs on mma.sync instead where mma.sync's
 // smaller stage 1 fits the columns in fewer groups (each group is a pass over the n x m elements:
 // by the model a pass costs far more than wgmma saves per pass). mma.sync is wgmma's stand-in, so
@@ -416,13 +441,10 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
       const ColumnGroups w = wgmma_groups<T>(p, use, s.terms, s.slots(), ceil_div(s.ncols, B), slot, maps, ctx, separate);
-      if (separate)
-        launch(kernel_name<T>("neuron_sum_wgmma_overlap_kernel"),
-               neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
-               l.tiles_per_split, w.group_tiles, maps);
-      else
-        launch(kernel_name<T>("neuron_sum_wgmma_kernel"), neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
-               w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
+      launch_wgmma_reduction<T>("neuron_sum", neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{}),
+                                neuron_sum_wgmma_kernels<T>(SpecialisedSeq{}),
+                                neuron_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{}), slot, separate, maps, l.grid, w,
+                                ctx, p, s, l.tiles_per_split);
       return;
     }
   }
@@ -478,13 +500,10 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
       const ColumnGroups w = wgmma_groups<T>(p, g, s.terms, 1, s.tiles(B), slot, maps, ctx, separate);
-      if (separate)
-        launch(kernel_name<T>("sample_sum_wgmma_overlap_kernel"),
-               sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{})[slot - 1], l.grid, w.smem, ctx, p, s,
-               l.tiles_per_split, w.group_tiles, maps);
-      else
-        launch(kernel_name<T>("sample_sum_wgmma_kernel"), sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot], l.grid,
-               w.smem, ctx, p, s, l.tiles_per_split, w.group_tiles, maps);
+      launch_wgmma_reduction<T>("sample_sum", sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{}),
+                                sample_sum_wgmma_kernels<T>(SpecialisedSeq{}),
+                                sample_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{}), slot, separate, maps, l.grid, w,
+                                ctx, p, s, l.tiles_per_split);
       return;
     }
   }

@@ -270,26 +270,14 @@ __device__ __forceinline__ void wgmma_tma_finish(const Problem<T>& p, const Wgmm
   __syncthreads();
 }
 
-// Stage 1 of tile j of the run, all of it in one call: with the copy engine where x and the
-// weights have tensor maps (maps.usable: wgmma_tma_start and wgmma_tma_finish without overlap);
-// else (d not a multiple of 8, unaligned rows) with 16-byte cp.async copies by every thread, or
-// element by element. `st`: the ring's state (WgmmaRingState) with the copy engine. Ends with a
-// barrier.
+// Stage 1 of tile j with the threads' copies (no tensor maps): 16-byte cp.async copies where d is a
+// multiple of 8 and the rows are 16-byte aligned, else element by element; each chunk's wgmmas are
+// waited for before the next. Ends with a barrier.
 template <typename T>
-__device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
-                                     unsigned char* ring, const TileRun& run, int64_t j, WgmmaRingState& st,
-                                     MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+__device__ void wgmma_thread_copies(const Problem<T>& p, unsigned char* ring, const TileRun& run, int64_t j,
+                                    float (&acc)[32], MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
   constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>, V = 16 / sizeof(T);
   const int64_t chunks = (p.d + chunk - 1) / chunk;
-  float acc[32];  // zero where d is: no chunk then
-#pragma unroll
-  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
-  if (maps.usable) {
-    const WgmmaRingCopies<T> r{maps, bars, ring, run, chunks, (j + 1) * chunks};
-    wgmma_tma_start<false>(r, st, j, 0, acc);
-    wgmma_tma_finish(p, r, st, j, 0, acc, z0, u);
-    return;
-  }
   const int64_t i0 = run.i(j), r0 = run.r(j);
   TN_COUNT_RECOMPUTE(p, i0, r0, kTcTile, kTcTile);
   const uint32_t ring_addr = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
@@ -324,6 +312,39 @@ __device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& 
   tile_accumulators(acc, z0, u);
 }
 
+// The copies a stage 1 is compiled with: both kinds (choosing by maps.usable), the copy engine's
+// only (the launch has checked maps.usable), or the threads' only. A reduction kernel holds one
+// kind: with the threads' copies beside the copy engine's in one kernel, ptxas serialised the
+// wgmmas of the reductions of tanh (0,) (warning C7511).
+enum class WgmmaCopies { kAny, kTensor, kThreads };
+
+// Stage 1 of tile j of the run, all of it in one call: with the copy engine where x and the
+// weights have tensor maps (maps.usable: wgmma_tma_start and wgmma_tma_finish without overlap);
+// else (d not a multiple of 8, unaligned rows) with 16-byte cp.async copies by every thread, or
+// element by element. C: the copies compiled in (WgmmaCopies). `st`: the ring's state
+// (WgmmaRingState) with the copy engine. Ends with a barrier.
+template <WgmmaCopies C, typename T>
+__device__ void wgmma_preactivations(const Problem<T>& p, const sm90::TileMaps& maps, WgmmaBarriers& bars,
+                                     unsigned char* ring, const TileRun& run, int64_t j, WgmmaRingState& st,
+                                     MmaAcc (&z0)[2], MmaAcc (&u)[2]) {
+  const int64_t chunks = (p.d + kWgmmaChunk<T> - 1) / kWgmmaChunk<T>;
+  // Zero where d is (no chunk then). The first chunk starts the sums anyway, but with the fill moved
+  // to a d = 0 branch of its own, ptxas serialised the wgmmas (C7515, accumulators defined by other
+  // instructions).
+  float acc[32];
+#pragma unroll
+  for (int i = 0; i < 32; ++i) acc[i] = 0.0f;
+  if constexpr (C != WgmmaCopies::kThreads) {
+    if (C == WgmmaCopies::kTensor || maps.usable) {
+      const WgmmaRingCopies<T> r{maps, bars, ring, run, chunks, (j + 1) * chunks};
+      wgmma_tma_start<false>(r, st, j, 0, acc);
+      wgmma_tma_finish(p, r, st, j, 0, acc, z0, u);
+      return;
+    }
+  }
+  if constexpr (C != WgmmaCopies::kTensor) wgmma_thread_copies(p, ring, run, j, acc, z0, u);
+}
+
 // Thread 0 initialises the ring's barriers where the copy engine fills it; a barrier of the caller
 // publishes them.
 __device__ __forceinline__ void init_ring_barriers(const sm90::TileMaps& maps, WgmmaBarriers& bars) {
@@ -345,11 +366,12 @@ __device__ __forceinline__ unsigned char* ring_in(unsigned char* work) {
 // Stage 1 of a reduction's tiles by wgmma (neuron_sum_tc, sample_sum_tc): the block's tiles one
 // after the other through the ring in the work region, the barriers' phases carried from tile to
 // tile.
-template <typename T, bool Overlap>
+template <typename T, bool Overlap, WgmmaCopies C>
 struct WgmmaStage1 {
+  static_assert(!Overlap || C == WgmmaCopies::kTensor, "the overlap runs on the copy engine's copies");
   // Overlap: the epilogue's and stage 2's scratch apart from the ring (WgmmaReduceSmem's
   // `separate`), and the first wgmmas of each tile under the previous tile's epilogue and stage 2
-  // (wgmma_tma_start); tensor maps only.
+  // (wgmma_tma_start); tensor maps only. C: the copies of the plain stage 1 (WgmmaCopies).
   static constexpr bool separate = Overlap, kOverlaps = Overlap;
   struct Pending {  // a tile's accumulators between start and finish
     float acc[Overlap ? 32 : 1];
@@ -381,7 +403,7 @@ struct WgmmaStage1 {
       const WgmmaRingCopies<T> r = copies(sm, run);
       wgmma_tma_finish(p, r, ring, j, ahead(r.chunks), q.acc, z0, u);
     } else {
-      wgmma_preactivations(p, maps, bars, ring_in(sm.stage1), run, j, ring, z0, u);
+      wgmma_preactivations<C>(p, maps, bars, ring_in(sm.stage1), run, j, ring, z0, u);
     }
   }
 };
@@ -401,7 +423,7 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
   load_neurons(p, sm, r0);
   load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
   WgmmaRingState ring_state;
-  wgmma_preactivations(p, maps, bars, ring, TileRun{i0, r0, 0, 0, 1}, 0, ring_state, z0, u);
+  wgmma_preactivations<WgmmaCopies::kAny>(p, maps, bars, ring, TileRun{i0, r0, 0, 0, 1}, 0, ring_state, z0, u);
   tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
   for_each_element(codes, [&](int j, int e, int row, int col) {
     const int64_t i = i0 + row, r = r0 + col;
@@ -420,19 +442,19 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
 // The reductions on wgmma (bfloat16, float16): neuron_sum_tc and sample_sum_tc at 64 x 64 tiles with
 // stage 1 by WgmmaStage1 (dynamic shared memory: WgmmaReduceSmem), stage 2 and the epilogue those
 // of mma.sync.
-template <bool Overlap, int S, typename T>
+template <bool Overlap, WgmmaCopies C, int S, typename T>
 __device__ __forceinline__ void neuron_sum_wgmma(const Problem<T>& p, const NeuronSum<T>& s, int64_t per,
                                                  int64_t group_tiles, const sm90::TileMaps& maps) {
   __shared__ __align__(8) WgmmaBarriers bars;
   init_ring_barriers(maps, bars);  // published by load_codes' barrier
-  neuron_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap>{p, maps, bars});
+  neuron_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap, C>{p, maps, bars});
 }
-template <bool Overlap, int S, typename T>
+template <bool Overlap, WgmmaCopies C, int S, typename T>
 __device__ __forceinline__ void sample_sum_wgmma(const Problem<T>& p, const SampleSum<T>& s, int64_t per,
                                                  int64_t group_tiles, const sm90::TileMaps& maps) {
   __shared__ __align__(8) WgmmaBarriers bars;
   init_ring_barriers(maps, bars);  // published by load_codes' barrier
-  sample_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap>{p, maps, bars});
+  sample_sum_tc<MmaLoop, S, T, WgmmaReduceSmem<T>>(p, s, per, group_tiles, WgmmaStage1<T, Overlap, C>{p, maps, bars});
 }
 
 #endif  // TN_WGMMA
@@ -450,12 +472,15 @@ __global__ void __launch_bounds__(kThreads, 1)
 #endif
 }
 
+// The reductions: with the copy engine's copies (maps.usable), and the same with the threads'
+// copies (`_fallback`: d not a multiple of 8, unaligned rows, or no tensor maps), kernels of their
+// own (WgmmaCopies).
 template <typename T, int S>
 __global__ void __launch_bounds__(kThreads, 1)
     neuron_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s, int64_t per, int64_t group_tiles,
                             TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
-  neuron_sum_wgmma<false, S>(p, s, per, group_tiles, maps);
+  neuron_sum_wgmma<false, WgmmaCopies::kTensor, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif
@@ -465,7 +490,27 @@ __global__ void __launch_bounds__(kThreads, 1)
     sample_sum_wgmma_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s, int64_t per, int64_t group_tiles,
                             TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
-  sample_sum_wgmma<false, S>(p, s, per, group_tiles, maps);
+  sample_sum_wgmma<false, WgmmaCopies::kTensor, S>(p, s, per, group_tiles, maps);
+#else
+  __trap();
+#endif
+}
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    neuron_sum_wgmma_fallback_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(NeuronSum<T>) s, int64_t per,
+                                     int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
+#if TN_WGMMA
+  neuron_sum_wgmma<false, WgmmaCopies::kThreads, S>(p, s, per, group_tiles, maps);
+#else
+  __trap();
+#endif
+}
+template <typename T, int S>
+__global__ void __launch_bounds__(kThreads, 1)
+    sample_sum_wgmma_fallback_kernel(TN_PARAM(Problem<T>) p, TN_PARAM(SampleSum<T>) s, int64_t per,
+                                     int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
+#if TN_WGMMA
+  sample_sum_wgmma<false, WgmmaCopies::kThreads, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif
@@ -482,7 +527,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                     int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
   static_assert(S != kGenericEpilogue, "a specialised epilogue");
 #if TN_WGMMA
-  neuron_sum_wgmma<true, S>(p, s, per, group_tiles, maps);
+  neuron_sum_wgmma<true, WgmmaCopies::kTensor, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif
@@ -493,7 +538,7 @@ __global__ void __launch_bounds__(kThreads, 1)
                                     int64_t group_tiles, TN_PARAM(sm90::TileMaps) maps) {
   static_assert(S != kGenericEpilogue, "a specialised epilogue");
 #if TN_WGMMA
-  sample_sum_wgmma<true, S>(p, s, per, group_tiles, maps);
+  sample_sum_wgmma<true, WgmmaCopies::kTensor, S>(p, s, per, group_tiles, maps);
 #else
   __trap();
 #endif

@@ -438,6 +438,21 @@ void expect_wgmma_kernel(const Case<T>& cs, const std::string& what, size_t from
   if (cs.path == Mainloop::kWgmma && !cs.request_auto) expect_ran(what, from, kernel);
 }
 
+// On the wgmma path (requested), the reductions of `family` ("neuron_sum", "sample_sum") ran on the
+// threads' copies (the *_wgmma_fallback kernels) exactly where x and the weights have no tensor maps:
+// copies turned off, d = 0 or d not a multiple of 8 (every operand here is 16-byte aligned).
+template <typename T>
+void expect_wgmma_copies(const Case<T>& cs, const std::string& what, size_t from, const std::string& family,
+                         bool tensor_copies) {
+  if (cs.path != Mainloop::kWgmma || cs.request_auto) return;
+  const bool fallback = !(tensor_copies && cs.sh.d > 0 && cs.sh.d % 8 == 0);
+  const std::string name = family + "_wgmma_fallback_kernel";
+  const auto& log = tn_emu::binary.recomputes;
+  const bool ran =
+      std::any_of(log.begin() + from, log.end(), [&](const auto& l) { return l.first.rfind(name, 0) == 0; });
+  expect(what + (fallback ? " ran " : " did not run ") + name, ran == fallback);
+}
+
 // without_maps: on wgmma, the features a second time without tensor maps (its cp.async staging)
 template <typename T>
 void check_forward(Case<T>& cs, bool without_maps = true) {
@@ -471,6 +486,7 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
   const size_t from = tn_emu::binary.recomputes.size();
   if (!run_op(what, [&] { readout(cs.operands(plan, false), cs.cf.moments, out.data(), var.data(), ctx); })) return;
   expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma");
+  if (s.n > 0 && s.m > 0 && s.c > 0) expect_wgmma_copies(cs, what, from, "neuron_sum", ctx.tensor_copies);
   const Case<T>& c = cs;
   auto a_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r]; };
   auto a2_at = [&](int64_t r, int64_t j) { return c.a.v[j * s.m + r] * c.a.v[j * s.m + r]; };
@@ -519,6 +535,9 @@ void check_backward(Case<T>& cs, bool features, unsigned mask, const std::string
   const unsigned sums = (1u << kA) | (1u << kB0) | (1u << kB) | (s.d > 0 ? (1u << kW0) | (1u << kW) : 0u);
   if (s.n > 0 && s.m > 0 && (mask & sums)) expect_wgmma_kernel(cs, what, from, "sample_sum_wgmma");
   if (s.n > 0 && s.m > 0 && s.d > 0 && (mask >> kX & 1)) expect_wgmma_kernel(cs, what, from, "neuron_sum_wgmma");
+  if (s.n > 0 && s.m > 0 && (mask & sums)) expect_wgmma_copies(cs, what, from, "sample_sum", tensor_copies);
+  if (s.n > 0 && s.m > 0 && s.d > 0 && (mask >> kX & 1))
+    expect_wgmma_copies(cs, what, from, "neuron_sum", tensor_copies);
   const Reference<T> ref(cs);
   cs.pd.gelem = nullptr;
   cs.pd.scale[0] = cs.scale();
