@@ -205,11 +205,14 @@ def test_wgmma_reductions(n, d, m, c, op, precision, monkeypatch):
 
 @needs_wgmma
 @pytest.mark.parametrize("precision", ["bf16", "f16"])
-def test_wgmma_reductions_match_mma(precision, monkeypatch):
+@pytest.mark.parametrize("order", [2, (0,)])
+def test_wgmma_reductions_match_mma(precision, order, monkeypatch):
     # Without splits (deterministic: one atomic add per output element), wgmma with tensor copies and
-    # with cp.async multiply the same bytes in the same order: bit for bit the same gradients.
+    # with cp.async (the *_wgmma_fallback kernels) multiply the same bytes in the same order: bit for
+    # bit the same gradients. tanh (0,): the series whose fallback kernels ptxas serialises.
     dtype = PRECISIONS[precision][0]
     p = on(make_problem(n=300, d=200, m=260, c=2, bias=True), "cuda", dtype)
+    w0 = p["w0"].clone().requires_grad_()
     w = p["w"].clone().requires_grad_()
     cot = torch.randn(300, 2, device="cuda", dtype=dtype, generator=torch.Generator("cuda").manual_seed(3))
     outs = {}
@@ -217,11 +220,11 @@ def test_wgmma_reductions_match_mma(precision, monkeypatch):
         for mainloop, tma in (("mma", "1"), ("wgmma", "1"), ("wgmma", "0")):
             monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", mainloop)
             monkeypatch.setenv("TAYLORNET_CUDA_TMA", tma)
-            y = tn.taylor_net(p["x"], p["w0"], w, p["a"], b0=p["b0"], b=p["b"], activation="tanh", order=2,
+            y = tn.taylor_net(p["x"], w0, w, p["a"], b0=p["b0"], b=p["b"], activation="tanh", order=order,
                               sign_seed=SIGN_SEED)
-            (dw,) = torch.autograd.grad(y, [w], cot)
-            outs[mainloop + tma] = (y.float(), dw.float())
-    for i, name in enumerate(("output", "dW")):
+            dw0, dw = torch.autograd.grad(y, [w0, w], cot)
+            outs[mainloop + tma] = (y.float(), dw0.float(), dw.float())
+    for i, name in enumerate(("output", "dW0", "dW")):
         scale = outs["mma1"][i].abs().max().item()
         assert_close_verbose(outs["wgmma1"][i], outs["mma1"][i], atol=4e-3 * scale, rtol=2 ** -6,
                              name=f"wgmma vs mma {name}")
