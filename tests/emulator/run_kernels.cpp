@@ -423,12 +423,15 @@ bool run_op(const std::string& what, F&& f) {
   }
 }
 
+// Whether a kernel whose name starts with `kernel` ran since launch log entry `from`.
+bool ran_since(size_t from, const std::string& kernel) {
+  const auto& log = tn_emu::binary.recomputes;
+  return std::any_of(log.begin() + from, log.end(), [&](const auto& l) { return l.first.rfind(kernel, 0) == 0; });
+}
+
 // A kernel whose name starts with `kernel` ran since launch log entry `from`.
 void expect_ran(const std::string& what, size_t from, const char* kernel) {
-  const auto& log = tn_emu::binary.recomputes;
-  expect(what + " ran " + kernel, std::any_of(log.begin() + from, log.end(), [&](const auto& l) {
-           return l.first.rfind(kernel, 0) == 0;
-         }));
+  expect(what + " ran " + kernel, ran_since(from, kernel));
 }
 
 // The same, on the wgmma path only (requested, not `auto`); `kernel` may name a family's prefix
@@ -447,10 +450,7 @@ void expect_wgmma_copies(const Case<T>& cs, const std::string& what, size_t from
   if (cs.path != Mainloop::kWgmma || cs.request_auto) return;
   const bool fallback = !(tensor_copies && cs.sh.d > 0 && cs.sh.d % 8 == 0);
   const std::string name = family + "_wgmma_fallback_kernel";
-  const auto& log = tn_emu::binary.recomputes;
-  const bool ran =
-      std::any_of(log.begin() + from, log.end(), [&](const auto& l) { return l.first.rfind(name, 0) == 0; });
-  expect(what + (fallback ? " ran " : " did not run ") + name, ran == fallback);
+  expect(what + (fallback ? " ran " : " did not run ") + name, ran_since(from, name) == fallback);
 }
 
 // without_maps: on wgmma, the features a second time without tensor maps (its cp.async staging)
