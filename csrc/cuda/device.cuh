@@ -18,10 +18,13 @@ constexpr int kThreads = 256;  // threads per block of every kernel
 // A kernel's read-only struct parameter: __grid_constant__, so that device functions take it by
 // reference without a per-thread copy of the plan's tables into local memory. The CPU emulator's
 // threads share one copy by reference, as the GPU's share the parameter space.
+// TN_PARAM_TYPE: the same parameter in a pointer-to-kernel type.
 #ifdef TN_CUDA_EMULATOR
 #define TN_PARAM(type) const type&
+#define TN_PARAM_TYPE(type) const type&
 #else
 #define TN_PARAM(type) const __grid_constant__ type
+#define TN_PARAM_TYPE(type) type
 #endif
 
 // ---- element conversions ----

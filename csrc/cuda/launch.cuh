@@ -1,6 +1,7 @@
-// Definitions of the launch layer (launch.h), instantiated per storage type by taylor_<dtype>.cu and
-// compiled on the CPU by tests/emulator/, which supplies its own runtime.h (built_archs,
-// kernel_code_arch, launch, zero_async, encode_tile_map) before including this file.
+// Definitions of the launch layer (launch.h), instantiated per storage type by taylor_<dtype>.cu (the
+// wgmma kernels' tables by taylor_<dtype>_wgmma.cu, wgmma_kernels.cuh) and compiled on the CPU by
+// tests/emulator/, which supplies its own runtime.h (built_archs, kernel_code_arch, launch,
+// zero_async, encode_tile_map) before including this file.
 #pragma once
 
 #include <cuda_bf16.h>
@@ -147,39 +148,29 @@ template <typename M, typename T, int... S>
 auto sample_sum_tc_kernels(std::integer_sequence<int, S...>) {
   return std::array{&sample_sum_tc_kernel<M, T, kGenericEpilogue>, &sample_sum_tc_kernel<M, T, S>...};
 }
-template <typename T, int... S>
-auto features_wgmma_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&features_forward_wgmma_kernel<T, kGenericEpilogue>, &features_forward_wgmma_kernel<T, S>...};
-}
-template <typename T, int... S>
-auto neuron_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&neuron_sum_wgmma_kernel<T, kGenericEpilogue>, &neuron_sum_wgmma_kernel<T, S>...};
-}
-template <typename T, int... S>
-auto sample_sum_wgmma_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&sample_sum_wgmma_kernel<T, kGenericEpilogue>, &sample_sum_wgmma_kernel<T, S>...};
-}
-// The same with the threads' copies (no tensor maps).
-template <typename T, int... S>
-auto neuron_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&neuron_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
-                    &neuron_sum_wgmma_fallback_kernel<T, S>...};
-}
-template <typename T, int... S>
-auto sample_sum_wgmma_fallback_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&sample_sum_wgmma_fallback_kernel<T, kGenericEpilogue>,
-                    &sample_sum_wgmma_fallback_kernel<T, S>...};
-}
-// The reductions on wgmma with stage 1 under the epilogue: [k] series k of kSpecialised (no generic).
-template <typename T, int... S>
-auto neuron_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&neuron_sum_wgmma_overlap_kernel<T, S>...};
-}
-template <typename T, int... S>
-auto sample_sum_wgmma_overlap_kernels(std::integer_sequence<int, S...>) {
-  return std::array{&sample_sum_wgmma_overlap_kernel<T, S>...};
-}
 using SpecialisedSeq = std::make_integer_sequence<int, kNumSpecialised>;
+
+// The wgmma kernels of T (16-bit storage only), [slot] per epilogue as in the tables above; the
+// overlap kernels [slot - 1], specialised epilogues only. Only declared here: the tables are defined
+// (wgmma_kernels.cuh) in translation units of their own, taylor_<dtype>_wgmma.cu, which compile
+// beside the rest of their type's kernels; for sm_90a they are about half of a 16-bit type's
+// compilation (PTX of taylor_f16_wgmma.cu 118 s, of taylor_f16.cu 121 s, one core each).
+template <typename T>
+struct WgmmaKernels {
+  // Spelled out: naming a kernel here, even in decltype, would instantiate it in this unit too.
+  using FeaturesKernel = void (*)(TN_PARAM_TYPE(Problem<T>), T*, TN_PARAM_TYPE(sm90::TileMaps));
+  using NeuronSumKernel = void (*)(TN_PARAM_TYPE(Problem<T>), TN_PARAM_TYPE(NeuronSum<T>), int64_t, int64_t,
+                                   TN_PARAM_TYPE(sm90::TileMaps));
+  using SampleSumKernel = void (*)(TN_PARAM_TYPE(Problem<T>), TN_PARAM_TYPE(SampleSum<T>), int64_t, int64_t,
+                                   TN_PARAM_TYPE(sm90::TileMaps));
+  std::array<FeaturesKernel, kNumSpecialised + 1> features;
+  std::array<NeuronSumKernel, kNumSpecialised + 1> neuron_sum, neuron_sum_fallback;
+  std::array<SampleSumKernel, kNumSpecialised + 1> sample_sum, sample_sum_fallback;
+  std::array<NeuronSumKernel, kNumSpecialised> neuron_sum_overlap;
+  std::array<SampleSumKernel, kNumSpecialised> sample_sum_overlap;
+};
+template <typename T>
+const WgmmaKernels<T>& wgmma_kernels();
 
 // A kernel family's tensor-core kernels for one epilogue (null for float64), and the mainloop's tag
 // to launch them with.
@@ -397,7 +388,7 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
   if (p.n == 0 || p.m == 0 || s.ncols == 0) return;  // the outputs start at zero
   const std::string family = kernel_name<T>("neuron_sum");
   TcKernels kernels = tc_kernels<NeuronSumTc, T>(slot);
-  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(neuron_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(wgmma_kernels<T>().neuron_sum[slot]);
   KernelChoice k = choose<T>(ctx, family, kernel_ptr(&neuron_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>();
@@ -441,10 +432,9 @@ void neuron_sum(const Problem<T>& p, const NeuronSum<T>& s, int slot, const Cont
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
       const ColumnGroups w = wgmma_groups<T>(p, use, s.terms, s.slots(), ceil_div(s.ncols, B), slot, maps, ctx, separate);
-      launch_wgmma_reduction<T>("neuron_sum", neuron_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{}),
-                                neuron_sum_wgmma_kernels<T>(SpecialisedSeq{}),
-                                neuron_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{}), slot, separate, maps, l.grid, w,
-                                ctx, p, s, l.tiles_per_split);
+      const WgmmaKernels<T>& wk = wgmma_kernels<T>();
+      launch_wgmma_reduction<T>("neuron_sum", wk.neuron_sum_overlap, wk.neuron_sum, wk.neuron_sum_fallback, slot, separate, maps,
+                                l.grid, w, ctx, p, s, l.tiles_per_split);
       return;
     }
   }
@@ -472,7 +462,7 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
   if (p.n == 0 || p.m == 0 || s.terms == 0) return;
   const std::string family = kernel_name<T>("sample_sum");
   TcKernels kernels = tc_kernels<SampleSumTc, T>(slot);
-  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(sample_sum_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(wgmma_kernels<T>().sample_sum[slot]);
   KernelChoice k = choose<T>(ctx, family, kernel_ptr(&sample_sum_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   fewest_passes(k, ctx, [&](Mainloop m) {
@@ -500,10 +490,9 @@ void sample_sum(const Problem<T>& p, const SampleSum<T>& s, int slot, const Cont
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       bool separate = false;
       const ColumnGroups w = wgmma_groups<T>(p, g, s.terms, 1, s.tiles(B), slot, maps, ctx, separate);
-      launch_wgmma_reduction<T>("sample_sum", sample_sum_wgmma_overlap_kernels<T>(SpecialisedSeq{}),
-                                sample_sum_wgmma_kernels<T>(SpecialisedSeq{}),
-                                sample_sum_wgmma_fallback_kernels<T>(SpecialisedSeq{}), slot, separate, maps, l.grid, w,
-                                ctx, p, s, l.tiles_per_split);
+      const WgmmaKernels<T>& wk = wgmma_kernels<T>();
+      launch_wgmma_reduction<T>("sample_sum", wk.sample_sum_overlap, wk.sample_sum, wk.sample_sum_fallback, slot, separate, maps,
+                                l.grid, w, ctx, p, s, l.tiles_per_split);
       return;
     }
   }
@@ -530,7 +519,7 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   const std::string family = kernel_name<T>("features_forward");
   const int slot = epilogue_slot(ctx, op);
   TcKernels kernels = tc_kernels<FeaturesTc, T>(slot);
-  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(features_wgmma_kernels<T>(SpecialisedSeq{})[slot]);
+  if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(wgmma_kernels<T>().features[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>(), rows = features_tile_rows<T>(k.mainloop);
@@ -544,7 +533,7 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
     const dim3 grid(static_cast<unsigned>(ceil_div(p.m, B)), static_cast<unsigned>(ceil_div(q.n, rows)));
     if constexpr (kHasWgmmaKernels<T>) {
       if (k.mainloop == Mainloop::kWgmma) {
-        launch(kernel_name<T>("features_forward_wgmma_kernel"), features_wgmma_kernels<T>(SpecialisedSeq{})[slot],
+        launch(kernel_name<T>("features_forward_wgmma_kernel"), wgmma_kernels<T>().features[slot],
                grid, WgmmaRing::dynamic_bytes, ctx, q, out + i * p.m, wgmma_tile_maps(p, q.x, q.n, ctx));
         continue;
       }

@@ -14,12 +14,15 @@
 #include "wgmma.h"
 
 #include "cuda/launch.cuh"
+#include "cuda/wgmma_kernels.cuh"
 
-namespace tn::cuda {  // the layer for every type, as the four taylor_<dtype>.cu instantiate it
+namespace tn::cuda {  // the layer for every type, as the taylor_<dtype>*.cu instantiate it
 TN_INSTANTIATE_CUDA(double)
 TN_INSTANTIATE_CUDA(float)
 TN_INSTANTIATE_CUDA(__half)
 TN_INSTANTIATE_CUDA(__nv_bfloat16)
+TN_INSTANTIATE_WGMMA(__half)
+TN_INSTANTIATE_WGMMA(__nv_bfloat16)
 }  // namespace tn::cuda
 
 #include <algorithm>
