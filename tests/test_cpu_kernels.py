@@ -14,7 +14,7 @@ import torch
 import taylornet as tn
 from taylornet.ops import cpu_capability
 
-from _utils import make_problem, num_threads
+from _utils import make_problem, non_contiguous, num_threads
 from test_ops import check_float32, check_float64
 
 BUILDS = ("DEFAULT", "AVX2", "AVX512")
@@ -127,17 +127,22 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10, msg=f"grad {k}")
 
 
+@pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("n,m,wrt", [(1031, 290, "x,w0,w,b0,b"), (300, 1031, "x,w0,w,b0,b"), (1031, 290, "w,b")])
-def test_kept_derivatives_over_several_blocks(build, n, m, wrt):
+def test_kept_derivatives_over_several_blocks(build, n, m, wrt, layout):
     """The saved backward walks G in blocks of at most a quarter of the samples or of the neurons,
     and each block's columns in runs of 256. Blocks of samples where dx costs more to accumulate
     than the weight gradients (n = 1031, m = 290, every gradient: 3 x 258 + 257 rows); blocks of
     neurons otherwise, with dx accumulated over them (n = 300, m = 1031: 3 x 258 + 257 neurons) or
-    without dx."""
+    without dx. "strided": x, w0 and w in transposed storage, b0 and b strided slices."""
     p = make_problem(n=n, d=SAVE_D, m=m, c=0, seed=5)
+    if layout == "strided":
+        p = {k: non_contiguous(v, "transpose" if v.dim() == 2 else "slice") if v is not None else None
+             for k, v in p.items()}
     names = wrt.split(",")
-    leaves = {k: p[k].clone().requires_grad_(k in names) for k in ("x", "w0", "w", "b0", "b")}
+    leaves = {k: p[k].detach().requires_grad_(k in names) for k in ("x", "w0", "w", "b0", "b")}  # views kept
     args = [leaves[k] for k in ("x", "w0", "w", "b0", "b")]
+    assert all(not a.is_contiguous() for a in args) or layout == "contiguous"
     h = tn.taylor_features(*args, activation="silu", order=2)
     r = tn.reference.taylor_features(*args, activation="silu", order=2)
     cot = torch.randn(h.shape, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
