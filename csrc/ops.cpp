@@ -269,7 +269,9 @@ FiveGrads features_backward_saved_cpu(
   const Tensor g = checked_param(grad, "grad", x, {n, m});
   const Tensor su = checked_param(du, "du", x, {n, m});
   const Tensor sz = need_dz ? checked_param(dz, "dz", x, {n, m}) : Tensor();
-  const Tensor xc = x.contiguous(), wc = w.contiguous(), w0c = w0.contiguous();
+  // The weights enter dx alone: no copy of a non-contiguous w or w0 where dx is not asked for.
+  const Tensor xc = x.contiguous();
+  const Tensor wc = needs[0] ? w.contiguous() : Tensor(), w0c = needs[0] ? w0.contiguous() : Tensor();
   // Every output is written by the first block's product and accumulated by the others' (no zero
   // fill first), except where there is no block.
   const bool blocks = n > 0 && m > 0;
