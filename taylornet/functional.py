@@ -60,7 +60,8 @@ def _flatten(x, w0, w, b0, b) -> tuple[Tensor, tuple[int, ...], int]:
     if x.shape[-1] != d:
         raise ValueError(f"x: expected last dimension d = {d} (w is {tuple(w.shape)}), got shape {tuple(x.shape)}")
     lead = tuple(x.shape[:-1])
-    return x.reshape(math.prod(lead), d), lead, m  # not -1: d may be 0
+    # A view only where x is not 2-D already: a reshape recorded by autograd costs microseconds.
+    return (x if x.dim() == 2 else x.reshape(math.prod(lead), d)), lead, m  # not -1: d may be 0
 
 
 def _check_signs(signs, x: Tensor, m: int) -> Tensor | None:
@@ -160,7 +161,7 @@ def _features(x, w0, w, b0, b, signs, sign_seed, p: Plan) -> Tensor:
         out = _ops_ns.features_saving(x2, w0, w, b0, b, signs, seed, *p, need_dz)[0]
     else:
         out = _ops_ns.features(x2, w0, w, b0, b, signs, seed, *p)
-    return out.reshape(*lead, m)
+    return out if len(lead) == 1 else out.reshape(*lead, m)
 
 
 # From this input dimension on, a CPU forward that will be differentiated keeps dh/du (and dh/dz0
@@ -181,7 +182,9 @@ def _net(x, w0, w, a, b0, b, signs, sign_seed, p: Plan, scale) -> Tensor:
     a2, multi = _readout(a, m)
     signs, seed = _sign_source(signs, sign_seed, x, m)
     out = _ops_ns.net(x2, w0, w, a2, b0, b, signs, seed, *p, _check_scale(scale, m))
-    return out.reshape(*lead, a2.shape[0]) if multi else out.reshape(lead)
+    if multi:
+        return out if len(lead) == 1 else out.reshape(*lead, a2.shape[0])
+    return out.reshape(lead)
 
 
 def _moments(x, w0, w, a, b0, b, p: Plan, scale) -> tuple[Tensor, Tensor]:
