@@ -464,6 +464,7 @@ TORCH_LIBRARY(taylornet, m) {
         "bool[6] needs) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("philox_signs(Tensor seed, int m) -> Tensor");
   m.def("cpu_capability(str? name=None) -> str", &tn::cpu_capability);
+  m.def("cpu_saved_cache(int? limit_bytes=None) -> int[]", &tn::cpu::saved_cache);
   m.def("philox(Tensor counters, int seed) -> Tensor");
   m.def("activations() -> str[]", &tn::activation_names);
   m.def("max_order(str activation) -> int", &tn::activation_max_order);

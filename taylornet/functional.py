@@ -166,9 +166,11 @@ def _features(x, w0, w, b0, b, signs, sign_seed, p: Plan) -> Tensor:
 
 # From this input dimension on, a CPU forward that will be differentiated keeps dh/du (and dh/dz0
 # when x, w0 or b0 need gradients): one or two n x m tensors, the size of the output, in exchange for
-# not recomputing x w0^T and x w^T (4nmd FLOPs) in the backward. Below it the fused kernels
-# recompute them faster than the extra n x m traffic would cost (measured: docs/benchmarks.md).
-KEEP_DERIVATIVES_MIN_DIM = 128
+# not recomputing x w0^T and x w^T (4nmd FLOPs) in the backward. The kept buffers are recycled
+# (taylornet.ops.saved_cache), so keeping costs writing them, not faulting in fresh pages; below
+# d = 32 the fused kernels recompute the products faster than the saved backward's BLAS products of
+# that shape run (measured: docs/benchmarks.md).
+KEEP_DERIVATIVES_MIN_DIM = 32
 
 
 def _keeps_derivatives(x2, w0, w, b0, b) -> bool:

@@ -91,7 +91,7 @@ def test_sign_seed_under_each_build(build):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-# ---- the forward that keeps dh/du and dh/dz0 for the backward (CPU training at d >= 128) ----------
+# ---- the forward that keeps dh/du and dh/dz0 for the backward (CPU training at d >= 32) -----------
 
 SAVE_D = 130  # >= functional.KEEP_DERIVATIVES_MIN_DIM, not a multiple of any tile
 
@@ -125,6 +125,73 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
     want = torch.autograd.grad(r, inputs, cot)
     for k, g1, g2 in zip(names, got, want):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10, msg=f"grad {k}")
+
+
+def _features_step(p, w):
+    h = tn.taylor_features(p["x"], p["w0"], w, p["b0"], p["b"], activation="tanh", order=2)
+    return h, torch.autograd.grad(h, w, torch.ones_like(h))[0]
+
+
+def test_kept_derivatives_reuse_released_buffers():
+    from taylornet.ops import saved_cache
+
+    held, limit = saved_cache()
+    try:
+        saved_cache(1 << 30)
+        n, m = 53, 47
+        first = make_problem(n=n, d=SAVE_D, m=m, c=0, seed=21)
+        _features_step(first, first["w"].clone().requires_grad_())
+        held_after_first = saved_cache()[0]
+        assert held_after_first >= n * m * 8  # dh/du, released by the backward, is held
+        # The next forward of the same size takes the buffer (and writes all of it: the gradients
+        # of a different problem are exact).
+        second = make_problem(n=n, d=SAVE_D, m=m, c=0, seed=22)
+        w = second["w"].clone().requires_grad_()
+        h = tn.taylor_features(second["x"], second["w0"], w, second["b0"], second["b"], activation="tanh", order=2)
+        assert saved_cache()[0] == held_after_first - n * m * 8
+        (got,) = torch.autograd.grad(h, w, torch.ones_like(h))
+        wr = second["w"].clone().requires_grad_()
+        r = tn.reference.taylor_features(second["x"], second["w0"], wr, second["b0"], second["b"],
+                                         activation="tanh", order=2)
+        (want,) = torch.autograd.grad(r, wr, torch.ones_like(r))
+        torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
+        assert saved_cache()[0] == held_after_first
+        # A limit of 0 frees what is held and keeps nothing; the results do not change.
+        assert saved_cache(0) == (0, 0)
+        _, again = _features_step(second, second["w"].clone().requires_grad_())
+        torch.testing.assert_close(again, want, rtol=1e-10, atol=1e-12)
+        assert saved_cache()[0] == 0
+    finally:
+        saved_cache(limit)
+
+
+def test_saved_cache_rejects_bad_limits():
+    from taylornet.ops import saved_cache
+
+    with pytest.raises(ValueError, match="limit_bytes"):
+        saved_cache(-1)
+    with pytest.raises(TypeError, match="limit_bytes"):
+        saved_cache(True)
+    with pytest.raises(TypeError, match="limit_bytes"):
+        saved_cache(1.5)
+
+
+@pytest.mark.parametrize("value,ok", [("3", True), ("lots", False), ("-1", False)])
+def test_saved_cache_limit_from_the_environment(value, ok):
+    import os
+    import subprocess
+    import sys
+
+    code = ("import taylornet as tn, torch\n"
+            "print(tn.ops.saved_cache()[1])\n")
+    run = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "TAYLORNET_SAVED_CACHE_MB": value})
+    if ok:
+        assert run.returncode == 0, run.stderr
+        assert int(run.stdout.split()[-1]) == 3 << 20
+    else:
+        assert run.returncode != 0
+        assert "TAYLORNET_SAVED_CACHE_MB: expected a number of MiB" in run.stderr
 
 
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])

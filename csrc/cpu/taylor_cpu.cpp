@@ -450,8 +450,8 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
   const int64_t n = args.x.size(0), m = args.w.size(0);
   std::vector<Tensor> outs{at::empty({n, m}, args.x.options())};
   if (save) {
-    outs.push_back(at::empty({n, m}, args.x.options()));
-    outs.push_back(need_dz ? at::empty({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
+    outs.push_back(saved_buffer({n, m}, args.x.options()));
+    outs.push_back(need_dz ? saved_buffer({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
   if (n == 0 || m == 0) return outs;
   T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,

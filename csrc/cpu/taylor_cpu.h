@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -28,6 +29,13 @@ struct Kernels {
 };
 
 const Kernels& kernels();
+
+// An uninitialised tensor for a derivative that a training forward keeps for its backward, from
+// the cache of such buffers (saved_buffers.cpp).
+at::Tensor saved_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+// (bytes cached, limit in bytes) of that cache, after setting the limit when one is given (0: no
+// cache; lowering it frees released buffers beyond it at once).
+std::vector<int64_t> saved_cache(std::optional<int64_t> limit_bytes);
 
 // The instruction set of kernels(): "DEFAULT", "AVX2" or "AVX512". set_capability forces one the
 // CPU supports ("" restores the best); the environment variable TAYLORNET_CPU_CAPABILITY sets the
