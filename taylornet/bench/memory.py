@@ -6,7 +6,9 @@ after the warm-up; the inputs are already allocated, so peak - allocated-before 
 CPU (``subprocess``, the default): each (case, implementation) runs in a fresh Python process
 (forked from a server process that has only imported torch and taylornet), creates the same inputs,
 builds the callable (compiling for "compiled") and calls it once as warm-up. It then collects
-garbage, returns freed heap pages to the kernel (glibc ``malloc_trim(0)``), reads its resident set
+garbage, empties taylornet's cache of released derivative buffers (``taylornet.ops.saved_cache``: the
+warm-up's buffers would otherwise be resident before the call and missing from its peak), returns
+freed heap pages to the kernel (glibc ``malloc_trim(0)``), reads its resident set
 ``VmRSS`` as the baseline, resets the kernel's high-water mark (writing ``5`` to
 ``/proc/self/clear_refs``, Linux >= 4.0) and makes one more call. The call's peak is
 ``VmHWM - baseline``: real resident pages the call touched beyond those of the inputs and of the
@@ -62,6 +64,15 @@ def reset_hwm() -> bool:
         return False
 
 
+def empty_saved_cache() -> None:
+    """Free the buffers that taylornet's cache of kept derivatives holds (its limit stays)."""
+    from taylornet.ops import saved_cache
+
+    _, limit = saved_cache()
+    saved_cache(0)
+    saved_cache(limit)
+
+
 def trim_heap() -> bool:
     """Give freed heap memory back to the kernel (glibc malloc_trim); False if unavailable."""
     try:
@@ -94,6 +105,7 @@ def cpu_peak_here(call, warm: bool = True) -> dict:
     ``warm``: the caller already made a warm-up call (needed for compiled callables).
     """
     gc.collect()
+    empty_saved_cache()
     trim_heap()
     base = rss_bytes()
     can_reset = reset_hwm()  # the mark restarts from the current RSS, the baseline
