@@ -161,6 +161,13 @@ def test_kept_derivatives_reuse_released_buffers():
         _, again = _features_step(second, second["w"].clone().requires_grad_())
         torch.testing.assert_close(again, want, rtol=1e-10, atol=1e-12)
         assert saved_cache()[0] == 0
+        # Room for one buffer: a newly released one of another size replaces the one held.
+        saved_cache(n * m * 8)
+        _features_step(first, first["w"].clone().requires_grad_())
+        assert saved_cache()[0] == n * m * 8
+        small = make_problem(n=n - 10, d=SAVE_D, m=m, c=0, seed=23)
+        _features_step(small, small["w"].clone().requires_grad_())
+        assert saved_cache()[0] == (n - 10) * m * 8
     finally:
         saved_cache(limit)
 

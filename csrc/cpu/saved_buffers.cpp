@@ -1,8 +1,8 @@
 // The buffers of the derivatives that a CPU training forward keeps for its backward (dh/du and
 // dh/dz0, each n x m), recycled: a buffer that its backward has released goes to a small cache
 // instead of back to malloc, and the next forward of the same size takes it from there. The cache
-// holds at most 256 MiB of released buffers (TAYLORNET_SAVED_CACHE_MB, or saved_cache(limit)); a
-// buffer that does not fit goes back to malloc, and 0 turns the cache off.
+// holds at most 256 MiB of released buffers (TAYLORNET_SAVED_CACHE_MB, or saved_cache(limit)), and
+// frees the longest-held ones to make room for a newly released one; 0 turns the cache off.
 //
 // Why: glibc returns the top of its heap to the system once more than twice the largest freed
 // mmapped block lies free there. When h and dh/du (each n x m) are released together at the end
@@ -16,7 +16,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdlib>
-#include <map>
+#include <list>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -43,6 +43,7 @@ class SavedBufferCache {
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
     size_t bytes = options.dtype().itemsize();
     for (int64_t s : sizes) bytes *= static_cast<size_t>(s);
+    if (bytes == 0) return at::empty(sizes, options);
     void* p = take(bytes);
     if (p == nullptr) p = c10::alloc_cpu(bytes);
     return at::from_blob(p, sizes, [this, bytes](void* q) { give(q, bytes); }, options);
@@ -51,7 +52,7 @@ class SavedBufferCache {
   void set_limit(size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
     limit_ = bytes;
-    trim_locked();
+    evict_locked(0);
   }
   size_t limit() {
     std::lock_guard<std::mutex> lock(mu_);
@@ -63,38 +64,48 @@ class SavedBufferCache {
   }
 
  private:
+  struct Buffer {
+    size_t bytes;
+    void* data;
+  };
+
+  // The most recently released buffer of exactly this size, or nullptr.
   void* take(size_t bytes) {
     std::lock_guard<std::mutex> lock(mu_);
-    auto it = free_.find(bytes);
-    if (it == free_.end()) return nullptr;
-    void* p = it->second;
-    free_.erase(it);
-    cached_ -= bytes;
-    return p;
+    for (auto it = free_.rbegin(); it != free_.rend(); ++it) {
+      if (it->bytes != bytes) continue;
+      void* p = it->data;
+      free_.erase(std::next(it).base());
+      cached_ -= bytes;
+      return p;
+    }
+    return nullptr;
   }
+  // Keeps the buffer, making room by freeing the longest-held ones: the sizes a training loop
+  // allocates now are those it released last.
   void give(void* p, size_t bytes) {
     {
       std::lock_guard<std::mutex> lock(mu_);
-      if (cached_ + bytes <= limit_) {
-        free_.emplace(bytes, p);
+      if (bytes <= limit_) {
+        evict_locked(bytes);
+        free_.push_back({bytes, p});
         cached_ += bytes;
         return;
       }
     }
     c10::free_cpu(p);
   }
-  // Frees the largest buffers first until the cache holds at most limit_ bytes.
-  void trim_locked() {
-    while (cached_ > limit_ && !free_.empty()) {
-      auto it = std::prev(free_.end());
-      cached_ -= it->first;
-      c10::free_cpu(it->second);
-      free_.erase(it);
+  // Frees the longest-held buffers until `room` more bytes fit under the limit.
+  void evict_locked(size_t room) {
+    while (!free_.empty() && cached_ + room > limit_) {
+      cached_ -= free_.front().bytes;
+      c10::free_cpu(free_.front().data);
+      free_.pop_front();
     }
   }
 
   std::mutex mu_;
-  std::multimap<size_t, void*> free_;  // bytes -> buffer
+  std::list<Buffer> free_;  // released buffers, longest-held first
   size_t cached_ = 0;
   size_t limit_ = size_t(256) << 20;
 };
