@@ -67,6 +67,23 @@ std::array<Tensor, sizeof...(Ts)> to_array(std::tuple<Ts...>&& t) {
 Tensor or_undefined(const OptTensor& t) { return t.has_value() ? *t : Tensor(); }
 OptTensor or_none(const Tensor& t) { return t.defined() ? OptTensor(t) : std::nullopt; }
 
+// The series arguments (activation, orders, exact) that every backward op takes again, saved by
+// the forward and read back by the backward.
+struct Series {
+  std::string activation;
+  std::vector<int64_t> orders;
+  bool exact;
+};
+void save_series(AutogradContext* ctx, c10::string_view activation, at::IntArrayRef orders, bool exact) {
+  ctx->saved_data["activation"] = std::string(activation);
+  ctx->saved_data["orders"] = orders.vec();
+  ctx->saved_data["exact"] = exact;
+}
+Series saved_series(AutogradContext* ctx) {
+  return {ctx->saved_data["activation"].toStringRef(), ctx->saved_data["orders"].toIntVector(),
+          ctx->saved_data["exact"].toBool()};
+}
+
 // ---- features ---------------------------------------------------------------------------------
 
 using FeaturesSig = Tensor(const Tensor&, const Tensor&, const Tensor&, const OptTensor&, const OptTensor&,
@@ -82,20 +99,17 @@ struct Features : torch::autograd::Function<Features> {
                         c10::string_view activation, at::IntArrayRef orders, bool exact) {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({x, w0, w, or_undefined(b0), or_undefined(b), or_undefined(signs), or_undefined(seed)});
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["orders"] = orders.vec();
-    ctx->saved_data["exact"] = exact;
+    save_series(ctx, activation, orders, exact);
     static const auto op = op_handle<FeaturesSig>("taylornet::features");
     return op.call(x, w0, w, b0, b, signs, seed, activation, orders, exact);
   }
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto s = ctx->get_saved_variables();
     const auto needs = needs_of<5>(ctx, s[3].defined(), s[4].defined());
-    const std::string activation = ctx->saved_data["activation"].toStringRef();
-    const std::vector<int64_t> orders = ctx->saved_data["orders"].toIntVector();
+    const Series series = saved_series(ctx);
     static const auto op = op_handle<FeaturesBackwardSig>("taylornet::features_backward");
-    auto grads = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], or_none(s[3]), or_none(s[4]),
-                           or_none(s[5]), or_none(s[6]), activation, orders, ctx->saved_data["exact"].toBool(), needs);
+    auto grads = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], or_none(s[3]), or_none(s[4]), or_none(s[5]),
+                         or_none(s[6]), series.activation, series.orders, series.exact, needs);
     return grads_of(needs, to_array(std::move(grads)), kArgs);
   }
 };
@@ -140,8 +154,7 @@ struct FeaturesSaving : torch::autograd::Function<FeaturesSaving> {
     const bool has_b0 = ctx->saved_data["has_b0"].toBool(), has_b = ctx->saved_data["has_b"].toBool();
     const auto needs = needs_of<5>(ctx, has_b0, has_b);
     static const auto op = op_handle<FeaturesBackwardSavedSig>("taylornet::features_backward_saved");
-    auto grads = op.call(grad_outputs[0].contiguous(), s[3], s[4], s[0], s[1], s[2],
-                           has_b0, has_b, needs);
+    auto grads = op.call(grad_outputs[0].contiguous(), s[3], s[4], s[0], s[1], s[2], has_b0, has_b, needs);
     return grads_of(needs, to_array(std::move(grads)), kArgs);
   }
 };
@@ -173,9 +186,7 @@ struct Net : torch::autograd::Function<Net> {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward(
         {x, w0, w, a, or_undefined(b0), or_undefined(b), or_undefined(signs), or_undefined(seed)});
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["orders"] = orders.vec();
-    ctx->saved_data["exact"] = exact;
+    save_series(ctx, activation, orders, exact);
     ctx->saved_data["scale"] = scale;
     static const auto op = op_handle<NetSig>("taylornet::net");
     return op.call(x, w0, w, a, b0, b, signs, seed, activation, orders, exact, scale);
@@ -183,12 +194,11 @@ struct Net : torch::autograd::Function<Net> {
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto s = ctx->get_saved_variables();
     const auto needs = needs_of<6>(ctx, s[4].defined(), s[5].defined());
-    const std::string activation = ctx->saved_data["activation"].toStringRef();
-    const std::vector<int64_t> orders = ctx->saved_data["orders"].toIntVector();
+    const Series series = saved_series(ctx);
     static const auto op = op_handle<NetBackwardSig>("taylornet::net_backward");
     auto grads = op.call(grad_outputs[0].contiguous(), s[0], s[1], s[2], s[3], or_none(s[4]), or_none(s[5]),
-                           or_none(s[6]), or_none(s[7]), activation, orders, ctx->saved_data["exact"].toBool(),
-                           ctx->saved_data["scale"].toDouble(), needs);
+                         or_none(s[6]), or_none(s[7]), series.activation, series.orders, series.exact,
+                         ctx->saved_data["scale"].toDouble(), needs);
     return grads_of(needs, to_array(std::move(grads)), kArgs);
   }
 };
@@ -215,25 +225,21 @@ struct Moments : torch::autograd::Function<Moments> {
                                c10::string_view activation, at::IntArrayRef orders, bool exact, double scale) {
     at::AutoDispatchBelowADInplaceOrView below;
     ctx->save_for_backward({x, w0, w, a, or_undefined(b0), or_undefined(b)});
-    ctx->saved_data["activation"] = std::string(activation);
-    ctx->saved_data["orders"] = orders.vec();
-    ctx->saved_data["exact"] = exact;
+    save_series(ctx, activation, orders, exact);
     ctx->saved_data["scale"] = scale;
     static const auto op = op_handle<MomentsSig>("taylornet::moments");
-    auto [mean, var] = op.call(x, w0, w, a, b0, b, activation, orders,
-                                                                        exact, scale);
+    auto [mean, var] = op.call(x, w0, w, a, b0, b, activation, orders, exact, scale);
     return {mean, var};
   }
   // An output that did not reach the loss gets a zero cotangent (autograd materializes it).
   static variable_list backward(AutogradContext* ctx, variable_list grad_outputs) {
     const auto s = ctx->get_saved_variables();
     const auto needs = needs_of<6>(ctx, s[4].defined(), s[5].defined());
-    const std::string activation = ctx->saved_data["activation"].toStringRef();
-    const std::vector<int64_t> orders = ctx->saved_data["orders"].toIntVector();
+    const Series series = saved_series(ctx);
     static const auto op = op_handle<MomentsBackwardSig>("taylornet::moments_backward");
     auto grads = op.call(grad_outputs[0].contiguous(), grad_outputs[1].contiguous(), s[0], s[1], s[2], s[3],
-                           or_none(s[4]), or_none(s[5]), activation, orders, ctx->saved_data["exact"].toBool(),
-                           ctx->saved_data["scale"].toDouble(), needs);
+                         or_none(s[4]), or_none(s[5]), series.activation, series.orders, series.exact,
+                         ctx->saved_data["scale"].toDouble(), needs);
     return grads_of(needs, to_array(std::move(grads)), kArgs);
   }
 };

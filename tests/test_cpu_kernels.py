@@ -204,8 +204,8 @@ def test_saved_cache_limit_from_the_environment(value, ok):
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("n,m,wrt", [(1031, 290, "x,w0,w,b0,b"), (300, 1031, "x,w0,w,b0,b"), (1031, 290, "w,b")])
 def test_kept_derivatives_over_several_blocks(build, n, m, wrt, layout):
-    """The saved backward walks G in blocks of at most a quarter of the samples or of the neurons,
-    and each block's columns in runs of 256. Blocks of samples where dx costs more to accumulate
+    """The saved backward walks G in blocks of at most a quarter of the samples or of the neurons.
+    Blocks of samples where dx costs more to accumulate
     than the weight gradients (n = 1031, m = 290, every gradient: 3 x 258 + 257 rows); blocks of
     neurons otherwise, with dx accumulated over them (n = 300, m = 1031: 3 x 258 + 257 neurons) or
     without dx. "strided": x, w0 and w in transposed storage, b0 and b strided slices."""
