@@ -168,9 +168,9 @@ def _features(x, w0, w, b0, b, signs, sign_seed, p: Plan) -> Tensor:
 # when x, w0 or b0 need gradients): one or two n x m tensors, the size of the output, in exchange for
 # not recomputing x w0^T and x w^T (4nmd FLOPs) in the backward. The kept buffers are recycled
 # (taylornet.ops.saved_cache), so keeping costs writing them, not faulting in fresh pages; below
-# d = 32 the fused kernels recompute the products faster than the saved backward's BLAS products of
-# that shape run (measured: docs/benchmarks.md).
-KEEP_DERIVATIVES_MIN_DIM = 32
+# d = 16 recomputing the products costs about as much as writing and reading the kept n x m tensor
+# (measured: docs/benchmarks.md).
+KEEP_DERIVATIVES_MIN_DIM = 16
 
 
 def _keeps_derivatives(x2, w0, w, b0, b) -> bool:

@@ -91,7 +91,7 @@ def test_sign_seed_under_each_build(build):
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
 
 
-# ---- the forward that keeps dh/du and dh/dz0 for the backward (CPU training at d >= 32) -----------
+# ---- the forward that keeps dh/du and dh/dz0 for the backward (CPU training at d >= 16) -----------
 
 SAVE_D = 130  # >= functional.KEEP_DERIVATIVES_MIN_DIM, not a multiple of any tile
 
@@ -125,6 +125,37 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
     want = torch.autograd.grad(r, inputs, cot)
     for k, g1, g2 in zip(names, got, want):
         torch.testing.assert_close(g1, g2, rtol=1e-9, atol=1e-10, msg=f"grad {k}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d", [1, 37, 64, 128, 129])
+@pytest.mark.parametrize("bias", [False, True])
+def test_kept_derivatives_weight_gradient_alone(build, d, bias, dtype):
+    """dW (and db) alone from the kept dh/du, what training a layer on fixed inputs asks for: the
+    fused kernel up to d = 128 (lanes along d, so d = 37 and 129 leave partial vectors), BLAS above.
+    n = 300 and m = 200 leave partial blocks of samples, of neurons and of the 3-neuron tiles."""
+    n, m = 300, 200
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(d, n, generator=g, dtype=torch.float64).t()  # not contiguous
+    w0 = torch.randn(m, d, generator=g, dtype=torch.float64) / d**0.5
+    w = (0.3 * torch.randn(m, d, generator=g, dtype=torch.float64)).requires_grad_()
+    b = (0.1 * torch.randn(m, generator=g, dtype=torch.float64)).requires_grad_() if bias else None
+    cot = torch.randn(n, m, generator=g, dtype=torch.float64)
+    inputs = [w] + ([b] if bias else [])
+    ops = torch.ops.taylornet
+    want = torch.autograd.grad(tn.reference.taylor_features(x, w0, w, None, b, activation="silu", order=2), inputs,
+                               cot)
+    xc, w0c, wc, bc = (t.detach().to(dtype) if t is not None else None for t in (x, w0, w, b))
+    h, du, dz = ops.features_saving(xc, w0c, wc, None, bc, None, None, "silu", [0, 1, 2], False, False)
+    needs = [False, False, True, False, bias]
+    got = ops.features_backward_saved(cot.to(dtype), du, dz, xc, w0c, wc, False, bias, needs)
+    assert got[0].numel() == 0 and got[1].numel() == 0 and got[3].numel() == 0
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(got[2].double(), want[0], **tol, msg="dW")
+    if bias:
+        torch.testing.assert_close(got[4].double(), want[1], **tol, msg="db")
+    else:
+        assert got[4].numel() == 0
 
 
 def _features_step(p, w):

@@ -26,6 +26,11 @@ struct Kernels {
   // moments == false: the net, one output (n, c). moments == true: (mean, var).
   std::vector<at::Tensor> (*net_forward)(const Args&, bool moments);
   Grads (*net_backward)(const Args&, bool moments, const std::vector<at::Tensor>& grads, const Needs&);
+  // dw = (grad * du)^T x and, where db is defined, db = sum over samples of grad * du (grad and du
+  // (n, m) and x (n, d) contiguous; dw (m, d) and db (m) written whole). False where this build
+  // has no such kernel: the caller then computes them itself.
+  bool (*weight_grad_saved)(const at::Tensor& grad, const at::Tensor& du, const at::Tensor& x, at::Tensor& dw,
+                            at::Tensor& db);
 };
 
 const Kernels& kernels();
