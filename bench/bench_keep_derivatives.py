@@ -6,7 +6,9 @@
 A forward of taylor_features that will be differentiated keeps dh/du (an n x m tensor) from
 d = taylornet.functional.KEEP_DERIVATIVES_MIN_DIM; below, the backward recomputes both products.
 This times taylor_features forward + backward (dW) both ways, interleaved in one process, and prints
-the median milliseconds of each and their ratio per d. Set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to
+the median milliseconds of each and their ratio per d; and the kept way once more with the backward
+on BLAS products (TAYLORNET_SAVED_BACKWARD=blas) in place of the register kernel that computes dW
+alone up to d = 128. Set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to
 compare under huge-page malloc.
 """
 from __future__ import annotations
@@ -35,7 +37,7 @@ def main() -> int:
     print(f"n={args.n} m={args.m} {args.activation} order {args.order}, {torch.get_num_threads()} threads, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, load average {os.getloadavg()[0]:.1f}; "
           f"the default keeps from d = {threshold}")
-    print("| d | keep ms | recompute ms | keep / recompute |\n|---|---|---|---|")
+    print("| d | keep ms | recompute ms | keep / recompute | keep, BLAS backward ms |\n|---|---|---|---|---|")
     try:
         for d in args.dims:
             g = torch.Generator().manual_seed(d)
@@ -48,18 +50,22 @@ def main() -> int:
                 h = tn.taylor_features(x, w0, w, activation=args.activation, order=args.order)
                 return torch.autograd.grad(h, [w], cot)
 
-            times = {"keep": [], "recompute": []}
+            times = {"keep": [], "recompute": [], "keep-blas": []}
             for _ in range(args.rounds):
                 for mode in times:
-                    functional.KEEP_DERIVATIVES_MIN_DIM = 0 if mode == "keep" else d + 1
+                    functional.KEEP_DERIVATIVES_MIN_DIM = d + 1 if mode == "recompute" else 0
+                    if mode == "keep-blas":
+                        os.environ["TAYLORNET_SAVED_BACKWARD"] = "blas"
                     call()
                     t = time.perf_counter()
                     call()
                     times[mode].append(time.perf_counter() - t)
-            keep, recompute = (statistics.median(times[k]) * 1e3 for k in ("keep", "recompute"))
-            print(f"| {d} | {keep:.1f} | {recompute:.1f} | {keep / recompute:.2f} |", flush=True)
+                    os.environ.pop("TAYLORNET_SAVED_BACKWARD", None)
+            keep, recompute, blas = (statistics.median(times[k]) * 1e3 for k in times)
+            print(f"| {d} | {keep:.1f} | {recompute:.1f} | {keep / recompute:.2f} | {blas:.1f} |", flush=True)
     finally:
         functional.KEEP_DERIVATIVES_MIN_DIM = threshold
+        os.environ.pop("TAYLORNET_SAVED_BACKWARD", None)
     return 0
 
 

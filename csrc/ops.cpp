@@ -283,8 +283,13 @@ FiveGrads features_backward_saved_cpu(
   Tensor db = needs[4] && has_b ? at::zeros({m}, x.options()) : Tensor();
   if (!blocks) return {or_empty(dx, x), or_empty(dw0, x), or_empty(dw, x), or_empty(db0, x), or_empty(db, x)};
   // W (and b) alone, what training a layer on fixed inputs asks for: the fused kernel of this build,
-  // where it has one.
-  if (dw.defined() && !dx.defined() && !dw0.defined() && !db0.defined()) {
+  // where it has one, unless TAYLORNET_SAVED_BACKWARD=blas (read at each call, so that one process
+  // can time both).
+  const char* env = std::getenv("TAYLORNET_SAVED_BACKWARD");
+  const std::string path = env ? env : "";
+  TORCH_CHECK_VALUE(path.empty() || path == "auto" || path == "blas",
+                    "taylornet: TAYLORNET_SAVED_BACKWARD: expected auto or blas, got '", path, "'");
+  if (path != "blas" && dw.defined() && !dx.defined() && !dw0.defined() && !db0.defined()) {
     Tensor dwc = at::empty({m, x.size(1)}, x.options());
     if (cpu::kernels().weight_grad_saved(g, su, xc, dwc, db))
       return {or_empty(dx, x), or_empty(dw0, x), dwc, or_empty(db0, x), or_empty(db, x)};

@@ -158,6 +158,24 @@ def test_kept_derivatives_weight_gradient_alone(build, d, bias, dtype):
         assert got[4].numel() == 0
 
 
+def test_saved_backward_switch(monkeypatch):
+    """TAYLORNET_SAVED_BACKWARD=blas (read at each call) computes dW alone with BLAS products instead
+    of the register kernel: the same gradient; another value raises, naming the variable."""
+    p = make_problem(n=50, d=40, m=70, c=0, seed=5, dtype=torch.float32)
+    ops = torch.ops.taylornet
+    h, du, dz = ops.features_saving(p["x"], p["w0"], p["w"], None, None, None, None, "silu", [0, 1, 2], False, False)
+    cot = torch.randn(h.shape, generator=torch.Generator().manual_seed(6))
+    needs = [False, False, True, False, False]
+    got = {}
+    for path in ("auto", "blas"):
+        monkeypatch.setenv("TAYLORNET_SAVED_BACKWARD", path)
+        got[path] = ops.features_backward_saved(cot, du, dz, p["x"], p["w0"], p["w"], False, False, needs)[2]
+    torch.testing.assert_close(got["auto"], got["blas"], rtol=1e-5, atol=1e-5)
+    monkeypatch.setenv("TAYLORNET_SAVED_BACKWARD", "fast")
+    with pytest.raises(ValueError, match="TAYLORNET_SAVED_BACKWARD"):
+        ops.features_backward_saved(cot, du, dz, p["x"], p["w0"], p["w"], False, False, needs)
+
+
 def _features_step(p, w):
     h = tn.taylor_features(p["x"], p["w0"], w, p["b0"], p["b"], activation="tanh", order=2)
     return h, torch.autograd.grad(h, w, torch.ones_like(h))[0]
