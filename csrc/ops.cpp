@@ -290,7 +290,7 @@ FiveGrads features_backward_saved_cpu(
   TORCH_CHECK_VALUE(path.empty() || path == "auto" || path == "blas",
                     "taylornet: TAYLORNET_SAVED_BACKWARD: expected auto or blas, got '", path, "'");
   if (path != "blas" && dw.defined() && !dx.defined() && !dw0.defined() && !db0.defined()) {
-    Tensor dwc = at::empty({m, x.size(1)}, x.options());
+    Tensor dwc = dw.is_contiguous() ? dw : at::empty({m, x.size(1)}, x.options());  // the kernel writes rows
     if (cpu::kernels().weight_grad_saved(g, su, xc, dwc, db))
       return {or_empty(dx, x), or_empty(dw0, x), dwc, or_empty(db0, x), or_empty(db, x)};
   }

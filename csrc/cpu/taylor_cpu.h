@@ -28,7 +28,8 @@ struct Kernels {
   Grads (*net_backward)(const Args&, bool moments, const std::vector<at::Tensor>& grads, const Needs&);
   // dw = (grad * du)^T x and, where db is defined, db = sum over samples of grad * du (grad and du
   // (n, m) and x (n, d) contiguous; dw (m, d) and db (m) written whole). False where this build
-  // has no such kernel: the caller then computes them itself.
+  // has no such kernel or d is beyond the range where it is the faster way: the caller then
+  // computes them itself.
   bool (*weight_grad_saved)(const at::Tensor& grad, const at::Tensor& du, const at::Tensor& x, at::Tensor& dw,
                             at::Tensor& db);
 };
