@@ -972,29 +972,30 @@ inline void tile_products(const FusedWeights<T>& f, const T* x, int64_t ld, int6
   if (f.has_b) u = u + RowPack<T>::rows(Vec::loadu(f.b.data() + g * VL));
 }
 
-// acc[kk][j] (kk < kRows, j < NG vectors) += sum_i x[i][k0 + kk] * G[i][j]: the weight-gradient
-// register kernel, over `rows` rows of x (stride ldx) and of G (stride ldg).
-template <typename T, int NG>
-inline void rank_update(const T* x, int64_t ldx, int64_t k0, const T* G, int64_t ldg, int64_t rows, T* acc,
-                        int64_t ldacc) {
+// acc[r][j] (r < Rows, j < NV vectors, stride ldacc) += sum_i S[i][r] * V[i][j], over `rows` rows of
+// S (stride lds; each entry broadcast) and of V (stride ldv): the register kernel of the weight
+// gradients, with V = G (lanes along neurons) or V = x (lanes along input dimensions).
+template <int Rows, int NV, typename T>
+inline void outer_update(const T* S, int64_t lds, const T* V, int64_t ldv, int64_t rows, T* acc, int64_t ldacc) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
-  Vec c[kRows][NG];
+  Vec c[Rows][NV];
 #pragma GCC unroll 16
-  for (int kk = 0; kk < kRows; ++kk)
-    for (int j = 0; j < NG; ++j) c[kk][j] = Vec::loadu(acc + kk * ldacc + j * VL);
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < NV; ++j) c[r][j] = Vec::loadu(acc + r * ldacc + j * VL);
   for (int64_t i = 0; i < rows; ++i) {
-    Vec gv[NG];
-    for (int j = 0; j < NG; ++j) gv[j] = Vec::loadu(G + i * ldg + j * VL);
+    Vec v[NV];
 #pragma GCC unroll 16
-    for (int kk = 0; kk < kRows; ++kk) {
-      const Vec xv(x[i * ldx + k0 + kk]);
-      for (int j = 0; j < NG; ++j) c[kk][j] = at::vec::fmadd(xv, gv[j], c[kk][j]);
+    for (int j = 0; j < NV; ++j) v[j] = Vec::loadu(V + i * ldv + j * VL);
+#pragma GCC unroll 16
+    for (int r = 0; r < Rows; ++r) {
+      const Vec s(S[i * lds + r]);
+      for (int j = 0; j < NV; ++j) c[r][j] = at::vec::fmadd(s, v[j], c[r][j]);
     }
   }
 #pragma GCC unroll 16
-  for (int kk = 0; kk < kRows; ++kk)
-    for (int j = 0; j < NG; ++j) c[kk][j].store(acc + kk * ldacc + j * VL);
+  for (int r = 0; r < Rows; ++r)
+    for (int j = 0; j < NV; ++j) c[r][j].store(acc + r * ldacc + j * VL);
 }
 
 // accT (ld x width, row kk = input dimension kk) += x^T G over `rows` rows; ld is a multiple of kRows.
@@ -1004,9 +1005,9 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
   for (int64_t k0 = 0; k0 < ld; k0 += kRows) {
     int64_t col = 0;
     for (; col + 2 * VL <= width; col += 2 * VL)
-      rank_update<T, 2>(x, ld, k0, G + col, width, rows, accT + k0 * width + col, width);
+      outer_update<kRows, 2>(x + k0, ld, G + col, width, rows, accT + k0 * width + col, width);
     for (; col < width; col += VL)
-      rank_update<T, 1>(x, ld, k0, G + col, width, rows, accT + k0 * width + col, width);
+      outer_update<kRows, 1>(x + k0, ld, G + col, width, rows, accT + k0 * width + col, width);
   }
 }
 
@@ -1418,31 +1419,6 @@ constexpr int64_t kSavedNeurons = 96, kSavedSamples = 128;
 // n = 1024, AVX2: 1.5x faster at d = 16 and 32, 1.3x at 64, 1.05x at 128, 0.93x at 192, 0.79x at 512).
 constexpr int64_t kSavedMaxDim = 128;
 
-// acc[t][j] (t < 3 neurons, j < NV vectors, stride ld) += sum_i G[i][t] x[i][j], over `rows` rows
-// of G (stride ldg) and of x (stride ldx).
-template <int NV, typename T>
-inline void saved_rank_update(const T* G, int64_t ldg, const T* x, int64_t ldx, int64_t rows, T* acc, int64_t ld) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int VL = Vec::size();
-  Vec c[kTileNeuronsSaved][NV];
-#pragma GCC unroll 16
-  for (int t = 0; t < kTileNeuronsSaved; ++t)
-    for (int j = 0; j < NV; ++j) c[t][j] = Vec::loadu(acc + t * ld + j * VL);
-  for (int64_t i = 0; i < rows; ++i) {
-    Vec xv[NV];
-#pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) xv[j] = Vec::loadu(x + i * ldx + j * VL);
-#pragma GCC unroll 16
-    for (int t = 0; t < kTileNeuronsSaved; ++t) {
-      const Vec gt(G[i * ldg + t]);
-      for (int j = 0; j < NV; ++j) c[t][j] = at::vec::fmadd(gt, xv[j], c[t][j]);
-    }
-  }
-#pragma GCC unroll 16
-  for (int t = 0; t < kTileNeuronsSaved; ++t)
-    for (int j = 0; j < NV; ++j) c[t][j].store(acc + t * ld + j * VL);
-}
-
 template <typename T>
 bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& x, Tensor& dw, Tensor& db) {
   using Vec = at::vec::Vectorized<T>;
@@ -1487,10 +1463,10 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
             const T* xt = xd + i0 * dp + c0;
             T* at = acc.data() + t * dp + c0;
             switch (std::min<int64_t>(kDimVecs, (dp - c0) / VL)) {
-              case 4: saved_rank_update<4>(Gt, Gld, xt, dp, sb, at, dp); break;
-              case 3: saved_rank_update<3>(Gt, Gld, xt, dp, sb, at, dp); break;
-              case 2: saved_rank_update<2>(Gt, Gld, xt, dp, sb, at, dp); break;
-              default: saved_rank_update<1>(Gt, Gld, xt, dp, sb, at, dp); break;
+              case 4: outer_update<kTileNeuronsSaved, 4>(Gt, Gld, xt, dp, sb, at, dp); break;
+              case 3: outer_update<kTileNeuronsSaved, 3>(Gt, Gld, xt, dp, sb, at, dp); break;
+              case 2: outer_update<kTileNeuronsSaved, 2>(Gt, Gld, xt, dp, sb, at, dp); break;
+              default: outer_update<kTileNeuronsSaved, 1>(Gt, Gld, xt, dp, sb, at, dp); break;
             }
           }
         }
