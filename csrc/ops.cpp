@@ -138,13 +138,19 @@ Tensor or_empty(const Tensor& t, const Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
 }
 
-bool generic_epilogue_requested(const char* variable) {
+namespace {
+// Whether the environment variable, read at each call, asks for `alternative` instead of the
+// default ("auto" or unset); any other value raises.
+bool env_requests(const char* variable, const std::string& alternative) {
   const char* env = std::getenv(variable);
   const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "generic", "taylornet: ", variable,
-                    ": expected auto or generic, got '", v, "'");
-  return v == "generic";
+  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == alternative, "taylornet: ", variable,
+                    ": expected auto or ", alternative, ", got '", v, "'");
+  return v == alternative;
 }
+}  // namespace
+
+bool generic_epilogue_requested(const char* variable) { return env_requests(variable, "generic"); }
 
 Call prepare(const Tensor& x, const Tensor& w0, const Tensor& w, const OptTensor& a,
              const OptTensor& b0, const OptTensor& b, const OptTensor& signs, const OptTensor& seed,
@@ -285,11 +291,8 @@ FiveGrads features_backward_saved_cpu(
   // W (and b) alone, what training a layer on fixed inputs asks for: the fused kernel of this build,
   // where it has one, unless TAYLORNET_SAVED_BACKWARD=blas (read at each call, so that one process
   // can time both).
-  const char* env = std::getenv("TAYLORNET_SAVED_BACKWARD");
-  const std::string path = env ? env : "";
-  TORCH_CHECK_VALUE(path.empty() || path == "auto" || path == "blas",
-                    "taylornet: TAYLORNET_SAVED_BACKWARD: expected auto or blas, got '", path, "'");
-  if (path != "blas" && dw.defined() && !dx.defined() && !dw0.defined() && !db0.defined()) {
+  const bool blas = env_requests("TAYLORNET_SAVED_BACKWARD", "blas");
+  if (!blas && dw.defined() && !dx.defined() && !dw0.defined() && !db0.defined()) {
     Tensor dwc = dw.is_contiguous() ? dw : at::empty({m, x.size(1)}, x.options());  // the kernel writes rows
     if (cpu::kernels().weight_grad_saved(g, su, xc, dwc, db))
       return {or_empty(dx, x), or_empty(dw0, x), dwc, or_empty(db0, x), or_empty(db, x)};

@@ -1415,6 +1415,7 @@ Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor
 constexpr int kDimVecs = 4;
 constexpr int kTileNeuronsSaved = 3;
 constexpr int64_t kSavedNeurons = 96, kSavedSamples = 128;
+static_assert(kSavedNeurons % kTileNeuronsSaved == 0, "a block of neurons holds whole tiles");
 // Largest d it takes; above, ATen's BLAS product of G's blocks is faster (interleaved in one process,
 // n = 1024, AVX2: 1.5x faster at d = 16 and 32, 1.3x at 64, 1.05x at 128, 0.93x at 192, 0.79x at 512).
 constexpr int64_t kSavedMaxDim = 128;
@@ -1437,9 +1438,8 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   T* dwp = dw.mutable_data_ptr<T>();
   T* dbp = db.defined() ? db.mutable_data_ptr<T>() : nullptr;
   const int64_t blocks = ceil_div(m, kSavedNeurons);
-  const int64_t Gld = round_up(kSavedNeurons, kTileNeuronsSaved);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<T> G(kSavedSamples * Gld), acc(Gld * dp), colsum(kSavedNeurons);
+    std::vector<T> G(kSavedSamples * kSavedNeurons), acc(kSavedNeurons * dp), colsum(kSavedNeurons);
     for (int64_t blk = b0; blk < b1; ++blk) {
       const int64_t r0 = blk * kSavedNeurons, nb = std::min(kSavedNeurons, m - r0);
       std::fill(acc.begin(), acc.end(), T(0));
@@ -1449,7 +1449,7 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
         for (int64_t i = 0; i < sb; ++i) {
           const T* gr = g + (i0 + i) * m + r0;
           const T* ur = u + (i0 + i) * m + r0;
-          T* Gr = G.data() + i * Gld;
+          T* Gr = G.data() + i * kSavedNeurons;
           for_each_vector<T>(nb, [&](int64_t c, int cnt) {
             const Pack<T> v = load(gr + c, cnt) * load(ur + c, cnt);
             store(v, Gr + c, cnt);
@@ -1463,10 +1463,10 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
             const T* xt = xd + i0 * dp + c0;
             T* at = acc.data() + t * dp + c0;
             switch (std::min<int64_t>(kDimVecs, (dp - c0) / VL)) {
-              case 4: outer_update<kTileNeuronsSaved, 4>(Gt, Gld, xt, dp, sb, at, dp); break;
-              case 3: outer_update<kTileNeuronsSaved, 3>(Gt, Gld, xt, dp, sb, at, dp); break;
-              case 2: outer_update<kTileNeuronsSaved, 2>(Gt, Gld, xt, dp, sb, at, dp); break;
-              default: outer_update<kTileNeuronsSaved, 1>(Gt, Gld, xt, dp, sb, at, dp); break;
+              case 4: outer_update<kTileNeuronsSaved, 4>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
+              case 3: outer_update<kTileNeuronsSaved, 3>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
+              case 2: outer_update<kTileNeuronsSaved, 2>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
+              default: outer_update<kTileNeuronsSaved, 1>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
             }
           }
         }
