@@ -106,35 +106,52 @@ struct VecMath {
   // than the rest of the epilogue. Elsewhere Sleef.
   __attribute__((always_inline)) static Vec exp_vec(const Vec& x) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (sizeof(T) == 4) return exp_sum(x, Vec(-0.0f));  // x + -0 is x: the additions fold away
+    if constexpr (sizeof(T) == 4) {
+      const Vec minus_zero(-0.0f);  // x + -0 is x: the additions fold away
+      Vec e;
+      exp_sum<1>(&x, &minus_zero, &e);
+      return e;
+    }
 #endif
     return x.exp();
   }
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-  // e^(xh + xl) for float lanes, xh any float and |xl| <= 2, as exp_vec: xh - k ln2_hi is exact (k
-  // ln2_hi has at most 16 significant bits and lies within ulps of xh), so the only rounding of the
-  // argument is that of the reduced r + xl, whatever the size of xh.
-  __attribute__((always_inline)) static Vec exp_sum(const Vec& xh, const Vec& xl) {
+  // e^(xh + xl) for float lanes, xh any float and |xl| <= 2, W vectors in lock-step, as exp_vec:
+  // xh - k ln2_hi is exact (k ln2_hi has at most 16 significant bits and lies within ulps of xh),
+  // so the only rounding of the argument is that of the reduced r + xl, whatever the size of xh.
+  template <int W>
+  __attribute__((always_inline)) static void exp_sum(const Vec* xh, const Vec* xl, Vec* e) {
     const Vec lo(-87.33654f), hi(88.72283f);
-    const Vec x = xh + xl;
-    const Vec k = (at::vec::minimum(at::vec::maximum(x, lo), hi) * Vec(1.44269504088896341f)).round();
-    Vec r = at::vec::fmadd(k, Vec(-0.693359375f), xh) + xl;
-    r = at::vec::fmadd(k, Vec(2.12194440e-4f), r);
-    Vec p(1.9875691500e-4f);
+    Vec x[W], k[W], r[W], p[W];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) x[q] = xh[q] + xl[q];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q)
+      k[q] = (at::vec::minimum(at::vec::maximum(x[q], lo), hi) * Vec(1.44269504088896341f)).round();
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) r[q] = at::vec::fmadd(k[q], Vec(-0.693359375f), xh[q]) + xl[q];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) r[q] = at::vec::fmadd(k[q], Vec(2.12194440e-4f), r[q]);
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) p[q] = Vec(1.9875691500e-4f);
     for (const float c : {1.3981999507e-3f, 8.3334519073e-3f, 4.1665795894e-2f, 1.6666665459e-1f, 5.0000001201e-1f})
-      p = at::vec::fmadd(p, r, Vec(c));
-    const Vec y = at::vec::fmadd(p, r * r, r) + Vec(1.0f);
-    // 2^k as 2 * 2^(k-1), so that k = 128 (x near 88.72) stays a finite float.
+#pragma GCC unroll 8
+      for (int q = 0; q < W; ++q) p[q] = at::vec::fmadd(p[q], r[q], Vec(c));
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec y = at::vec::fmadd(p[q], r[q] * r[q], r[q]) + Vec(1.0f);
+      // 2^k as 2 * 2^(k-1), so that k = 128 (x near 88.72) stays a finite float.
 #if defined(CPU_CAPABILITY_AVX512)
-    const Vec scale = _mm512_castsi512_ps(_mm512_slli_epi32(
-        _mm512_add_epi32(_mm512_cvtps_epi32(k), _mm512_set1_epi32(126)), 23));
+      const Vec scale = _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_add_epi32(_mm512_cvtps_epi32(k[q]), _mm512_set1_epi32(126)), 23));
 #else
-    const Vec scale = _mm256_castsi256_ps(_mm256_slli_epi32(
-        _mm256_add_epi32(_mm256_cvtps_epi32(k), _mm256_set1_epi32(126)), 23));
+      const Vec scale = _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_add_epi32(_mm256_cvtps_epi32(k[q]), _mm256_set1_epi32(126)), 23));
 #endif
-    const Vec e = y * scale * Vec(2.0f);
-    return Vec::blendv(Vec::blendv(e, Vec(0.0f), x < lo), Vec(std::numeric_limits<float>::infinity()), x > hi);
+      e[q] = Vec::blendv(Vec::blendv(y * scale * Vec(2.0f), Vec(0.0f), x[q] < lo),
+                         Vec(std::numeric_limits<float>::infinity()), x[q] > hi);
+    }
   }
 #endif
 
@@ -209,24 +226,40 @@ struct VecMath {
   // a >= 0). a^2 is split exactly into hi + lo and the exponential taken as exp_sum(-hi, P - lo),
   // which keeps its ulp where a^2 is large (rounding the one argument -a^2 + P would cost a^2 / 2^24
   // relative). erfc x = 2 - erfc a for x < 0. t comes from the hardware's reciprocal estimate and
-  // one Newton step; 0 beyond a = 9.3 (erfc < 2e-39).
-  __attribute__((always_inline)) static Vec erfc_fast(const Vec& x) {
-    const Vec a = at::vec::minimum(x.abs(), Vec(10.0f));  // NaN stays NaN
-    const Vec d = at::vec::fmadd(a, Vec(0.5f), Vec(1.0f));
+  // one Newton step; 0 beyond a = 9.3 (erfc < 2e-39). W vectors in lock-step.
+  template <int W>
+  __attribute__((always_inline)) static void erfc_fast(const Vec* x, Vec* out) {
+    Vec a[W], t[W], p[W], hi[W], rest[W], e[W];
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) a[q] = at::vec::minimum(x[q].abs(), Vec(10.0f));  // NaN stays NaN
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec d = at::vec::fmadd(a[q], Vec(0.5f), Vec(1.0f));
 #if defined(CPU_CAPABILITY_AVX512)
-    const Vec y = _mm512_rcp14_ps(d);
+      const Vec y = _mm512_rcp14_ps(d);
 #else
-    const Vec y = _mm256_rcp_ps(d);
+      const Vec y = _mm256_rcp_ps(d);
 #endif
-    const Vec t = at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
-    Vec p(0.17087277f);
+      t[q] = at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
+    }
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) p[q] = Vec(0.17087277f);
     for (const float c : {-0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f, 0.09678418f,
                           0.37409196f, 1.00002368f, -1.26551223f})
-      p = at::vec::fmadd(p, t, Vec(c));
-    const Vec hi = a * a;
-    const Vec lo = at::vec::fmsub(a, a, hi);
-    const Vec r = t * exp_sum(hi.neg(), p - lo);
-    return Vec::blendv(r, Vec(2.0f) - r, x < Vec(0.0f));
+#pragma GCC unroll 8
+      for (int q = 0; q < W; ++q) p[q] = at::vec::fmadd(p[q], t[q], Vec(c));
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      hi[q] = a[q] * a[q];
+      rest[q] = p[q] - at::vec::fmsub(a[q], a[q], hi[q]);  // P - lo
+      hi[q] = hi[q].neg();
+    }
+    exp_sum<W>(hi, rest, e);
+#pragma GCC unroll 8
+    for (int q = 0; q < W; ++q) {
+      const Vec r = t[q] * e[q];
+      out[q] = Vec::blendv(r, Vec(2.0f) - r, x[q] < Vec(0.0f));
+    }
   }
 
   // tanh_sech2_vec's float form, W vectors in lock-step, branch- and division-free: e = e^{-2|z|},
@@ -308,12 +341,27 @@ struct VecMath {
     const Vec e = exp_vec(z.abs().neg());
     sigmoid_from_exp(z, e, Vec(T(1)) / (Vec(T(1)) + e), p, q);
   }
-  static P exp(const P& x) { return P::map([](const Vec& a) { return exp_vec(a); }, x); }
+  static P exp(const P& x) {
+#if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
+    if constexpr (kFastFloat) {
+      P r;
+      Vec minus_zero[kInterleave];
+      for (auto& z : minus_zero) z = Vec(-0.0f);
+      for (int j = 0; j < U; j += kInterleave) exp_sum<kInterleave>(x.v + j, minus_zero, r.v + j);
+      return r;
+    }
+#endif
+    return P::map([](const Vec& a) { return exp_vec(a); }, x);
+  }
   static P log1p(const P& x) { return P::map([](const Vec& a) { return a.log1p(); }, x); }
   static P erf(const P& x) { return P::map([](const Vec& a) { return a.erf(); }, x); }
   static P erfc(const P& x) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
-    if constexpr (kFastFloat) return P::map([](const Vec& a) { return erfc_fast(a); }, x);
+    if constexpr (kFastFloat) {
+      P r;
+      for (int j = 0; j < U; j += kInterleave) erfc_fast<kInterleave>(x.v + j, r.v + j);
+      return r;
+    }
 #endif
     return P::map([](const Vec& a) { return a.erfc(); }, x);
   }
