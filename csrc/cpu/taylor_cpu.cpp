@@ -118,8 +118,9 @@ struct VecMath {
 
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
   // e^(xh + xl) for float lanes, xh any float and |xl| <= 2, W vectors in lock-step, as exp_vec:
-  // xh - k ln2_hi is exact (k ln2_hi has at most 16 significant bits and lies within ulps of xh),
-  // so the only rounding of the argument is that of the reduced r + xl, whatever the size of xh.
+  // k ln2_hi is a multiple of 2^-9 with at most 16 significant bits, so xh - k ln2_hi (below 3 in
+  // size) is exact where |xh| >= 2 and otherwise rounds at its own scale: the argument is rounded
+  // only as a reduced argument is, never at the scale of a large xh.
   template <int W>
   __attribute__((always_inline)) static void exp_sum(const Vec* xh, const Vec* xl, Vec* e) {
     const Vec lo(-87.33654f), hi(88.72283f);
@@ -220,13 +221,14 @@ struct VecMath {
     return at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
   }
 
-  // erfc x for float lanes, inline and branch-free (Sleef's erfc, a call, cost gelu's epilogue four
-  // times the rest of it): with a = |x| and t = 1 / (1 + a / 2), erfc a = t exp(-a^2 + P(t)), P the
-  // degree-9 Chebyshev fit of Numerical Recipes' erfcc (relative error under 1.2e-7 for every
-  // a >= 0). a^2 is split exactly into hi + lo and the exponential taken as exp_sum(-hi, P - lo),
-  // which keeps its ulp where a^2 is large (rounding the one argument -a^2 + P would cost a^2 / 2^24
-  // relative). erfc x = 2 - erfc a for x < 0. t comes from the hardware's reciprocal estimate and
-  // one Newton step; 0 beyond a = 9.3 (erfc < 2e-39). W vectors in lock-step.
+  // erfc x for float lanes, inline and branch-free, W vectors in lock-step (in place of Sleef's
+  // erfc call, gelu (0, 1, 2)'s forward at n = 1024, d = 32, m = 4096 went from 28.6 to 15.5 ms):
+  // with a = |x| and t = 1 / (1 + a / 2), erfc a = t exp(-a^2 + P(t)), P the degree-9 Chebyshev fit
+  // of Numerical Recipes' erfcc (relative error under 1.2e-7 for every a >= 0). a^2 is split
+  // exactly into hi + lo and the exponential taken as exp_sum(-hi, P - lo), which keeps its ulp
+  // where a^2 is large (rounding the one argument -a^2 + P would cost a^2 / 2^24 relative).
+  // erfc x = 2 - erfc a for x < 0. t comes from the hardware's reciprocal estimate and one Newton
+  // step; 0 beyond a = 9.3 (erfc < 2e-39).
   template <int W>
   __attribute__((always_inline)) static void erfc_fast(const Vec* x, Vec* out) {
     Vec a[W], t[W], p[W], hi[W], rest[W], e[W];
