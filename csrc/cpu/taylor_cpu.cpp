@@ -210,9 +210,9 @@ struct VecMath {
     }
   }
 
-  // 1 / d for d in [1, 4] (float lanes): the hardware's estimate and one Newton step, about 1 ulp
-  // on AVX-512 (14-bit estimate) and 2 on AVX2 (12-bit); no division.
-  __attribute__((always_inline)) static Vec reciprocal_1_to_4(const Vec& d) {
+  // 1 / d for moderate d >= 1 (float lanes; the callers' d lie in [1, 6]): the hardware's estimate
+  // and one Newton step, about 1 ulp on AVX-512 (14-bit estimate) and 2 on AVX2 (12-bit); no division.
+  __attribute__((always_inline)) static Vec reciprocal_estimate(const Vec& d) {
 #if defined(CPU_CAPABILITY_AVX512)
     const Vec y = _mm512_rcp14_ps(d);
 #else
@@ -235,15 +235,7 @@ struct VecMath {
 #pragma GCC unroll 8
     for (int q = 0; q < W; ++q) a[q] = at::vec::minimum(x[q].abs(), Vec(10.0f));  // NaN stays NaN
 #pragma GCC unroll 8
-    for (int q = 0; q < W; ++q) {
-      const Vec d = at::vec::fmadd(a[q], Vec(0.5f), Vec(1.0f));
-#if defined(CPU_CAPABILITY_AVX512)
-      const Vec y = _mm512_rcp14_ps(d);
-#else
-      const Vec y = _mm256_rcp_ps(d);
-#endif
-      t[q] = at::vec::fmadd(y, at::vec::fnmadd(d, y, Vec(1.0f)), y);
-    }
+    for (int q = 0; q < W; ++q) t[q] = reciprocal_estimate(at::vec::fmadd(a[q], Vec(0.5f), Vec(1.0f)));
 #pragma GCC unroll 8
     for (int q = 0; q < W; ++q) p[q] = Vec(0.17087277f);
     for (const float c : {-0.82215223f, 1.48851587f, -1.13520398f, 0.27886807f, -0.18628806f, 0.09678418f,
@@ -278,7 +270,7 @@ struct VecMath {
     }
     exp_expm1_nonpositive<W>(x, e, em);
 #pragma GCC unroll 8
-    for (int q = 0; q < W; ++q) r[q] = reciprocal_1_to_4(em[q] + Vec(2.0f));  // 1 / (1 + e)
+    for (int q = 0; q < W; ++q) r[q] = reciprocal_estimate(em[q] + Vec(2.0f));  // 1 / (1 + e)
 #pragma GCC unroll 8
     for (int q = 0; q < W; ++q) {
       const Vec w = (e[q] + e[q]) * r[q];
@@ -298,7 +290,7 @@ struct VecMath {
     for (int j = 0; j < W; ++j) x[j] = z[j].abs().neg();
     exp_expm1_nonpositive<W>(x, e, em);
 #pragma GCC unroll 8
-    for (int j = 0; j < W; ++j) sigmoid_from_exp(z[j], e[j], reciprocal_1_to_4(Vec(T(1)) + e[j]), p[j], q[j]);
+    for (int j = 0; j < W; ++j) sigmoid_from_exp(z[j], e[j], reciprocal_estimate(Vec(T(1)) + e[j]), p[j], q[j]);
   }
 #else
   static constexpr bool kFastFloat = false;
