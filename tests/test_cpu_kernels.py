@@ -130,12 +130,14 @@ def test_kept_derivatives_match_the_reference(build, wrt, act, order):
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("d", [1, 37, 64, 128, 129])
+@pytest.mark.parametrize("d", [1, 23, 37, 64, 200, 257])
 @pytest.mark.parametrize("bias", [False, True])
 def test_kept_derivatives_weight_gradient_alone(build, d, bias, dtype):
     """dW (and db) alone from the kept dh/du, what training a layer on fixed inputs asks for: the
-    fused kernel up to d = 128 (lanes along d, so d = 37 and 129 leave partial vectors), BLAS above.
-    n = 300 and m = 200 leave partial blocks of samples, of neurons and of the 3-neuron tiles."""
+    fused kernel up to d = 256 (lanes along d, so d = 23, 37, 200 and 257 leave partial vectors),
+    BLAS above. Its register tiles are 12 / NV neurons x NV vectors of d: d = 1 ... 64 take NV = 1 ... 4
+    on AVX-512 and AVX2 between them, d = 37 on AVX2 splits into 4 + 1 vectors. n = 300 and m = 200
+    leave partial blocks of samples, of neurons and of the tiles."""
     n, m = 300, 200
     g = torch.Generator().manual_seed(d)
     x = torch.randn(d, n, generator=g, dtype=torch.float64).t()  # not contiguous

@@ -938,6 +938,7 @@ struct Reg<float> {
   static R load(const float* p) { return _mm512_loadu_ps(p); }
   static R set1(float v) { return _mm512_set1_ps(v); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
+  static void store(R v, float* p) { _mm512_storeu_ps(p, v); }
 };
 template <>
 struct Reg<double> {
@@ -946,6 +947,7 @@ struct Reg<double> {
   static R load(const double* p) { return _mm512_loadu_pd(p); }
   static R set1(double v) { return _mm512_set1_pd(v); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
+  static void store(R v, double* p) { _mm512_storeu_pd(p, v); }
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 template <typename T>
@@ -957,6 +959,7 @@ struct Reg<float> {
   static R load(const float* p) { return _mm256_loadu_ps(p); }
   static R set1(float v) { return _mm256_set1_ps(v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
+  static void store(R v, float* p) { _mm256_storeu_ps(p, v); }
 };
 template <>
 struct Reg<double> {
@@ -965,6 +968,7 @@ struct Reg<double> {
   static R load(const double* p) { return _mm256_loadu_pd(p); }
   static R set1(double v) { return _mm256_set1_pd(v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
+  static void store(R v, double* p) { _mm256_storeu_pd(p, v); }
 };
 #else
 template <typename T>  // the portable build runs no fused kernel; this only keeps it compiling
@@ -974,6 +978,7 @@ struct Reg {
   static R load(const T* p) { return R::loadu(p); }
   static R set1(T v) { return R(v); }
   static R fma(R a, R b, R c) { return at::vec::fmadd(a, b, c); }
+  static void store(R v, T* p) { v.store(p); }
 };
 #endif
 
@@ -1055,27 +1060,33 @@ inline void tile_products(const FusedWeights<T>& f, const T* x, int64_t ld, int6
 // acc[r][j] (r < Rows, j < NV vectors, stride ldacc) += sum_i S[i][r] * V[i][j], over `rows` rows of
 // S (stride lds; each entry broadcast) and of V (stride ldv): the register kernel of the weight
 // gradients, with V = G (lanes along neurons) or V = x (lanes along input dimensions).
+// In the instruction set's registers (see Reg): with arrays of at::vec::Vectorized, GCC stored every
+// accumulator to the stack at each step of the loop.
 template <int Rows, int NV, typename T>
 inline void outer_update(const T* S, int64_t lds, const T* V, int64_t ldv, int64_t rows, T* acc, int64_t ldacc) {
-  using Vec = at::vec::Vectorized<T>;
-  constexpr int VL = Vec::size();
-  Vec c[Rows][NV];
+  using G = Reg<T>;
+  using R = typename G::R;
+  constexpr int VL = at::vec::Vectorized<T>::size();
+  R c[Rows][NV];
 #pragma GCC unroll 16
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < NV; ++j) c[r][j] = Vec::loadu(acc + r * ldacc + j * VL);
-  for (int64_t i = 0; i < rows; ++i) {
-    Vec v[NV];
 #pragma GCC unroll 16
-    for (int j = 0; j < NV; ++j) v[j] = Vec::loadu(V + i * ldv + j * VL);
+    for (int j = 0; j < NV; ++j) c[r][j] = G::load(acc + r * ldacc + j * VL);
+  for (int64_t i = 0; i < rows; ++i) {
+    R v[NV];
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) v[j] = G::load(V + i * ldv + j * VL);
 #pragma GCC unroll 16
     for (int r = 0; r < Rows; ++r) {
-      const Vec s(S[i * lds + r]);
-      for (int j = 0; j < NV; ++j) c[r][j] = at::vec::fmadd(s, v[j], c[r][j]);
+      const R s = G::set1(S[i * lds + r]);
+#pragma GCC unroll 16
+      for (int j = 0; j < NV; ++j) c[r][j] = G::fma(s, v[j], c[r][j]);
     }
   }
 #pragma GCC unroll 16
   for (int r = 0; r < Rows; ++r)
-    for (int j = 0; j < NV; ++j) c[r][j].store(acc + r * ldacc + j * VL);
+#pragma GCC unroll 16
+    for (int j = 0; j < NV; ++j) G::store(c[r][j], acc + r * ldacc + j * VL);
 }
 
 // accT (ld x width, row kk = input dimension kk) += x^T G over `rows` rows; ld is a multiple of kRows.
@@ -1487,18 +1498,29 @@ Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor
 // ---- taylor_features backward from the kept dh/du: dW = G^T x and db = sum_i G with
 // G = grad * dh/du, for the common training case of W (and b) alone.
 //
-// Lanes run along the input dimensions: a register tile is 3 neurons x kDimVecs vectors of dW's
-// rows, and each sample adds G[i][r] x[i] (a broadcast of G's entry and kDimVecs loads of x, shared
-// by the 3 neurons) to it. G is formed per block of kSavedSamples samples x kSavedNeurons neurons in
-// a buffer of the worker's and read there as broadcasts: grad and dh/du are read once, G is never
-// written as an n x m tensor, and no BLAS product packs it again.
+// Lanes run along the input dimensions: a register tile is 12 / NV neurons x NV vectors of dW's
+// rows (NV <= kDimVecs; 12 accumulators, enough to cover the FMA latency), and each sample adds
+// G[i][r] x[i] (a broadcast of G's entry and NV loads of x, shared by the tile's neurons) to it. G
+// is formed per block of kSavedSamples samples x kSavedNeurons neurons in a buffer of the worker's
+// and read there as broadcasts: grad and dh/du are read once, G is never written as an n x m tensor,
+// and no BLAS product packs it again.
 constexpr int kDimVecs = 4;
-constexpr int kTileNeuronsSaved = 3;
+constexpr int kSavedTileAccumulators = 12;
+constexpr int kSavedTileNeuronsLcm = 12;  // of 12 / NV for NV = 1 ... 4: G's rows are padded to it
 constexpr int64_t kSavedNeurons = 96, kSavedSamples = 128;
-static_assert(kSavedNeurons % kTileNeuronsSaved == 0, "a block of neurons holds whole tiles");
-// Largest d it takes; above, ATen's BLAS product of G's blocks is faster (interleaved in one process,
-// n = 1024, AVX2: 1.5x faster at d = 16 and 32, 1.3x at 64, 1.05x at 128, 0.93x at 192, 0.79x at 512).
-constexpr int64_t kSavedMaxDim = 128;
+static_assert(kSavedNeurons % kSavedTileNeuronsLcm == 0, "a block of neurons holds whole tiles");
+
+// acc (neurons x dp) += G^T x over sb samples for the NV vectors of input dimensions from xt on.
+template <int NV, typename T>
+void saved_weight_tiles(const T* G, const T* xt, int64_t dp, int64_t sb, int64_t nb, T* acc) {
+  constexpr int Rows = kSavedTileAccumulators / NV;
+  static_assert(kSavedTileNeuronsLcm % Rows == 0, "G's padding covers whole tiles");
+  for (int64_t t = 0; t < nb; t += Rows) outer_update<Rows, NV>(G + t, kSavedNeurons, xt, dp, sb, acc + t * dp, dp);
+}
+// Largest d it takes; above, ATen's BLAS product of G's blocks is as fast or faster (the backward op,
+// bench/bench_keep_derivatives.py --backward-only, n = 1024, m = 4096, silu: kernel 1.6x as fast as
+// BLAS at d = 16 and 32, 1.1-1.3x at 128, 1.1-1.2x at 256; allowed at 512, 0.86x on AVX2).
+constexpr int64_t kSavedMaxDim = 256;
 
 template <typename T>
 bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& x, Tensor& dw, Tensor& db) {
@@ -1554,19 +1576,16 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
             store(v, Gr + c, cnt);
             if (dbp) store(load(colsum.data() + c, cnt) + v, colsum.data() + c, cnt);
           });
-          std::fill(Gr + nb, Gr + round_up(nb, kTileNeuronsSaved), T(0));
+          std::fill(Gr + nb, Gr + round_up(nb, kSavedTileNeuronsLcm), T(0));
         }
-        for (int64_t t = 0; t < nb; t += kTileNeuronsSaved) {
-          for (int64_t c0 = 0; c0 < dp; c0 += kDimVecs * VL) {
-            const T* Gt = G.data() + t;
-            const T* xt = xd + i0 * dp + c0;
-            T* at = acc.data() + t * dp + c0;
-            switch (std::min<int64_t>(kDimVecs, (dp - c0) / VL)) {
-              case 4: outer_update<kTileNeuronsSaved, 4>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
-              case 3: outer_update<kTileNeuronsSaved, 3>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
-              case 2: outer_update<kTileNeuronsSaved, 2>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
-              default: outer_update<kTileNeuronsSaved, 1>(Gt, kSavedNeurons, xt, dp, sb, at, dp); break;
-            }
+        for (int64_t c0 = 0; c0 < dp; c0 += kDimVecs * VL) {
+          const T* xt = xd + i0 * dp + c0;
+          T* at = acc.data() + c0;
+          switch (std::min<int64_t>(kDimVecs, (dp - c0) / VL)) {
+            case 4: saved_weight_tiles<4>(G.data(), xt, dp, sb, nb, at); break;
+            case 3: saved_weight_tiles<3>(G.data(), xt, dp, sb, nb, at); break;
+            case 2: saved_weight_tiles<2>(G.data(), xt, dp, sb, nb, at); break;
+            default: saved_weight_tiles<1>(G.data(), xt, dp, sb, nb, at); break;
           }
         }
       }
