@@ -9,6 +9,7 @@
 #include <cstdint>
 #include <memory>
 #include <optional>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -67,6 +68,10 @@ at::Tensor checked_param(const at::Tensor& t, const char* name, const at::Tensor
 std::vector<at::Tensor> checked_grads(const std::vector<at::Tensor>& grads, const at::Tensor& x, int64_t c);
 // t, or an empty tensor like `like` (a gradient that was not asked for).
 at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
+
+// Whether the environment variable `variable`, read at each call, asks for `alternative` instead of
+// the default ("auto" or unset); any other value raises a ValueError naming the variable.
+bool env_requests(const char* variable, const std::string& alternative);
 
 // Whether the environment variable `variable` (TAYLORNET_CPU_EPILOGUE, TAYLORNET_CUDA_EPILOGUE) asks
 // for the plan-driven epilogue ("generic") instead of the one specialised for the call's series

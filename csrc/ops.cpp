@@ -138,9 +138,6 @@ Tensor or_empty(const Tensor& t, const Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
 }
 
-namespace {
-// Whether the environment variable, read at each call, asks for `alternative` instead of the
-// default ("auto" or unset); any other value raises.
 bool env_requests(const char* variable, const std::string& alternative) {
   const char* env = std::getenv(variable);
   const std::string v = env ? env : "";
@@ -148,7 +145,6 @@ bool env_requests(const char* variable, const std::string& alternative) {
                     ": expected auto or ", alternative, ", got '", v, "'");
   return v == alternative;
 }
-}  // namespace
 
 bool generic_epilogue_requested(const char* variable) { return env_requests(variable, "generic"); }
 

@@ -380,6 +380,11 @@ constexpr int64_t kTileNeurons = 2048 / sizeof(T);  // 512 floats, 256 doubles
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Whether the training forward streams the derivatives it keeps past the caches (non-temporal
+// stores) or writes them like h: TAYLORNET_SAVED_STORES=cached (read at each call; default auto,
+// streamed) is how the gain was measured.
+bool saved_streamed() { return !env_requests("TAYLORNET_SAVED_STORES", "cached"); }
+
 // The fused dual-product kernels (below) and where they take over from the BLAS tile path.
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kRows = 8;  // 2 x 8 accumulators + 2 weight vectors + 1 broadcast of 32 zmm registers
@@ -414,7 +419,7 @@ bool fused_dim_ok(int64_t d) { return kHaveFused && d <= fused_max_dim(); }
 template <typename T>
 struct NetProblem;
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out, T* du = nullptr, T* dz = nullptr);
+void fused_features_forward(const Args& args, Tensor& out, T* du = nullptr, T* dz = nullptr, bool stream = false);
 template <typename T>
 void fused_net_forward(const NetProblem<T>& p, Tensor& out);
 
@@ -533,11 +538,13 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
     outs.push_back(saved_buffer({n, m}, args.x.options()));
     outs.push_back(need_dz ? saved_buffer({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
+  // Read whenever a forward keeps derivatives, so that a bad value raises in every build.
+  const bool stream_saved = save && saved_streamed();
   if (n == 0 || m == 0) return outs;
   T* saved[2] = {save ? outs[1].mutable_data_ptr<T>() : nullptr,
                  save && need_dz ? outs[2].mutable_data_ptr<T>() : nullptr};
   if (fused_dim_ok(args.x.size(1))) {
-    fused_features_forward<T>(args, outs[0], saved[0], saved[1]);
+    fused_features_forward<T>(args, outs[0], saved[0], saved[1], stream_saved);
     return outs;
   }
   Tensor& out = outs[0];
@@ -939,6 +946,7 @@ struct Reg<float> {
   static R set1(float v) { return _mm512_set1_ps(v); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_ps(a, b, c); }
   static void store(R v, float* p) { _mm512_storeu_ps(p, v); }
+  static void stream(R v, float* p) { _mm512_stream_ps(p, v); }  // p: 64-byte aligned
 };
 template <>
 struct Reg<double> {
@@ -948,6 +956,7 @@ struct Reg<double> {
   static R set1(double v) { return _mm512_set1_pd(v); }
   static R fma(R a, R b, R c) { return _mm512_fmadd_pd(a, b, c); }
   static void store(R v, double* p) { _mm512_storeu_pd(p, v); }
+  static void stream(R v, double* p) { _mm512_stream_pd(p, v); }  // p: 64-byte aligned
 };
 #elif defined(CPU_CAPABILITY_AVX2)
 template <typename T>
@@ -960,6 +969,7 @@ struct Reg<float> {
   static R set1(float v) { return _mm256_set1_ps(v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_ps(a, b, c); }
   static void store(R v, float* p) { _mm256_storeu_ps(p, v); }
+  static void stream(R v, float* p) { _mm256_stream_ps(p, v); }  // p: 32-byte aligned
 };
 template <>
 struct Reg<double> {
@@ -969,6 +979,7 @@ struct Reg<double> {
   static R set1(double v) { return _mm256_set1_pd(v); }
   static R fma(R a, R b, R c) { return _mm256_fmadd_pd(a, b, c); }
   static void store(R v, double* p) { _mm256_storeu_pd(p, v); }
+  static void stream(R v, double* p) { _mm256_stream_pd(p, v); }  // p: 32-byte aligned
 };
 #else
 template <typename T>  // the portable build runs no fused kernel; this only keeps it compiling
@@ -979,8 +990,17 @@ struct Reg {
   static R set1(T v) { return R(v); }
   static R fma(R a, R b, R c) { return at::vec::fmadd(a, b, c); }
   static void store(R v, T* p) { v.store(p); }
+  static void stream(R v, T* p) { v.store(p); }
 };
 #endif
+
+// Orders this thread's non-temporal stores (Reg::stream) before what follows, such as the end of a
+// parallel region after which other threads read what they wrote.
+inline void stream_fence() {
+#if defined(CPU_CAPABILITY_AVX512) || defined(CPU_CAPABILITY_AVX2)
+  _mm_sfence();
+#endif
+}
 
 // The register tile: z0 and u of kRows rows of x (stride ld) against one group panel.
 template <typename T>
@@ -1106,7 +1126,7 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // With Saving, also dh/du into du and, when dz is not null, dh/dz0 into dz (rows of m like h).
 template <int S, bool Saving, bool SavingDz, typename T>
-void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
+void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bool stream) {
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
@@ -1144,28 +1164,47 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz) {
               else v.v[i].store(dst, cnt);
             }
           };
+          // The kept derivatives are read again only by the backward, after the layers above have
+          // passed over more than the caches hold: streamed past the caches (whole aligned
+          // vectors), they neither evict h nor have their lines read for ownership first. 0-8 %
+          // off forward+backward at n = 1024, d = 16 ... 64, m = 1024 ... 16384 (the "cached
+          // stores" column of bench/bench_keep_derivatives.py), never slower.
+          const auto saved_rows_into = [&](const V& v, T* base) {
+            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+              T* dst = base + (i0 + r0 + i) * m + g * VL;
+              if (cnt == VL && stream && reinterpret_cast<uintptr_t>(dst) % sizeof(Vec) == 0) {
+                Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
+              } else if (cnt == VL) {
+                v.v[i].store(dst);
+              } else {
+                v.v[i].store(dst, cnt);
+              }
+            }
+          };
           if constexpr (Saving) {
             const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
             rows_into(dh.value, o);
-            rows_into(dh.du, du);
-            if constexpr (SavingDz) rows_into(dh.dz, dz);
+            saved_rows_into(dh.du, du);
+            if constexpr (SavingDz) saved_rows_into(dh.dz, dz);
           } else {
             rows_into(tile_feature<S>(plan, z, u, s), o);
           }
         }
       }
     }
+    if constexpr (Saving) stream_fence();
   });
 }
 
-// h into out; with du (and dz), also dh/du (and dh/dz0) for the saving forward.
+// h into out; with du (and dz), also dh/du (and dh/dz0) for the saving forward, streamed past the
+// caches where `stream`.
 template <typename T>
-void fused_features_forward(const Args& args, Tensor& out, T* du, T* dz) {
+void fused_features_forward(const Args& args, Tensor& out, T* du, T* dz, bool stream) {
   with_tile_epilogue<T>(*args.plan, [&](auto e) {
     constexpr int S = decltype(e)::value;
-    if (dz) fused_features_forward_with<S, true, true>(args, out, du, dz);
-    else if (du) fused_features_forward_with<S, true, false>(args, out, du, dz);
-    else fused_features_forward_with<S, false, false>(args, out, du, dz);
+    if (dz) fused_features_forward_with<S, true, true>(args, out, du, dz, stream);
+    else if (du) fused_features_forward_with<S, true, false>(args, out, du, dz, stream);
+    else fused_features_forward_with<S, false, false>(args, out, du, dz, stream);
   });
 }
 
