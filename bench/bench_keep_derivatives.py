@@ -55,11 +55,7 @@ def main() -> int:
           "|---|---|---|---|---|---|")
     try:
         for d in args.dims:
-            g = torch.Generator().manual_seed(d)
-            x = torch.randn(args.n, d, generator=g)
-            w0 = torch.randn(args.m, d, generator=g) / d**0.5
-            w = (0.1 * torch.randn(args.m, d, generator=g) / d**0.5).requires_grad_()
-            cot = torch.randn(args.n, args.m, generator=g)
+            x, w0, w, cot = problem(args, d)
 
             def call():
                 h = tn.taylor_features(x, w0, w, activation=args.activation, order=args.order)
@@ -89,6 +85,15 @@ def main() -> int:
     return 0
 
 
+def problem(args, d: int):
+    """(x, w0, w, cotangent of h) of one d, w away from the expansion point and requiring grad."""
+    g = torch.Generator().manual_seed(d)
+    x = torch.randn(args.n, d, generator=g)
+    w0 = torch.randn(args.m, d, generator=g) / d**0.5
+    w = (0.1 * torch.randn(args.m, d, generator=g) / d**0.5).requires_grad_()
+    return x, w0, w, torch.randn(args.n, args.m, generator=g)
+
+
 def backward_only(args) -> int:
     print(f"n={args.n} m={args.m} {args.activation} order {args.order}, {cpu_capability()}, "
           f"{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.1f}: the backward op from the "
@@ -98,11 +103,7 @@ def backward_only(args) -> int:
     try:
         functional.KEEP_DERIVATIVES_MIN_DIM = 0
         for d in args.dims:
-            g = torch.Generator().manual_seed(d)
-            x = torch.randn(args.n, d, generator=g)
-            w0 = torch.randn(args.m, d, generator=g) / d**0.5
-            w = (0.1 * torch.randn(args.m, d, generator=g) / d**0.5).requires_grad_()
-            cot = torch.randn(args.n, args.m, generator=g)
+            x, w0, w, cot = problem(args, d)
             h = tn.taylor_features(x, w0, w, activation=args.activation, order=args.order)
             times = {"auto": [], "blas": []}
             for _ in range(args.rounds):
