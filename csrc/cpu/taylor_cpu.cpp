@@ -1157,22 +1157,15 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
           V z, u;
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          const auto rows_into = [&](const V& v, T* base) {
-            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-              T* dst = base + (i0 + r0 + i) * m + g * VL;
-              if (cnt == VL) v.v[i].store(dst);
-              else v.v[i].store(dst, cnt);
-            }
-          };
           // The kept derivatives are read again only by the backward, after the layers above have
           // passed over more than the caches hold: streamed past the caches (whole aligned
           // vectors), they neither evict h nor have their lines read for ownership first. 0-8 %
           // off forward+backward at n = 1024, d = 16 ... 64, m = 1024 ... 16384 (the "cached
           // stores" column of bench/bench_keep_derivatives.py), never slower.
-          const auto saved_rows_into = [&](const V& v, T* base) {
+          const auto rows_into = [&](const V& v, T* base, bool streamed) {
             for (int i = 0; i < kRows && r0 + i < rows; ++i) {
               T* dst = base + (i0 + r0 + i) * m + g * VL;
-              if (cnt == VL && stream && reinterpret_cast<uintptr_t>(dst) % sizeof(Vec) == 0) {
+              if (cnt == VL && streamed && reinterpret_cast<uintptr_t>(dst) % sizeof(Vec) == 0) {
                 Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
               } else if (cnt == VL) {
                 v.v[i].store(dst);
@@ -1183,11 +1176,11 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
           };
           if constexpr (Saving) {
             const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
-            rows_into(dh.value, o);
-            saved_rows_into(dh.du, du);
-            if constexpr (SavingDz) saved_rows_into(dh.dz, dz);
+            rows_into(dh.value, o, false);
+            rows_into(dh.du, du, stream);
+            if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
           } else {
-            rows_into(tile_feature<S>(plan, z, u, s), o);
+            rows_into(tile_feature<S>(plan, z, u, s), o, false);
           }
         }
       }
@@ -1544,16 +1537,15 @@ Grads net_backward_impl(const Args& args, bool moments, const std::vector<Tensor
 // and read there as broadcasts: grad and dh/du are read once, G is never written as an n x m tensor,
 // and no BLAS product packs it again.
 constexpr int kDimVecs = 4;
-constexpr int kSavedTileAccumulators = 12;
-constexpr int kSavedTileNeuronsLcm = 12;  // of 12 / NV for NV = 1 ... 4: G's rows are padded to it
+constexpr int kSavedTileAccumulators = 12;  // 12 / NV divides it for NV = 1 ... 4: G's rows are padded to it
 constexpr int64_t kSavedNeurons = 96, kSavedSamples = 128;
-static_assert(kSavedNeurons % kSavedTileNeuronsLcm == 0, "a block of neurons holds whole tiles");
+static_assert(kSavedNeurons % kSavedTileAccumulators == 0, "a block of neurons holds whole tiles");
 
 // acc (neurons x dp) += G^T x over sb samples for the NV vectors of input dimensions from xt on.
 template <int NV, typename T>
 void saved_weight_tiles(const T* G, const T* xt, int64_t dp, int64_t sb, int64_t nb, T* acc) {
   constexpr int Rows = kSavedTileAccumulators / NV;
-  static_assert(kSavedTileNeuronsLcm % Rows == 0, "G's padding covers whole tiles");
+  static_assert(kSavedTileAccumulators % Rows == 0, "G's padding covers whole tiles");
   for (int64_t t = 0; t < nb; t += Rows) outer_update<Rows, NV>(G + t, kSavedNeurons, xt, dp, sb, acc + t * dp, dp);
 }
 // Largest d it takes; above, ATen's BLAS product of G's blocks is as fast or faster (the backward op,
@@ -1615,7 +1607,7 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
             store(v, Gr + c, cnt);
             if (dbp) store(load(colsum.data() + c, cnt) + v, colsum.data() + c, cnt);
           });
-          std::fill(Gr + nb, Gr + round_up(nb, kSavedTileNeuronsLcm), T(0));
+          std::fill(Gr + nb, Gr + round_up(nb, kSavedTileAccumulators), T(0));
         }
         for (int64_t c0 = 0; c0 < dp; c0 += kDimVecs * VL) {
           const T* xt = xd + i0 * dp + c0;
