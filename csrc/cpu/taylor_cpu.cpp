@@ -1549,8 +1549,9 @@ void saved_weight_tiles(const T* G, const T* xt, int64_t dp, int64_t sb, int64_t
   for (int64_t t = 0; t < nb; t += Rows) outer_update<Rows, NV>(G + t, kSavedNeurons, xt, dp, sb, acc + t * dp, dp);
 }
 // Largest d it takes; above, ATen's BLAS product of G's blocks is as fast or faster (the backward op,
-// bench/bench_keep_derivatives.py --backward-only, n = 1024, m = 4096, silu: kernel 1.6x as fast as
-// BLAS at d = 16 and 32, 1.1-1.3x at 128, 1.1-1.2x at 256; allowed at 512, 0.86x on AVX2).
+// bench/bench_keep_derivatives.py --backward-only, n = 1024, m = 4096, silu, AVX-512: kernel
+// 1.8-2.1x as fast as BLAS at d = 16 and 32, 1.2-1.3x at 128, 1.05x at 256; allowed at 512, 0.86x
+// on AVX2).
 constexpr int64_t kSavedMaxDim = 256;
 
 template <typename T>
@@ -1571,10 +1572,14 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   T* dwp = dw.mutable_data_ptr<T>();
   T* dbp = db.defined() ? db.mutable_data_ptr<T>() : nullptr;
   const int64_t blocks = ceil_div(m, kSavedNeurons);
-  // Up to d = 64 the block's products are short and reading grad and dh/du bounds the kernel:
-  // prefetching the next block's rows while this one is formed took 4-13 % off the backward (n =
-  // 1024, m = 4096 and 16384, d = 16 ... 64); at d = 128 it only added instructions.
-  const bool prefetch_next = dp <= 64;
+  // Up to d = 128 the block's products are short and reading grad and dh/du bounds the kernel:
+  // the next block's rows are prefetched while this one is formed. Into L2, not L1: a block's rows
+  // of grad and dh/du (2 x 128 x 96 numbers, 96 KiB in float32) are more than L1 holds, so prefetched
+  // there they evicted the block being read, and the prefetches waited on L1's miss buffers. Into L2
+  // the backward took 16-30 % less time than into L1 at d = 16 ... 64 (n = 1024, m = 4096 and 16384)
+  // and 5-10 % less at d = 128, where prefetching into L1 had gained nothing; at d = 256 neither
+  // changes the time.
+  const bool prefetch_next = dp <= 128;
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
     std::vector<T> G(kSavedSamples * kSavedNeurons), acc(kSavedNeurons * dp), colsum(kSavedNeurons);
     for (int64_t blk = b0; blk < b1; ++blk) {
@@ -1597,8 +1602,8 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
             const char* gn = reinterpret_cast<const char*>(g + (next_i0 + i) * m + next_r0);
             const char* un = reinterpret_cast<const char*>(u + (next_i0 + i) * m + next_r0);
             for (int64_t off = 0; off < next_bytes; off += 64) {
-              __builtin_prefetch(gn + off);
-              __builtin_prefetch(un + off);
+              __builtin_prefetch(gn + off, 0, 2);
+              __builtin_prefetch(un + off, 0, 2);
             }
           }
           T* Gr = G.data() + i * kSavedNeurons;
