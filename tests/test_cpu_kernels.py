@@ -137,7 +137,8 @@ def test_kept_derivatives_weight_gradient_alone(build, d, bias, dtype):
     fused kernel up to d = 256 (lanes along d, so d = 23, 37, 200 and 257 leave partial vectors),
     BLAS above. Its register tiles are 12 / NV neurons x NV vectors of d: d = 1 ... 64 take NV = 1 ... 4
     on AVX-512 and AVX2 between them, d = 37 on AVX2 splits into 4 + 1 vectors. n = 300 and m = 200
-    leave partial blocks of samples, of neurons and of the tiles."""
+    leave partial blocks of samples, of neurons and of the tiles; with two threads the workers' shares
+    are 144 neurons (blocks of 96 and 48) and 56 (one partial block)."""
     n, m = 300, 200
     g = torch.Generator().manual_seed(d)
     x = torch.randn(d, n, generator=g, dtype=torch.float64).t()  # not contiguous

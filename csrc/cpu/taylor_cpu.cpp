@@ -1540,6 +1540,12 @@ constexpr int kDimVecs = 4;
 constexpr int kSavedTileAccumulators = 12;  // 12 / NV divides it for NV = 1 ... 4: G's rows are padded to it
 constexpr int64_t kSavedNeurons = 96, kSavedSamples = 128;
 static_assert(kSavedNeurons % kSavedTileAccumulators == 0, "a block of neurons holds whole tiles");
+// The unit of the workers' shares of neurons: whole tiles, and shares whose rows of grad and dh/du
+// start on a cache line where the rows do (with shares of 12 neurons, m = 4096 split at neuron 2052
+// and the backward op ran 3-10 % slower at d = 32 and 64, m = 2048 and 4096).
+constexpr int64_t kSavedShare = 48;
+static_assert(kSavedShare % kSavedTileAccumulators == 0 && kSavedShare * sizeof(float) % 64 == 0,
+              "a share holds whole tiles and starts on a cache line");
 
 // acc (neurons x dp) += G^T x over sb samples for the NV vectors of input dimensions from xt on.
 template <int NV, typename T>
@@ -1571,7 +1577,6 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   const T* u = du.const_data_ptr<T>();
   T* dwp = dw.mutable_data_ptr<T>();
   T* dbp = db.defined() ? db.mutable_data_ptr<T>() : nullptr;
-  const int64_t blocks = ceil_div(m, kSavedNeurons);
   // Up to d = 128 the block's products are short and reading grad and dh/du bounds the kernel:
   // the next block's rows are prefetched while this one is formed. Into L2, not L1: a block's rows
   // of grad and dh/du (2 x 128 x 96 numbers, 96 KiB in float32) are more than L1 holds, so prefetched
@@ -1580,21 +1585,27 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   // and 5-10 % less at d = 128, where prefetching into L1 had gained nothing; at d = 256 neither
   // changes the time.
   const bool prefetch_next = dp <= 128;
-  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+  // Each worker owns an equal share of the neurons and sweeps it in blocks of kSavedNeurons. With
+  // whole blocks as the unit of work, m = 1024 made 11 blocks, 6 for one of two workers and 4 2/3
+  // for the other; shares of kSavedShare neurons took 1-11 % off the backward op there (n = 1024,
+  // d = 16 ... 64, interleaved in one process) and left m = 2048 and 4096 as they were (+-3 %).
+  const int64_t units = ceil_div(m, kSavedShare);
+  at::parallel_for(0, units, 1, [&](int64_t u0, int64_t u1) {
+    const int64_t lo = u0 * kSavedShare, hi = std::min(m, u1 * kSavedShare);
     std::vector<T> G(kSavedSamples * kSavedNeurons), acc(kSavedNeurons * dp), colsum(kSavedNeurons);
-    for (int64_t blk = b0; blk < b1; ++blk) {
-      const int64_t r0 = blk * kSavedNeurons, nb = std::min(kSavedNeurons, m - r0);
+    for (int64_t r0 = lo; r0 < hi; r0 += kSavedNeurons) {
+      const int64_t nb = std::min(kSavedNeurons, hi - r0);
       std::fill(acc.begin(), acc.end(), T(0));
       std::fill(colsum.begin(), colsum.end(), T(0));
       for (int64_t i0 = 0; i0 < n; i0 += kSavedSamples) {
         const int64_t sb = std::min(kSavedSamples, n - i0);
         // The rows of grad and dh/du that the next block reads: this block's neurons in the next
-        // samples, or the next block of neurons in the first samples.
+        // samples, or the worker's next block of neurons in the first samples (none after its last).
         const bool last_samples = i0 + sb >= n;
         const int64_t next_i0 = last_samples ? 0 : i0 + sb, next_r0 = last_samples ? r0 + kSavedNeurons : r0;
         const int64_t next_sb = std::min(kSavedSamples, n - next_i0);
-        const int64_t next_bytes = std::max<int64_t>(0, std::min(kSavedNeurons, m - next_r0)) * int64_t(sizeof(T));
-        const bool prefetch = prefetch_next && next_bytes > 0 && !(last_samples && blk + 1 >= b1);
+        const int64_t next_bytes = std::max<int64_t>(0, std::min(kSavedNeurons, hi - next_r0)) * int64_t(sizeof(T));
+        const bool prefetch = prefetch_next && next_bytes > 0;
         for (int64_t i = 0; i < sb; ++i) {
           const T* gr = g + (i0 + i) * m + r0;
           const T* ur = u + (i0 + i) * m + r0;
