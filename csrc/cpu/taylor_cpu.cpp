@@ -1581,9 +1581,9 @@ bool weight_grad_saved_impl(const Tensor& grad, const Tensor& du, const Tensor& 
   // the next block's rows are prefetched while this one is formed. Into L2, not L1: a block's rows
   // of grad and dh/du (2 x 128 x 96 numbers, 96 KiB in float32) are more than L1 holds, so prefetched
   // there they evicted the block being read, and the prefetches waited on L1's miss buffers. Into L2
-  // the backward took 16-30 % less time than into L1 at d = 16 ... 64 (n = 1024, m = 4096 and 16384)
-  // and 5-10 % less at d = 128, where prefetching into L1 had gained nothing; at d = 256 neither
-  // changes the time.
+  // the backward op took 9-28 % less time than into L1 at d = 16 and 32, 0-11 % at 64 and 3-7 % at
+  // 128, where prefetching into L1 had gained nothing (bench/bench_keep_derivatives.py
+  // --backward-only, n = 1024, m = 4096, AVX-512; more on AVX2); at d = 256 neither changes the time.
   const bool prefetch_next = dp <= 128;
   // Each worker owns an equal share of the neurons and sweeps it in blocks of kSavedNeurons. With
   // whole blocks as the unit of work, m = 1024 made 11 blocks, 6 for one of two workers and 4 2/3
