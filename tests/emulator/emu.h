@@ -28,7 +28,9 @@
 
 namespace tn_emu {
 
-constexpr int kBlockThreads = 256;
+constexpr int kBlockThreads = 256;     // the kernels' usual block
+constexpr int kMaxBlockThreads = 384;  // the largest block a kernel launches with (three warpgroups)
+constexpr int kNamedBarriers = 16;     // bar.sync / bar.arrive ids; 0 is __syncthreads'
 constexpr size_t kStack = 256 * 1024;
 
 struct WarpScratch {
@@ -75,14 +77,17 @@ inline std::string running;
   std::abort();
 }
 
-// One block at a time: 256 fibers and a round-robin scheduler.
+// One block at a time: a fiber per thread and a round-robin scheduler.
 class Block {
  public:
-  Block(uint3 block, const std::function<void()>& kernel) : block_(block), kernel_(&kernel) {}
+  Block(uint3 block, int threads, const std::function<void()>& kernel)
+      : block_(block), kernel_(&kernel), threads_(threads), block_bar_{threads} {
+    if (threads <= 0 || threads > kMaxBlockThreads || threads % 32 != 0) fail("block size not a multiple of 32 up to 384");
+  }
 
   void run() {
     current_ = this;
-    for (int t = 0; t < kBlockThreads; ++t) {
+    for (int t = 0; t < threads_; ++t) {
       Fiber& f = fibers_[t];
       getcontext(&f.start);
       f.start.uc_stack.ss_sp = stacks()[t].get();
@@ -92,7 +97,7 @@ class Block {
     }
     for (;;) {
       bool live = false;
-      for (me_ = 0; me_ < kBlockThreads; ++me_) {
+      for (me_ = 0; me_ < threads_; ++me_) {
         if (fibers_[me_].done) continue;
         live = true;
         self = ThreadState{{static_cast<unsigned>(me_), 0, 0}, block_};
@@ -110,12 +115,14 @@ class Block {
       if (!live) break;
       if (++stalled_rounds_ > 3) fail("barrier never completes (threads wait at different barriers)");
     }
+    for (const Barrier& b : named_)
+      if (b.arrived != 0) fail("a block ended with a named barrier that some threads arrived at and others never did");
     current_ = nullptr;
   }
 
   static Block& current() { return *current_; }
   static std::unique_ptr<char[]>* stacks() {  // allocated once, reused by every block
-    static std::unique_ptr<char[]> s[kBlockThreads];
+    static std::unique_ptr<char[]> s[kMaxBlockThreads];
     if (!s[0])
       for (auto& p : s) p.reset(new char[kStack]);
     return s;
@@ -125,6 +132,15 @@ class Block {
   // Waits until every live thread of the block (or of the warp) has arrived.
   void sync_block() { wait(block_bar_); }
   void sync_warp() { wait(warp_bars_[me_ / 32]); }
+  // bar.sync id, count: arrives and waits until `count` threads have arrived (bar.sync and
+  // bar.arrive both count); bar.arrive id, count: arrives without waiting. Threads that finished
+  // do not count: a barrier some never reach stalls the run.
+  void named_sync(int id, int count) { wait(named(id, count)); }
+  void named_arrive(int id, int count) {
+    Barrier& b = named(id, count);
+    progressed_ = true;
+    if (++b.arrived == b.expected) b.open();
+  }
 
   // Lets the other fibers run until pred() holds: a wait on state that other threads (or the
   // emulated copy engine) change, which must call progress() when they do.
@@ -146,6 +162,14 @@ class Block {
     b.progressed_ = true;
     _longjmp(b.scheduler_, 1);
   }
+  Barrier& named(int id, int count) {
+    if (id <= 0 || id >= kNamedBarriers) fail("named barrier id outside 1 .. 15");
+    if (count <= 0 || count % 32 != 0 || count > threads_) fail("named barrier count not a multiple of 32 up to the block");
+    Barrier& b = named_[id];
+    if (b.arrived == 0) b.expected = count;
+    else if (b.expected != count) fail("threads name one barrier with different counts");
+    return b;
+  }
   void wait(Barrier& bar) {
     Fiber& f = fibers_[me_];
     const long generation = bar.generation;
@@ -160,10 +184,12 @@ class Block {
 
   uint3 block_;
   const std::function<void()>* kernel_;
-  Fiber fibers_[kBlockThreads];
-  WarpScratch warps_[kBlockThreads / 32];
-  Barrier block_bar_{kBlockThreads};
-  Barrier warp_bars_[kBlockThreads / 32] = {{32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}};
+  int threads_;
+  Fiber fibers_[kMaxBlockThreads];
+  WarpScratch warps_[kMaxBlockThreads / 32];
+  Barrier block_bar_;
+  Barrier warp_bars_[kMaxBlockThreads / 32] = {{32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}, {32}};
+  Barrier named_[kNamedBarriers] = {};
   jmp_buf scheduler_;
   int me_ = 0, stalled_rounds_ = 0;
   bool progressed_ = false;
@@ -174,6 +200,8 @@ inline int lane() { return static_cast<int>(self.thread.x % 32); }
 inline WarpScratch& warp_scratch() { return Block::current().warp_scratch(); }
 inline void warp_sync() { Block::current().sync_warp(); }
 inline void sync_block() { Block::current().sync_block(); }
+inline void named_barrier_sync(int id, int count) { Block::current().named_sync(id, count); }
+inline void named_barrier_arrive(int id, int count) { Block::current().named_arrive(id, count); }
 
 // wmma's contract: 256-bit aligned pointers and a leading dimension of a multiple of 16 bytes.
 inline void check_aligned(const void* p, unsigned ld, size_t elem) {
@@ -218,8 +246,8 @@ inline std::vector<void (*)()>& block_end_checks() {
   return checks;
 }
 
-// Runs `kernel` for every block of `grid`, blocks in order.
-inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) {
+// Runs `kernel` for every block of `grid`, blocks in order, `threads` threads per block.
+inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel, int threads = kBlockThreads) {
   for (unsigned z = 0; z < grid.z; ++z)
     for (unsigned y = 0; y < grid.y; ++y)
       for (unsigned x = 0; x < grid.x; ++x) {
@@ -227,7 +255,7 @@ inline void launch(dim3 grid, size_t smem, const std::function<void()>& kernel) 
         if (dyn) std::memset(dyn, 0xA5, smem);
         dynamic_smem_ptr = dyn;
         dynamic_smem_bytes = smem;
-        auto blk = std::make_unique<Block>(uint3{x, y, z}, kernel);
+        auto blk = std::make_unique<Block>(uint3{x, y, z}, threads, kernel);
         blk->run();
         for (auto check : block_end_checks()) check();
         dynamic_smem_ptr = nullptr;

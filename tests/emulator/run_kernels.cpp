@@ -654,7 +654,8 @@ void run_ring(Mainloop ml, const std::string& filter) {
 // ahead, 2 after) and 1 (d = 64: the copies run up to 3 tiles ahead), without splits so that a block
 // takes several tiles: the readout and every gradient checked against the reference, the overlap
 // kernels having run; then with TAYLORNET_CUDA_OVERLAP=0, the plain ones, which must issue as many
-// wgmmas (a tile's chunks issued ahead and then again would give the same sums at twice the work).
+// wgmmas (a tile's chunks issued ahead and then again would give the same sums at twice the work);
+// and the overlap kernels once more with the copy engine's copies landing as they are issued.
 template <typename T>
 void run_overlap(const std::string& filter) {
   const Config c{Act::kTanh, {0, 1, 2}, false, true, SignSource::kPhilox, false, 1, true};
@@ -687,6 +688,14 @@ void run_overlap(const std::string& filter) {
     for (int k = 0; k < 2; ++k)
       expect(name + (k ? " backward" : " forward") + ": as many wgmmas with the overlap kernels as without",
              issued[1][k] == issued[0][k], std::to_string(issued[1][k]) + " vs " + std::to_string(issued[0][k]));
+    // the overlap kernels again with the copies landing as they are issued (tma.h): a stage marked
+    // empty while wgmmas on it are pending is then overwritten before their wait
+    Case<T> cs(s, c, Mainloop::kWgmma, 91 + s.d);
+    cs.name = "overlap/" + cs.name + " copies-land-at-issue";
+    tn_emu::tma::copies_land_at_issue = true;
+    check_forward(cs, false);
+    check_backward(cs, false, kAllNet, "");
+    tn_emu::tma::copies_land_at_issue = false;
   }
 }
 

@@ -49,8 +49,8 @@ inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, i
 }
 
 template <typename... P, typename... A>
-void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx,
-            A&&... args) {
+void launch_threads(const std::string& name, void (*kernel)(P...), dim3 grid, int threads, size_t smem,
+                    const Context& ctx, A&&... args) {
   const bool valid = grid.x >= 1 && grid.x <= 2147483647u && grid.y >= 1 && grid.y <= 65535 && grid.z >= 1 &&
                      grid.z <= 65535;
   if (!valid)
@@ -65,8 +65,13 @@ void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t sme
   const std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
   const long before = tn_emu::recomputed;
   tn_emu::running = name;
-  tn_emu::launch(grid, smem, [&] { std::apply(kernel, params); });
+  tn_emu::launch(grid, smem, [&] { std::apply(kernel, params); }, threads);
   tn_emu::binary.recomputes.emplace_back(name, tn_emu::recomputed - before);
+}
+template <typename... P, typename... A>
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx,
+            A&&... args) {
+  launch_threads(name, kernel, grid, tn_emu::kBlockThreads, smem, ctx, std::forward<A>(args)...);
 }
 
 inline void zero_async(void* ptr, size_t bytes, const Context&, const std::string&) {

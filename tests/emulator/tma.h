@@ -8,7 +8,10 @@
 // A copy lands only when some thread waits on its barrier (or the block ends, which fails): a
 // thread that reads a stage without waiting for its barrier reads what was there before, and a
 // copy into a stage that wgmmas still read changes their operands before their wait_group, which
-// wgmma.h reports. A wait blocks its fiber until the phase completes; a barrier that never
+// wgmma.h reports. With `copies_land_at_issue` every copy lands as it is issued instead, the other
+// extreme of the copy engine's timing: a stage refilled while the wgmmas issued on it are still
+// pending (marked empty too early) changes their operands even when nobody waits for the new bytes
+// before that wait_group. A wait blocks its fiber until the phase completes; a barrier that never
 // completes stops the run (the scheduler's stall check).
 #pragma once
 
@@ -52,6 +55,8 @@ struct Barrier {
   uint32_t phase;            // phases completed
   std::vector<Copy> copies;  // issued, not landed
 };
+
+inline bool copies_land_at_issue = false;
 
 inline std::deque<Barrier>& barriers() {  // of the running block (a deque: references stay valid)
   static std::deque<Barrier> b;
@@ -129,7 +134,15 @@ inline void mbarrier_wait(uint64_t* bar, uint32_t parity) {
 }
 
 inline void tma_load_2d(void* smem, const CUtensorMap& map, int32_t inner, int32_t row, uint64_t* bar) {
-  tma::find(bar).copies.push_back({static_cast<unsigned char*>(smem), tma::fields(map), inner, row});
+  tma::Barrier& b = tma::find(bar);
+  const tma::Copy c{static_cast<unsigned char*>(smem), tma::fields(map), inner, row};
+  if (tma::copies_land_at_issue) {
+    b.tx -= tma::land(c);
+    if (b.tx < 0) fail("mbarrier: more transaction bytes landed than were expected");
+    tma::complete_if_done(b);
+  } else {
+    b.copies.push_back(c);
+  }
   Block::current().progress();
 }
 

@@ -36,7 +36,7 @@ namespace wg {
 
 constexpr int kM = 64, kN = 64, kK = 16;       // wgmma.m64n64k16
 constexpr int kRegs = kM * kN / 128;          // f32 accumulators per thread: 32
-constexpr int kWarpgroups = kBlockThreads / 128;
+constexpr int kWarpgroups = kMaxBlockThreads / 128;
 
 // A K-major operand of kRows rows of kK 16-bit elements (32 bytes each) through descriptor `desc`:
 // start address (bits 0-13), stride byte offset between 8-row groups (bits 32-45), both in units of
@@ -93,7 +93,7 @@ struct Issued {
 };
 
 struct BlockState {
-  ThreadState thread[kBlockThreads];
+  ThreadState thread[kMaxBlockThreads];
   std::vector<Issued> warpgroup[kWarpgroups];  // the wgmmas each warpgroup issued, in order
 };
 
