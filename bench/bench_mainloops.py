@@ -2,7 +2,7 @@
 
     python -P bench/bench_mainloops.py --out mainloops.json
     python -P bench/bench_mainloops.py --d 32 --m 65536 --mainloops mma simt
-    python -P bench/bench_mainloops.py --op features --m 65536 --mainloops simt wgmma wgmma+cp.async mma
+    python -P bench/bench_mainloops.py --op features --m 65536 --mainloops simt wgmma wgmma+pingpong mma
 
 For each name of TAYLORNET_CUDA_MAINLOOP (the library reads it on every call), taylor_net forward +
 backward w.r.t. W (n=16384, d=128, m=2^18, order 2, tanh, bfloat16 by default: the target case of
@@ -13,7 +13,8 @@ an 8192^3 torch.mm in the same dtype, measured in the same run. `--op features` 
 taylor_features forward instead (4nmd FLOPs, an n x m output: take a smaller m). A name with
 "+cp.async" runs that mainloop with TAYLORNET_CUDA_TMA=0 (the wgmma kernels staging with cp.async
 instead of the copy engine), one with "+serial" with TAYLORNET_CUDA_OVERLAP=0 (the wgmma reductions
-running each tile's products after the previous tile's epilogue rather than under it). A name the
+running each tile's products after the previous tile's epilogue rather than under it), one with
+"+pingpong" with TAYLORNET_CUDA_PINGPONG=1 (the warp-specialised features forward). A name the
 library does not know, or
 a mainloop that cannot run this case here, is recorded as such. The JSON is rewritten after every
 mainloop, so a run cut short keeps what it measured.
@@ -32,16 +33,19 @@ import taylornet as tn
 ENV = "TAYLORNET_CUDA_MAINLOOP"
 TMA_ENV = "TAYLORNET_CUDA_TMA"
 OVERLAP_ENV = "TAYLORNET_CUDA_OVERLAP"
-SWITCHES = {"+cp.async": TMA_ENV, "+serial": OVERLAP_ENV}  # a name's suffix: that switch at 0
+PINGPONG_ENV = "TAYLORNET_CUDA_PINGPONG"
+# a name's suffix: that switch away from its default (the defaults: tensor copies, overlap, no ping-pong)
+SWITCHES = {"+cp.async": (TMA_ENV, "0"), "+serial": (OVERLAP_ENV, "0"), "+pingpong": (PINGPONG_ENV, "1")}
+DEFAULTS = {TMA_ENV: "1", OVERLAP_ENV: "1", PINGPONG_ENV: "0"}
 
 
 def mainloop_env(name: str) -> tuple[str, dict[str, str]]:
     """The mainloop a name runs and the switches it sets: "wgmma+serial" is wgmma, overlap off."""
-    env = {var: "1" for var in SWITCHES.values()}
-    for suffix, var in SWITCHES.items():
+    env = dict(DEFAULTS)
+    for suffix, (var, value) in SWITCHES.items():
         if suffix in name:
             name = name.replace(suffix, "")
-            env[var] = "0"
+            env[var] = value
     return name, env
 
 
@@ -81,7 +85,7 @@ def main() -> int:
     p.add_argument("--op", default="net_fb", choices=["net_fb", "features"])
     p.add_argument("--mainloops", nargs="+", default=["simt", "auto", "wgmma", "mma", "wmma"],
                    help="SIMT first: the others are compared with it; NAME+cp.async: with TAYLORNET_CUDA_TMA=0, "
-                        "NAME+serial: with TAYLORNET_CUDA_OVERLAP=0")
+                        "NAME+serial: with TAYLORNET_CUDA_OVERLAP=0, NAME+pingpong: with TAYLORNET_CUDA_PINGPONG=1")
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--out", default="mainloops.json")
     args = p.parse_args()
@@ -112,7 +116,7 @@ def main() -> int:
     print(f"{report['gpu']}: 8192^3 {args.dtype} mm {report['matmul_8192_flops_per_s'] / 1e12:.0f} TFLOP/s; "
           f"n={n} d={d} m={m} order {args.order} {args.activation}")
     reference = None
-    previous = {v: os.environ.get(v) for v in (ENV, *SWITCHES.values())}
+    previous = {v: os.environ.get(v) for v in (ENV, *DEFAULTS)}
     try:
         for name in args.mainloops:
             mainloop, switches = mainloop_env(name)

@@ -96,9 +96,10 @@ timeout 25 python3 -P bench/bench_mainloops.py --repeats 3 --mainloops simt wgmm
 status mainloops $?
 cat "$OUT/mainloops.log"
 
-echo "== the features forward: wgmma with tensor copies and with cp.async, mma"
-timeout 10 python3 -P bench/bench_mainloops.py --op features --m 65536 --repeats 3 \
-  --mainloops simt wgmma wgmma+cp.async mma --out "$OUT/mainloops-features.json" > "$OUT/mainloops-features.log" 2>&1
+echo "== the features forward: wgmma with tensor copies, with cp.async and warp-specialised (ping-pong), mma"
+timeout 15 python3 -P bench/bench_mainloops.py --op features --m 65536 --repeats 3 \
+  --mainloops simt wgmma wgmma+cp.async wgmma+pingpong mma --out "$OUT/mainloops-features.json" \
+  > "$OUT/mainloops-features.log" 2>&1
 status mainloops_features $?
 cat "$OUT/mainloops-features.log"
 
@@ -107,7 +108,7 @@ echo "== performance model check: d = 32, 128, 512, tanh order 2 and relu order 
 # relu places the epilogue's time, and relu itself the products' and contractions'.
 MODEL="--device cuda --ops net_fb --n 16384 --dims 32 128 512 --widths 262144 --dtypes bfloat16 --impls taylornet"
 MODEL="$MODEL --no-width-sweep --repeats 3 --out $OUT/bench --no-progress"
-timeout 35 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activations tanh --tag model-tanh-cuda && \
+timeout 30 bash -c "python3 -P -m taylornet bench $MODEL --orders 2 --activations tanh --tag model-tanh-cuda && \
   python3 -P -m taylornet bench $MODEL --orders 1 --activations relu --tag model-relu-cuda" > "$OUT/bench-model.log" 2>&1
 status bench_model $?
 grep -A3 "net fwd+bwd" "$OUT/bench-model.log" | grep -v "^--" | head -20

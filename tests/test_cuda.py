@@ -254,6 +254,36 @@ def test_wgmma_overlap_matches_serial(precision, d, monkeypatch):
         assert torch.equal(got, want), f"{name}: overlapping stage 1 vs serial"
 
 
+@needs_wgmma
+@pytest.mark.parametrize("precision", ["bf16", "f16"])
+@pytest.mark.parametrize("n,d,m", [(300, 72, 260), (4099, 200, 67), (40, 64, 1000), (70000, 128, 200)])
+@pytest.mark.parametrize("activation,order", [("tanh", 2), ("silu", (0, 1, 2)), ("gelu", (1, 3))])
+def test_wgmma_pingpong_matches_plain(precision, n, d, m, activation, order, monkeypatch):
+    # The warp-specialised ping-pong features forward (TAYLORNET_CUDA_PINGPONG=1) runs the same
+    # wgmmas per column half in the same order and the same epilogue as the plain wgmma kernel: bit
+    # for bit the same features, over runs of 1 to many sample tiles, 1 to 4 k chunks, a specialised
+    # epilogue and the generic one (gelu (1, 3)); and within the same-precision bounds of the reference.
+    dtype = PRECISIONS[precision][0]
+    p = on(make_problem(n=n, d=d, m=m, c=1, bias=True), "cuda", dtype)
+    monkeypatch.setenv("TAYLORNET_CUDA_MAINLOOP", "wgmma")
+    outs = {}
+    for pingpong in ("0", "1"):
+        monkeypatch.setenv("TAYLORNET_CUDA_PINGPONG", pingpong)
+        outs[pingpong] = tn.taylor_features(p["x"], p["w0"], p["w"], b0=p["b0"], b=p["b"], activation=activation,
+                                            order=order, sign_seed=SIGN_SEED)
+    assert torch.equal(outs["1"], outs["0"]), "ping-pong vs plain wgmma features"
+    if n * m <= 300 * 1000:
+        check_against_same_precision(make_problem(n=n, d=d, m=m, c=1, bias=True), "features", precision,
+                                     activation=activation, order=order, sign_seed=SIGN_SEED)
+
+
+def test_pingpong_switch_takes_0_or_1(monkeypatch):
+    p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
+    monkeypatch.setenv("TAYLORNET_CUDA_PINGPONG", "yes")
+    with pytest.raises(ValueError, match="TAYLORNET_CUDA_PINGPONG: expected 0 or 1, got 'yes'"):
+        tn.taylor_features(p["x"], p["w0"], p["w"])
+
+
 def test_overlap_switch_takes_0_or_1(monkeypatch):
     p = on(make_problem(n=8, d=16, m=16, c=1), "cuda", torch.bfloat16)
     monkeypatch.setenv("TAYLORNET_CUDA_OVERLAP", "no")

@@ -118,9 +118,18 @@ def test_kernel_choice_and_launch_failures(emulator):
 def test_wgmma_overlap_kernels(emulator):
     # The wgmma reductions whose next tile's wgmmas run under the previous tile's epilogue and stage
     # 2: tiles of 2, 4 and 1 k chunks, several per block; the readout and every gradient against the
-    # reference, the overlap kernels having run, then with TAYLORNET_CUDA_OVERLAP=0 the plain ones,
+    # reference, the overlap kernels having run (also with the copies landing as they are issued),
+    # then with TAYLORNET_CUDA_OVERLAP=0 the plain ones,
     # and as many wgmmas issued either way.
     run_checks(emulator, "overlap/")
+
+
+def test_wgmma_pingpong_features_kernel(emulator):
+    # The warp-specialised features forward (a producer warpgroup on the copy engine, two consumer
+    # warpgroups taking the block's sample tiles in turn under named barriers): tiles of 1, 2 and 4
+    # k chunks, runs of 1 to 8 tiles, every specialised epilogue and the generic one, against the
+    # reference and bit for bit against the plain wgmma kernel; without tensor maps, the plain one.
+    run_checks(emulator, "pingpong/")
 
 
 def test_recompute_passes_per_op(emulator):

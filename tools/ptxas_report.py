@@ -14,14 +14,17 @@ loads UTMALDG (cp.async.bulk.tensor). Out-of-line device functions
 features_forward, neuron_sum and sample_sum families) has a stack frame, spills, local loads or
 stores, or out-of-line subroutines, or if a kernel of the mma.sync mainloop (tag MmaLoop) lacks
 HMMA or LDSM instructions (or there is no such kernel for sm_80), or if a kernel of the wgmma
-mainloop (the *_wgmma_kernel, *_wgmma_overlap_kernel and *_wgmma_fallback_kernel entry points) lacks
+mainloop (the *_wgmma_kernel, *_wgmma_overlap_kernel, *_wgmma_fallback_kernel and *_pingpong_kernel
+entry points) lacks
 HGMMA, UTMALDG (but the fallback kernels, whose threads copy) or static shared memory in its sm_90a
 code (or there is no such kernel where the build has sm_90a code), or has static shared memory in the
 entry points of other targets (the launch layer tells the sm_90a code from them by it), or if
 ptxas serialised the wgmmas of any kernel (its "wgmma.mma_async instructions are serialized" warnings,
 C7510-C7520; KNOWN_SERIALISED names the exceptions), or if an overlap kernel (*_wgmma_overlap_kernel)
 does not run stage 2 under its first wgmmas: in its SASS, after the first group of HGMMA instructions,
-an HMMA must come before the first WARPGROUP.DEPBAR (the wait for them). It then also needs the SASS
+an HMMA must come before the first WARPGROUP.DEPBAR (the wait for them), or if a ping-pong kernel
+(*_pingpong_kernel) hands the turn to the other consumer nowhere after issuing its wgmmas (no BAR.ARV
+after an HGMMA in its SASS). It then also needs the SASS
 (cuobjdump on PATH and the objects).
 Without cuobjdump on PATH (or without objects) the SASS columns read "-".
 """
@@ -112,7 +115,7 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
     # WARPGROUP.DEPBAR (None until decided; "group" marks the first group's HGMMAs seen).
     counts: dict[tuple[str, str], dict] = defaultdict(
         lambda: {"insns": 0, "ldl": 0, "stl": 0, "ret": 0, "hmma": 0, "ldsm": 0, "hgmma": 0, "utmaldg": 0,
-                 "group": False, "under": None})
+                 "group": False, "under": None, "handoff": False})
     for obj in objects:
         run = subprocess.run([tool, "-sass", obj], capture_output=True, text=True)
         if run.returncode != 0:
@@ -135,6 +138,8 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
                 c["ldsm"] += op == "LDSM"
                 c["hgmma"] += op == "HGMMA"
                 c["utmaldg"] += op == "UTMALDG"
+                # a named barrier's arrive after wgmmas were issued (the ping-pong's hand-off)
+                c["handoff"] |= op == "BAR" and (m.group(2) or "").startswith(".ARV") and c["hgmma"] > 0
                 if c["under"] is None:
                     if op == "HGMMA":
                         c["group"] = True
@@ -147,9 +152,10 @@ def sass_counts(objects: list[str]) -> dict[tuple[str, str], dict] | None:
 
 HOT = re.compile(r"^(features_forward|neuron_sum|sample_sum)\w*kernel<")
 MMA_SYNC = re.compile(r"^\w+_tc_kernel<MmaLoop,")  # the mma.sync mainloop's kernels
-WGMMA = re.compile(r"^\w+_wgmma(_overlap|_fallback)?_kernel<")  # the wgmma mainloop's kernels
+WGMMA = re.compile(r"^\w+_(wgmma(_overlap|_fallback)?|pingpong)_kernel<")  # the wgmma mainloop's kernels
 FALLBACK = re.compile(r"^\w+_wgmma_fallback_kernel<")  # the threads' copies, no tensor copies
 OVERLAP = re.compile(r"^\w+_wgmma_overlap_kernel<")  # stage 1 under the previous tile's stage 2
+PINGPONG = re.compile(r"^\w+_pingpong_kernel<")  # two consumer warpgroups taking turns
 # Serialised wgmmas known and harmless: the reductions of tanh (0,) (series 0) on the threads'
 # copies, where ptxas finds registers short for the pipeline (C7511); those kernels wait for each
 # k chunk's wgmmas before the next anyway (docs/cuda.md). Every other serialisation fails the check.
@@ -204,6 +210,8 @@ def main() -> None:
                     if OVERLAP.match(name) and not s["under"]:
                         what.append("no HMMA between its first HGMMAs and the wait for them (stage 1 not "
                                     "overlapped)")
+                    if PINGPONG.match(name) and not s["handoff"]:
+                        what.append("no BAR.ARV after its HGMMAs (the other consumer's turn never handed over)")
                 elif r.get("smem"):
                     what.append("static shared memory outside sm_90a (read as sm_90a code)")
             if r.get("serialised") and not (KNOWN_SERIALISED.match(name) and r["serialised"] == {"C7511"}):
@@ -231,14 +239,15 @@ def main() -> None:
             print(f"{len(problems)} problems: hot kernels must keep everything in registers (no local memory, "
                   "no out-of-line subroutines), the mma.sync mainloop's kernels must run HMMA and LDSM, the "
                   "wgmma mainloop's HGMMA and (but the fallback kernels) UTMALDG, unserialised, the overlap kernels "
-                  "stage 2 under stage 1:")
+                  "stage 2 under stage 1, the ping-pong kernels a hand-off after their wgmmas:")
             for line in problems:
                 print(f"  {line}")
             sys.exit(1)
         print("hot kernels: no stack frame, no spills, no local loads or stores, no out-of-line subroutines; "
               f"the mma.sync mainloop's kernels ({mma_sync_sm80} for sm_80) all run HMMA and LDSM"
               + (f"; the wgmma mainloop's ({wgmma_sm90a} for sm_90a) all run HGMMA (and UTMALDG), none serialised "
-                 "(but KNOWN_SERIALISED), the overlap kernels with stage 2 under their first wgmmas"
+                 "(but KNOWN_SERIALISED), the overlap kernels with stage 2 under their first wgmmas, the ping-pong "
+                 "kernels with a hand-off after theirs"
                  if has_sm90a else ""))
 
 

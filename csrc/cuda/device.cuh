@@ -13,7 +13,7 @@
 
 namespace tn::cuda {
 
-constexpr int kThreads = 256;  // threads per block of every kernel
+constexpr int kThreads = 256;  // threads per block of every kernel but the ping-pong one (wgmma.cuh)
 
 // A kernel's read-only struct parameter: __grid_constant__, so that device functions take it by
 // reference without a per-thread copy of the plan's tables into local memory. The CPU emulator's

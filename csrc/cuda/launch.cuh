@@ -159,11 +159,13 @@ template <typename T>
 struct WgmmaKernels {
   // Spelled out: naming a kernel here, even in decltype, would instantiate it in this unit too.
   using FeaturesKernel = void (*)(TN_PARAM_TYPE(Problem<T>), T*, TN_PARAM_TYPE(sm90::TileMaps));
+  using PingPongKernel = void (*)(TN_PARAM_TYPE(Problem<T>), T*, TN_PARAM_TYPE(sm90::TileMaps), int64_t);
   using NeuronSumKernel = void (*)(TN_PARAM_TYPE(Problem<T>), TN_PARAM_TYPE(NeuronSum<T>), int64_t, int64_t,
                                    TN_PARAM_TYPE(sm90::TileMaps));
   using SampleSumKernel = void (*)(TN_PARAM_TYPE(Problem<T>), TN_PARAM_TYPE(SampleSum<T>), int64_t, int64_t,
                                    TN_PARAM_TYPE(sm90::TileMaps));
   std::array<FeaturesKernel, kNumSpecialised + 1> features;
+  std::array<PingPongKernel, kNumSpecialised + 1> features_pingpong;
   std::array<NeuronSumKernel, kNumSpecialised + 1> neuron_sum, neuron_sum_fallback;
   std::array<SampleSumKernel, kNumSpecialised + 1> sample_sum, sample_sum_fallback;
   std::array<NeuronSumKernel, kNumSpecialised> neuron_sum_overlap;
@@ -522,6 +524,22 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   if constexpr (kHasWgmmaKernels<T>) kernels.wgmma = kernel_ptr(wgmma_kernels<T>().features[slot]);
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
+  if constexpr (kHasWgmmaKernels<T>) {
+    if (k.mainloop == Mainloop::kWgmma && ctx.pingpong && p.d > 0) {
+      const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
+      if (maps.usable) {
+        // Runs of `per` sample tiles: at least two (one per consumer), enough runs for a block per
+        // SM, and at most 65535 of them (grid.y).
+        const int64_t tiles_i = ceil_div(p.n, kTcTile), tiles_r = ceil_div(p.m, kTcTile);
+        const int64_t wanted = std::max<int64_t>(1, ceil_div(std::max<int64_t>(ctx.device.sms, 1), tiles_r));
+        const int64_t per = std::max({int64_t{2}, ceil_div(tiles_i, wanted), ceil_div(tiles_i, int64_t{65535})});
+        const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(ceil_div(tiles_i, per)));
+        launch_threads(kernel_name<T>("features_forward_pingpong_kernel"), wgmma_kernels<T>().features_pingpong[slot],
+                       grid, PingPong::kThreads, WgmmaRing::dynamic_bytes, ctx, p, out, maps, per);
+        return;
+      }
+    }
+  }
   const int64_t B = tc ? kTcTile : tile<acc_t<T>>(), rows = features_tile_rows<T>(k.mainloop);
   // Sample tiles run on grid.y, which stops at 65535 blocks: taller inputs go in slabs of rows
   // (rows are independent; the signs depend on the neuron only).

@@ -54,6 +54,7 @@ struct Context {
   bool generic_epilogue = false;  // the tensor-core kernels skip their specialised epilogues
   bool tensor_copies = true;      // the wgmma kernel stages through the copy engine where it can (else cp.async)
   bool overlap_stage1 = true;     // the wgmma reductions run the next tile's products under this tile's epilogue
+  bool pingpong = false;          // the wgmma features forward runs on the warp-specialised ping-pong kernel
   Workspace* workspace = nullptr;
 };
 

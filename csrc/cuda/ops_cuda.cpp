@@ -76,12 +76,12 @@ cuda::Mainloop requested_mainloop() {
 }
 
 
-// A switch that is on unless the environment variable `name` is 0 (1 or unset: on).
-bool switch_on(const char* name) {
+// The environment switch `name`: 1 on, 0 off, unset `fallback`.
+bool switch_on(const char* name, bool fallback = true) {
   const char* env = std::getenv(name);
   const std::string v = env ? env : "";
   TORCH_CHECK_VALUE(v.empty() || v == "0" || v == "1", "taylornet: ", name, ": expected 0 or 1, got '", v, "'");
-  return v != "0";
+  return v.empty() ? fallback : v == "1";
 }
 
 // One op call on the GPU: the layer's operands and context, and the workspace they use.
@@ -107,6 +107,9 @@ struct CudaCall {
     // TAYLORNET_CUDA_OVERLAP=0: the wgmma reductions run each tile's products after the previous
     // tile's epilogue instead of under it (1 or unset: overlapped where shared memory allows).
     ctx.overlap_stage1 = switch_on("TAYLORNET_CUDA_OVERLAP");
+    // TAYLORNET_CUDA_PINGPONG=1: the wgmma features forward runs on the warp-specialised ping-pong
+    // kernel where it has tensor maps (0 or unset: the plain kernel, two blocks per SM).
+    ctx.pingpong = switch_on("TAYLORNET_CUDA_PINGPONG", false);
     ctx.workspace = &workspace;
     op.dtype = cuda_dtype(a.x.scalar_type());
     auto ptr = [](const Tensor& t) -> const void* { return t.defined() ? t.const_data_ptr() : nullptr; };

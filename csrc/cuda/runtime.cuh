@@ -68,11 +68,12 @@ inline int kernel_code_arch(const void* kernel, const std::string& name, const D
   return arch;
 }
 
-// kernel<<<grid, kThreads, smem, stream>>>(args...), checked: the launch's own status, not a stale
+// kernel<<<grid, threads, smem, stream>>>(args...), checked: the launch's own status, not a stale
 // one. Dynamic shared memory above the default 48 KiB is allowed for the kernel first
 // (cudaFuncAttributeMaxDynamicSharedMemorySize, a host-side attribute: no synchronisation).
 template <typename... P, typename... A>
-void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx, A&&... args) {
+void launch_threads(const std::string& name, void (*kernel)(P...), dim3 grid, int threads, size_t smem,
+                    const Context& ctx, A&&... args) {
   std::tuple<std::decay_t<P>...> params(std::forward<A>(args)...);
   void* pointers[sizeof...(P)];
   std::apply([&](auto&... p) {
@@ -84,9 +85,14 @@ void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t sme
                                                cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(smem));
     if (e != cudaSuccess) throw_cuda_error(e, "the shared-memory attribute", name, ctx.device);
   }
-  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(kThreads), pointers, smem,
+  const cudaError_t e = cudaLaunchKernel(reinterpret_cast<const void*>(kernel), grid, dim3(threads), pointers, smem,
                                          ctx.stream);
   if (e != cudaSuccess) throw_cuda_error(e, "the launch", name, ctx.device);
+}
+// The same with the kernels' usual kThreads threads per block.
+template <typename... P, typename... A>
+void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t smem, const Context& ctx, A&&... args) {
+  launch_threads(name, kernel, grid, kThreads, smem, ctx, std::forward<A>(args)...);
 }
 
 // A tensor map for the copy engine (sm_90): a row-major (rows x inner) tensor of 16-bit elements at

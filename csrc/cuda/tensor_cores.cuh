@@ -225,10 +225,12 @@ __device__ __forceinline__ void load_input(Frag& f, const T* ptr, unsigned ld) {
 
 // Warp w owns the 16-row block w % 4 and the 16-column blocks 2 (w / 4) and 2 (w / 4) + 1 of a
 // 64 x 64 tile, in both stages: warps 4q .. 4q + 3 (a warpgroup) own the 32 columns 32q .. 32q + 31
-// of all 64 rows, the shape of one warpgroup's wgmma accumulator (wgmma.cuh), so every mainloop
-// hands the epilogue the same elements per thread.
+// (the half q) of all 64 rows, the shape of one warpgroup's wgmma accumulator (wgmma.cuh), so every
+// mainloop hands the epilogue the same elements per thread. A warpgroup that holds both halves
+// (the ping-pong kernel, wgmma.cuh) names the half it hands over.
 __device__ __forceinline__ int warp_row_block() { return (threadIdx.x / 32) & 3; }
-__device__ __forceinline__ int warp_col_block(int j) { return ((threadIdx.x / 32) >> 2) * 2 + j; }
+__device__ __forceinline__ int warp_half() { return (threadIdx.x / 32) >> 2; }
+__device__ __forceinline__ int warp_col_block(int j, int half = warp_half()) { return half * 2 + j; }
 
 // The (row, column) code fragment: row * 16 + column at every element. Contains a barrier (the
 // table is complete before any warp loads it).
@@ -442,16 +444,16 @@ __device__ __forceinline__ Pos pos_of(const wmma::fragment<wmma::accumulator, 16
 }
 
 // Calls f(j, e, row, col) for element e of this warp's accumulator block j, at (row, col) of the
-// block's 64 x 64 tile.
+// block's 64 x 64 tile (its column half `half`).
 template <typename Codes, typename F>
-__device__ __forceinline__ void for_each_element(const Codes& codes, F&& f) {
+__device__ __forceinline__ void for_each_element(const Codes& codes, F&& f, int half = warp_half()) {
   const int rb = warp_row_block();
 #pragma unroll
   for (int j = 0; j < 2; ++j)
 #pragma unroll
     for (int e = 0; e < Codes::num_elements; ++e) {
       const Pos pos = pos_at(codes, e);
-      f(j, e, rb * 16 + pos.row, warp_col_block(j) * 16 + pos.col);
+      f(j, e, rb * 16 + pos.row, warp_col_block(j, half) * 16 + pos.col);
     }
 }
 
@@ -552,11 +554,13 @@ __device__ __forceinline__ void tc_cotangents(const Problem<T>& p, const TcSmem<
 // gradients are asked for (the staged cotangents). A specialised epilogue is unrolled over the
 // thread's four groups of four elements; the generic one, much larger (every activation's
 // functions), runs as a loop over the groups, which it reads and writes through selects
-// (registers, not an indexed array), so that each kernel holds one copy of it.
+// (registers, not an indexed array), so that each kernel holds one copy of it. `half`: the column
+// half of the tile that z0 and u hold (warp_col_block); the staged cotangents are the whole block's
+// work, by its own warps' halves, so a kernel that names another half asks for no gradients.
 template <int S, int Outs, typename T, int St, typename Codes, typename Acc>
 __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, St>& sm, const Codes& codes,
                                           const Need& need, int64_t i0, int64_t r0, Acc (&z0)[2], Acc (&u)[2],
-                                          Acc (&extra)[2][2]) {
+                                          Acc (&extra)[2][2], int half = warp_half()) {
   static_assert(Outs == 1 || Outs == 2 || Outs == 4, "one, two or four fields leave the epilogue");
   constexpr int N = 4, E = Acc::num_elements, G = 2 * E / N;
   static_assert(E == 2 * N, "accumulator fragments are taken as two groups of four elements");
@@ -572,7 +576,7 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, S
 #pragma unroll
     for (int l = 0; l < N; ++l) {
       const Pos pos = pos_of(codes, pick, l, g);
-      const int row = rb * 16 + pos.row, col = warp_col_block(j) * 16 + pos.col;
+      const int row = rb * 16 + pos.row, col = warp_col_block(j, half) * 16 + pos.col;
       valid[l] = i0 + row < p.n && r0 + col < p.m;
       z.v[l] = valid[l] ? pick(z0[0].x, z0[1].x, l, g) + sm.b0()[col] : 0.0f;
       uu.v[l] = valid[l] ? pick(u[0].x, u[1].x, l, g) + sm.b()[col] : 0.0f;

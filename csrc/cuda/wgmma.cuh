@@ -66,6 +66,33 @@ static_assert(WgmmaRing::x_bytes % sm90::kAtomBytes == 0 && WgmmaRing::wg_w_byte
                   WgmmaRing::stage_bytes % sm90::kAtomBytes == 0,
               "every operand tile starts on a 1024-byte swizzle atom");
 
+// The warp-specialised features forward (FlashAttention-3's ping-pong), on the copy engine's copies:
+// 384 threads, a producer warpgroup and two consumer warpgroups. A block owns the 64 neurons r0 ..
+// r0 + 63 and a run of `per` consecutive 64-sample tiles; consumer c (warpgroup c + 1) takes tiles
+// c, c + 2, ... of the run, each whole: both column halves (two accumulators of 32 floats, the 8
+// wgmmas of a k chunk in one group), then the epilogue and the stores of one half after the other,
+// exactly as a warpgroup of the plain kernel runs its own half.
+//
+// Ping-pong. The consumers issue their tiles' wgmmas in turn: a consumer waits on its named barrier
+// (kTurn + c) before its tile's first wgmma, and arrives on the other's once its last chunk's
+// wgmmas are issued. So consumer 0's epilogue of tile j runs while the tensor cores work on
+// consumer 1's tile j + 1, and the other way round: the issue slots of one warpgroup's epilogue and
+// the tensor cores' time of the other's products overlap inside one block, not across two blocks
+// as in the plain kernel. Every wait has its arrival (tile j > 0 waits for tile j - 1's, which
+// arrives where j < count).
+//
+// Producer. Thread 0 copies the run's chunks in order (tile by tile, k chunk by k chunk) into the
+// three ring stages, each after the consumer that read the stage's last chunk marked it empty
+// (128 arrivals: one warpgroup reads a chunk); the producer's other threads leave at once. The
+// chunks are consumed in the same order as they are copied, since the turns go tile by tile, so a
+// stage is always freed by the consumer ahead. Registers: __launch_bounds__(384, 1) gives each
+// thread 168; the consumers (both accumulators and the epilogue) fit in that without setmaxnreg.
+struct PingPong {
+  static constexpr int kThreads = 384;
+  static constexpr int kConsumerThreads = 256;  // the count of the turn barriers
+  static constexpr int kTurn = 1;               // named barriers 1 and 2: consumer 0's and 1's turn
+};
+
 // The reductions' shared memory with the ring as stage 1: at 64 samples per tile, the field tiles
 // and stage 2's factor tile in the ring's bytes once the products are done (as on mma.sync).
 template <typename T>
@@ -116,17 +143,23 @@ __device__ __forceinline__ void wgmma_stage_chunk(const Problem<T>& p, unsigned 
   }
 }
 
-// This warpgroup's products of the chunk in `stage`: four wgmma.m64n64k16 (k steps of 32 bytes
-// inside the 128-byte rows), committed as one group. `first`: the tile's first chunk, whose first
-// wgmma starts the sums (scale-d 0) rather than adding to them.
+// The products of column half `half` (neurons 32 half .. 32 half + 31) of the chunk in `stage`:
+// four wgmma.m64n64k16 (k steps of 32 bytes inside the 128-byte rows). `first`: the tile's first
+// chunk, whose first wgmma starts the sums (scale-d 0) rather than adding to them.
 template <typename T>
-__device__ __forceinline__ void wgmma_chunk(float (&acc)[32], uint32_t stage, bool first) {
-  const uint32_t x = stage, w = stage + WgmmaRing::x_bytes + (threadIdx.x / 128) * WgmmaRing::wg_w_bytes;
-  sm90::fence_accumulators(acc);
-  sm90::wgmma_fence();
+__device__ __forceinline__ void wgmma_half(float (&acc)[32], uint32_t stage, bool first, int half) {
+  const uint32_t x = stage, w = stage + WgmmaRing::x_bytes + half * WgmmaRing::wg_w_bytes;
 #pragma unroll
   for (int k = 0; k < 4; ++k)
     sm90::wgmma_m64n64k16<T>(acc, sm90::kmajor_desc(x + 32 * k), sm90::kmajor_desc(w + 32 * k), k > 0 || !first);
+}
+
+// This warpgroup's products of the chunk in `stage` (its own half), committed as one group.
+template <typename T>
+__device__ __forceinline__ void wgmma_chunk(float (&acc)[32], uint32_t stage, bool first) {
+  sm90::fence_accumulators(acc);
+  sm90::wgmma_fence();
+  wgmma_half<T>(acc, stage, first, threadIdx.x / 128);
   sm90::wgmma_commit();
   sm90::fence_accumulators(acc);
 }
@@ -439,6 +472,96 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
 #endif
 }
 
+// Both column halves of the chunk in `stage`, committed as one group.
+template <typename T>
+__device__ __forceinline__ void wgmma_chunk_both(float (&acc)[2][32], uint32_t stage, bool first) {
+  sm90::fence_accumulators(acc[0]);
+  sm90::fence_accumulators(acc[1]);
+  sm90::wgmma_fence();
+  wgmma_half<T>(acc[0], stage, first, 0);
+  wgmma_half<T>(acc[1], stage, first, 1);
+  sm90::wgmma_commit();
+  sm90::fence_accumulators(acc[0]);
+  sm90::fence_accumulators(acc[1]);
+}
+
+template <int S, typename T>
+__device__ __forceinline__ void features_forward_pingpong(const Problem<T>& p, T* out, const sm90::TileMaps& maps,
+                                                          int64_t per) {
+  using Sm = TcSmem<T, WgmmaLoop::kStages>;
+  constexpr int St = WgmmaRing::stages;
+  __shared__ __align__(128) unsigned char fix[Sm::fixed_bytes];
+  __shared__ __align__(8) WgmmaBarriers bars;
+  TN_DYNAMIC_SMEM(dyn);
+  unsigned char* const ring = ring_in(dyn);
+  const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
+  const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, first = static_cast<int64_t>(blockIdx.y) * per;
+  const int64_t tiles = (p.n + kTcTile - 1) / kTcTile, chunks = (p.d + kWgmmaChunk<T> - 1) / kWgmmaChunk<T>;
+  const TileRun run{first * kTcTile, r0, kTcTile, 0, tiles - first < per ? tiles - first : per};
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < St; ++s) {
+      sm90::mbarrier_init(&bars.full[s], 1);
+      sm90::mbarrier_init(&bars.empty[s], 128);  // a chunk's readers: one consumer warpgroup
+    }
+    sm90::mbarrier_init_fence();
+  }
+  MmaCodes codes;
+  load_neurons(p, sm, r0);
+  load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
+  const int group = static_cast<int>(threadIdx.x / 128);
+  if (group == 0) {
+    if (threadIdx.x == 0) {
+      const WgmmaRingCopies<T> r{maps, bars, ring, run, chunks, run.count * chunks};
+      WgmmaRingState st;
+      for (int64_t j = 0; j < run.count; ++j) {
+        TN_COUNT_RECOMPUTE(p, run.i(j), r0, kTcTile, kTcTile);
+        for (int64_t k = 0; k < chunks; ++k) r.copy_next(st);
+      }
+    }
+    return;
+  }
+  const int c = group - 1;
+  const uint32_t ring_addr = static_cast<uint32_t>(__cvta_generic_to_shared(ring));
+  for (int64_t j = c; j < run.count; j += 2) {
+    if (j > 0) sm90::named_barrier_sync(PingPong::kTurn + c, PingPong::kConsumerThreads);
+    // Zeroed though the first chunk's wgmmas start the sums (scale-d 0, and d > 0 here): 64 moves
+    // per tile, and no accumulator is ever read undefined (the emulator copies them at issue).
+    float acc[2][32];
+#pragma unroll
+    for (int h = 0; h < 2; ++h)
+#pragma unroll
+      for (int i = 0; i < 32; ++i) acc[h][i] = 0.0f;
+    const int64_t base = j * chunks, end = base + chunks;
+    for (int64_t g = base; g < end; ++g) {
+      sm90::mbarrier_wait(&bars.full[g % St], static_cast<uint32_t>(g / St) & 1u);
+      wgmma_chunk_both<T>(acc, ring_addr + static_cast<uint32_t>(g % St) * WgmmaRing::stage_bytes, g == base);
+      sm90::wgmma_wait<1>();  // every earlier chunk's wgmmas are done: the previous stage is free
+      sm90::fence_accumulators(acc[0]);
+      sm90::fence_accumulators(acc[1]);
+      if (g > base) sm90::mbarrier_arrive(&bars.empty[(g - 1) % St]);
+    }
+    if (j + 1 < run.count) sm90::named_barrier_arrive(PingPong::kTurn + 1 - c, PingPong::kConsumerThreads);
+    sm90::wgmma_wait<0>();
+    sm90::fence_accumulators(acc[0]);
+    sm90::fence_accumulators(acc[1]);
+    if (end > base) sm90::mbarrier_arrive(&bars.empty[(end - 1) % St]);
+    const int64_t i0 = run.i(j);
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      MmaAcc z0[2], u[2], unused[2][2];
+      tile_accumulators(acc[h], z0, u);
+      tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused, h);
+      for_each_element(
+          codes,
+          [&](int jb, int e, int row, int col) {
+            const int64_t i = i0 + row, r = r0 + col;
+            if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[jb].x[e]);
+          },
+          h);
+    }
+  }
+}
+
 // The reductions on wgmma (bfloat16, float16): neuron_sum_tc and sample_sum_tc at 64 x 64 tiles with
 // stage 1 by WgmmaStage1 (dynamic shared memory: WgmmaReduceSmem), stage 2 and the epilogue those
 // of mma.sync.
@@ -467,6 +590,19 @@ __global__ void __launch_bounds__(kThreads, 1)
     features_forward_wgmma_kernel(TN_PARAM(Problem<T>) p, T* out, TN_PARAM(sm90::TileMaps) maps) {
 #if TN_WGMMA
   features_forward_wgmma<S>(p, out, maps);
+#else
+  __trap();
+#endif
+}
+
+// The ping-pong features forward (features_forward_pingpong): PingPong::kThreads threads, tensor maps
+// only (maps.usable), d > 0, WgmmaRing::dynamic_bytes of dynamic shared memory; grid (neuron tiles,
+// runs of `per` sample tiles).
+template <typename T, int S>
+__global__ void __launch_bounds__(PingPong::kThreads, 1)
+    features_forward_pingpong_kernel(TN_PARAM(Problem<T>) p, T* out, TN_PARAM(sm90::TileMaps) maps, int64_t per) {
+#if TN_WGMMA
+  features_forward_pingpong<S>(p, out, maps, per);
 #else
   __trap();
 #endif

@@ -12,6 +12,7 @@ WgmmaKernels<T> make_wgmma_kernels(std::integer_sequence<int, S...>) {
   constexpr int G = kGenericEpilogue;
   return {
       {&features_forward_wgmma_kernel<T, G>, &features_forward_wgmma_kernel<T, S>...},
+      {&features_forward_pingpong_kernel<T, G>, &features_forward_pingpong_kernel<T, S>...},
       {&neuron_sum_wgmma_kernel<T, G>, &neuron_sum_wgmma_kernel<T, S>...},
       {&neuron_sum_wgmma_fallback_kernel<T, G>, &neuron_sum_wgmma_fallback_kernel<T, S>...},
       {&sample_sum_wgmma_kernel<T, G>, &sample_sum_wgmma_kernel<T, S>...},

@@ -171,6 +171,7 @@ struct Case {
   Mainloop path;
   bool request_auto = false;  // TAYLORNET_CUDA_MAINLOOP=auto on the path's GPU and code, not the path itself
   bool overlap = true;        // TAYLORNET_CUDA_OVERLAP: the wgmma reductions' overlap kernels where they fit
+  bool pingpong = false;      // TAYLORNET_CUDA_PINGPONG: the wgmma features forward's ping-pong kernel
   bool tc;
   Plan plan;  // with d/dz0, for the reference
   std::vector<double> coef64;
@@ -286,6 +287,7 @@ struct Case {
     ctx.requested = request_auto ? Mainloop::kAuto : path;
     ctx.generic_epilogue = cf.generic;
     ctx.overlap_stage1 = overlap;
+    ctx.pingpong = pingpong;
     ctx.workspace = &ws;
     return ctx;
   }
@@ -696,6 +698,79 @@ void run_overlap(const std::string& filter) {
     check_forward(cs, false);
     check_backward(cs, false, kAllNet, "");
     tn_emu::tma::copies_land_at_issue = false;
+  }
+}
+
+// The warp-specialised ping-pong features forward (TAYLORNET_CUDA_PINGPONG=1, 384 threads: the
+// copy engine's producer and two consumers taking a block's sample tiles in turn). Tiles of 1 k
+// chunk (d = 64), 2 (d = 72) and 4 (d = 200: the ring wraps inside a tile); runs of one tile (the
+// second consumer idle), of an odd and an even count, and a short last run; every specialised
+// epilogue and the generic one. Each against the reference and bit for bit against the plain wgmma
+// kernel (the same wgmmas in the same order per column half, the same epilogue); and where x and
+// the weights have no tensor maps the switch falls back to the plain kernel. The ping-pong runs twice:
+// with the emulator's copies landing when waited for, and as they are issued (tma.h).
+template <typename T>
+void run_pingpong(const std::string& filter) {
+  struct Run {
+    Shape s;
+    Config c;
+  };
+  std::vector<Run> runs;
+  const Config tanh2{Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 1, false};
+  for (const Shape& s : {Shape{450, 64, 100, 1}, Shape{300, 72, 130, 1}, Shape{200, 200, 70, 1}, Shape{40, 16, 70, 1}})
+    runs.push_back({s, tanh2});
+  runs.push_back({Shape{450, 64, 100, 1}, Config{Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 4, false}});
+  for (int k = 0; k < kNumSpecialised; ++k) {
+    const Series& sr = kSpecialised[k];
+    std::vector<int64_t> orders;
+    for (int q = 0; q <= kMaxOrder; ++q)
+      if (sr.orders >> q & 1u) orders.push_back(q);
+    if (orders.empty()) orders = {1};  // "exact" ignores them
+    runs.push_back({Shape{150, 40, 70, 1}, Config{sr.act, orders, sr.exact, true, SignSource::kTensor, false, 1, false}});
+  }
+  runs.push_back({Shape{150, 40, 70, 1}, Config{Act::kTanh, {2}, false, true, SignSource::kPhilox, false, 1, false, true}});
+  runs.push_back({Shape{150, 40, 70, 1}, Config{Act::kGelu, {1, 3}, false, false, SignSource::kNone, false, 1, false}});
+  uint64_t seed = 700;
+  for (const Run& rn : runs) {
+    Case<T> cs(rn.s, rn.c, Mainloop::kWgmma, ++seed);
+    cs.name = "pingpong/" + cs.name;
+    if (!filter.empty() && cs.name.rfind(filter, 0) != 0) continue;
+    const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, false);
+    HostWorkspace ws;
+    const Reference<T> ref(cs);
+    std::vector<double> want(rn.s.n * rn.s.m), mag(want.size());
+    for (size_t e = 0; e < want.size(); ++e) {
+      want[e] = ref.F[kPhi0][e];
+      mag[e] = std::abs(want[e]);
+    }
+    std::vector<T> plain = garbage<T>(want.size()), ping = garbage<T>(want.size());
+    Context ctx = cs.context(ws);
+    size_t from = tn_emu::binary.recomputes.size();
+    if (!run_op(cs.name + " plain", [&] { features_forward(cs.operands(plan, true), plain.data(), ctx); })) continue;
+    expect_ran(cs.name + " plain", from, "features_forward_wgmma_kernel");
+    ctx.pingpong = true;
+    for (const bool at_issue : {false, true}) {  // the copies land when waited for, or when issued
+      tn_emu::tma::copies_land_at_issue = at_issue;
+      const std::string what = cs.name + (at_issue ? " copies-land-at-issue" : "");
+      from = tn_emu::binary.recomputes.size();
+      const bool ok = run_op(what, [&] { features_forward(cs.operands(plan, true), ping.data(), ctx); });
+      tn_emu::tma::copies_land_at_issue = false;
+      if (!ok) continue;
+      expect_ran(what, from, "features_forward_pingpong_kernel");
+      report(what, max_rel_err(ping, want, mag), tolerance<T>(true));
+      expect(what + ": bit for bit the plain kernel's output",
+             std::memcmp(ping.data(), plain.data(), ping.size() * sizeof(T)) == 0);
+      ping = garbage<T>(want.size());
+    }
+    if (rn.s.d == 72) {  // the threads' copies: the plain kernel
+      ctx.tensor_copies = false;
+      std::vector<T> again = garbage<T>(want.size());
+      from = tn_emu::binary.recomputes.size();
+      if (!run_op(cs.name + " (no tensor maps)", [&] { features_forward(cs.operands(plan, true), again.data(), ctx); }))
+        continue;
+      expect_ran(cs.name + " (no tensor maps)", from, "features_forward_wgmma_kernel");
+      report(cs.name + " (no tensor maps)", max_rel_err(again, want, mag), tolerance<T>(true));
+    }
   }
 }
 
@@ -1224,6 +1299,8 @@ int main(int argc, char** argv) {
       run_ring<__nv_bfloat16>(G, filter);
       run_overlap<__half>(filter);
       run_overlap<__nv_bfloat16>(filter);
+      run_pingpong<__half>(filter);
+      run_pingpong<__nv_bfloat16>(filter);
     }
     if (!small) {
       check_passes<double>(S, filter);

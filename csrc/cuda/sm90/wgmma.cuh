@@ -39,6 +39,8 @@ template <typename T>
 __forceinline__ void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate = true) {
   tn_emu::wgmma_m64n64k16<T>(d, a, b, accumulate);
 }
+__forceinline__ void named_barrier_sync(int id, int threads) { tn_emu::named_barrier_sync(id, threads); }
+__forceinline__ void named_barrier_arrive(int id, int threads) { tn_emu::named_barrier_arrive(id, threads); }
 
 #elif TN_WGMMA
 
@@ -59,6 +61,16 @@ __device__ __forceinline__ void wgmma_wait() {
 // plain stores) before later async-proxy reads of it (wgmma operands); a barrier then publishes
 // them to the other threads.
 __device__ __forceinline__ void fence_proxy_async() { asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory"); }
+
+// Named barrier `id` (1-15; 0 is __syncthreads') over `threads` threads, a multiple of 32: sync
+// arrives and waits for the rest, arrive only arrives. One group of warps signals another with it
+// (arrive on one side, sync on the other) without a block-wide barrier.
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
 
 // An empty asm that claims to read and write every accumulator register: the compiler moves no
 // access of them across it (wgmma writes them behind its back until the wait), and keeps all of
