@@ -525,7 +525,7 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
   const KernelChoice k = choose<T>(ctx, family, kernel_ptr(&features_forward_kernel<T>), kernels);
   const bool tc = k.mainloop != Mainloop::kSimt;
   if constexpr (kHasWgmmaKernels<T>) {
-    if (k.mainloop == Mainloop::kWgmma && ctx.pingpong && p.d > 0) {
+    if (k.mainloop == Mainloop::kWgmma && ctx.pingpong && p.d > 0 && PingPong::dynamic_bytes <= ctx.device.smem_optin) {
       const sm90::TileMaps maps = wgmma_tile_maps(p, p.x, p.n, ctx);
       if (maps.usable) {
         // Runs of `per` sample tiles: at least two (one per consumer), enough runs for a block per
@@ -535,7 +535,7 @@ void Launch<T>::features_forward(const Operands& op, void* out_ptr, const Contex
         const int64_t per = std::max({int64_t{2}, ceil_div(tiles_i, wanted), ceil_div(tiles_i, int64_t{65535})});
         const dim3 grid(static_cast<unsigned>(tiles_r), static_cast<unsigned>(ceil_div(tiles_i, per)));
         launch_threads(kernel_name<T>("features_forward_pingpong_kernel"), wgmma_kernels<T>().features_pingpong[slot],
-                       grid, PingPong::kThreads, WgmmaRing::dynamic_bytes, ctx, p, out, maps, per);
+                       grid, PingPong::kThreads, PingPong::dynamic_bytes, ctx, p, out, maps, per);
         return;
       }
     }

@@ -82,8 +82,8 @@ static_assert(WgmmaRing::x_bytes % sm90::kAtomBytes == 0 && WgmmaRing::wg_w_byte
 // arrives where j < count).
 //
 // Producer. Thread 0 copies the run's chunks in order (tile by tile, k chunk by k chunk) into the
-// three ring stages, each after the consumer that read the stage's last chunk marked it empty
-// (128 arrivals: one warpgroup reads a chunk); the producer's other threads leave at once. The
+// ring's stages (PingPong::kStages), each after the consumer that read the stage's last chunk marked
+// it empty (128 arrivals: one warpgroup reads a chunk); the producer's other threads leave at once. The
 // chunks are consumed in the same order as they are copied, since the turns go tile by tile, so a
 // stage is always freed by the consumer ahead. Registers: __launch_bounds__(384, 1) gives each
 // thread 168; the consumers (both accumulators and the epilogue) fit in that without setmaxnreg.
@@ -91,6 +91,10 @@ struct PingPong {
   static constexpr int kThreads = 384;
   static constexpr int kConsumerThreads = 256;  // the count of the turn barriers
   static constexpr int kTurn = 1;               // named barriers 1 and 2: consumer 0's and 1's turn
+  // The ring: six stages (three tiles ahead at d <= 128) where the plain kernel has three, since one
+  // block holds the SM (its registers) and no second block's copies cover the copy engine's latency.
+  static constexpr int kStages = 6;
+  static constexpr uint32_t dynamic_bytes = kStages * WgmmaRing::stage_bytes + sm90::kAtomBytes;
 };
 
 // The reductions' shared memory with the ring as stage 1: at 64 samples per tile, the field tiles
@@ -173,9 +177,11 @@ __device__ __forceinline__ void wgmma_done(float (&acc)[32]) {
 // The ring's barriers: full[s] completes when stage s's bytes have landed (one arrival, the copy
 // engine's transaction bytes), empty[s] when every thread has finished reading it (kThreads
 // arrivals, each after its warpgroup's wgmmas on it are done).
-struct WgmmaBarriers {
-  uint64_t full[WgmmaRing::stages], empty[WgmmaRing::stages];
+template <int Stages = WgmmaRing::stages>
+struct WgmmaBarriersOf {
+  uint64_t full[Stages], empty[Stages];
 };
+using WgmmaBarriers = WgmmaBarriersOf<>;
 
 // The warpgroup's accumulators as this warp's MmaAcc blocks. Accumulator columns 8 s .. 8 s + 7 are
 // registers 4 s .. 4 s + 3: z0's 16-column block j is registers 8 j .. 8 j + 7, u's the same 16
@@ -200,11 +206,11 @@ struct WgmmaRingState {
   int copy_chunk = 0;
 };
 
-template <typename T>
+template <typename T, int Stages = WgmmaRing::stages>
 struct WgmmaRingCopies {
-  static constexpr int St = WgmmaRing::stages, chunk = kWgmmaChunk<T>;
+  static constexpr int St = Stages, chunk = kWgmmaChunk<T>;
   const sm90::TileMaps& maps;
-  WgmmaBarriers& bars;
+  WgmmaBarriersOf<Stages>& bars;
   unsigned char* ring;
   const TileRun& run;
   int64_t chunks;
@@ -489,9 +495,9 @@ template <int S, typename T>
 __device__ __forceinline__ void features_forward_pingpong(const Problem<T>& p, T* out, const sm90::TileMaps& maps,
                                                           int64_t per) {
   using Sm = TcSmem<T, WgmmaLoop::kStages>;
-  constexpr int St = WgmmaRing::stages;
+  constexpr int St = PingPong::kStages;
   __shared__ __align__(128) unsigned char fix[Sm::fixed_bytes];
-  __shared__ __align__(8) WgmmaBarriers bars;
+  __shared__ __align__(8) WgmmaBarriersOf<St> bars;
   TN_DYNAMIC_SMEM(dyn);
   unsigned char* const ring = ring_in(dyn);
   const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
@@ -511,7 +517,7 @@ __device__ __forceinline__ void features_forward_pingpong(const Problem<T>& p, T
   const int group = static_cast<int>(threadIdx.x / 128);
   if (group == 0) {
     if (threadIdx.x == 0) {
-      const WgmmaRingCopies<T> r{maps, bars, ring, run, chunks, run.count * chunks};
+      const WgmmaRingCopies<T, St> r{maps, bars, ring, run, chunks, run.count * chunks};
       WgmmaRingState st;
       for (int64_t j = 0; j < run.count; ++j) {
         TN_COUNT_RECOMPUTE(p, run.i(j), r0, kTcTile, kTcTile);
@@ -596,7 +602,7 @@ __global__ void __launch_bounds__(kThreads, 1)
 }
 
 // The ping-pong features forward (features_forward_pingpong): PingPong::kThreads threads, tensor maps
-// only (maps.usable), d > 0, WgmmaRing::dynamic_bytes of dynamic shared memory; grid (neuron tiles,
+// only (maps.usable), d > 0, PingPong::dynamic_bytes of dynamic shared memory; grid (neuron tiles,
 // runs of `per` sample tiles).
 template <typename T, int S>
 __global__ void __launch_bounds__(PingPong::kThreads, 1)

@@ -703,8 +703,8 @@ void run_overlap(const std::string& filter) {
 
 // The warp-specialised ping-pong features forward (TAYLORNET_CUDA_PINGPONG=1, 384 threads: the
 // copy engine's producer and two consumers taking a block's sample tiles in turn). Tiles of 1 k
-// chunk (d = 64), 2 (d = 72) and 4 (d = 200: the ring wraps inside a tile); runs of one tile (the
-// second consumer idle), of an odd and an even count, and a short last run; every specialised
+// chunk (d = 64), 2 (d = 72) and 4 (d = 200), the six-stage ring wrapping across tiles; runs of one
+// tile (the second consumer idle), of an odd and an even count, and a short last run; every specialised
 // epilogue and the generic one. Each against the reference and bit for bit against the plain wgmma
 // kernel (the same wgmmas in the same order per column half, the same epilogue); and where x and
 // the weights have no tensor maps the switch falls back to the plain kernel. The ping-pong runs twice:
