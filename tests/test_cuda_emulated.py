@@ -128,7 +128,8 @@ def test_wgmma_pingpong_features_kernel(emulator):
     # The warp-specialised features forward (a producer warpgroup on the copy engine, two consumer
     # warpgroups taking the block's sample tiles in turn under named barriers): tiles of 1, 2 and 4
     # k chunks, runs of 1 to 8 tiles, every specialised epilogue and the generic one, against the
-    # reference and bit for bit against the plain wgmma kernel; without tensor maps, the plain one.
+    # reference and bit for bit against the plain wgmma kernel, the consumers' wgmmas in turns of
+    # whole tiles; without tensor maps, the plain one.
     run_checks(emulator, "pingpong/")
 
 

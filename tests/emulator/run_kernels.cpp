@@ -708,7 +708,8 @@ void run_overlap(const std::string& filter) {
 // epilogue and the generic one. Each against the reference and bit for bit against the plain wgmma
 // kernel (the same wgmmas in the same order per column half, the same epilogue); and where x and
 // the weights have no tensor maps the switch falls back to the plain kernel. The ping-pong runs twice:
-// with the emulator's copies landing when waited for, and as they are issued (tma.h).
+// with the emulator's copies landing when waited for, and as they are issued (tma.h); and its
+// consumers must commit their wgmmas in turns of whole tiles (the log of wgmma.h).
 template <typename T>
 void run_pingpong(const std::string& filter) {
   struct Run {
@@ -753,10 +754,31 @@ void run_pingpong(const std::string& filter) {
       tn_emu::tma::copies_land_at_issue = at_issue;
       const std::string what = cs.name + (at_issue ? " copies-land-at-issue" : "");
       from = tn_emu::binary.recomputes.size();
+      tn_emu::commits.clear();
+      tn_emu::log_commits = true;
       const bool ok = run_op(what, [&] { features_forward(cs.operands(plan, true), ping.data(), ctx); });
       tn_emu::tma::copies_land_at_issue = false;
+      tn_emu::log_commits = false;
       if (!ok) continue;
       expect_ran(what, from, "features_forward_pingpong_kernel");
+      // The turns: per block, the commit groups (one per k chunk) come in whole tiles that alternate
+      // between the consumers (warpgroups 1 and 2), starting with the first.
+      const int64_t chunks = ceil_div(rn.s.d, int64_t{64});
+      bool turns = true;
+      std::string where;
+      for (size_t k = 0, start = 0; k < tn_emu::commits.size(); ++k) {
+        const tn_emu::Commit& cm = tn_emu::commits[k];
+        const tn_emu::Commit& b0 = tn_emu::commits[start];
+        if (cm.block.x != b0.block.x || cm.block.y != b0.block.y) start = k;  // the next block's first
+        const int64_t tile = static_cast<int64_t>(k - start) / chunks;
+        if (cm.warpgroup != 1 + tile % 2) {
+          turns = false;
+          where = "block " + std::to_string(cm.block.x) + "," + std::to_string(cm.block.y) + " commit " +
+                  std::to_string(k - start) + " by warpgroup " + std::to_string(cm.warpgroup);
+          break;
+        }
+      }
+      expect(what + ": the consumers' wgmmas take turns tile by tile", turns, where);
       report(what, max_rel_err(ping, want, mag), tolerance<T>(true));
       expect(what + ": bit for bit the plain kernel's output",
              std::memcmp(ping.data(), plain.data(), ping.size() * sizeof(T)) == 0);

@@ -157,6 +157,15 @@ inline void wgmma_fence() { wg::block().thread[self.thread.x].fenced = true; }
 // The wgmmas issued (each warpgroup's, counted once), for checks that two kernels do the same work.
 inline long wgmmas_issued = 0;
 
+// Every commit group in the order the warpgroups committed them while `log_commits` is set: the
+// block and the warpgroup, for checks of the order in which warpgroups take turns.
+struct Commit {
+  uint3 block;
+  int warpgroup;
+};
+inline std::vector<Commit> commits;
+inline bool log_commits = false;
+
 template <typename T>
 void wgmma_m64n64k16(float (&d)[32], uint64_t a, uint64_t b, bool accumulate) {
   static_assert(std::is_same_v<T, __nv_bfloat16> || std::is_same_v<T, __half>, "bf16 or fp16 operands");
@@ -188,6 +197,7 @@ inline void generic_smem_write(const void* p, size_t bytes) {
 inline void fence_proxy_async() { wg::block().thread[self.thread.x].unfenced.clear(); }
 
 inline void wgmma_commit() {
+  if (log_commits && self.thread.x % 128 == 0) commits.push_back({self.block, static_cast<int>(self.thread.x / 128)});
   wg::ThreadState& s = wg::block().thread[self.thread.x];
   s.groups.push_back(std::move(s.open));
   s.open.clear();
