@@ -761,6 +761,10 @@ void run_pingpong(const std::string& filter) {
       tn_emu::log_commits = false;
       if (!ok) continue;
       expect_ran(what, from, "features_forward_pingpong_kernel");
+      long recomputed = 0;  // one pass over the n x m tiles
+      for (size_t k = from; k < tn_emu::binary.recomputes.size(); ++k) recomputed += tn_emu::binary.recomputes[k].second;
+      expect(what + ": one pass over the n x m tiles", recomputed == rn.s.n * rn.s.m,
+             std::to_string(recomputed) + " elements recomputed");
       // The turns: per block, the commit groups (one per k chunk) come in whole tiles that alternate
       // between the consumers (warpgroups 1 and 2), starting with the first.
       const int64_t chunks = ceil_div(rn.s.d, int64_t{64});
