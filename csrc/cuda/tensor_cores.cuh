@@ -619,6 +619,23 @@ __device__ __forceinline__ void tc_fields(const Problem<T>& p, const TcSmem<T, S
   }
 }
 
+// The features of this warp's blocks of the 64 x 64 tile at (i0, r0), column half `half`: the
+// epilogue on z0 and u (biases not yet added), then h into out (n x m) inside the problem.
+template <int S, typename T, int St, typename Codes, typename Acc>
+__device__ __forceinline__ void features_tile(const Problem<T>& p, const TcSmem<T, St>& sm, const Codes& codes,
+                                              int64_t i0, int64_t r0, Acc (&z0)[2], Acc (&u)[2], T* out,
+                                              int half = warp_half()) {
+  Acc unused[2][2];
+  tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused, half);
+  for_each_element(
+      codes,
+      [&](int j, int e, int row, int col) {
+        const int64_t i = i0 + row, r = r0 + col;
+        if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
+      },
+      half);
+}
+
 // A block owns M::kFeaturesRows samples by 64 neurons (dynamic shared memory: FeaturesSmem). Its
 // H row halves of 64 samples share stage 1's w0 and w chunks; the epilogue and the stores then
 // run per half, each exactly as for a 64 x 64 tile at samples i0 + 64 h.
@@ -632,7 +649,7 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile;
   const int64_t i0 = static_cast<int64_t>(blockIdx.y) * M::kFeaturesRows;
   typename TcTypes<M, T>::Codes codes;
-  Acc z0[H][2], u[H][2], unused[2][2];
+  Acc z0[H][2], u[H][2];
   load_neurons(p, sm, r0);
   load_codes(sm, codes);
   if constexpr (H == 1) tc_preactivations(p, sm, i0, r0, z0[0], u[0]);
@@ -641,11 +658,7 @@ __device__ __forceinline__ void features_forward_tc(const Problem<T>& p, T* out)
   for (int h = 0; h < H; ++h) {
     const int64_t ih = i0 + h * kTcTile;
     if (ih >= p.n) break;  // block-uniform: a last tile's empty half
-    tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), ih, r0, z0[h], u[h], unused);
-    for_each_element(codes, [&](int j, int e, int row, int col) {
-      const int64_t i = ih + row, r = r0 + col;
-      if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[h][j].x[e]);
-    });
+    features_tile<S>(p, sm, codes, ih, r0, z0[h], u[h], out);
   }
 }
 

@@ -457,17 +457,13 @@ __device__ __forceinline__ void features_forward_wgmma(const Problem<T>& p, T* o
   const Sm sm{ring, fix};  // the epilogue of the forward reads the fixed part only
   const int64_t r0 = static_cast<int64_t>(blockIdx.x) * kTcTile, i0 = static_cast<int64_t>(blockIdx.y) * kTcTile;
   MmaCodes codes;
-  MmaAcc z0[2], u[2], unused[2][2];
+  MmaAcc z0[2], u[2];
   init_ring_barriers(maps, bars);
   load_neurons(p, sm, r0);
   load_codes(sm, codes);  // its barrier publishes the signs and biases, and the ring's barriers
   WgmmaRingState ring_state;
   wgmma_preactivations<WgmmaCopies::kAny>(p, maps, bars, ring, TileRun{i0, r0, 0, 0, 1}, 0, ring_state, z0, u);
-  tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused);
-  for_each_element(codes, [&](int j, int e, int row, int col) {
-    const int64_t i = i0 + row, r = r0 + col;
-    if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[j].x[e]);
-  });
+  features_tile<S>(p, sm, codes, i0, r0, z0, u, out);
   // A series without u (order 0 alone) leaves u's accumulators unread, and ptxas then serialises
   // the wgmmas (warning C7511: a wait after each); an empty read at the end keeps them live.
 #if !TN_WGMMA_EMULATED
@@ -554,16 +550,9 @@ __device__ __forceinline__ void features_forward_pingpong(const Problem<T>& p, T
     const int64_t i0 = run.i(j);
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
-      MmaAcc z0[2], u[2], unused[2][2];
+      MmaAcc z0[2], u[2];
       tile_accumulators(acc[h], z0, u);
-      tc_fields<S, 1>(p, sm, codes, need_of(1u << kPhi0, false, kPhi0, kPhi0), i0, r0, z0, u, unused, h);
-      for_each_element(
-          codes,
-          [&](int jb, int e, int row, int col) {
-            const int64_t i = i0 + row, r = r0 + col;
-            if (i < p.n && r < p.m) out[i * p.m + r] = from_acc<T>(z0[jb].x[e]);
-          },
-          h);
+      features_tile<S>(p, sm, codes, i0, r0, z0, u, out, h);
     }
   }
 }

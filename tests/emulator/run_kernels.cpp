@@ -375,6 +375,14 @@ struct Reference {
     }
   }
 
+  // The features (field 0, what the forward writes) and their magnitudes, a forward's yardstick.
+  const std::vector<double>& features() const { return F[kPhi0]; }
+  std::vector<double> feature_magnitudes() const {
+    std::vector<double> mag(F[kPhi0].size());
+    for (size_t e = 0; e < mag.size(); ++e) mag[e] = std::abs(F[kPhi0][e]);
+    return mag;
+  }
+
   double field(int q, int64_t i, int64_t r) const {
     const double f = F[q][i * cs.sh.m + r];
     if (!cs.tc || !std::is_same_v<T, __half>) return cs.operand(f);
@@ -478,12 +486,7 @@ void check_forward(Case<T>& cs, bool without_maps = true) {
       const size_t from = tn_emu::binary.recomputes.size();
       if (!run_op(what, [&] { features_forward(cs.operands(plan, true), out.data(), with); })) continue;
       expect_wgmma_kernel(cs, what, from, "features_forward_wgmma_kernel");
-      std::vector<double> want(out.size()), mag(out.size());
-      for (size_t e = 0; e < out.size(); ++e) {
-        want[e] = ref.F[kPhi0][e];
-        mag[e] = std::abs(want[e]);
-      }
-      report(what, max_rel_err(out, want, mag), tol);
+      report(what, max_rel_err(out, ref.features(), ref.feature_magnitudes()), tol);
     }
   }
   std::vector<T> out = garbage<T>(s.n * s.c), var = garbage<T>(s.n * s.c);
@@ -739,11 +742,8 @@ void run_pingpong(const std::string& filter) {
     const Plan plan(cs.cf.act, cs.cf.orders, cs.cf.exact, false);
     HostWorkspace ws;
     const Reference<T> ref(cs);
-    std::vector<double> want(rn.s.n * rn.s.m), mag(want.size());
-    for (size_t e = 0; e < want.size(); ++e) {
-      want[e] = ref.F[kPhi0][e];
-      mag[e] = std::abs(want[e]);
-    }
+    const std::vector<double>& want = ref.features();
+    const std::vector<double> mag = ref.feature_magnitudes();
     std::vector<T> plain = garbage<T>(want.size()), ping = garbage<T>(want.size());
     Context ctx = cs.context(ws);
     size_t from = tn_emu::binary.recomputes.size();
