@@ -16,6 +16,7 @@
 
 #include "cuda/device.cuh"
 #include "cuda/launch.h"
+#include "cuda/sm90/tile_map.h"
 
 namespace tn::cuda {
 
@@ -99,7 +100,7 @@ void launch(const std::string& name, void (*kernel)(P...), dim3 grid, size_t sme
 // `base`, read in boxes of box_rows rows by 64 elements (one 128-byte row, stored with the 128-byte
 // swizzle), zeros outside it. False where the driver refuses it (a base or row stride that is not a
 // multiple of 16 bytes, say) or has no cuTensorMapEncodeTiled: the caller then copies without one.
-// The element type only sets the map's element size, so bfloat16 serves float16 too.
+// The arguments: sm90::tile_map_args.
 inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, int64_t rows, uint32_t box_rows) {
   static const PFN_cuTensorMapEncodeTiled_v12000 encode = [] {
     void* fn = nullptr;
@@ -114,12 +115,9 @@ inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, i
   }();
   if (!encode || inner <= 0 || rows <= 0 || reinterpret_cast<uintptr_t>(base) % 16 != 0 || (inner * 2) % 16 != 0)
     return false;
-  const cuuint64_t dims[2] = {static_cast<cuuint64_t>(inner), static_cast<cuuint64_t>(rows)};
-  const cuuint64_t strides[1] = {static_cast<cuuint64_t>(inner) * 2};
-  const cuuint32_t box[2] = {64, box_rows}, steps[2] = {1, 1};
-  return encode(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 2, const_cast<void*>(base), dims, strides, box, steps,
-                CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+  const sm90::TileMapArgs a = sm90::tile_map_args(inner, rows, box_rows);
+  return encode(&map, a.dtype, a.rank, const_cast<void*>(base), a.dims, a.strides, a.box, a.steps, a.interleave,
+                a.swizzle, a.l2_promotion, a.oob_fill) == CUDA_SUCCESS;
 }
 
 // bytes of zeros at ptr, in stream order.

@@ -139,10 +139,38 @@ inline uint32_t round_tf32(uint32_t v) {
   return v;
 }
 
+// The per-lane layouts of the mma.sync mainloop's instructions, from the PTX ISA, as functions
+// that the instructions below use and tests/test_cute_layouts.py holds against CuTe's (thread,
+// value) layouts of the same instructions. With g = lane / 4, t = lane % 4 throughout.
+struct FragPos {
+  int row, col;
+};
+
 // ldmatrix.sync.aligned.m8n8.x{Count}[.trans].shared.b16: lane 8q + r supplies the address of row r
 // of matrix q (16 bytes, 16-byte aligned). Lane l receives, of matrix q, the 32-bit word l % 4 of
 // row l / 4; with .trans the 16-bit elements in column l / 4 of rows 2 (l % 4) (low half) and
-// 2 (l % 4) + 1 (high half).
+// 2 (l % 4) + 1 (high half). ldmatrix_source: where half `half` (0 low, 1 high) of register q of
+// lane l comes from: the supplying lane (its row address) and the byte offset in that row.
+inline FragPos ldmatrix_source(int l, int q, int half, bool trans) {
+  return trans ? FragPos{8 * q + 2 * (l % 4) + half, 2 * (l / 4)} : FragPos{8 * q + l / 4, 4 * (l % 4) + 2 * half};
+}
+
+// mma.sync.aligned.m16n8k16 (16-bit operands) and m16n8k8 (TF32): A register i holds row
+// g + 8 (i % 2), columns 2t + 8 (i / 2) + half (TF32: column t + 4 (i / 2), one element); B register
+// i holds column g, rows (k) 2t + 8i + half (TF32: row t + 4i); accumulator c sits at row
+// g + 8 (c / 2), column 2t + c % 2.
+template <bool Tf32>
+FragPos mma_a_position(int l, int i, int half) {
+  const int g = l / 4, t = l % 4;
+  return Tf32 ? FragPos{g + 8 * (i % 2), t + 4 * (i / 2)} : FragPos{g + 8 * (i % 2), 2 * t + 8 * (i / 2) + half};
+}
+template <bool Tf32>
+FragPos mma_b_position(int l, int i, int half) {  // (k, n)
+  const int g = l / 4, t = l % 4;
+  return Tf32 ? FragPos{t + 4 * i, g} : FragPos{2 * t + 8 * i + half, g};
+}
+inline FragPos mma_c_position(int l, int c) { return {l / 4 + 8 * (c / 2), 2 * (l % 4) + c % 2}; }
+
 template <int Count, bool Trans>
 void ldmatrix(uint32_t (&r)[Count], const void* row) {
   WarpScratch& s = warp_scratch();
@@ -151,14 +179,12 @@ void ldmatrix(uint32_t (&r)[Count], const void* row) {
   if (l < 8 * Count && reinterpret_cast<uintptr_t>(row) % 16 != 0) fail("ldmatrix row address not 16-byte aligned");
   warp_sync();
   for (int q = 0; q < Count; ++q) {
-    if (!Trans) {
-      std::memcpy(&r[q], s.rows[8 * q + l / 4] + 4 * (l % 4), 4);
-    } else {
-      uint16_t lo, hi;
-      std::memcpy(&lo, s.rows[8 * q + 2 * (l % 4)] + 2 * (l / 4), 2);
-      std::memcpy(&hi, s.rows[8 * q + 2 * (l % 4) + 1] + 2 * (l / 4), 2);
-      r[q] = static_cast<uint32_t>(lo) | static_cast<uint32_t>(hi) << 16;
+    uint16_t half[2];
+    for (int h = 0; h < 2; ++h) {
+      const FragPos src = ldmatrix_source(l, q, h, Trans);
+      std::memcpy(&half[h], s.rows[src.row] + src.col, 2);
     }
+    r[q] = static_cast<uint32_t>(half[0]) | static_cast<uint32_t>(half[1]) << 16;
   }
   warp_sync();  // every lane has read the addresses before any lane publishes new ones
 }
@@ -179,42 +205,43 @@ inline float tf32_operand(uint32_t v) {
 }  // namespace detail
 
 // d += a b on one 16 x 8 block: mma.sync.aligned.m16n8k16.row.col.f32.{f16,bf16} (T = __half,
-// __nv_bfloat16) or m16n8k8.row.col.f32.tf32 (T = float). With g = lane / 4, t = lane % 4: A
-// register i holds row g + 8 (i % 2), columns 2t + 8 (i / 2) and + 1 (TF32: column t + 4 (i / 2));
-// B register i holds column g, rows 2t + 8i and + 1 (TF32: row t + 4i); d[c] sits at row
-// g + 8 (c / 2), column 2t + c % 2.
+// __nv_bfloat16) or m16n8k8.row.col.f32.tf32 (T = float), the fragments placed by mma_a_position,
+// mma_b_position and mma_c_position.
 template <typename T>
 void mma_16x8(float* d, const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
   constexpr bool tf32 = std::is_same_v<T, float>;
   constexpr int K = tf32 ? 8 : 16;
   WarpScratch& s = warp_scratch();
-  const int l = lane(), g = l / 4, t = l % 4;
+  const int l = lane();
   const uint32_t b[2] = {b0, b1};
   for (int i = 0; i < 4; ++i) {
-    const int row = g + 8 * (i % 2);
     if constexpr (tf32) {
-      s.a[row * K + t + 4 * (i / 2)] = detail::tf32_operand(a[i]);
+      const FragPos p = mma_a_position<true>(l, i, 0);
+      s.a[p.row * K + p.col] = detail::tf32_operand(a[i]);
     } else {
-      const int col = 2 * t + 8 * (i / 2);
-      s.a[row * K + col] = detail::half_bits<T>(a[i]);
-      s.a[row * K + col + 1] = detail::half_bits<T>(a[i] >> 16);
+      for (int h = 0; h < 2; ++h) {
+        const FragPos p = mma_a_position<false>(l, i, h);
+        s.a[p.row * K + p.col] = detail::half_bits<T>(a[i] >> (16 * h));
+      }
     }
   }
   for (int i = 0; i < 2; ++i) {
     if constexpr (tf32) {
-      s.b[(t + 4 * i) * 8 + g] = detail::tf32_operand(b[i]);
+      const FragPos p = mma_b_position<true>(l, i, 0);
+      s.b[p.row * 8 + p.col] = detail::tf32_operand(b[i]);
     } else {
-      const int k = 2 * t + 8 * i;
-      s.b[k * 8 + g] = detail::half_bits<T>(b[i]);
-      s.b[(k + 1) * 8 + g] = detail::half_bits<T>(b[i] >> 16);
+      for (int h = 0; h < 2; ++h) {
+        const FragPos p = mma_b_position<false>(l, i, h);
+        s.b[p.row * 8 + p.col] = detail::half_bits<T>(b[i] >> (16 * h));
+      }
     }
   }
   warp_sync();
   float out[4];
   for (int c = 0; c < 4; ++c) {
-    const int row = g + 8 * (c / 2), col = 2 * t + c % 2;
+    const FragPos p = mma_c_position(l, c);
     float acc = d[c];
-    for (int k = 0; k < K; ++k) acc += s.a[row * K + k] * s.b[k * 8 + col];
+    for (int k = 0; k < K; ++k) acc += s.a[p.row * K + k] * s.b[k * 8 + p.col];
     out[c] = acc;
   }
   warp_sync();  // every lane has read the scratch before any lane writes it again

@@ -43,9 +43,11 @@ inline int kernel_code_arch(const void*, const std::string&, const Device&, bool
   return sm90a ? tn_emu::binary.sm90a_code_arch : tn_emu::binary.code_arch;
 }
 
-// The tensor maps of the wgmma kernel's copies, in the emulator's own encoding (tma.h).
+// The tensor maps of the wgmma kernel's copies: the arguments the CUDA build passes the driver, in the
+// emulator's own encoding (tma.h).
 inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, int64_t rows, uint32_t box_rows) {
-  return tn_emu::encode_tile_map(map, base, inner, rows, box_rows);
+  if (inner <= 0 || rows <= 0) return false;
+  return tn_emu::encode_tile_map(map, base, sm90::tile_map_args(inner, rows, box_rows));
 }
 
 template <typename... P, typename... A>

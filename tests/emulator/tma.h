@@ -22,6 +22,7 @@
 #include <deque>
 #include <vector>
 
+#include "cuda/sm90/tile_map.h"
 #include "emu.h"
 
 namespace tn_emu {
@@ -76,8 +77,15 @@ inline void complete_if_done(Barrier& b) {
   }
 }
 
-// The box of the copy into shared memory: row r at dst + 128 r, its 16-byte chunks swizzled by the
-// absolute shared address (bits 4-6 ^= bits 7-9), zeros outside the tensor. Returns its bytes.
+// The shared address at which a copy with the 128-byte swizzle to shared address `dst` puts byte
+// `byte` of box row r (rows of 128 bytes): row r at dst + 128 r, its 16-byte chunks swizzled by the
+// absolute shared address (bits 4-6 ^= bits 7-9).
+inline uint32_t box_address(uint32_t dst, uint32_t r, uint32_t byte) {
+  const uint32_t linear = dst + r * 128 + byte;
+  return linear ^ (((linear >> 7) & 7u) << 4);
+}
+
+// The box of the copy into shared memory (box_address), zeros outside the tensor. Returns its bytes.
 inline uint32_t land(const Copy& c) {
   const Map& m = c.map;
   const uint32_t row_bytes = m.box_inner * 2, bytes = row_bytes * m.box_rows;
@@ -91,9 +99,7 @@ inline uint32_t land(const Copy& c) {
       uint16_t v = 0;
       if (gr >= 0 && gr < int64_t(m.rows) && ge >= 0 && ge < int64_t(m.inner))
         std::memcpy(&v, m.base + gr * m.stride + ge * 2, 2);
-      const uint32_t linear = addr + r * row_bytes + e * 2;
-      const uint32_t swizzled = linear ^ (((linear >> 7) & 7u) << 4);
-      std::memcpy(c.dst + (swizzled - addr), &v, 2);
+      std::memcpy(c.dst + (box_address(addr, r, e * 2) - addr), &v, 2);
     }
   return bytes;
 }
@@ -158,16 +164,20 @@ inline const bool tma_block_end_registered = [] {
   return true;
 }();
 
-// The host's cuTensorMapEncodeTiled for a row-major (rows x inner) tensor of 16-bit elements read
-// in boxes of (box_rows x 64) with the 128-byte swizzle: the driver's conditions (16-byte aligned
-// base and row stride, box sides in 1 ... 256), else false.
-inline bool encode_tile_map(CUtensorMap& map, const void* base, int64_t inner, int64_t rows, uint32_t box_rows) {
-  if (reinterpret_cast<uintptr_t>(base) % 16 != 0 || (inner * 2) % 16 != 0 || inner <= 0 || rows <= 0 ||
-      box_rows == 0 || box_rows > 256)
+// The host's cuTensorMapEncodeTiled on the arguments the CUDA runtime layer passes the driver
+// (csrc/cuda/sm90/tile_map.h): the driver's conditions (16-byte aligned base and row stride, box
+// sides in 1 ... 256), else false; the emulator models 2-D maps of 16-bit elements, dense boxes of
+// 128-byte rows and the 128-byte swizzle, and fails on anything else.
+inline bool encode_tile_map(CUtensorMap& map, const void* base, const tn::cuda::sm90::TileMapArgs& a) {
+  if (a.rank != 2 || a.dtype != CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 || a.box[0] * 2 != 128 || a.steps[0] != 1 ||
+      a.steps[1] != 1 || a.interleave != CU_TENSOR_MAP_INTERLEAVE_NONE || a.swizzle != CU_TENSOR_MAP_SWIZZLE_128B ||
+      a.oob_fill != CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE)
+    fail("tensor map: the emulator models 2-D maps of 16-bit elements in 128-byte boxes with the 128-byte swizzle");
+  if (reinterpret_cast<uintptr_t>(base) % 16 != 0 || a.strides[0] % 16 != 0 || a.dims[0] == 0 || a.dims[1] == 0 ||
+      a.box[1] == 0 || a.box[1] > 256)
     return false;
   std::memset(&map, 0, sizeof(map));
-  const tma::Map f{static_cast<const unsigned char*>(base), static_cast<uint64_t>(inner), static_cast<uint64_t>(rows),
-                   static_cast<uint64_t>(inner * 2), 64, box_rows};
+  const tma::Map f{static_cast<const unsigned char*>(base), a.dims[0], a.dims[1], a.strides[0], a.box[0], a.box[1]};
   std::memcpy(&map, &f, sizeof(f));
   return true;
 }
