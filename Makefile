@@ -15,6 +15,9 @@ PY := $(VENV)/bin/python
 # the build tools, ruff and pytest-cov.
 BUILD_DEPS := numpy tqdm matplotlib scikit-learn scikit-build-core pybind11 ninja "cmake>=3.26" pytest \
               pytest-benchmark pytest-cov ruff
+# CuTe's headers (tests/test_cute_layouts.py holds the kernels' layouts against CuTe's): the wheel
+# installed without its Python dependencies, which the headers do not need.
+CUTE_HEADERS := nvidia-cutlass==4.2.0.0
 SOURCES := $(shell find csrc taylornet cmake -type f -name '*.*' -not -name '*.so' -not -path '*/__pycache__/*') \
            CMakeLists.txt pyproject.toml
 
@@ -47,7 +50,11 @@ $(VENV)/.created:
 	$(PY) -m pip install -q $(TORCH) $(BUILD_DEPS)
 	touch $@
 
-$(VENV)/.installed: $(VENV)/.created $(SOURCES)
+$(VENV)/.cute-headers: $(VENV)/.created
+	$(PY) -m pip install -q --no-deps $(CUTE_HEADERS)
+	touch $@
+
+$(VENV)/.installed: $(VENV)/.created $(VENV)/.cute-headers $(SOURCES)
 	$(PY) -m pip install -q --no-build-isolation --no-deps .
 	touch $@
 

@@ -5,7 +5,10 @@ Imported by the test modules as ``from _utils import ...`` (pytest puts tests/ o
 from __future__ import annotations
 
 import contextlib
+import glob
 import math
+import os
+import sysconfig
 
 import pytest
 import torch
@@ -160,3 +163,19 @@ def slow_except(values, quick, ids=None) -> list:
 
 FEATURE_INPUTS = ("x", "w0", "w", "b0", "b")
 NET_INPUTS = ("x", "w0", "w", "a", "b0", "b")
+
+
+def cuda_include() -> str | None:
+    """The CUDA toolkit's include folder (cuda_fp16.h, cuda_bf16.h, cuda_runtime.h), or None:
+    $CUDA_HOME, $CUDA_PATH, /usr/local/cuda*, then the pip wheels' nvidia/cu*/include."""
+    candidates = []
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        if os.environ.get(var):
+            candidates.append(os.path.join(os.environ[var], "include"))
+    candidates += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
+    purelib = sysconfig.get_paths()["purelib"]
+    candidates += sorted(glob.glob(os.path.join(purelib, "nvidia", "cu*", "include")), reverse=True)
+    for inc in candidates:
+        if all(os.path.exists(os.path.join(inc, h)) for h in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime.h")):
+            return inc
+    return None

@@ -11,15 +11,15 @@ of failed launches. Needs a C++20 compiler and the CUDA headers (cuda_fp16.h, cu
 cuda_runtime.h); skipped without them. A real GPU run is tests/test_cuda.py."""
 from __future__ import annotations
 
-import glob
 import hashlib
 import os
 import shutil
 import subprocess
-import sysconfig
 from pathlib import Path
 
 import pytest
+
+from _utils import cuda_include
 
 ROOT = Path(__file__).resolve().parents[1]
 EMULATOR = ROOT / "tests" / "emulator"
@@ -32,20 +32,6 @@ CACHE = Path(os.environ.get("TAYLORNET_EMULATOR_CACHE", ROOT / "build" / "emulat
 
 # Building the emulator takes a minute and its runs a few: the whole module is a long test.
 pytestmark = pytest.mark.emulator
-
-
-def cuda_include() -> str | None:
-    candidates = []
-    for var in ("CUDA_HOME", "CUDA_PATH"):
-        if os.environ.get(var):
-            candidates.append(os.path.join(os.environ[var], "include"))
-    candidates += ["/usr/local/cuda/include"] + sorted(glob.glob("/usr/local/cuda-*/include"), reverse=True)
-    purelib = sysconfig.get_paths()["purelib"]
-    candidates += sorted(glob.glob(os.path.join(purelib, "nvidia", "cu*", "include")), reverse=True)
-    for inc in candidates:
-        if all(os.path.exists(os.path.join(inc, h)) for h in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime.h")):
-            return inc
-    return None
 
 
 def _sources_key(cmd: list[str], cxx: str) -> str:
