@@ -3,14 +3,18 @@ the fragment layouts of ldmatrix and mma.sync and the wgmma accumulators as the 
 them (tests/emulator), the 128-byte swizzled operand tiles, the wgmma descriptors and the bytes each
 one reads (csrc/cuda/sm90/layout.h and the emulator's model), where a tensor copy puts a box, and
 the tensor maps' driver arguments (csrc/cuda/sm90/tile_map.h) against those of CuTe's
-make_tma_copy. CuTe's layouts are what its kernels run with on the hardware and are written apart
-from this project's reading of the PTX ISA, so a misreading that the kernels and the emulator share
-shows up here. The checks are the host program tests/cute_layouts.cpp; CuTe's headers come from the
-``nvidia-cutlass`` wheel (``make test`` installs it)."""
+make_tma_copy; and the hand-written PTX of wgmma, mma.sync and ldmatrix against CuTe's atoms of the
+same instructions, compiled by nvcc. CuTe's layouts and atoms are what its kernels run with on the
+hardware and are written apart from this project's reading of the PTX ISA, so a misreading that the
+kernels and the emulator share shows up here. The checks are the host program
+tests/cute_layouts.cpp and the kernel pairs of tests/cute_instructions.cu; CuTe's headers come from
+the ``nvidia-cutlass`` wheel (``make test`` installs it)."""
 from __future__ import annotations
 
+import glob
 import importlib.util
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -76,3 +80,119 @@ def checks(tmp_path_factory) -> dict[str, str]:
 @pytest.mark.parametrize("check", CHECKS)
 def test_layout_matches_cute(checks, check):
     assert checks[check].startswith("ok"), f"{check}: {checks[check]}"
+
+
+# ---- the instructions: tests/cute_instructions.cu through nvcc to PTX ----
+
+INSTRUCTION_CASES = ("wgmma_bf16", "wgmma_f16", "wgmma_sync", "mma_bf16", "mma_f16", "mma_tf32", "ldsm_x1",
+                     "ldsm_x2", "ldsm_x4", "ldsm_x1_trans", "ldsm_x2_trans", "ldsm_x4_trans")
+TRACED = ("wgmma.", "mma.", "ldmatrix.")  # the instructions compared
+
+
+def nvcc() -> str | None:
+    home = os.environ.get("CUDA_HOME")
+    for candidate in ([os.path.join(home, "bin", "nvcc")] if home else []) + \
+            sorted(glob.glob("/usr/local/cuda*/bin/nvcc"), reverse=True) + [shutil.which("nvcc") or ""]:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _operands(text: str) -> list[str]:
+    """Top-level comma-separated operands; vectors {..} and addresses [..] stay whole."""
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        depth += ch in "{[" and 1 or 0
+        depth -= ch in "}]" and 1 or 0
+        if ch == "," and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    if cur.strip():
+        out.append(cur.strip())
+    return out
+
+
+_SIZES = {"f32": 4, "u32": 4, "b32": 4, "s32": 4, "u64": 8, "b64": 8, "s64": 8}
+
+
+def traced_instructions(ptx: str, kernel: str) -> list[tuple]:
+    """The kernel's wgmma / mma / ldmatrix instructions, each as (its modifiers as a set, its operands
+    with every register replaced by where its value comes from: a kernel parameter's element
+    ``param<k>[<byte offset>]``, an instruction of such values, or for a register the instruction
+    writes, the element it is stored to). The test kernels write each register once."""
+    body = re.search(r"\.entry " + kernel + r"\((.*?)\n\}", ptx, re.S)
+    assert body, f"no kernel {kernel} in the PTX"
+    text = re.sub(r"//[^\n]*", "", body.group(1).split(")", 1)[1])
+    parsed = []
+    for st in text.split(";"):
+        st = " ".join(st.replace("{", " { ", 1).split()) if st.strip().startswith("{") else " ".join(st.split())
+        st = st.removeprefix("{ ").strip()
+        if not st or st.startswith((".reg", "ret", "}")):
+            continue
+        opcode, _, rest = st.partition(" ")
+        parsed.append((opcode, _operands(rest)))
+    defs: dict[str, str] = {}
+    stores: dict[str, str] = {}
+
+    def label(tok: str) -> str:
+        return defs.get(tok) or stores.get(tok) or tok
+
+    def address(op: str) -> tuple[str, int]:
+        m = re.fullmatch(r"\[\s*([%\w]+)\s*(?:\+\s*(-?\d+))?\s*\]", op)
+        assert m, op
+        return label(m.group(1)), int(m.group(2) or 0)
+
+    def elements(op: str) -> list[str]:
+        return [t.strip() for t in op.strip("{}").split(",")] if op.startswith("{") else [op]
+
+    for opcode, ops in parsed:
+        if opcode.startswith(TRACED):
+            continue
+        if opcode.startswith("ld.param"):
+            defs[ops[0]] = "param" + re.search(r"_param_(\d+)", ops[1]).group(1)
+        elif opcode.startswith(("cvta.to.global", "mov")):
+            defs[ops[0]] = label(ops[1])
+        elif opcode.startswith(("ld.global", "st.global")):
+            stored = opcode.startswith("st")
+            base, off = address(ops[0] if stored else ops[1])
+            size = _SIZES[opcode.split(".")[-1]]
+            for i, reg in enumerate(elements(ops[1] if stored else ops[0])):
+                (stores if stored else defs)[reg] = f"{base}[{off + i * size}]"
+        elif ops:
+            defs[ops[0]] = f"{opcode}(" + ", ".join(label(t) for t in ops[1:]) + ")"
+
+    def show(op: str) -> str:
+        if op.startswith("["):
+            base, off = address(op)
+            return f"[{base}+{off}]"
+        if op.startswith("{"):
+            return "{" + ", ".join(label(t) for t in elements(op)) + "}"
+        return label(op)
+
+    return [(frozenset(opcode.split(".")), tuple(show(op) for op in ops))
+            for opcode, ops in parsed if opcode.startswith(TRACED)]
+
+
+@pytest.fixture(scope="module")
+def instructions_ptx(tmp_path_factory) -> str:
+    compiler, cute = nvcc(), cute_include()
+    if compiler is None:
+        pytest.skip("no nvcc (set CUDA_HOME)")
+    if cute is None:
+        pytest.skip("no CuTe headers: pip install --no-deps nvidia-cutlass")
+    out = tmp_path_factory.mktemp("cute_ptx") / "instructions.ptx"
+    cmd = [compiler, "-std=c++20", "-O3", "-gencode=arch=compute_90a,code=compute_90a", "--ptx",
+           f"-I{cute}", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cute_instructions.cu"), "-o", str(out)]
+    build = subprocess.run(cmd, capture_output=True, text=True)
+    assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr[-4000:]}"
+    return out.read_text()
+
+
+@pytest.mark.parametrize("case", INSTRUCTION_CASES)
+def test_instruction_matches_cute(instructions_ptx, case):
+    ours = traced_instructions(instructions_ptx, f"ours_{case}")
+    theirs = traced_instructions(instructions_ptx, f"cute_{case}")
+    assert ours, f"ours_{case} issues none of {TRACED}"
+    assert ours == theirs, f"{case}:\nours  {ours}\nCuTe  {theirs}"
