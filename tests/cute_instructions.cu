@@ -1,14 +1,19 @@
-// Pairs of kernels that issue one instruction of the CUDA kernels' hand-written PTX, first through
-// this project's wrapper and then through CuTe's (CUTLASS) atom of the same instruction, with the
-// same operands: tests/test_cute_layouts.py compiles them to PTX and requires each pair to issue the
-// same instruction, modifiers and immediates, each operand traced to the same input element (or
-// output element). Inputs come from `in` (and shared memory at in[0] words), outputs go to `out`;
-// kernels named ours_<case> and cute_<case>.
+// Pairs of kernels that issue the CUDA kernels' hand-written PTX (wgmma, mma.sync, ldmatrix,
+// cp.async, the copy engine's tensor copies, mbarriers, fences, named barriers) first through this
+// project's wrappers and then through CuTe's and CUTLASS's of the same instructions, with the same
+// operands: tests/test_cute_layouts.py compiles them to PTX and requires each pair to issue the same
+// instructions, modifiers and immediates, each operand traced to the same input element (or output
+// element). Inputs come from `in` (shared memory at word offsets read from `in`), outputs go to
+// `out`; kernels named ours_<case> and cute_<case>.
 #include <cute/arch/copy_sm75.hpp>
+#include <cute/arch/copy_sm80.hpp>
+#include <cute/arch/copy_sm90_tma.hpp>
 #include <cute/arch/mma_sm80.hpp>
 #include <cute/arch/mma_sm90_gmma.hpp>
+#include <cutlass/arch/barrier.h>
 
 #include "cuda/mma_sync.cuh"
+#include "cuda/sm90/tma.cuh"
 #include "cuda/sm90/wgmma.cuh"
 
 namespace gmma = cute::SM90::GMMA;
@@ -107,3 +112,64 @@ TN_LDSM_CASE(ldsm_x1_trans, 1, true, cute::SM75_U16x2_LDSM_T)
 TN_LDSM_CASE(ldsm_x2_trans, 2, true, cute::SM75_U16x4_LDSM_T)
 TN_LDSM_CASE(ldsm_x4_trans, 4, true, cute::SM75_U16x8_LDSM_T)
 #undef TN_LDSM_CASE
+
+// ---- cp.async of 16 bytes into shared word in[0] from the global row at in + 16; its commit and waits ----
+extern "C" __global__ void ours_cp_async(const uint32_t* in) {
+  tn::cuda::copy16_async(&smem[in[0]], in + 4);
+  tn::cuda::copy_async_commit();
+  tn::cuda::copy_async_wait<2>();
+  tn::cuda::copy_async_wait<1>();
+}
+extern "C" __global__ void cute_cp_async(const uint32_t* in) {
+  cute::SM80_CP_ASYNC_CACHEGLOBAL<cute::uint128_t>::copy(*reinterpret_cast<const cute::uint128_t*>(in + 4),
+                                                         *reinterpret_cast<cute::uint128_t*>(&smem[in[0]]));
+  cute::cp_async_fence();
+  cute::cp_async_wait<2>();  // (CuTe's wait for none pending is wait_all)
+  cute::cp_async_wait<1>();
+}
+
+// ---- the copy engine: a 2-D tile of the tensor map `map` at (inner in[1], row in[2]) into shared
+// word in[0], completing on the mbarrier at shared word in[3] ----
+extern "C" __global__ void ours_tma_2d(const __grid_constant__ CUtensorMap map, const uint32_t* in) {
+  tn::cuda::sm90::tma_load_2d(&smem[in[0]], map, static_cast<int32_t>(in[1]), static_cast<int32_t>(in[2]),
+                              reinterpret_cast<uint64_t*>(&smem[in[3]]));
+}
+extern "C" __global__ void cute_tma_2d(const __grid_constant__ CUtensorMap map, const uint32_t* in) {
+  const int32_t inner = static_cast<int32_t>(in[1]), row = static_cast<int32_t>(in[2]);
+  cute::SM90_TMA_LOAD_2D::copy(&map, reinterpret_cast<uint64_t*>(&smem[in[3]]), 0, &smem[in[0]], inner, row);
+}
+
+// ---- mbarriers at shared word in[0]: init (count in[1]) and its fence, arrive, arrive with in[2]
+// transaction bytes; the proxy fence; named barrier in[3] over in[4] threads ----
+extern "C" __global__ void ours_barriers(const uint32_t* in) {
+  uint64_t* const bar = reinterpret_cast<uint64_t*>(&smem[in[0]]);
+  tn::cuda::sm90::mbarrier_init(bar, in[1]);
+  tn::cuda::sm90::mbarrier_init_fence();
+  tn::cuda::sm90::mbarrier_arrive(bar);
+  tn::cuda::sm90::mbarrier_arrive_expect_tx(bar, in[2]);
+  tn::cuda::sm90::fence_proxy_async();
+  tn::cuda::sm90::named_barrier_sync(static_cast<int>(in[3]), static_cast<int>(in[4]));
+  tn::cuda::sm90::named_barrier_arrive(static_cast<int>(in[3]), static_cast<int>(in[4]));
+}
+extern "C" __global__ void cute_barriers(const uint32_t* in) {
+  const uint64_t* const bar = reinterpret_cast<const uint64_t*>(&smem[in[0]]);
+  cutlass::arch::ClusterBarrier::init(bar, in[1]);
+  cutlass::arch::fence_barrier_init();
+  cutlass::arch::ClusterBarrier::arrive(bar);
+  cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(bar, in[2]);
+  cutlass::arch::fence_view_async_shared();
+  // the form that takes the barrier's own id (the other adds CUTLASS's reserved count)
+  const auto id = static_cast<cutlass::arch::ReservedNamedBarriers>(in[3]);
+  cutlass::arch::NamedBarrier::sync(in[4], id);
+  cutlass::arch::NamedBarrier::arrive(in[4], id);
+}
+
+// ---- waiting on the mbarrier at shared word in[0] for the phase of parity in[1] ----
+extern "C" __global__ void ours_mbarrier_wait(const uint32_t* in) {
+  tn::cuda::sm90::mbarrier_wait(reinterpret_cast<uint64_t*>(&smem[in[0]]), in[1]);
+}
+extern "C" __global__ void cute_mbarrier_wait(const uint32_t* in) {
+  const uint64_t* const bar = reinterpret_cast<const uint64_t*>(&smem[in[0]]);
+  while (!cutlass::arch::ClusterBarrier::try_wait(bar, in[1])) {
+  }
+}

@@ -3,8 +3,9 @@ the fragment layouts of ldmatrix and mma.sync and the wgmma accumulators as the 
 them (tests/emulator), the 128-byte swizzled operand tiles, the wgmma descriptors and the bytes each
 one reads (csrc/cuda/sm90/layout.h and the emulator's model), where a tensor copy puts a box, and
 the tensor maps' driver arguments (csrc/cuda/sm90/tile_map.h) against those of CuTe's
-make_tma_copy; and the hand-written PTX of wgmma, mma.sync and ldmatrix against CuTe's atoms of the
-same instructions, compiled by nvcc. CuTe's layouts and atoms are what its kernels run with on the
+make_tma_copy; and the hand-written PTX (wgmma, mma.sync, ldmatrix, cp.async, tensor copies,
+mbarriers, fences, named barriers) against CuTe's and CUTLASS's of the same instructions, compiled
+by nvcc (skipped without it). CuTe's layouts and atoms are what its kernels run with on the
 hardware and are written apart from this project's reading of the PTX ISA, so a misreading that the
 kernels and the emulator share shows up here. The checks are the host program
 tests/cute_layouts.cpp and the kernel pairs of tests/cute_instructions.cu; CuTe's headers come from
@@ -85,8 +86,10 @@ def test_layout_matches_cute(checks, check):
 # ---- the instructions: tests/cute_instructions.cu through nvcc to PTX ----
 
 INSTRUCTION_CASES = ("wgmma_bf16", "wgmma_f16", "wgmma_sync", "mma_bf16", "mma_f16", "mma_tf32", "ldsm_x1",
-                     "ldsm_x2", "ldsm_x4", "ldsm_x1_trans", "ldsm_x2_trans", "ldsm_x4_trans")
-TRACED = ("wgmma.", "mma.", "ldmatrix.")  # the instructions compared
+                     "ldsm_x2", "ldsm_x4", "ldsm_x1_trans", "ldsm_x2_trans", "ldsm_x4_trans", "cp_async", "tma_2d",
+                     "barriers", "mbarrier_wait")
+# the instructions compared
+TRACED = ("wgmma.", "mma.", "ldmatrix.", "cp.async", "mbarrier.", "fence.", "bar.")
 
 
 def nvcc() -> str | None:
@@ -117,27 +120,42 @@ def _operands(text: str) -> list[str]:
 _SIZES = {"f32": 4, "u32": 4, "b32": 4, "s32": 4, "u64": 8, "b64": 8, "s64": 8}
 
 
+def _normalized(opcode: str, ops: list[str]) -> tuple[str, list[str]]:
+    """Drops what only hints: the L2 modifiers (a prefetch size; a cache policy, with its operand)
+    and the copy engine's default load mode, `.tile`."""
+    mods = opcode.split(".")
+    if "L2::cache_hint" in mods:
+        ops = ops[:-1]
+    return ".".join(m for m in mods if not m.startswith("L2::") and not (m == "tile" and "bulk" in mods)), ops
+
+
 def traced_instructions(ptx: str, kernel: str) -> list[tuple]:
     """The kernel's wgmma / mma / ldmatrix instructions, each as (its modifiers as a set, its operands
     with every register replaced by where its value comes from: a kernel parameter's element
     ``param<k>[<byte offset>]``, an instruction of such values, or for a register the instruction
     writes, the element it is stored to). The test kernels write each register once."""
-    body = re.search(r"\.entry " + kernel + r"\((.*?)\n\}", ptx, re.S)
-    assert body, f"no kernel {kernel} in the PTX"
-    text = re.sub(r"//[^\n]*", "", body.group(1).split(")", 1)[1])
+    start = ptx.find(f".entry {kernel}(")
+    assert start >= 0, f"no kernel {kernel} in the PTX"
+    ends = [i for i in (ptx.find(mark, start + 1) for mark in ("\n.visible", "// .globl", ".entry ")) if i >= 0]
+    text = ptx[start:min(ends, default=len(ptx))].split(")", 1)[1]  # after the parameter list
+    text = re.sub(r"//[^\n]*", "", text).replace(f"{kernel}_param_", "param_")
     parsed = []
+    predicates: set[str] = set()
     for st in text.split(";"):
-        st = " ".join(st.replace("{", " { ", 1).split()) if st.strip().startswith("{") else " ".join(st.split())
-        st = st.removeprefix("{ ").strip()
-        if not st or st.startswith((".reg", "ret", "}")):
+        # the braces that open and close inline asm blocks and call sequences come before an
+        # opcode; those of vector operands after it
+        st = " ".join(re.sub(r"\$\w+:", " ", st).split()).lstrip("{} ")
+        if st.startswith(".reg .pred ") and "<" not in st:  # an inline asm block's own predicate
+            predicates.add(st.split()[-1])
+        if not st or st.startswith((".", "ret")):
             continue
         opcode, _, rest = st.partition(" ")
-        parsed.append((opcode, _operands(rest)))
+        parsed.append(_normalized(opcode, _operands(rest)))
     defs: dict[str, str] = {}
     stores: dict[str, str] = {}
 
     def label(tok: str) -> str:
-        return defs.get(tok) or stores.get(tok) or tok
+        return defs.get(tok) or stores.get(tok) or ("pred" if tok in predicates else tok)
 
     def address(op: str) -> tuple[str, int]:
         m = re.fullmatch(r"\[\s*([%\w]+)\s*(?:\+\s*(-?\d+))?\s*\]", op)
@@ -151,7 +169,7 @@ def traced_instructions(ptx: str, kernel: str) -> list[tuple]:
         if opcode.startswith(TRACED):
             continue
         if opcode.startswith("ld.param"):
-            defs[ops[0]] = "param" + re.search(r"_param_(\d+)", ops[1]).group(1)
+            defs[ops[0]] = ops[1].strip("[]").replace("param_", "param")
         elif opcode.startswith(("cvta.to.global", "mov")):
             defs[ops[0]] = label(ops[1])
         elif opcode.startswith(("ld.global", "st.global")):
@@ -164,9 +182,11 @@ def traced_instructions(ptx: str, kernel: str) -> list[tuple]:
             defs[ops[0]] = f"{opcode}(" + ", ".join(label(t) for t in ops[1:]) + ")"
 
     def show(op: str) -> str:
-        if op.startswith("["):
+        if re.fullmatch(r"\[\s*[%\w]+\s*(?:\+\s*-?\d+)?\s*\]", op):
             base, off = address(op)
             return f"[{base}+{off}]"
+        if op.startswith("["):  # a tensor's address and coordinates: [map, {c0, c1}]
+            return re.sub(r"%?\w+", lambda m: label(m.group(0)), op)
         if op.startswith("{"):
             return "{" + ", ".join(label(t) for t in elements(op)) + "}"
         return label(op)
@@ -183,7 +203,8 @@ def instructions_ptx(tmp_path_factory) -> str:
     if cute is None:
         pytest.skip("no CuTe headers: pip install --no-deps nvidia-cutlass")
     out = tmp_path_factory.mktemp("cute_ptx") / "instructions.ptx"
-    cmd = [compiler, "-std=c++20", "-O3", "-gencode=arch=compute_90a,code=compute_90a", "--ptx",
+    # NDEBUG: CuTe's asserts would add branches and calls around the instructions
+    cmd = [compiler, "-std=c++20", "-O3", "-DNDEBUG", "-gencode=arch=compute_90a,code=compute_90a", "--ptx",
            f"-I{cute}", f"-I{ROOT / 'csrc'}", str(ROOT / "tests" / "cute_instructions.cu"), "-o", str(out)]
     build = subprocess.run(cmd, capture_output=True, text=True)
     assert build.returncode == 0, f"{' '.join(cmd)}\n{build.stderr[-4000:]}"
