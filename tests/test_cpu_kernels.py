@@ -184,18 +184,19 @@ def test_saved_backward_switch(monkeypatch):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("m", [64, 203])
 def test_saved_stores_switch(build, monkeypatch, dtype, m):
-    """The training forward streams the kept dh/du and dh/dz0 past the caches (whole aligned vectors;
-    m = 203 leaves rows unaligned and a partial vector, written the ordinary way), unless
-    TAYLORNET_SAVED_STORES=cached (read at each call): the same numbers either way, and the backward
-    from streamed buffers matches. Another value raises, naming the variable."""
+    """The training forward writes the kept dh/du and dh/dz0 like h, or with
+    TAYLORNET_SAVED_STORES=streamed (read at each call) streams them past the caches (whole aligned
+    vectors; m = 203 leaves rows unaligned and a partial vector, written the ordinary way): the same
+    numbers every way. Another value raises, naming the variable."""
     p = make_problem(n=37, d=24, m=m, c=0, seed=7, dtype=dtype)
     ops = torch.ops.taylornet
     got = {}
-    for mode in ("auto", "cached"):
+    for mode in ("auto", "cached", "streamed"):
         monkeypatch.setenv("TAYLORNET_SAVED_STORES", mode)
         got[mode] = ops.features_saving(p["x"], p["w0"], p["w"], None, None, None, None, "silu", [0, 1, 2], False, True)
-    for a, b in zip(got["auto"], got["cached"]):
-        assert torch.equal(a, b)
+    for mode in ("cached", "streamed"):
+        for a, b in zip(got["auto"], got[mode]):
+            assert torch.equal(a, b)
     want = ops.features(p["x"], p["w0"], p["w"], None, None, None, None, "silu", [0, 1, 2], False)
     torch.testing.assert_close(got["auto"][0], want, rtol=0, atol=0)
     monkeypatch.setenv("TAYLORNET_SAVED_STORES", "nt")

@@ -381,9 +381,16 @@ constexpr int64_t kTileNeurons = 2048 / sizeof(T);  // 512 floats, 256 doubles
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Whether the training forward streams the derivatives it keeps past the caches (non-temporal
-// stores) or writes them like h: TAYLORNET_SAVED_STORES=cached (read at each call; default auto,
-// streamed) is how the gain was measured.
-bool saved_streamed() { return !env_requests("TAYLORNET_SAVED_STORES", "cached"); }
+// stores: TAYLORNET_SAVED_STORES=streamed) or writes them like h (auto, the default, or cached). Read
+// at each call. Streaming gained 0-7 % on one machine (Zen 4) and lost 8-35 % on another (an AVX2
+// EPYC), so the default is the ordinary stores (docs/benchmarks.md).
+bool saved_streamed() {
+  const char* env = std::getenv("TAYLORNET_SAVED_STORES");
+  const std::string v = env ? env : "";
+  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "cached" || v == "streamed",
+                    "taylornet: TAYLORNET_SAVED_STORES: expected auto, cached or streamed, got '", v, "'");
+  return v == "streamed";
+}
 
 // The fused dual-product kernels (below) and where they take over from the BLAS tile path.
 #if defined(CPU_CAPABILITY_AVX512)
@@ -1159,9 +1166,8 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
           tile_products(f, xb.data() + r0 * d, d, g, z, u);
           // The kept derivatives are read again only by the backward, after the layers above have
           // passed over more than the caches hold: streamed past the caches (whole aligned
-          // vectors), they neither evict h nor have their lines read for ownership first. 0-8 %
-          // off forward+backward at n = 1024, d = 16 ... 64, m = 1024 ... 16384 (the "cached
-          // stores" column of bench/bench_keep_derivatives.py), never slower.
+          // vectors, where `streamed`), they neither evict h nor have their lines read for
+          // ownership first; whether that pays depends on the machine (saved_streamed).
           const auto rows_into = [&](const V& v, T* base, bool streamed) {
             for (int i = 0; i < kRows && r0 + i < rows; ++i) {
               T* dst = base + (i0 + r0 + i) * m + g * VL;
