@@ -8,6 +8,7 @@ import contextlib
 import glob
 import math
 import os
+import shutil
 import sysconfig
 
 import pytest
@@ -178,4 +179,14 @@ def cuda_include() -> str | None:
     for inc in candidates:
         if all(os.path.exists(os.path.join(inc, h)) for h in ("cuda_fp16.h", "cuda_bf16.h", "cuda_runtime.h")):
             return inc
+    return None
+
+
+def nvcc() -> str | None:
+    """nvcc of $CUDA_HOME, of /usr/local/cuda*, or on PATH; None without one."""
+    home = os.environ.get("CUDA_HOME")
+    for candidate in ([os.path.join(home, "bin", "nvcc")] if home else []) + \
+            sorted(glob.glob("/usr/local/cuda*/bin/nvcc"), reverse=True) + [shutil.which("nvcc") or ""]:
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
     return None

@@ -12,7 +12,6 @@ tests/cute_layouts.cpp and the kernel pairs of tests/cute_instructions.cu; CuTe'
 the ``nvidia-cutlass`` wheel (``make test`` installs it)."""
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
 import re
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from _utils import cuda_include
+from _utils import cuda_include, nvcc
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKS = ("ldmatrix", "mma_sync", "wgmma_accumulators", "operand_tiles", "descriptors", "descriptor_reads",
@@ -92,21 +91,11 @@ INSTRUCTION_CASES = ("wgmma_bf16", "wgmma_f16", "wgmma_sync", "mma_bf16", "mma_f
 TRACED = ("wgmma.", "mma.", "ldmatrix.", "cp.async", "mbarrier.", "fence.", "bar.")
 
 
-def nvcc() -> str | None:
-    home = os.environ.get("CUDA_HOME")
-    for candidate in ([os.path.join(home, "bin", "nvcc")] if home else []) + \
-            sorted(glob.glob("/usr/local/cuda*/bin/nvcc"), reverse=True) + [shutil.which("nvcc") or ""]:
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    return None
-
-
 def _operands(text: str) -> list[str]:
     """Top-level comma-separated operands; vectors {..} and addresses [..] stay whole."""
     out, depth, cur = [], 0, ""
     for ch in text:
-        depth += ch in "{[" and 1 or 0
-        depth -= ch in "}]" and 1 or 0
+        depth += (ch in "{[") - (ch in "}]")
         if ch == "," and depth == 0:
             out.append(cur.strip())
             cur = ""
