@@ -10,8 +10,8 @@ d = taylornet.functional.KEEP_DERIVATIVES_MIN_DIM; below, the backward recompute
 This times taylor_features forward + backward (dW) both ways, interleaved in one process, and prints
 the median milliseconds of each and their ratio per d; and the kept way once more with the backward
 on BLAS products (TAYLORNET_SAVED_BACKWARD=blas) in place of the register kernel that computes dW
-alone up to d = 256; and once with the kept derivatives streamed past the caches
-(TAYLORNET_SAVED_STORES=streamed) instead of written through them. With --backward-only, the backward
+alone up to d = 256; and once with the kept derivatives written through the caches
+(TAYLORNET_SAVED_STORES=cached) instead of streamed past them. With --backward-only, the backward
 op alone from one kept forward, kernel against BLAS. Set GLIBC_TUNABLES=glibc.malloc.hugetlb=1 to
 compare under huge-page malloc.
 """
@@ -51,7 +51,7 @@ def main() -> int:
           f"{torch.get_num_threads()} threads, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '')!r}, load average {os.getloadavg()[0]:.1f}; "
           f"the default keeps from d = {threshold}")
-    print("| d | keep ms | recompute ms | keep / recompute | keep, BLAS backward ms | keep, streamed stores ms |\n"
+    print("| d | keep ms | recompute ms | keep / recompute | keep, BLAS backward ms | keep, cached stores ms |\n"
           "|---|---|---|---|---|---|")
     try:
         for d in args.dims:
@@ -61,22 +61,22 @@ def main() -> int:
                 h = tn.taylor_features(x, w0, w, activation=args.activation, order=args.order)
                 return torch.autograd.grad(h, [w], cot)
 
-            times = {"keep": [], "recompute": [], "keep-blas": [], "keep-streamed": []}
+            times = {"keep": [], "recompute": [], "keep-blas": [], "keep-cached": []}
             for _ in range(args.rounds):
                 for mode in times:
                     functional.KEEP_DERIVATIVES_MIN_DIM = d + 1 if mode == "recompute" else 0
                     if mode == "keep-blas":
                         os.environ["TAYLORNET_SAVED_BACKWARD"] = "blas"
-                    if mode == "keep-streamed":
-                        os.environ["TAYLORNET_SAVED_STORES"] = "streamed"
+                    if mode == "keep-cached":
+                        os.environ["TAYLORNET_SAVED_STORES"] = "cached"
                     call()
                     t = time.perf_counter()
                     call()
                     times[mode].append(time.perf_counter() - t)
                     os.environ.pop("TAYLORNET_SAVED_BACKWARD", None)
                     os.environ.pop("TAYLORNET_SAVED_STORES", None)
-            keep, recompute, blas, streamed = (statistics.median(times[k]) * 1e3 for k in times)
-            print(f"| {d} | {keep:.1f} | {recompute:.1f} | {keep / recompute:.2f} | {blas:.1f} | {streamed:.1f} |",
+            keep, recompute, blas, cached = (statistics.median(times[k]) * 1e3 for k in times)
+            print(f"| {d} | {keep:.1f} | {recompute:.1f} | {keep / recompute:.2f} | {blas:.1f} | {cached:.1f} |",
                   flush=True)
     finally:
         functional.KEEP_DERIVATIVES_MIN_DIM = threshold

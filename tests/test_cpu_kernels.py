@@ -182,12 +182,13 @@ def test_saved_backward_switch(monkeypatch):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("m", [64, 203])
+@pytest.mark.parametrize("m", [64, 72, 203])
 def test_saved_stores_switch(build, monkeypatch, dtype, m):
-    """The training forward writes the kept dh/du and dh/dz0 like h, or with
-    TAYLORNET_SAVED_STORES=streamed (read at each call) streams them past the caches (whole aligned
-    vectors; m = 203 leaves rows unaligned and a partial vector, written the ordinary way): the same
-    numbers every way. Another value raises, naming the variable."""
+    """The training forward streams the kept dh/du and dh/dz0 past the caches (auto, the default, or
+    streamed; read at each call) in whole aligned cache lines, on AVX2 the two groups of a line
+    together, or with TAYLORNET_SAVED_STORES=cached writes them like h: the same numbers every way.
+    m = 72 ends the rows with a lone group and m = 203 leaves them unaligned and a partial group, both
+    written the ordinary way. Another value raises, naming the variable."""
     p = make_problem(n=37, d=24, m=m, c=0, seed=7, dtype=dtype)
     ops = torch.ops.taylornet
     got = {}

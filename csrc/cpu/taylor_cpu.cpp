@@ -381,15 +381,16 @@ constexpr int64_t kTileNeurons = 2048 / sizeof(T);  // 512 floats, 256 doubles
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Whether the training forward streams the derivatives it keeps past the caches (non-temporal
-// stores: TAYLORNET_SAVED_STORES=streamed) or writes them like h (auto, the default, or cached). Read
-// at each call. Streaming gained 0-7 % on one machine (Zen 4) and lost 8-35 % on another (an AVX2
-// EPYC), so the default is the ordinary stores (docs/benchmarks.md).
+// stores of whole cache lines: auto, the default, or streamed) or writes them like h
+// (TAYLORNET_SAVED_STORES=cached). Read at each call. Streamed, the forward+backward took 0-7 % less
+// time on a Zen 4 (AVX-512); on an AVX2 EPYC 6-15 % less at m = 16384 and 1-6 % less at m = 4096,
+// 4-7 % more at m = 1024 (n = 1024, d = 16 ... 64; docs/benchmarks.md).
 bool saved_streamed() {
   const char* env = std::getenv("TAYLORNET_SAVED_STORES");
   const std::string v = env ? env : "";
   TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "cached" || v == "streamed",
                     "taylornet: TAYLORNET_SAVED_STORES: expected auto, cached or streamed, got '", v, "'");
-  return v == "streamed";
+  return v != "cached";
 }
 
 // The fused dual-product kernels (below) and where they take over from the BLAS tile path.
@@ -1131,12 +1132,17 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
+// Groups of VL neurons per 64-byte cache line: 2 on AVX2 (a group's row is half a line), 1 on AVX-512.
+template <typename T>
+constexpr int64_t kLineGroups = std::max<int64_t>(1, 64 / (at::vec::Vectorized<T>::size() * sizeof(T)));
+
 // With Saving, also dh/du into du and, when dz is not null, dh/dz0 into dz (rows of m like h).
 template <int S, bool Saving, bool SavingDz, typename T>
 void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bool stream) {
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
+  static_assert(kLineGroups<T> <= 2, "a run of groups is one or two tiles");
   const FusedWeights<T> f(args, Tensor());
   const int64_t n = args.x.size(0), d = f.d, m = f.m;
   // 96 (AVX2) or 128 rows of x per pass over a block of 1024 neurons' weights: the weights (beyond
@@ -1158,35 +1164,68 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
         copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
         loaded = sb;
       }
-      for (int64_t g = gb * block_groups; g < std::min(f.groups, (gb + 1) * block_groups); ++g) {
-        const int cnt = f.count(g);
-        const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+      const int64_t g_end = std::min(f.groups, (gb + 1) * block_groups);
+      // Each tile of rows runs over the groups of one cache line (a run) before the next tile, so
+      // that the rows' lines are written whole, one after the other.
+      for (int64_t g0 = gb * block_groups; g0 < g_end; g0 += kLineGroups<T>) {
+        const int64_t g1 = std::min(g_end, g0 + kLineGroups<T>);
+        // The kept derivatives are read again only by the backward, after the layers above have
+        // passed over more than the caches hold: streamed past the caches (where `stream`), they
+        // neither evict h nor have their lines read for ownership first. Streamed, a line must be
+        // written whole at once: written in two halves, a tile apart, it left the write-combining
+        // buffer in parts and streaming cost 8-35 % more than ordinary stores (AVX2,
+        // bench/bench_keep_derivatives.py). A run of two groups holds the first tile's derivatives
+        // until the second's are at hand.
+        const bool pair = stream && g1 - g0 == 2 && f.count(g0 + 1) == VL;
         for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-          V z, u;
-          tile_products(f, xb.data() + r0 * d, d, g, z, u);
-          // The kept derivatives are read again only by the backward, after the layers above have
-          // passed over more than the caches hold: streamed past the caches (whole aligned
-          // vectors, where `streamed`), they neither evict h nor have their lines read for
-          // ownership first; whether that pays depends on the machine (saved_streamed).
-          const auto rows_into = [&](const V& v, T* base, bool streamed) {
-            for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-              T* dst = base + (i0 + r0 + i) * m + g * VL;
-              if (cnt == VL && streamed && reinterpret_cast<uintptr_t>(dst) % sizeof(Vec) == 0) {
-                Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
-              } else if (cnt == VL) {
-                v.v[i].store(dst);
-              } else {
-                v.v[i].store(dst, cnt);
+          V held_du, held_dz;
+          for (int64_t g = g0; g < g1; ++g) {
+            const int cnt = f.count(g);
+            const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+            V z, u;
+            tile_products(f, xb.data() + r0 * d, d, g, z, u);
+            // One group's vectors into its rows, streamed where a vector is a whole aligned line.
+            const auto rows_into = [&](const V& v, T* base, bool streamed) {
+              for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+                T* dst = base + (i0 + r0 + i) * m + g * VL;
+                if (cnt == VL && streamed && kLineGroups<T> == 1 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                  Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
+                } else if (cnt == VL) {
+                  v.v[i].store(dst);
+                } else {
+                  v.v[i].store(dst, cnt);
+                }
               }
+            };
+            // The run's two groups into their rows, each row's line streamed whole where aligned.
+            const auto pair_into = [&](const V& first, const V& second, T* base) {
+              for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+                T* dst = base + (i0 + r0 + i) * m + g0 * VL;
+                if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                  Reg<T>::stream(typename Reg<T>::R(first.v[i]), dst);
+                  Reg<T>::stream(typename Reg<T>::R(second.v[i]), dst + VL);
+                } else {
+                  first.v[i].store(dst);
+                  second.v[i].store(dst + VL);
+                }
+              }
+            };
+            if constexpr (Saving) {
+              const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
+              rows_into(dh.value, o, false);
+              if (pair && g == g0) {
+                held_du = dh.du;
+                if constexpr (SavingDz) held_dz = dh.dz;
+              } else if (pair) {
+                pair_into(held_du, dh.du, du);
+                if constexpr (SavingDz) pair_into(held_dz, dh.dz, dz);
+              } else {
+                rows_into(dh.du, du, stream);
+                if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
+              }
+            } else {
+              rows_into(tile_feature<S>(plan, z, u, s), o, false);
             }
-          };
-          if constexpr (Saving) {
-            const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
-            rows_into(dh.value, o, false);
-            rows_into(dh.du, du, stream);
-            if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
-          } else {
-            rows_into(tile_feature<S>(plan, z, u, s), o, false);
           }
         }
       }
