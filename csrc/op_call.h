@@ -69,6 +69,11 @@ std::vector<at::Tensor> checked_grads(const std::vector<at::Tensor>& grads, cons
 // t, or an empty tensor like `like` (a gradient that was not asked for).
 at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
 
+// The value of the environment variable `variable`, read at each call: one of `values`, whose first
+// is the default, also where the variable is unset or empty; any other value raises a ValueError
+// naming the variable and the values.
+std::string env_choice(const char* variable, const std::vector<std::string>& values);
+
 // Whether the environment variable `variable`, read at each call, asks for `alternative` instead of
 // the default ("auto" or unset); any other value raises a ValueError naming the variable.
 bool env_requests(const char* variable, const std::string& alternative);

@@ -138,12 +138,17 @@ Tensor or_empty(const Tensor& t, const Tensor& like) {
   return t.defined() ? t : at::empty({0}, like.options());
 }
 
-bool env_requests(const char* variable, const std::string& alternative) {
+std::string env_choice(const char* variable, const std::vector<std::string>& values) {
   const char* env = std::getenv(variable);
-  const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == alternative, "taylornet: ", variable,
-                    ": expected auto or ", alternative, ", got '", v, "'");
-  return v == alternative;
+  const std::string v = env && *env ? env : values.front();
+  if (std::find(values.begin(), values.end(), v) != values.end()) return v;
+  std::string expected = values.front();  // "a, b or c"
+  for (size_t k = 1; k < values.size(); ++k) expected += (k + 1 < values.size() ? ", " : " or ") + values[k];
+  TORCH_CHECK_VALUE(false, "taylornet: ", variable, ": expected ", expected, ", got '", v, "'");
+}
+
+bool env_requests(const char* variable, const std::string& alternative) {
+  return env_choice(variable, {"auto", alternative}) == alternative;
 }
 
 bool generic_epilogue_requested(const char* variable) { return env_requests(variable, "generic"); }

@@ -385,13 +385,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // (TAYLORNET_SAVED_STORES=cached). Read at each call. Streamed, the forward+backward took 0-7 % less
 // time on a Zen 4 (AVX-512); on an AVX2 EPYC 6-15 % less at m = 16384 and 1-6 % less at m = 4096,
 // 4-7 % more at m = 1024 (n = 1024, d = 16 ... 64; docs/benchmarks.md).
-bool saved_streamed() {
-  const char* env = std::getenv("TAYLORNET_SAVED_STORES");
-  const std::string v = env ? env : "";
-  TORCH_CHECK_VALUE(v.empty() || v == "auto" || v == "cached" || v == "streamed",
-                    "taylornet: TAYLORNET_SAVED_STORES: expected auto, cached or streamed, got '", v, "'");
-  return v != "cached";
-}
+bool saved_streamed() { return env_choice("TAYLORNET_SAVED_STORES", {"auto", "cached", "streamed"}) != "cached"; }
 
 // The fused dual-product kernels (below) and where they take over from the BLAS tile path.
 #if defined(CPU_CAPABILITY_AVX512)
