@@ -279,6 +279,37 @@ def test_saved_cache_limit_from_the_environment(value, ok):
         assert "TAYLORNET_SAVED_CACHE_MB: expected a number of MiB" in run.stderr
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("d,m", [(64, 1300), (23, 3000)])
+def test_kept_derivatives_weight_gradient_over_several_chunks(build, dtype, d, m):
+    """The dW-alone kernel sweeps each worker's share of neurons in chunks whose dW rows fill
+    128 KiB (blocks of 96 neurons, all samples of a chunk before the next chunk): d = 64 makes
+    chunks of 480 neurons in float32 and 192 in float64, d = 23 (rows padded to 24 numbers) 1344
+    and 672 on AVX2 (480 and 288 and so on elsewhere), so shares of 650 or 1500 neurons (two
+    workers) or all of m (one) end in a partial chunk of a partial block; n = 300 leaves a partial
+    block of samples. dW and db against the float64 reference, and bitwise equal to themselves
+    over repeated calls."""
+    n = 300
+    g = torch.Generator().manual_seed(m + d)
+    x = torch.randn(n, d, generator=g, dtype=torch.float64)
+    w0 = torch.randn(m, d, generator=g, dtype=torch.float64) / d**0.5
+    w = (0.3 * torch.randn(m, d, generator=g, dtype=torch.float64) / d**0.5).requires_grad_()
+    b = (0.1 * torch.randn(m, generator=g, dtype=torch.float64)).requires_grad_()
+    cot = torch.randn(n, m, generator=g, dtype=torch.float64)
+    want = torch.autograd.grad(tn.reference.taylor_features(x, w0, w, None, b, activation="silu", order=2),
+                               [w, b], cot)
+    xc, w0c, wc, bc = (t.detach().to(dtype) for t in (x, w0, w, b))
+    ops = torch.ops.taylornet
+    h, du, dz = ops.features_saving(xc, w0c, wc, None, bc, None, None, "silu", [0, 1, 2], False, False)
+    needs = [False, False, True, False, True]
+    got = ops.features_backward_saved(cot.to(dtype), du, dz, xc, w0c, wc, False, True, needs)
+    again = ops.features_backward_saved(cot.to(dtype), du, dz, xc, w0c, wc, False, True, needs)
+    tol = dict(rtol=1e-9, atol=1e-10) if dtype == torch.float64 else dict(rtol=2e-4, atol=2e-4)
+    torch.testing.assert_close(got[2].double(), want[0], **tol, msg="dW")
+    torch.testing.assert_close(got[4].double(), want[1], **tol, msg="db")
+    assert torch.equal(got[2], again[2]) and torch.equal(got[4], again[4])
+
+
 @pytest.mark.parametrize("layout", ["contiguous", "strided"])
 @pytest.mark.parametrize("n,m,wrt", [(1031, 290, "x,w0,w,b0,b"), (300, 1031, "x,w0,w,b0,b"), (1031, 290, "w,b")])
 def test_kept_derivatives_over_several_blocks(build, n, m, wrt, layout):
