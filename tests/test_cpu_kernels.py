@@ -284,11 +284,11 @@ def test_saved_cache_limit_from_the_environment(value, ok):
 def test_kept_derivatives_weight_gradient_over_several_chunks(build, dtype, d, m):
     """The dW-alone kernel sweeps each worker's share of neurons in chunks whose dW rows fill
     128 KiB (blocks of 96 neurons, all samples of a chunk before the next chunk): d = 64 makes
-    chunks of 480 neurons in float32 and 192 in float64, d = 23 (rows padded to 24 numbers) 1344
-    and 672 on AVX2 (480 and 288 and so on elsewhere), so shares of 650 or 1500 neurons (two
-    workers) or all of m (one) end in a partial chunk of a partial block; n = 300 leaves a partial
-    block of samples. dW and db against the float64 reference, and bitwise equal to themselves
-    over repeated calls."""
+    chunks of 480 neurons in float32 and 192 in float64; d = 23, its rows padded to whole vectors,
+    1344 and 672 on AVX2, 960 and 672 on AVX-512. Shares of about 650 or 1500 neurons (two
+    workers) or all of m (one) then take several chunks, the last a partial one, mostly ending in
+    a partial block; n = 300 leaves a partial block of samples. dW and db against the float64
+    reference, and bitwise equal to themselves over repeated calls."""
     n = 300
     g = torch.Generator().manual_seed(m + d)
     x = torch.randn(n, d, generator=g, dtype=torch.float64)
