@@ -85,6 +85,16 @@ inline constexpr DenseSeries kDense = dense_series(kSpecialised[S]);
 template <int S, int Q, int J, int I>
 inline constexpr double kCoef = kDense<S>.coef[Q][J][I];
 
+// The first basis function in column I of quantity Q of series S, or -1 where the column is empty. A
+// constant, not a function: device code may read a host constant but not call a host function.
+constexpr int first_term(const DenseSeries& d, int q, int i) {
+  for (int j = 0; j < d.J; ++j)
+    if (d.coef[q][j][i] != 0.0) return j;
+  return -1;
+}
+template <int S, int Q, int I>
+inline constexpr int kFirstTerm = first_term(kDense<S>, Q, I);
+
 static_assert([] {
   for (const Series& s : kSpecialised)
     if (series_kmax(s, true) > kSpecMaxOrder + 1 || basis_size(s.act, series_kmax(s, true)) > kSpecBasis) return false;
@@ -164,12 +174,12 @@ struct SpecBasis {
     if constexpr (top < 0) {
       return V(A(0));
     } else {
-      constexpr int j0 = first_term<Q>(top);
+      constexpr int j0 = kFirstTerm<S, Q, top>;
       V acc = g[j0];
       if constexpr (kCoef<S, Q, j0, top> != 1.0) acc = acc * V(static_cast<A>(kCoef<S, Q, j0, top>));
       acc = add_terms<Q, top, j0 + 1>(acc);
       static_for<top>([&](auto kc) {
-        constexpr int i = top - 1 - decltype(kc)::value, j = first_term<Q>(i);
+        constexpr int i = top - 1 - decltype(kc)::value, j = kFirstTerm<S, Q, i>;
         if constexpr (j < 0) {
           acc = acc * v;
         } else {
@@ -183,13 +193,6 @@ struct SpecBasis {
   }
 
  private:
-  // The first basis function in column i of quantity Q, or -1 where the column is empty.
-  template <int Q>
-  static constexpr int first_term(int i) {
-    for (int j = 0; j < J; ++j)
-      if (kDense<S>.coef[Q][j][i] != 0.0) return j;
-    return -1;
-  }
   // acc + the terms of column I of quantity Q from basis function From on.
   template <int Q, int I, int From>
   TN_HD V add_terms(V acc) const {
