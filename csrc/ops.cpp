@@ -455,6 +455,13 @@ std::string cpu_capability(const std::optional<std::string>& name) {
   return cpu::capability();
 }
 
+// The largest d the CPU fused kernels take under the current instruction set; with a limit, sets it
+// for every build first (kAutoFusedMaxDim: each build's default).
+int64_t cpu_fused_max_dim(std::optional<int64_t> limit) {
+  if (limit) cpu::set_fused_max_dim(*limit);
+  return cpu::fused_max_dim();
+}
+
 }  // namespace
 }  // namespace tn
 
@@ -481,6 +488,7 @@ TORCH_LIBRARY(taylornet, m) {
   m.def("philox_signs(Tensor seed, int m) -> Tensor");
   m.def("cpu_capability(str? name=None) -> str", &tn::cpu_capability);
   m.def("cpu_saved_cache(int? limit_bytes=None) -> int[]", &tn::cpu::saved_cache);
+  m.def("cpu_fused_max_dim(int? limit=None) -> int", &tn::cpu_fused_max_dim);
   m.def("philox(Tensor counters, int seed) -> Tensor");
   m.def("activations() -> str[]", &tn::activation_names);
   m.def("max_order(str activation) -> int", &tn::activation_max_order);

@@ -67,6 +67,27 @@ def cpu_capability(name: str | None = None) -> str:
     return ops.cpu_capability(name)
 
 
+def fused_max_dim(limit: int | str | None = None) -> int:
+    """The largest input dimension d that the CPU's fused dual-product kernels take under the current
+    instruction set (:func:`cpu_capability`); above it ATen's BLAS computes the products on tiles.
+
+    By default each build keeps its own: 512 on AVX2 and on AVX-512 with an Intel CPU, no limit
+    (``sys.maxsize``) on AVX-512 with an AMD CPU and MKL (whose AVX2 kernels run there at about half
+    the fused kernels' rate), 0 in the portable build, which has no fused kernels. ``limit`` (a
+    d >= 0) sets one limit for every build, for instance 0 to run the BLAS tile path at every
+    d >= 1 or to measure the crossover; ``"auto"`` restores the defaults. The environment variable
+    ``TAYLORNET_FUSED_MAX_DIM`` (a d or ``auto``) sets the starting choice. Both paths compute the
+    same function; they differ in the rounding of the products' sums.
+    """
+    if limit == "auto":
+        limit = -1
+    elif limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)):
+        raise TypeError(f"limit: expected an int, 'auto' or None, got {limit!r}")
+    elif limit is not None and limit < 0:
+        raise ValueError(f"limit: expected a dimension d >= 0 or 'auto', got {limit}")
+    return ops.cpu_fused_max_dim(limit)
+
+
 def saved_cache(limit_bytes: int | None = None) -> tuple[int, int]:
     """(bytes held, limit in bytes) of the cache of the CPU training forward's kept derivatives.
 

@@ -9,12 +9,15 @@ a representative subset per build."""
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 
 import taylornet as tn
-from taylornet.ops import cpu_capability
+from taylornet.ops import cpu_capability, fused_max_dim
 
 from _utils import make_problem, non_contiguous, num_threads
 from test_ops import check_float32, check_float64
@@ -74,14 +77,71 @@ def test_float32_and_threads(build, op):
                           **({} if op == "moments" else {}))
 
 
+@pytest.fixture
+def fused_limit():
+    """Sets taylornet.ops.fused_max_dim for one test and restores each build's default after it."""
+    try:
+        yield fused_max_dim
+    finally:
+        fused_max_dim("auto")
+
+
 @pytest.mark.parametrize("shape", [(9, 520, 37, 1), (11, 6, 29, 20)], ids=["large-d", "many-outputs"])
-def test_blas_path(build, shape):
+def test_blas_path(build, fused_limit, shape):
     """Where the fused kernels hand over to BLAS tiles: d above their limit, more outputs than
     they contract in registers."""
     n, d, m, c = shape
+    fused_limit(512)
     p = make_problem(n=n, d=d, m=m, c=c if c > 1 else 0, seed=3)
     for op in ("features", "net"):
         check_float64(op, p, name=f"{build} {op}", activation="silu", order=2)
+
+
+def test_fused_max_dim_chooses_the_path(build, fused_limit):
+    """The limit moves d = 520 between the BLAS tile path and the fused kernels: both against the
+    float64 reference, and (float32, builds with fused kernels) their sums rounded differently."""
+    p = make_problem(n=9, d=520, m=37, c=0, seed=4)
+    got = {}
+    for limit in (0, 520):
+        assert fused_limit(limit) == (0 if build == "DEFAULT" else limit)
+        check_float64("features", p, name=f"{build} limit {limit}", activation="tanh", order=2)
+        x, w0, w = (p[k].float() for k in ("x", "w0", "w"))
+        got[limit] = tn.taylor_features(x, w0, w, order=2)
+    if build == "DEFAULT":
+        assert torch.equal(got[0], got[520])
+    else:
+        assert not torch.equal(got[0], got[520])
+
+
+def test_fused_max_dim_setting(fused_limit):
+    best = cpu_capability()
+    default = fused_limit()
+    assert default == {"AVX512": default, "AVX2": 512, "DEFAULT": 0}[best]
+    if best == "AVX512":
+        assert default in (512, sys.maxsize)
+    assert fused_limit(100) == (0 if best == "DEFAULT" else 100)
+    assert fused_limit() == (0 if best == "DEFAULT" else 100)
+    assert fused_limit("auto") == default
+    with pytest.raises(ValueError, match="limit: expected a dimension"):
+        fused_limit(-1)
+    for bad in (True, 1.5, "512"):
+        with pytest.raises(TypeError, match="limit: expected an int"):
+            fused_limit(bad)
+    assert fused_limit() == default
+
+
+def test_fused_max_dim_from_the_environment():
+    code = "from taylornet.ops import fused_max_dim, cpu_capability; print(cpu_capability(), fused_max_dim())"
+    env = {**os.environ, "TAYLORNET_FUSED_MAX_DIM": "77"}
+    out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
+    build, limit = out.stdout.split()
+    assert int(limit) == (0 if build == "DEFAULT" else 77)
+    env["TAYLORNET_FUSED_MAX_DIM"] = "many"
+    code = ("import torch, taylornet as tn\n"
+            "try:\n    tn.taylor_features(torch.randn(2, 3), torch.randn(4, 3), torch.randn(4, 3))\n"
+            "except ValueError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-P", "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert "TAYLORNET_FUSED_MAX_DIM: expected 'auto' or an integer d >= 0, got 'many'" in out.stdout
 
 
 def test_sign_seed_under_each_build(build):

@@ -5,6 +5,7 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -72,6 +73,23 @@ size_t lookup(const std::string& name) {
   return 0;
 }
 
+// TAYLORNET_FUSED_MAX_DIM: unset, empty or "auto" for each build's default, else a d >= 0.
+int64_t fused_max_dim_from_env() {
+  const char* env = std::getenv("TAYLORNET_FUSED_MAX_DIM");
+  if (!env || !*env || std::string(env) == "auto") return kAutoFusedMaxDim;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && errno == 0 && v >= 0, "taylornet: TAYLORNET_FUSED_MAX_DIM: expected 'auto' or an ",
+                    "integer d >= 0, got '", env, "'");
+  return v;
+}
+
+std::atomic<int64_t>& fused_limit() {
+  static std::atomic<int64_t> limit{fused_max_dim_from_env()};
+  return limit;
+}
+
 std::atomic<size_t>& chosen() {
   static std::atomic<size_t> index = [] {
     const char* env = std::getenv("TAYLORNET_CPU_CAPABILITY");
@@ -87,5 +105,15 @@ const Kernels& kernels() { return builds()[chosen().load()].kernels(); }
 std::string capability() { return builds()[chosen().load()].name; }
 
 void set_capability(const std::string& name) { chosen().store(name.empty() ? best_supported() : lookup(name)); }
+
+int64_t fused_max_dim_setting() { return fused_limit().load(); }
+
+void set_fused_max_dim(int64_t limit) {
+  TORCH_CHECK_VALUE(limit >= 0 || limit == kAutoFusedMaxDim, "taylornet: fused_max_dim: limit: expected a d >= 0 ",
+                    "or ", kAutoFusedMaxDim, " (each build's default), got ", limit);
+  fused_limit().store(limit);
+}
+
+int64_t fused_max_dim() { return kernels().build_fused_max_dim(fused_limit().load()); }
 
 }  // namespace tn::cpu

@@ -1,7 +1,7 @@
 // CPU kernels: blocked over samples x neurons, parallel with at::parallel_for, the Taylor epilogue
-// vectorized with at::vec. On AVX2 / AVX-512 and d <= 512 both products of a register tile come
-// from a fused dual-product kernel and never leave the registers (the "Fused" section below);
-// otherwise ATen's BLAS computes them on cache-sized tiles.
+// vectorized with at::vec. On AVX2 / AVX-512 and d up to fused_max_dim() both products of a
+// register tile come from a fused dual-product kernel and never leave the registers (the "Fused"
+// section below); otherwise ATen's BLAS computes them on cache-sized tiles.
 //
 // The net ops never hold an n x m tensor: each worker keeps a few tiles of NB x MB numbers. The
 // dimension with enough blocks is split among workers, who own their rows of the result; the other
@@ -391,32 +391,40 @@ bool saved_streamed() { return env_choice("TAYLORNET_SAVED_STORES", {"auto", "ca
 #if defined(CPU_CAPABILITY_AVX512)
 constexpr int kRows = 8;  // 2 x 8 accumulators + 2 weight vectors + 1 broadcast of 32 zmm registers
 constexpr bool kHaveFused = true;
-constexpr int kFusedMaxDimDefault = 512;
+// MKL, the BLAS of PyTorch's x86 builds, runs its AVX2 kernels on AMD CPUs: on an AVX-512 EPYC
+// (Zen 5) the fused kernels took 0.28-0.59x the time of the BLAS tile path at every d from 64 to
+// 4096 (one thread, n = 1024, m = 4096, tanh order 2, features and net fwd+bwd; docs/benchmarks.md),
+// so there they take every d. Where MKL has its AVX-512 kernels, the AVX2 crossover (below) stands.
+int64_t default_fused_max_dim() {
+  static const int64_t limit = [] {
+    __builtin_cpu_init();
+    return at::hasMKL() && __builtin_cpu_is("amd") ? kNoFusedLimit : int64_t(512);
+  }();
+  return limit;
+}
 #elif defined(CPU_CAPABILITY_AVX2)
 constexpr int kRows = 6;  // 2 x 6 + 2 + 1 of 16 ymm registers
 constexpr bool kHaveFused = true;
-constexpr int kFusedMaxDimDefault = 512;
+// The crossover measured on an AVX2 EPYC (Zen 3), where MKL runs its AVX2 kernels too: the fused
+// kernels were faster up to d = 256 and even at 512 (docs/benchmarks.md).
+int64_t default_fused_max_dim() { return 512; }
 #else
 constexpr int kRows = 6;
 constexpr bool kHaveFused = false;  // the portable build keeps the BLAS tile path everywhere
-constexpr int kFusedMaxDimDefault = 0;
+int64_t default_fused_max_dim() { return 0; }
 #endif
 
 // Largest readout c contracted in registers.
 constexpr int64_t kFusedMaxOutputs = 16;
 
-// Largest d the fused kernels take; above it ATen's BLAS computes the products on tiles. The default
-// is the crossover measured on AVX2 (docs/benchmarks.md); TAYLORNET_FUSED_MAX_DIM overrides it,
-// which is how the crossover is measured (0: BLAS tiles everywhere).
-int64_t fused_max_dim() {
-  static const int64_t limit = [] {
-    const char* env = std::getenv("TAYLORNET_FUSED_MAX_DIM");
-    return env && *env ? std::atoll(env) : int64_t(kFusedMaxDimDefault);
-  }();
-  return limit;
+// Largest d the fused kernels take under a limit set for every build (set_fused_max_dim,
+// TAYLORNET_FUSED_MAX_DIM), which is how the crossover is measured (0: BLAS tiles everywhere).
+int64_t build_fused_max_dim(int64_t setting) {
+  if (!kHaveFused) return 0;
+  return setting == kAutoFusedMaxDim ? default_fused_max_dim() : setting;
 }
 
-bool fused_dim_ok(int64_t d) { return kHaveFused && d <= fused_max_dim(); }
+bool fused_dim_ok(int64_t d) { return kHaveFused && d <= build_fused_max_dim(fused_max_dim_setting()); }
 
 template <typename T>
 struct NetProblem;
@@ -1743,7 +1751,7 @@ bool weight_grad_saved(const Tensor& grad, const Tensor& du, const Tensor& x, Te
 
 const Kernels& kernels() {
   static const Kernels k{features_forward, features_forward_saving, features_backward, net_forward, net_backward,
-                         weight_grad_saved};
+                         weight_grad_saved, build_fused_max_dim};
   return k;
 }
 

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -32,6 +33,10 @@ struct Kernels {
   // computes them itself.
   bool (*weight_grad_saved)(const at::Tensor& grad, const at::Tensor& du, const at::Tensor& x, at::Tensor& dw,
                             at::Tensor& db);
+  // The largest d this build's fused dual-product kernels take under a limit set for every build
+  // (kAutoFusedMaxDim: this build's default; the result is 0 where the build has no such kernels);
+  // above it ATen's BLAS computes the products on tiles.
+  int64_t (*build_fused_max_dim)(int64_t setting);
 };
 
 const Kernels& kernels();
@@ -48,5 +53,14 @@ std::vector<int64_t> saved_cache(std::optional<int64_t> limit_bytes);
 // starting choice. An unsupported name raises a ValueError naming the supported ones.
 std::string capability();
 void set_capability(const std::string& name);
+
+// The largest d the fused kernels take: a limit set for every build (set_fused_max_dim, or the
+// environment variable TAYLORNET_FUSED_MAX_DIM at start-up), else the build's own default
+// (kAutoFusedMaxDim). fused_max_dim() is the limit in effect for kernels(); kNoFusedLimit: none.
+constexpr int64_t kAutoFusedMaxDim = -1;
+constexpr int64_t kNoFusedLimit = std::numeric_limits<int64_t>::max();
+int64_t fused_max_dim_setting();  // the limit set for every build, or kAutoFusedMaxDim
+void set_fused_max_dim(int64_t limit);
+int64_t fused_max_dim();
 
 }  // namespace tn::cpu
