@@ -113,6 +113,38 @@ def test_fused_max_dim_chooses_the_path(build, fused_limit):
         assert not torch.equal(got[0], got[520])
 
 
+# (n, d, m): the features forward packs the weights a chunk of neuron blocks at a time (blocks of
+# fewer than 1024 neurons past d = 256): several chunks, the last one partial, at two d.
+CHUNK_SHAPES = [(9, 520, 2100), (37, 300, 4500)]
+
+
+@pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=[f"n{n}-d{d}-m{m}" for n, d, m in CHUNK_SHAPES])
+def test_features_over_several_weight_chunks(build, fused_limit, shape):
+    """Every d on the fused kernels; the features, and their gradients through the training forward
+    that keeps dh/du and dh/dz0, against the float64 reference, in float64 and float32."""
+    n, d, m = shape
+    fused_limit(1 << 20)
+    p = make_problem(n=n, d=d, m=m, c=0, seed=m)
+    check_float64("features", p, name=f"{build} chunks", activation="silu", order=(0, 2))
+    check_float32("features", p, name=f"{build} chunks", activation="tanh", order=2)
+    # The forward without gradients, and the one keeping dh/du alone (W trained), with signs.
+    x, w0, w, b0, b = (p[k] for k in ("x", "w0", "w", "b0", "b"))
+    kw = dict(activation="tanh", order=2)
+    signs = tn.philox_signs(m, (7, 1), dtype=torch.float64)
+    w_ref = w.detach().requires_grad_()
+    want = tn.reference.taylor_features(x, w0, w_ref, b0, b, signs=signs, **kw)
+    cot = torch.randn_like(want)
+    (want_dw,) = torch.autograd.grad(want, w_ref, cot)
+    with torch.no_grad():
+        got = tn.taylor_features(x, w0, w, b0, b, sign_seed=(7, 1), **kw)
+    torch.testing.assert_close(got, want.detach(), rtol=1e-10, atol=1e-12)
+    w_tn = w.detach().requires_grad_()
+    got = tn.taylor_features(x, w0, w_tn, b0, b, sign_seed=(7, 1), **kw)
+    (got_dw,) = torch.autograd.grad(got, w_tn, cot)
+    torch.testing.assert_close(got.detach(), want.detach(), rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(got_dw, want_dw, rtol=1e-9, atol=1e-10)
+
+
 def test_fused_max_dim_setting(fused_limit):
     best = cpu_capability()
     default = fused_limit()

@@ -885,7 +885,8 @@ using RowMath = VecMath<T, kRows>;
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // The weights of one call in the kernels' layout: per group of VL neurons, d rows of
-// [w0^T (VL) | w^T (VL)]; biases, signs and readout rows padded to whole groups.
+// [w0^T (VL) | w^T (VL)]; biases, signs and readout rows padded to whole groups. Of neurons
+// [first, first + count) only (all by default): group g holds neurons first + g VL ...
 template <typename T>
 struct FusedWeights {
   using Vec = at::vec::Vectorized<T>;
@@ -894,14 +895,14 @@ struct FusedWeights {
   std::vector<T> panel, b0, b, s, a;  // a: c x groups*VL
   bool has_b0 = false, has_b = false;
 
-  FusedWeights(const Args& args, const Tensor& A) {
+  FusedWeights(const Args& args, const Tensor& A, int64_t first = 0, int64_t count = -1) {
     d = args.x.size(1);
-    m = args.w.size(0);
+    m = count < 0 ? args.w.size(0) - first : count;
     groups = ceil_div(m, VL);
     const int64_t mp = groups * VL;
     panel.assign(groups * d * 2 * VL, T(0));
-    const T* w0p = args.w0.const_data_ptr<T>();
-    const T* wp = args.w.const_data_ptr<T>();
+    const T* w0p = args.w0.const_data_ptr<T>() + first * d;
+    const T* wp = args.w.const_data_ptr<T>() + first * d;
     at::parallel_for(0, groups, 64, [&](int64_t g0, int64_t g1) {
       for (int64_t g = g0; g < g1; ++g) {
         T* dst = panel.data() + g * d * 2 * VL;
@@ -920,14 +921,14 @@ struct FusedWeights {
     b0.assign(mp, T(0));
     b.assign(mp, T(0));
     s.assign(mp, T(1));
-    if (has_b0) std::copy_n(args.b0.const_data_ptr<T>(), m, b0.data());
-    if (has_b) std::copy_n(args.b.const_data_ptr<T>(), m, b.data());
-    fill_signs<T>(args.signs, 0, m, s.data());
+    if (has_b0) std::copy_n(args.b0.const_data_ptr<T>() + first, m, b0.data());
+    if (has_b) std::copy_n(args.b.const_data_ptr<T>() + first, m, b.data());
+    fill_signs<T>(args.signs, first, m, s.data());
     if (A.defined()) {
       c = A.size(0);
       a.assign(c * mp, T(0));
-      const T* ap = A.const_data_ptr<T>();
-      for (int64_t j = 0; j < c; ++j) std::copy_n(ap + j * m, m, a.data() + j * mp);
+      const T* ap = A.const_data_ptr<T>() + first;
+      for (int64_t j = 0; j < c; ++j) std::copy_n(ap + j * A.size(1), m, a.data() + j * mp);
     }
   }
   int64_t padded() const { return groups * VL; }
@@ -1134,6 +1135,14 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
+// The features forward's packed weights: a block of neurons' panel at most kBlockPanelBytes (1024
+// neurons up to d = 256 in float32, fewer beyond), a chunk of blocks packed at once about
+// kChunkPanelBytes. Beyond the inputs, taylor_features forward+backward at d = 1024, n = m = 1024
+// peaked at 17.5 MiB with the whole panel (8 MiB), 17.0 with chunks of 4 MiB and 14.0 with 2 MiB,
+// against 16.0 for the compiled reference (AVX-512, taylornet bench --ops features_fb).
+constexpr int64_t kBlockPanelBytes = int64_t(2) << 20;
+constexpr int64_t kChunkPanelBytes = int64_t(2) << 20;
+
 // Groups of VL neurons per 64-byte cache line: 2 on AVX2 (a group's row is half a line), 1 on AVX-512.
 template <typename T>
 constexpr int64_t kLineGroups = std::max<int64_t>(1, 64 / (at::vec::Vectorized<T>::size() * sizeof(T)));
@@ -1145,95 +1154,113 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
   static_assert(kLineGroups<T> <= 2, "a run of groups is one or two tiles");
-  const FusedWeights<T> f(args, Tensor());
-  const int64_t n = args.x.size(0), d = f.d, m = f.m;
-  // 96 (AVX2) or 128 rows of x per pass over a block of 1024 neurons' weights: the weights (beyond
-  // L2 for large m or d) come from L3 once per block of rows, half as often as with 48.
-  const int64_t block_rows = 16 * kRows, block_groups = std::max<int64_t>(1, 1024 / VL);
-  const int64_t nsb = ceil_div(n, block_rows), ngb = ceil_div(f.groups, block_groups);
+  const int64_t n = args.x.size(0), d = args.x.size(1), m = args.w.size(0);
+  const int64_t groups = ceil_div(m, VL);
+  // 96 (AVX2) or 128 rows of x per pass over a block of up to 1024 neurons' weights: the weights
+  // (beyond L2 for large m or d) come from L3 once per block of rows, half as often as with 48.
+  // Past d = 256 (float32) a block holds fewer neurons, so that its panel stays within
+  // kBlockPanelBytes (in runs of kLineGroups groups, which the stores below write together).
+  const int64_t group_panel_bytes = 2 * std::max<int64_t>(d, 1) * VL * int64_t(sizeof(T));
+  const int64_t block_rows = 16 * kRows;
+  const int64_t block_groups = std::max<int64_t>(
+      kLineGroups<T>, std::min<int64_t>(1024 / VL, kBlockPanelBytes / group_panel_bytes) / kLineGroups<T> * kLineGroups<T>);
+  const int64_t nsb = ceil_div(n, block_rows), blocks = ceil_div(groups, block_groups);
+  // The weights are packed a chunk of blocks at a time, the chunk's tasks (a block of rows x a
+  // block of neurons) shared among the threads: about kChunkPanelBytes of panel, or enough blocks
+  // for two tasks per thread, instead of a copy of all the weights (2md numbers, more than h itself
+  // where d > n / 2).
+  const int64_t chunk_blocks = std::clamp<int64_t>(
+      std::max(kChunkPanelBytes / (block_groups * group_panel_bytes),
+               ceil_div(2 * at::get_num_threads(), std::max<int64_t>(nsb, 1))),
+      1, std::max<int64_t>(blocks, 1));
   const auto coef = plan_coefficients<T>(*args.plan);
   const PlanView<T> plan = args.plan->view(coef.data());
   const T* x = args.x.const_data_ptr<T>();
   T* o = out.mutable_data_ptr<T>();
-  at::parallel_for(0, nsb * ngb, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<T> xb(block_rows * std::max<int64_t>(d, 1));
-    int64_t loaded = -1;
-    for (int64_t t = t0; t < t1; ++t) {
-      const int64_t sb = t / ngb, gb = t % ngb;
-      const int64_t i0 = sb * block_rows, rows = std::min(block_rows, n - i0);
-      const int64_t rows_pad = round_up(rows, kRows);
-      if (sb != loaded) {
-        copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
-        loaded = sb;
-      }
-      const int64_t g_end = std::min(f.groups, (gb + 1) * block_groups);
-      // Each tile of rows runs over the groups of one cache line (a run) before the next tile, so
-      // that the rows' lines are written whole, one after the other.
-      for (int64_t g0 = gb * block_groups; g0 < g_end; g0 += kLineGroups<T>) {
-        const int64_t g1 = std::min(g_end, g0 + kLineGroups<T>);
-        // The kept derivatives are read again only by the backward, after the layers above have
-        // passed over more than the caches hold: streamed past the caches (where `stream`), they
-        // neither evict h nor have their lines read for ownership first. Streamed, a line must be
-        // written whole at once: written in two halves, a tile apart, it left the write-combining
-        // buffer in parts and streaming cost 8-35 % more than ordinary stores (AVX2,
-        // bench/bench_keep_derivatives.py). A run of two groups holds the first tile's derivatives
-        // until the second's are at hand.
-        const bool pair = stream && g1 - g0 == 2 && f.count(g0 + 1) == VL;
-        for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
-          V held_du, held_dz;
-          for (int64_t g = g0; g < g1; ++g) {
-            const int cnt = f.count(g);
-            const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
-            V z, u;
-            tile_products(f, xb.data() + r0 * d, d, g, z, u);
-            // One group's vectors into its rows, streamed where a vector is a whole aligned line.
-            const auto rows_into = [&](const V& v, T* base, bool streamed) {
-              for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                T* dst = base + (i0 + r0 + i) * m + g * VL;
-                if (cnt == VL && streamed && kLineGroups<T> == 1 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
-                  Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
-                } else if (cnt == VL) {
-                  v.v[i].store(dst);
-                } else {
-                  v.v[i].store(dst, cnt);
+  for (int64_t cb = 0; cb < blocks; cb += chunk_blocks) {
+    const int64_t chunk0 = cb * block_groups * VL;  // the chunk's first neuron
+    const FusedWeights<T> f(args, Tensor(), chunk0, std::min(m, (cb + chunk_blocks) * block_groups * VL) - chunk0);
+    const int64_t ngb = ceil_div(f.groups, block_groups);
+    at::parallel_for(0, nsb * ngb, 1, [&](int64_t t0, int64_t t1) {
+      std::vector<T> xb(block_rows * std::max<int64_t>(d, 1));
+      int64_t loaded = -1;
+      for (int64_t t = t0; t < t1; ++t) {
+        const int64_t sb = t / ngb, gb = t % ngb;
+        const int64_t i0 = sb * block_rows, rows = std::min(block_rows, n - i0);
+        const int64_t rows_pad = round_up(rows, kRows);
+        if (sb != loaded) {
+          copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
+          loaded = sb;
+        }
+        const int64_t g_end = std::min(f.groups, (gb + 1) * block_groups);
+        // Each tile of rows runs over the groups of one cache line (a run) before the next tile, so
+        // that the rows' lines are written whole, one after the other.
+        for (int64_t g0 = gb * block_groups; g0 < g_end; g0 += kLineGroups<T>) {
+          const int64_t g1 = std::min(g_end, g0 + kLineGroups<T>);
+          // The kept derivatives are read again only by the backward, after the layers above have
+          // passed over more than the caches hold: streamed past the caches (where `stream`), they
+          // neither evict h nor have their lines read for ownership first. Streamed, a line must be
+          // written whole at once: written in two halves, a tile apart, it left the write-combining
+          // buffer in parts and streaming cost 8-35 % more than ordinary stores (AVX2,
+          // bench/bench_keep_derivatives.py). A run of two groups holds the first tile's derivatives
+          // until the second's are at hand.
+          const bool pair = stream && g1 - g0 == 2 && f.count(g0 + 1) == VL;
+          for (int64_t r0 = 0; r0 < rows; r0 += kRows) {
+            V held_du, held_dz;
+            for (int64_t g = g0; g < g1; ++g) {
+              const int cnt = f.count(g);
+              const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+              V z, u;
+              tile_products(f, xb.data() + r0 * d, d, g, z, u);
+              // One group's vectors into its rows, streamed where a vector is a whole aligned line.
+              const auto rows_into = [&](const V& v, T* base, bool streamed) {
+                for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+                  T* dst = base + (i0 + r0 + i) * m + chunk0 + g * VL;
+                  if (cnt == VL && streamed && kLineGroups<T> == 1 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                    Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
+                  } else if (cnt == VL) {
+                    v.v[i].store(dst);
+                  } else {
+                    v.v[i].store(dst, cnt);
+                  }
                 }
-              }
-            };
-            // The run's two groups into their rows, each row's line streamed whole where aligned.
-            const auto pair_into = [&](const V& first, const V& second, T* base) {
-              for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                T* dst = base + (i0 + r0 + i) * m + g0 * VL;
-                if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
-                  Reg<T>::stream(typename Reg<T>::R(first.v[i]), dst);
-                  Reg<T>::stream(typename Reg<T>::R(second.v[i]), dst + VL);
-                } else {
-                  first.v[i].store(dst);
-                  second.v[i].store(dst + VL);
+              };
+              // The run's two groups into their rows, each row's line streamed whole where aligned.
+              const auto pair_into = [&](const V& first, const V& second, T* base) {
+                for (int i = 0; i < kRows && r0 + i < rows; ++i) {
+                  T* dst = base + (i0 + r0 + i) * m + chunk0 + g0 * VL;
+                  if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
+                    Reg<T>::stream(typename Reg<T>::R(first.v[i]), dst);
+                    Reg<T>::stream(typename Reg<T>::R(second.v[i]), dst + VL);
+                  } else {
+                    first.v[i].store(dst);
+                    second.v[i].store(dst + VL);
+                  }
                 }
-              }
-            };
-            if constexpr (Saving) {
-              const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
-              rows_into(dh.value, o, false);
-              if (pair && g == g0) {
-                held_du = dh.du;
-                if constexpr (SavingDz) held_dz = dh.dz;
-              } else if (pair) {
-                pair_into(held_du, dh.du, du);
-                if constexpr (SavingDz) pair_into(held_dz, dh.dz, dz);
+              };
+              if constexpr (Saving) {
+                const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
+                rows_into(dh.value, o, false);
+                if (pair && g == g0) {
+                  held_du = dh.du;
+                  if constexpr (SavingDz) held_dz = dh.dz;
+                } else if (pair) {
+                  pair_into(held_du, dh.du, du);
+                  if constexpr (SavingDz) pair_into(held_dz, dh.dz, dz);
+                } else {
+                  rows_into(dh.du, du, stream);
+                  if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
+                }
               } else {
-                rows_into(dh.du, du, stream);
-                if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
+                rows_into(tile_feature<S>(plan, z, u, s), o, false);
               }
-            } else {
-              rows_into(tile_feature<S>(plan, z, u, s), o, false);
             }
           }
         }
       }
-    }
-    if constexpr (Saving) stream_fence();
-  });
+      if constexpr (Saving) stream_fence();
+    });
+  }
 }
 
 // h into out; with du (and dz), also dh/du (and dh/dz0) for the saving forward, streamed past the
