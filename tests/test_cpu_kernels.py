@@ -113,20 +113,21 @@ def test_fused_max_dim_chooses_the_path(build, fused_limit):
         assert not torch.equal(got[0], got[520])
 
 
-# (n, d, m): the features forward packs the weights a chunk of neuron blocks at a time (blocks of
-# fewer than 1024 neurons past d = 256): several chunks, the last one partial, at two d.
-CHUNK_SHAPES = [(9, 520, 2100), (37, 300, 4500)]
-
-
+# (n, d, m): the fused ops pack the weights a chunk of neurons (about 2 MiB of them) at a time:
+# several chunks, the last one partial, with few samples (neurons split among the threads) and with
+# many (samples split), and at d < 16, where the features' backward recomputes the products.
+CHUNK_SHAPES = [(9, 520, 2100), (300, 300, 4500), (7, 9, 40000)]
 @pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=[f"n{n}-d{d}-m{m}" for n, d, m in CHUNK_SHAPES])
-def test_features_over_several_weight_chunks(build, fused_limit, shape):
-    """Every d on the fused kernels; the features, and their gradients through the training forward
-    that keeps dh/du and dh/dz0, against the float64 reference, in float64 and float32."""
+def test_fused_ops_over_several_weight_chunks(build, fused_limit, shape):
+    """Every d on the fused kernels; the features and the net, and all their gradients (for the
+    features through the training forward that keeps dh/du and dh/dz0 from d = 16), against the
+    float64 reference, in float64 and float32."""
     n, d, m = shape
     fused_limit(1 << 20)
-    p = make_problem(n=n, d=d, m=m, c=0, seed=m)
-    check_float64("features", p, name=f"{build} chunks", activation="silu", order=(0, 2))
-    check_float32("features", p, name=f"{build} chunks", activation="tanh", order=2)
+    p = make_problem(n=n, d=d, m=m, c=3, seed=m)
+    for op in ("features", "net"):
+        check_float64(op, p, name=f"{build} {op} chunks", activation="silu", order=(0, 2))
+        check_float32(op, p, name=f"{build} {op} chunks", activation="tanh", order=2)
     # The forward without gradients, and the one keeping dh/du alone (W trained), with signs.
     x, w0, w, b0, b = (p[k] for k in ("x", "w0", "w", "b0", "b"))
     kw = dict(activation="tanh", order=2)

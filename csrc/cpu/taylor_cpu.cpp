@@ -884,6 +884,18 @@ using RowMath = VecMath<T, kRows>;
 
 int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
+// The packed weights: in the features forward a block of neurons' panel is at most
+// kBlockPanelBytes (1024 neurons up to d = 256 in float32, fewer beyond); the fused ops pack a chunk
+// of about kChunkPanelBytes at a time rather than a copy of all 2md weights. Beyond the inputs, taylor_features forward+backward at d = 1024, n = m = 1024
+// peaked at 17.5 MiB with the whole panel (8 MiB), 17.0 with chunks of 4 MiB and 14.0 with 2 MiB,
+// against 16.0 for the compiled reference (AVX-512, taylornet bench --ops features_fb).
+constexpr int64_t kBlockPanelBytes = int64_t(2) << 20;
+constexpr int64_t kChunkPanelBytes = int64_t(2) << 20;
+
+// Groups of VL neurons per 64-byte cache line: 2 on AVX2 (a group's row is half a line), 1 on AVX-512.
+template <typename T>
+constexpr int64_t kLineGroups = std::max<int64_t>(1, 64 / (at::vec::Vectorized<T>::size() * sizeof(T)));
+
 // The weights of one call in the kernels' layout: per group of VL neurons, d rows of
 // [w0^T (VL) | w^T (VL)]; biases, signs and readout rows padded to whole groups. Of neurons
 // [first, first + count) only (all by default): group g holds neurons first + g VL ...
@@ -891,12 +903,13 @@ template <typename T>
 struct FusedWeights {
   using Vec = at::vec::Vectorized<T>;
   static constexpr int VL = Vec::size();
-  int64_t d = 0, m = 0, groups = 0, c = 0;
+  int64_t d = 0, m = 0, groups = 0, c = 0, first = 0;
   std::vector<T> panel, b0, b, s, a;  // a: c x groups*VL
   bool has_b0 = false, has_b = false;
 
   FusedWeights(const Args& args, const Tensor& A, int64_t first = 0, int64_t count = -1) {
     d = args.x.size(1);
+    this->first = first;
     m = count < 0 ? args.w.size(0) - first : count;
     groups = ceil_div(m, VL);
     const int64_t mp = groups * VL;
@@ -935,6 +948,22 @@ struct FusedWeights {
   const T* group_panel(int64_t g) const { return panel.data() + g * d * 2 * VL; }
   int count(int64_t g) const { return static_cast<int>(std::min<int64_t>(VL, m - g * VL)); }
 };
+
+// The net ops' weights packed a chunk of neurons at a time, body(f) per chunk in order: chunks of
+// about kChunkPanelBytes of panel and at least min_neurons (so that each is split among the threads
+// as all of them would be; a shorter remainder joins the last chunk), in whole groups.
+template <typename T, typename F>
+void for_each_weight_chunk(const Args& args, const Tensor& A, int64_t min_neurons, F&& body) {
+  constexpr int64_t VL = at::vec::Vectorized<T>::size();
+  const int64_t d = args.x.size(1), m = args.w.size(0);
+  const int64_t per_neuron = 2 * std::max<int64_t>(d, 1) * int64_t(sizeof(T));
+  const int64_t chunk = round_up(std::max(kChunkPanelBytes / per_neuron, min_neurons), VL);
+  for (int64_t first = 0; first < m;) {
+    const int64_t count = m - first - chunk < std::max(min_neurons, int64_t(1)) ? m - first : chunk;
+    body(FusedWeights<T>(args, A, first, count));
+    first += count;
+  }
+}
 
 // Rows [i0, i0 + rows) of x into buf, ld columns wide, zero-padded to rows_pad rows and ld columns.
 template <typename T>
@@ -1135,18 +1164,6 @@ void weight_grad_panel(const T* x, int64_t ld, const T* G, int64_t width, int64_
 
 // ---- taylor_features forward: h straight from the register tile into the output rows.
 
-// The features forward's packed weights: a block of neurons' panel at most kBlockPanelBytes (1024
-// neurons up to d = 256 in float32, fewer beyond), a chunk of blocks packed at once about
-// kChunkPanelBytes. Beyond the inputs, taylor_features forward+backward at d = 1024, n = m = 1024
-// peaked at 17.5 MiB with the whole panel (8 MiB), 17.0 with chunks of 4 MiB and 14.0 with 2 MiB,
-// against 16.0 for the compiled reference (AVX-512, taylornet bench --ops features_fb).
-constexpr int64_t kBlockPanelBytes = int64_t(2) << 20;
-constexpr int64_t kChunkPanelBytes = int64_t(2) << 20;
-
-// Groups of VL neurons per 64-byte cache line: 2 on AVX2 (a group's row is half a line), 1 on AVX-512.
-template <typename T>
-constexpr int64_t kLineGroups = std::max<int64_t>(1, 64 / (at::vec::Vectorized<T>::size() * sizeof(T)));
-
 // With Saving, also dh/du into du and, when dz is not null, dh/dz0 into dz (rows of m like h).
 template <int S, bool Saving, bool SavingDz, typename T>
 void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bool stream) {
@@ -1316,46 +1333,50 @@ void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, 
 
 template <int S, typename T>
 void fused_net_forward_with(const NetProblem<T>& p, Tensor& out) {
-  const FusedWeights<T> f(p.args, p.A[0]);
   const int64_t n = p.n, c = p.c;
   const int64_t block_rows = 16 * kRows;  // rows per pass over all weights (see the features forward)
   const int64_t threads = at::get_num_threads();
   const int64_t nsb = ceil_div(n, block_rows);
   const T* x = p.args.x.template const_data_ptr<T>();
   auto scratch = [&](std::vector<T>& xb, std::vector<at::vec::Vectorized<T>>& acc) {
-    xb.resize(block_rows * std::max<int64_t>(f.d, 1));
+    xb.resize(block_rows * std::max<int64_t>(p.d, 1));
     acc.resize(block_rows * c);
   };
-  if (nsb >= threads || nsb >= f.groups) {
-    // Workers own sample blocks and sweep all neurons.
-    T* o = out.mutable_data_ptr<T>();
-    at::parallel_for(0, nsb, 1, [&](int64_t b0, int64_t b1) {
+  // Each chunk of neurons adds its share to every output; with few samples its neurons are split.
+  const int64_t min_neurons = nsb >= threads ? 0 : threads * 2 * at::vec::Vectorized<T>::size();
+  for_each_weight_chunk<T>(p.args, p.A[0], min_neurons, [&](const FusedWeights<T>& f) {
+    if (nsb >= threads || nsb >= f.groups) {
+      // Workers own sample blocks and sweep the chunk's neurons.
+      T* o = out.mutable_data_ptr<T>();
+      at::parallel_for(0, nsb, 1, [&](int64_t b0, int64_t b1) {
+        std::vector<T> xb;
+        std::vector<at::vec::Vectorized<T>> acc;
+        scratch(xb, acc);
+        for (int64_t sb = b0; sb < b1; ++sb) {
+          const int64_t i0 = sb * block_rows;
+          fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), 0, f.groups, o, xb,
+                                     acc);
+        }
+      });
+      return;
+    }
+    // Few samples: split the neurons, each worker sums into its own partial outputs.
+    const int64_t workers = std::min(threads, f.groups);
+    std::vector<Tensor> partial;
+    for (int64_t w = 0; w < workers; ++w) partial.push_back(at::zeros({n, c}, p.args.x.options()));
+    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
       std::vector<T> xb;
       std::vector<at::vec::Vectorized<T>> acc;
       scratch(xb, acc);
-      for (int64_t sb = b0; sb < b1; ++sb) {
-        const int64_t i0 = sb * block_rows;
-        fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), 0, f.groups, o, xb, acc);
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t g0 = f.groups * w / workers, g1 = f.groups * (w + 1) / workers;
+        for (int64_t i0 = 0; i0 < n; i0 += block_rows)
+          fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), g0, g1,
+                                     partial[w].template mutable_data_ptr<T>(), xb, acc);
       }
     });
-    return;
-  }
-  // Few samples: split the neurons, each worker sums into its own partial outputs.
-  const int64_t workers = std::min(threads, f.groups);
-  std::vector<Tensor> partial;
-  for (int64_t w = 0; w < workers; ++w) partial.push_back(at::zeros({n, c}, p.args.x.options()));
-  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-    std::vector<T> xb;
-    std::vector<at::vec::Vectorized<T>> acc;
-    scratch(xb, acc);
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t g0 = f.groups * w / workers, g1 = f.groups * (w + 1) / workers;
-      for (int64_t i0 = 0; i0 < n; i0 += block_rows)
-        fused_net_forward_block<S>(f, p.plan, x, p.scale[0], i0, std::min(block_rows, n - i0), g0, g1,
-                                partial[w].template mutable_data_ptr<T>(), xb, acc);
-    }
+    for (auto& t : partial) out.add_(t);
   });
-  for (auto& t : partial) out.add_(t);
 }
 
 template <typename T>
@@ -1386,7 +1407,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Need
   using V = RowPack<T>;
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
-  const int64_t c = p.grad_h ? 0 : p.c, m = f.m, mp = f.padded(), width = ng * VL;
+  const int64_t c = p.grad_h ? 0 : p.c, mp = f.padded(), width = ng * VL;
   const bool need_g = needs.w || needs.b, need_dz = needs.w0 || needs.b0, need_phi = needs.a;
   for (int64_t g = gb; g < gb + ng; ++g) {
     const int64_t col = (g - gb) * VL;
@@ -1399,7 +1420,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Need
       V gh(T(0));
       if (p.grad_h) {
         for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-          const T* src = p.grad_h + (p0 + r0 + i) * m + g * VL;
+          const T* src = p.grad_h + (p0 + r0 + i) * p.m + f.first + g * VL;
           gh.v[i] = cnt == VL ? Vec::loadu(src) : Vec::loadu(src, cnt);
         }
       } else {
@@ -1441,7 +1462,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
                           int64_t i_begin, int64_t i_end, int64_t g0, int64_t g1, Targets& t) {
   using Vec = at::vec::Vectorized<T>;
   constexpr int VL = Vec::size();
-  const int64_t d = f.d, c = p.grad_h ? 0 : p.c, m = f.m;
+  const int64_t d = f.d, c = p.grad_h ? 0 : p.c, m = f.m;  // m: the chunk's neurons, from f.first
   const int64_t ld = round_up(std::max<int64_t>(d, 1), kRows);
   const int64_t panel_rows = 16 * kRows;
   const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
@@ -1473,11 +1494,12 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
     // Into the targets: transpose the block's weight gradients, add up the vector accumulators.
     const int64_t r_begin = gb * VL, r_end = std::min(m, (gb + ng) * VL);
     auto add_weight = [&](Tensor& dst, const std::vector<T>& srcT) {
-      T* o = dst.mutable_data_ptr<T>();
+      T* o = dst.mutable_data_ptr<T>() + f.first * d;
       for (int64_t r = r_begin; r < r_end; ++r)
         for (int64_t k = 0; k < d; ++k) o[r * d + k] += srcT[k * width + (r - r_begin)];
     };
     auto add_vec = [&](T* o, const Vec* v) {
+      o += f.first;
       for (int64_t gi = 0; gi < ng; ++gi) {
         T lanes[VL];
         v[gi].store(lanes);
@@ -1489,7 +1511,7 @@ void fused_backward_block(const FusedWeights<T>& f, const NetProblem<T>& p, cons
     if (needs.b) add_vec(t.db.template mutable_data_ptr<T>(), s.db.data());
     if (needs.b0) add_vec(t.db0.template mutable_data_ptr<T>(), s.db0.data());
     if (need_phi)
-      for (int64_t j = 0; j < c; ++j) add_vec(t.da[0].template mutable_data_ptr<T>() + j * m, s.da.data() + j * ng);
+      for (int64_t j = 0; j < c; ++j) add_vec(t.da[0].template mutable_data_ptr<T>() + j * p.m, s.da.data() + j * ng);
   }
 }
 
@@ -1499,30 +1521,33 @@ template <int S, typename T>
 void fused_param_grads_with(const NetProblem<T>& p, const std::vector<Tensor>& gout, const Needs& needs, Targets& t) {
   Needs params = needs;
   params.x = false;
-  const FusedWeights<T> f(p.args, p.grad_h ? Tensor() : p.A[0]);
   const T* go = p.grad_h ? nullptr : gout[0].template const_data_ptr<T>();
   const int64_t threads = at::get_num_threads();
   const int64_t VL = FusedWeights<T>::VL;
   const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
-  const int64_t nnb = ceil_div(f.groups, block_groups), nsb = ceil_div(p.n, 16 * kRows);
-  if (nnb >= threads || nnb >= nsb) {
-    at::parallel_for(0, nnb, 1, [&](int64_t b0, int64_t b1) {
-      for (int64_t nb = b0; nb < b1; ++nb)
-        fused_backward_block<S>(f, p, go, params, 0, p.n, nb * block_groups,
-                             std::min(f.groups, (nb + 1) * block_groups), t);
-    });
-    return;
-  }
-  const int64_t workers = std::min(threads, nsb);
-  std::vector<Targets> partial;
-  for (int64_t w = 0; w < workers; ++w) partial.push_back(make_targets(p, params, true, false));
-  at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
-    for (int64_t w = w0; w < w1; ++w) {
-      const int64_t i0 = p.n * w / workers, i1 = p.n * (w + 1) / workers;
-      fused_backward_block<S>(f, p, go, params, i0, i1, 0, f.groups, partial[w]);
+  const int64_t nsb = ceil_div(p.n, 16 * kRows);
+  // Chunks of at least a block of neurons per thread, so that a chunk is split like all of them.
+  for_each_weight_chunk<T>(p.args, p.grad_h ? Tensor() : p.A[0], threads * block_groups * VL, [&](const FusedWeights<T>& f) {
+    const int64_t nnb = ceil_div(f.groups, block_groups);
+    if (nnb >= threads || nnb >= nsb) {
+      at::parallel_for(0, nnb, 1, [&](int64_t b0, int64_t b1) {
+        for (int64_t nb = b0; nb < b1; ++nb)
+          fused_backward_block<S>(f, p, go, params, 0, p.n, nb * block_groups,
+                                  std::min(f.groups, (nb + 1) * block_groups), t);
+      });
+      return;
     }
+    const int64_t workers = std::min(threads, nsb);
+    std::vector<Targets> partial;
+    for (int64_t w = 0; w < workers; ++w) partial.push_back(make_targets(p, params, true, false));
+    at::parallel_for(0, workers, 1, [&](int64_t w0, int64_t w1) {
+      for (int64_t w = w0; w < w1; ++w) {
+        const int64_t i0 = p.n * w / workers, i1 = p.n * (w + 1) / workers;
+        fused_backward_block<S>(f, p, go, params, i0, i1, 0, f.groups, partial[w]);
+      }
+    });
+    for (auto& tw : partial) add_targets(t, tw);
   });
-  for (auto& tw : partial) add_targets(t, tw);
 }
 
 template <typename T>
