@@ -74,6 +74,10 @@ at::Tensor or_empty(const at::Tensor& t, const at::Tensor& like);
 // naming the variable and the values.
 std::string env_choice(const char* variable, const std::vector<std::string>& values);
 
+// The environment variable `variable` as a whole number in [0, max], or nullopt where it is unset or
+// empty; any other value raises a ValueError naming the variable and `expected`.
+std::optional<int64_t> env_count(const char* variable, const char* expected, int64_t max);
+
 // Whether the environment variable `variable`, read at each call, asks for `alternative` instead of
 // the default ("auto" or unset); any other value raises a ValueError naming the variable.
 bool env_requests(const char* variable, const std::string& alternative);

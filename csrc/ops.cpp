@@ -11,6 +11,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <cstdlib>
 #include <memory>
 #include <optional>
@@ -145,6 +146,17 @@ std::string env_choice(const char* variable, const std::vector<std::string>& val
   std::string expected = values.front();  // "a, b or c"
   for (size_t k = 1; k < values.size(); ++k) expected += (k + 1 < values.size() ? ", " : " or ") + values[k];
   TORCH_CHECK_VALUE(false, "taylornet: ", variable, ": expected ", expected, ", got '", v, "'");
+}
+
+std::optional<int64_t> env_count(const char* variable, const char* expected, int64_t max) {
+  const char* env = std::getenv(variable);
+  if (!env || !*env) return std::nullopt;
+  char* end = nullptr;
+  errno = 0;
+  const long long v = std::strtoll(env, &end, 10);
+  TORCH_CHECK_VALUE(*end == '\0' && errno == 0 && env[0] != '-' && v >= 0 && v <= max, "taylornet: ", variable,
+                    ": expected ", expected, ", got '", env, "'");
+  return v;
 }
 
 bool env_requests(const char* variable, const std::string& alternative) {

@@ -5,7 +5,6 @@
 #include <c10/util/Exception.h>
 
 #include <atomic>
-#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -76,13 +75,8 @@ size_t lookup(const std::string& name) {
 // TAYLORNET_FUSED_MAX_DIM: unset, empty or "auto" for each build's default, else a d >= 0.
 int64_t fused_max_dim_from_env() {
   const char* env = std::getenv("TAYLORNET_FUSED_MAX_DIM");
-  if (!env || !*env || std::string(env) == "auto") return kAutoFusedMaxDim;
-  char* end = nullptr;
-  errno = 0;
-  const long long v = std::strtoll(env, &end, 10);
-  TORCH_CHECK_VALUE(*end == '\0' && errno == 0 && v >= 0, "taylornet: TAYLORNET_FUSED_MAX_DIM: expected 'auto' or an ",
-                    "integer d >= 0, got '", env, "'");
-  return v;
+  if (env && std::string(env) == "auto") return kAutoFusedMaxDim;
+  return env_count("TAYLORNET_FUSED_MAX_DIM", "'auto' or an integer d >= 0", kNoFusedLimit).value_or(kAutoFusedMaxDim);
 }
 
 std::atomic<int64_t>& fused_limit() {

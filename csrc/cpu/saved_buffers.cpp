@@ -15,7 +15,6 @@
 
 #include <ATen/ATen.h>
 
-#include <cstdlib>
 #include <list>
 #include <mutex>
 #include <optional>
@@ -30,14 +29,8 @@ namespace {
 class SavedBufferCache {
  public:
   SavedBufferCache() {
-    const char* env = std::getenv("TAYLORNET_SAVED_CACHE_MB");
-    if (env != nullptr && *env != '\0') {
-      char* end = nullptr;
-      const unsigned long long mb = std::strtoull(env, &end, 10);
-      TORCH_CHECK_VALUE(*end == '\0' && env[0] != '-' && mb < (1ull << 40),
-                        "taylornet: TAYLORNET_SAVED_CACHE_MB: expected a number of MiB, got '", env, "'");
-      limit_ = static_cast<size_t>(mb) << 20;
-    }
+    if (const auto mb = env_count("TAYLORNET_SAVED_CACHE_MB", "a number of MiB", (int64_t(1) << 40) - 1))
+      limit_ = static_cast<size_t>(*mb) << 20;
   }
 
   at::Tensor empty(at::IntArrayRef sizes, const at::TensorOptions& options) {
