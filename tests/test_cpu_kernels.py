@@ -117,6 +117,8 @@ def test_fused_max_dim_chooses_the_path(build, fused_limit):
 # several chunks, the last one partial, with few samples (neurons split among the threads) and with
 # many (samples split), and at d < 16, where the features' backward recomputes the products.
 CHUNK_SHAPES = [(9, 520, 2100), (300, 300, 4500), (7, 9, 40000)]
+
+
 @pytest.mark.parametrize("shape", CHUNK_SHAPES, ids=[f"n{n}-d{d}-m{m}" for n, d, m in CHUNK_SHAPES])
 def test_fused_ops_over_several_weight_chunks(build, fused_limit, shape):
     """Every d on the fused kernels; the features and the net, and all their gradients (for the

@@ -886,9 +886,10 @@ int64_t round_up(int64_t a, int64_t b) { return ceil_div(a, b) * b; }
 
 // The packed weights: in the features forward a block of neurons' panel is at most
 // kBlockPanelBytes (1024 neurons up to d = 256 in float32, fewer beyond); the fused ops pack a chunk
-// of about kChunkPanelBytes at a time rather than a copy of all 2md weights. Beyond the inputs, taylor_features forward+backward at d = 1024, n = m = 1024
-// peaked at 17.5 MiB with the whole panel (8 MiB), 17.0 with chunks of 4 MiB and 14.0 with 2 MiB,
-// against 16.0 for the compiled reference (AVX-512, taylornet bench --ops features_fb).
+// of about kChunkPanelBytes at a time rather than a copy of all 2md weights. Beyond the inputs,
+// taylor_features forward+backward at d = 1024, n = m = 1024 peaked at 17.5 MiB with the whole
+// panel (8 MiB), 17.0 with chunks of 4 MiB and 14.0 with 2 MiB, against 16.0 for the compiled
+// reference (AVX-512, taylornet bench --ops features_fb).
 constexpr int64_t kBlockPanelBytes = int64_t(2) << 20;
 constexpr int64_t kChunkPanelBytes = int64_t(2) << 20;
 
@@ -949,17 +950,18 @@ struct FusedWeights {
   int count(int64_t g) const { return static_cast<int>(std::min<int64_t>(VL, m - g * VL)); }
 };
 
-// The net ops' weights packed a chunk of neurons at a time, body(f) per chunk in order: chunks of
-// about kChunkPanelBytes of panel and at least min_neurons (so that each is split among the threads
-// as all of them would be; a shorter remainder joins the last chunk), in whole groups.
+// body(f) for the weights of consecutive chunks of neurons, each packed only for its call: chunks
+// of whole multiples of `align` neurons (where the caller's blocks start), about kChunkPanelBytes
+// of panel but at least min_neurons (so that each is split among the threads as all of them would
+// be; a shorter remainder joins the last chunk).
 template <typename T, typename F>
-void for_each_weight_chunk(const Args& args, const Tensor& A, int64_t min_neurons, F&& body) {
-  constexpr int64_t VL = at::vec::Vectorized<T>::size();
+void for_each_weight_chunk(const Args& args, const Tensor& A, int64_t align, int64_t min_neurons, F&& body) {
   const int64_t d = args.x.size(1), m = args.w.size(0);
   const int64_t per_neuron = 2 * std::max<int64_t>(d, 1) * int64_t(sizeof(T));
-  const int64_t chunk = round_up(std::max(kChunkPanelBytes / per_neuron, min_neurons), VL);
+  min_neurons = std::max<int64_t>(min_neurons, 1);
+  const int64_t chunk = std::max(kChunkPanelBytes / per_neuron / align * align, round_up(min_neurons, align));
   for (int64_t first = 0; first < m;) {
-    const int64_t count = m - first - chunk < std::max(min_neurons, int64_t(1)) ? m - first : chunk;
+    const int64_t count = m - first - chunk < min_neurons ? m - first : chunk;
     body(FusedWeights<T>(args, A, first, count));
     first += count;
   }
@@ -1172,7 +1174,6 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
   constexpr int VL = Vec::size();
   static_assert(kLineGroups<T> <= 2, "a run of groups is one or two tiles");
   const int64_t n = args.x.size(0), d = args.x.size(1), m = args.w.size(0);
-  const int64_t groups = ceil_div(m, VL);
   // 96 (AVX2) or 128 rows of x per pass over a block of up to 1024 neurons' weights: the weights
   // (beyond L2 for large m or d) come from L3 once per block of rows, half as often as with 48.
   // Past d = 256 (float32) a block holds fewer neurons, so that its panel stays within
@@ -1181,22 +1182,16 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
   const int64_t block_rows = 16 * kRows;
   const int64_t block_groups = std::max<int64_t>(
       kLineGroups<T>, std::min<int64_t>(1024 / VL, kBlockPanelBytes / group_panel_bytes) / kLineGroups<T> * kLineGroups<T>);
-  const int64_t nsb = ceil_div(n, block_rows), blocks = ceil_div(groups, block_groups);
-  // The weights are packed a chunk of blocks at a time, the chunk's tasks (a block of rows x a
-  // block of neurons) shared among the threads: about kChunkPanelBytes of panel, or enough blocks
-  // for two tasks per thread, instead of a copy of all the weights (2md numbers, more than h itself
-  // where d > n / 2).
-  const int64_t chunk_blocks = std::clamp<int64_t>(
-      std::max(kChunkPanelBytes / (block_groups * group_panel_bytes),
-               ceil_div(2 * at::get_num_threads(), std::max<int64_t>(nsb, 1))),
-      1, std::max<int64_t>(blocks, 1));
+  const int64_t nsb = ceil_div(n, block_rows);
   const auto coef = plan_coefficients<T>(*args.plan);
   const PlanView<T> plan = args.plan->view(coef.data());
   const T* x = args.x.const_data_ptr<T>();
   T* o = out.mutable_data_ptr<T>();
-  for (int64_t cb = 0; cb < blocks; cb += chunk_blocks) {
-    const int64_t chunk0 = cb * block_groups * VL;  // the chunk's first neuron
-    const FusedWeights<T> f(args, Tensor(), chunk0, std::min(m, (cb + chunk_blocks) * block_groups * VL) - chunk0);
+  // A chunk's tasks (a block of rows x a block of neurons) are shared among the threads: chunks of
+  // whole blocks, enough of them for two tasks per thread.
+  const int64_t block_neurons = block_groups * VL;
+  const int64_t min_blocks = ceil_div(2 * at::get_num_threads(), std::max<int64_t>(nsb, 1));
+  for_each_weight_chunk<T>(args, Tensor(), block_neurons, min_blocks * block_neurons, [&](const FusedWeights<T>& f) {
     const int64_t ngb = ceil_div(f.groups, block_groups);
     at::parallel_for(0, nsb * ngb, 1, [&](int64_t t0, int64_t t1) {
       std::vector<T> xb(block_rows * std::max<int64_t>(d, 1));
@@ -1232,7 +1227,7 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
               // One group's vectors into its rows, streamed where a vector is a whole aligned line.
               const auto rows_into = [&](const V& v, T* base, bool streamed) {
                 for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                  T* dst = base + (i0 + r0 + i) * m + chunk0 + g * VL;
+                  T* dst = base + (i0 + r0 + i) * m + f.first + g * VL;
                   if (cnt == VL && streamed && kLineGroups<T> == 1 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                     Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
                   } else if (cnt == VL) {
@@ -1245,7 +1240,7 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
               // The run's two groups into their rows, each row's line streamed whole where aligned.
               const auto pair_into = [&](const V& first, const V& second, T* base) {
                 for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                  T* dst = base + (i0 + r0 + i) * m + chunk0 + g0 * VL;
+                  T* dst = base + (i0 + r0 + i) * m + f.first + g0 * VL;
                   if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                     Reg<T>::stream(typename Reg<T>::R(first.v[i]), dst);
                     Reg<T>::stream(typename Reg<T>::R(second.v[i]), dst + VL);
@@ -1277,7 +1272,7 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
       }
       if constexpr (Saving) stream_fence();
     });
-  }
+  });
 }
 
 // h into out; with du (and dz), also dh/du (and dh/dz0) for the saving forward, streamed past the
@@ -1344,7 +1339,7 @@ void fused_net_forward_with(const NetProblem<T>& p, Tensor& out) {
   };
   // Each chunk of neurons adds its share to every output; with few samples its neurons are split.
   const int64_t min_neurons = nsb >= threads ? 0 : threads * 2 * at::vec::Vectorized<T>::size();
-  for_each_weight_chunk<T>(p.args, p.A[0], min_neurons, [&](const FusedWeights<T>& f) {
+  for_each_weight_chunk<T>(p.args, p.A[0], at::vec::Vectorized<T>::size(), min_neurons, [&](const FusedWeights<T>& f) {
     if (nsb >= threads || nsb >= f.groups) {
       // Workers own sample blocks and sweep the chunk's neurons.
       T* o = out.mutable_data_ptr<T>();
@@ -1527,7 +1522,8 @@ void fused_param_grads_with(const NetProblem<T>& p, const std::vector<Tensor>& g
   const int64_t block_groups = std::max<int64_t>(1, 128 / VL);
   const int64_t nsb = ceil_div(p.n, 16 * kRows);
   // Chunks of at least a block of neurons per thread, so that a chunk is split like all of them.
-  for_each_weight_chunk<T>(p.args, p.grad_h ? Tensor() : p.A[0], threads * block_groups * VL, [&](const FusedWeights<T>& f) {
+  for_each_weight_chunk<T>(p.args, p.grad_h ? Tensor() : p.A[0], VL, threads * block_groups * VL,
+                           [&](const FusedWeights<T>& f) {
     const int64_t nnb = ceil_div(f.groups, block_groups);
     if (nnb >= threads || nnb >= nsb) {
       at::parallel_for(0, nnb, 1, [&](int64_t b0, int64_t b1) {
