@@ -44,6 +44,7 @@ struct Pack {
     Vec v[U];
   };
 
+  static constexpr int kVectors = U;
   static constexpr int size() { return U * Vec::size(); }
   Pack() {}
   template <typename A, std::enable_if_t<std::is_arithmetic_v<A>, int> = 0>
@@ -78,11 +79,24 @@ template <typename T, int U = kUnroll>
 struct VecMath {
   using P = Pack<T, U>;
   using Vec = at::vec::Vectorized<T>;
-  // Out of line: inlined into a register tile's loop, U chains of this much math spill. The fast
-  // float forms run kInterleave vectors in lock-step, one step of the formula for each before the
-  // next: written vector by vector, each ~20-deep dependency chain ran mostly alone (the compiler
-  // keeps the source order and the out-of-order window holds about one chain).
-  __attribute__((noinline)) static void tanh_sech2(const P& z, P& t, P& s) {
+  // Out of line for a whole register tile (U > kInlineVectors): inlined into the tile's loop, U
+  // chains of this much math spill. Inline for the few rows of a pass of the tile epilogue
+  // (kEpilogueRows), whose chains fit the registers, so the tile does not go through memory for the
+  // call. The fast float forms run kInterleave vectors in lock-step, one step of the formula for
+  // each before the next: written vector by vector, each ~20-deep dependency chain ran mostly alone
+  // (the compiler keeps the source order and the out-of-order window holds about one chain).
+  static constexpr int kInlineVectors = 2;
+  __attribute__((always_inline)) static void tanh_sech2(const P& z, P& t, P& s) {
+    if constexpr (U > kInlineVectors) tanh_sech2_outlined(z, t, s);
+    else tanh_sech2_inline(z, t, s);
+  }
+  __attribute__((always_inline)) static void sigmoid_pair(const P& z, P& p, P& q) {
+    if constexpr (U > kInlineVectors) sigmoid_pair_outlined(z, p, q);
+    else sigmoid_pair_inline(z, p, q);
+  }
+  __attribute__((noinline)) static void tanh_sech2_outlined(const P& z, P& t, P& s) { tanh_sech2_inline(z, t, s); }
+  __attribute__((noinline)) static void sigmoid_pair_outlined(const P& z, P& p, P& q) { sigmoid_pair_inline(z, p, q); }
+  __attribute__((always_inline)) static void tanh_sech2_inline(const P& z, P& t, P& s) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (kFastFloat) {
       for (int j = 0; j < U; j += kInterleave) tanh_sech2_fast<kInterleave>(z.v + j, t.v + j, s.v + j);
@@ -91,7 +105,7 @@ struct VecMath {
 #endif
     for (int j = 0; j < U; ++j) tanh_sech2_vec(z.v[j], t.v[j], s.v[j]);
   }
-  __attribute__((noinline)) static void sigmoid_pair(const P& z, P& p, P& q) {
+  __attribute__((always_inline)) static void sigmoid_pair_inline(const P& z, P& p, P& q) {
 #if defined(CPU_CAPABILITY_AVX2) || defined(CPU_CAPABILITY_AVX512)
     if constexpr (kFastFloat) {
       for (int j = 0; j < U; j += kInterleave) sigmoid_pair_fast<kInterleave>(z.v + j, p.v + j, q.v + j);
@@ -1079,20 +1093,53 @@ __attribute__((noinline)) void dual_product_out_of_line(const T* x, int64_t ld, 
   dual_product(x, ld, panel, d, z, u);
 }
 
-// The epilogue of one register tile, kRows vectors of lanes in lock-step: series S of
-// specialised.h (basis in registers, coefficients as immediates), or the plan's tables when S is
-// kGenericEpilogue.
-template <int S, typename T>
-RowPack<T> tile_feature(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u, const RowPack<T>& s) {
-  if constexpr (S >= 0) return spec_feature<S, RowPack<T>, RowMath<T>>(z, u, s);
-  else return feature<RowPack<T>, RowMath<T>>(plan, z, u, s);
+// Rows of a register tile per pass of a specialised epilogue. For a whole tile at once (kRows
+// vectors in lock-step) its basis (up to 2 (K + 2) vectors per row) and the math's temporaries
+// outgrew the vector registers: GCC kept most of them on the stack, and the transcendental
+// functions, out of line, took the tile through memory as well. Two rows at a time stay in
+// registers, the functions inline; the passes are independent and overlap in the out-of-order
+// window.
+constexpr int kEpilogueRows = 2;
+static_assert(kRows % kEpilogueRows == 0, "a tile is whole passes of the epilogue");
+
+// f(e, h) for the tile's feature values h of rows e, e + 1, ... (a Pack of kEpilogueRows vectors
+// per pass of a specialised epilogue; the plan's tables take the whole tile in one Pack, sharing
+// their lookups).
+template <int S, typename T, typename F>
+__attribute__((always_inline)) inline void tile_feature_rows(const PlanView<T>& plan, const RowPack<T>& z,
+                                                             const RowPack<T>& u, const at::vec::Vectorized<T>& s,
+                                                             F&& f) {
+  if constexpr (S >= 0) {
+    using P = Pack<T, kEpilogueRows>;
+    static_for<kRows / kEpilogueRows>([&](auto pass) TN_LAMBDA_INLINE {
+      constexpr int e = decltype(pass)::value * kEpilogueRows;
+      P zp, up;
+#pragma GCC unroll 8
+      for (int i = 0; i < kEpilogueRows; ++i) zp.v[i] = z.v[e + i], up.v[i] = u.v[e + i];
+      f(e, spec_feature<S, P, VecMath<T, kEpilogueRows>>(zp, up, P::rows(s)));
+    });
+  } else {
+    f(0, feature<RowPack<T>, RowMath<T>>(plan, z, u, RowPack<T>::rows(s)));
+  }
 }
 
-template <int S, bool NeedValue, bool NeedDz, typename T>
-tn::Grads<RowPack<T>> tile_feature_grads(const PlanView<T>& plan, const RowPack<T>& z, const RowPack<T>& u,
-                                         const RowPack<T>& s) {
-  if constexpr (S >= 0) return spec_feature_grads<S, NeedValue, NeedDz, RowPack<T>, RowMath<T>>(z, u, s);
-  else return feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, s, NeedValue, NeedDz);
+// The same for the value (NeedValue) and the derivatives: f(e, grads of rows e, e + 1, ...).
+template <int S, bool NeedValue, bool NeedDz, typename T, typename F>
+__attribute__((always_inline)) inline void tile_feature_grads_rows(const PlanView<T>& plan, const RowPack<T>& z,
+                                                                   const RowPack<T>& u,
+                                                                   const at::vec::Vectorized<T>& s, F&& f) {
+  if constexpr (S >= 0) {
+    using P = Pack<T, kEpilogueRows>;
+    static_for<kRows / kEpilogueRows>([&](auto pass) TN_LAMBDA_INLINE {
+      constexpr int e = decltype(pass)::value * kEpilogueRows;
+      P zp, up;
+#pragma GCC unroll 8
+      for (int i = 0; i < kEpilogueRows; ++i) zp.v[i] = z.v[e + i], up.v[i] = u.v[e + i];
+      f(e, spec_feature_grads<S, NeedValue, NeedDz, P, VecMath<T, kEpilogueRows>>(zp, up, P::rows(s)));
+    });
+  } else {
+    f(0, feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, RowPack<T>::rows(s), NeedValue, NeedDz));
+  }
 }
 
 // f(std::integral_constant<int, S>{}) with the epilogue of the call's series: float32 takes the
@@ -1221,13 +1268,14 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
             V held_du, held_dz;
             for (int64_t g = g0; g < g1; ++g) {
               const int cnt = f.count(g);
-              const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+              const Vec s = Vec::loadu(f.s.data() + g * VL);
               V z, u;
               tile_products(f, xb.data() + r0 * d, d, g, z, u);
-              // One group's vectors into its rows, streamed where a vector is a whole aligned line.
-              const auto rows_into = [&](const V& v, T* base, bool streamed) {
-                for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                  T* dst = base + (i0 + r0 + i) * m + f.first + g * VL;
+              // Rows e, e + 1, ... of one group (a pass of the epilogue) into their rows of base,
+              // streamed where a vector is a whole aligned line.
+              const auto rows_into = [&](int e, const auto& v, T* base, bool streamed) TN_LAMBDA_INLINE {
+                for (int i = 0; i < v.kVectors && r0 + e + i < rows; ++i) {
+                  T* dst = base + (i0 + r0 + e + i) * m + f.first + g * VL;
                   if (cnt == VL && streamed && kLineGroups<T> == 1 && reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
                     Reg<T>::stream(typename Reg<T>::R(v.v[i]), dst);
                   } else if (cnt == VL) {
@@ -1238,33 +1286,38 @@ void fused_features_forward_with(const Args& args, Tensor& out, T* du, T* dz, bo
                 }
               };
               // The run's two groups into their rows, each row's line streamed whole where aligned.
-              const auto pair_into = [&](const V& first, const V& second, T* base) {
-                for (int i = 0; i < kRows && r0 + i < rows; ++i) {
-                  T* dst = base + (i0 + r0 + i) * m + f.first + g0 * VL;
+              const auto pair_into = [&](int e, const V& first, const auto& second, T* base) TN_LAMBDA_INLINE {
+                for (int i = 0; i < second.kVectors && r0 + e + i < rows; ++i) {
+                  T* dst = base + (i0 + r0 + e + i) * m + f.first + g0 * VL;
                   if (reinterpret_cast<uintptr_t>(dst) % 64 == 0) {
-                    Reg<T>::stream(typename Reg<T>::R(first.v[i]), dst);
+                    Reg<T>::stream(typename Reg<T>::R(first.v[e + i]), dst);
                     Reg<T>::stream(typename Reg<T>::R(second.v[i]), dst + VL);
                   } else {
-                    first.v[i].store(dst);
+                    first.v[e + i].store(dst);
                     second.v[i].store(dst + VL);
                   }
                 }
               };
+              // Held for the run's second group: the first group's rows.
+              const auto hold = [](int e, const auto& v, V& held) TN_LAMBDA_INLINE {
+                for (int i = 0; i < v.kVectors; ++i) held.v[e + i] = v.v[i];
+              };
               if constexpr (Saving) {
-                const auto dh = tile_feature_grads<S, true, SavingDz>(plan, z, u, s);
-                rows_into(dh.value, o, false);
-                if (pair && g == g0) {
-                  held_du = dh.du;
-                  if constexpr (SavingDz) held_dz = dh.dz;
-                } else if (pair) {
-                  pair_into(held_du, dh.du, du);
-                  if constexpr (SavingDz) pair_into(held_dz, dh.dz, dz);
-                } else {
-                  rows_into(dh.du, du, stream);
-                  if constexpr (SavingDz) rows_into(dh.dz, dz, stream);
-                }
+                tile_feature_grads_rows<S, true, SavingDz>(plan, z, u, s, [&](int e, const auto& dh) TN_LAMBDA_INLINE {
+                  rows_into(e, dh.value, o, false);
+                  if (pair && g == g0) {
+                    hold(e, dh.du, held_du);
+                    if constexpr (SavingDz) hold(e, dh.dz, held_dz);
+                  } else if (pair) {
+                    pair_into(e, held_du, dh.du, du);
+                    if constexpr (SavingDz) pair_into(e, held_dz, dh.dz, dz);
+                  } else {
+                    rows_into(e, dh.du, du, stream);
+                    if constexpr (SavingDz) rows_into(e, dh.dz, dz, stream);
+                  }
+                });
               } else {
-                rows_into(tile_feature<S>(plan, z, u, s), o, false);
+                tile_feature_rows<S>(plan, z, u, s, [&](int e, const auto& h) TN_LAMBDA_INLINE { rows_into(e, h, o, false); });
               }
             }
           }
@@ -1302,17 +1355,18 @@ void fused_net_forward_block(const FusedWeights<T>& f, const PlanView<T>& plan, 
   copy_rows(x, d, i0, rows, rows_pad, d, xb.data());
   std::fill(acc.begin(), acc.begin() + rows_pad * c, Vec(T(0)));
   for (int64_t g = g0; g < g1; ++g) {
-    const V s = V::rows(Vec::loadu(f.s.data() + g * VL));
+    const Vec s = Vec::loadu(f.s.data() + g * VL);
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
       V z, u;
       tile_products(f, xb.data() + r0 * d, d, g, z, u);
-      const V h = tile_feature<S>(plan, z, u, s);
-      for (int64_t j = 0; j < c; ++j) {
-        const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
-        Vec* accj = acc.data() + r0 * c + j;
+      tile_feature_rows<S>(plan, z, u, s, [&](int e, const auto& h) TN_LAMBDA_INLINE {
+        for (int64_t j = 0; j < c; ++j) {
+          const Vec aj = Vec::loadu(f.a.data() + j * mp + g * VL);  // zero past m
+          Vec* accj = acc.data() + (r0 + e) * c + j;
 #pragma GCC unroll 16
-        for (int i = 0; i < kRows; ++i) accj[i * c] = at::vec::fmadd(h.v[i], aj, accj[i * c]);
-      }
+          for (int i = 0; i < h.kVectors; ++i) accj[i * c] = at::vec::fmadd(h.v[i], aj, accj[i * c]);
+        }
+      });
     }
   }
   for (int64_t i = 0; i < rows; ++i)
@@ -1407,7 +1461,7 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Need
   for (int64_t g = gb; g < gb + ng; ++g) {
     const int64_t col = (g - gb) * VL;
     const int cnt = f.count(g);
-    const V sg = V::rows(Vec::loadu(f.s.data() + g * VL));
+    const Vec sg = Vec::loadu(f.s.data() + g * VL);
     for (int64_t r0 = 0; r0 < rows_pad; r0 += kRows) {
       V z, u;
       tile_products<true>(f, s.xb.data() + r0 * ld, ld, g, z, u);
@@ -1426,28 +1480,32 @@ void backward_panel(const FusedWeights<T>& f, const NetProblem<T>& p, const Need
           for (int i = 0; i < kRows; ++i) gh.v[i] = at::vec::fmadd(Vec(gs[i * c + j]), aj, gh.v[i]);
         }
       }
-      const auto dh = tile_feature_grads<S, Full, Full>(p.plan, z, u, sg);
-      // The tile's rows of v into the panel's columns of this group, their sum into the bias sum.
-      const auto store_and_sum = [&](const V& v, std::vector<T>& panel, Vec& bias_sum) {
-        Vec sum(T(0));
+      // Per pass of the epilogue (rows e, e + 1, ...): the rows of v into the panel's columns of
+      // this group, their sum into the bias sum.
+      tile_feature_grads_rows<S, Full, Full>(p.plan, z, u, sg, [&](int e, const auto& dh) TN_LAMBDA_INLINE {
+        constexpr int E = std::decay_t<decltype(dh.du)>::kVectors;
+        const auto store_and_sum = [&](const auto& v, std::vector<T>& panel, Vec& bias_sum) TN_LAMBDA_INLINE {
+          Vec sum(T(0));
 #pragma GCC unroll 16
-        for (int i = 0; i < kRows; ++i) {
-          v.v[i].store(panel.data() + (r0 + i) * width + col);
-          sum = sum + v.v[i];
+          for (int i = 0; i < E; ++i) {
+            const Vec gv = gh.v[e + i] * v.v[i];
+            gv.store(panel.data() + (r0 + e + i) * width + col);
+            sum = sum + gv;
+          }
+          bias_sum = bias_sum + sum;
+        };
+        if (need_g) store_and_sum(dh.du, s.G, s.db[g - gb]);
+        if (Full && need_dz) store_and_sum(dh.dz, s.G0, s.db0[g - gb]);
+        if (Full && need_phi) {
+          const T* gs = s.gs.data() + (r0 + e) * c;
+          for (int64_t j = 0; j < c; ++j) {
+            Vec acc = s.da[j * ng + (g - gb)];
+            // real rows only: a padding row's value (z0 = b0) may overflow where no sample's does
+            for (int i = 0; i < E && r0 + e + i < rows; ++i) acc = at::vec::fmadd(Vec(gs[i * c + j]), dh.value.v[i], acc);
+            s.da[j * ng + (g - gb)] = acc;
+          }
         }
-        bias_sum = bias_sum + sum;
-      };
-      if (need_g) store_and_sum(gh * dh.du, s.G, s.db[g - gb]);
-      if (Full && need_dz) store_and_sum(gh * dh.dz, s.G0, s.db0[g - gb]);
-      if (Full && need_phi) {
-        const T* gs = s.gs.data() + r0 * c;
-        for (int64_t j = 0; j < c; ++j) {
-          Vec acc = s.da[j * ng + (g - gb)];
-          // real rows only: a padding row's value (z0 = b0) may overflow where no sample's does
-          for (int i = 0; i < kRows && r0 + i < rows; ++i) acc = at::vec::fmadd(Vec(gs[i * c + j]), dh.value.v[i], acc);
-          s.da[j * ng + (g - gb)] = acc;
-        }
-      }
+      });
     }
   }
 }

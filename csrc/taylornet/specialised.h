@@ -16,11 +16,11 @@ namespace tn {
 
 // Compile-time loops: f(std::integral_constant<int, I>) for I = 0 ... N-1.
 template <typename F, int... I>
-TN_HD void static_for_impl(F& f, std::integer_sequence<int, I...>) {
+TN_HD_INLINE void static_for_impl(F& f, std::integer_sequence<int, I...>) {
   (f(std::integral_constant<int, I>{}), ...);
 }
 template <int N, typename F>
-TN_HD void static_for(F&& f) {
+TN_HD_INLINE void static_for(F&& f) {
   static_for_impl(f, std::make_integer_sequence<int, N>{});
 }
 
@@ -111,15 +111,15 @@ struct SpecBasis {
 
   // g[first + k] = head * base^k for k < count
   template <int First, int Count>
-  TN_HD void powers(const V& head, const V& base) {
+  TN_HD_INLINE void powers(const V& head, const V& base) {
     V p = head;
-    static_for<Count>([&](auto k) {
+    static_for<Count>([&](auto k) TN_LAMBDA_INLINE {
       g[First + decltype(k)::value] = p;
       if constexpr (decltype(k)::value + 1 < Count) p = p * base;
     });
   }
 
-  TN_HD explicit SpecBasis(const V& z) {
+  TN_HD_INLINE explicit SpecBasis(const V& z) {
     if constexpr (act == Act::kTanh) {
       V t, s;
       M::tanh_sech2(z, t, s);
@@ -143,7 +143,7 @@ struct SpecBasis {
       g[0] = p;
       g[1] = z * p;
       powers<2, h>(p * q, p - q);
-      static_for<h>([&](auto j) { g[2 + h + decltype(j)::value] = z * g[2 + decltype(j)::value]; });
+      static_for<h>([&](auto j) TN_LAMBDA_INLINE { g[2 + h + decltype(j)::value] = z * g[2 + decltype(j)::value]; });
     } else if constexpr (act == Act::kGelu) {
       const V Phi = V(0.5) * M::erfc(z * V(-0.70710678118654752440));
       g[0] = Phi;
@@ -168,7 +168,7 @@ struct SpecBasis {
   // polynomial of its own would cost one multiply-add per coefficient and one to add it in: about
   // twice the operations for silu's value and d/dv.
   template <int Q>
-  TN_HD V quantity(const V& v) const {
+  TN_HD_INLINE V quantity(const V& v) const {
     using A = typename V::value_type;
     constexpr int top = kDense<S>.top[Q];
     if constexpr (top < 0) {
@@ -178,7 +178,7 @@ struct SpecBasis {
       V acc = g[j0];
       if constexpr (kCoef<S, Q, j0, top> != 1.0) acc = acc * V(static_cast<A>(kCoef<S, Q, j0, top>));
       acc = add_terms<Q, top, j0 + 1>(acc);
-      static_for<top>([&](auto kc) {
+      static_for<top>([&](auto kc) TN_LAMBDA_INLINE {
         constexpr int i = top - 1 - decltype(kc)::value, j = kFirstTerm<S, Q, i>;
         if constexpr (j < 0) {
           acc = acc * v;
@@ -195,9 +195,9 @@ struct SpecBasis {
  private:
   // acc + the terms of column I of quantity Q from basis function From on.
   template <int Q, int I, int From>
-  TN_HD V add_terms(V acc) const {
+  TN_HD_INLINE V add_terms(V acc) const {
     using A = typename V::value_type;
-    static_for<J>([&](auto jc) {
+    static_for<J>([&](auto jc) TN_LAMBDA_INLINE {
       constexpr int j = decltype(jc)::value;
       if constexpr (j >= From) {
         constexpr double c = kCoef<S, Q, j, I>;
@@ -214,7 +214,7 @@ struct SpecBasis {
 // the series fixed at compile time); the value and d/dz0 only when asked for at compile time (else
 // left unset).
 template <int S, bool NeedValue, bool NeedDz, typename V, typename M>
-TN_HD Grads<V> spec_feature_grads(const V& z0, const V& u, const V& s) {
+TN_HD_INLINE Grads<V> spec_feature_grads(const V& z0, const V& u, const V& s) {
   using A = typename V::value_type;
   constexpr bool exact = kSpecialised[S].exact;
   const V v = s * u;
@@ -231,7 +231,7 @@ TN_HD Grads<V> spec_feature_grads(const V& z0, const V& u, const V& s) {
 }
 
 template <int S, typename V, typename M>
-TN_HD V spec_feature(const V& z0, const V& u, const V& s) {
+TN_HD_INLINE V spec_feature(const V& z0, const V& u, const V& s) {
   using A = typename V::value_type;
   constexpr bool exact = kSpecialised[S].exact;
   const V v = s * u;
