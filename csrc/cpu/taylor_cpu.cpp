@@ -1102,6 +1102,20 @@ __attribute__((noinline)) void dual_product_out_of_line(const T* x, int64_t ld, 
 constexpr int kEpilogueRows = 2;
 static_assert(kRows % kEpilogueRows == 0, "a tile is whole passes of the epilogue");
 
+// f(e, z, u, s) for each pass of a tile: Packs of the kEpilogueRows rows from row e on.
+template <typename T, typename F>
+__attribute__((always_inline)) inline void for_each_epilogue_pass(const RowPack<T>& z, const RowPack<T>& u,
+                                                                  const at::vec::Vectorized<T>& s, F&& f) {
+  using P = Pack<T, kEpilogueRows>;
+  static_for<kRows / kEpilogueRows>([&](auto pass) TN_LAMBDA_INLINE {
+    constexpr int e = decltype(pass)::value * kEpilogueRows;
+    P zp, up;
+#pragma GCC unroll 8
+    for (int i = 0; i < kEpilogueRows; ++i) zp.v[i] = z.v[e + i], up.v[i] = u.v[e + i];
+    f(e, zp, up, P::rows(s));
+  });
+}
+
 // f(e, h) for the tile's feature values h of rows e, e + 1, ... (a Pack of kEpilogueRows vectors
 // per pass of a specialised epilogue; the plan's tables take the whole tile in one Pack, sharing
 // their lookups).
@@ -1110,13 +1124,8 @@ __attribute__((always_inline)) inline void tile_feature_rows(const PlanView<T>& 
                                                              const RowPack<T>& u, const at::vec::Vectorized<T>& s,
                                                              F&& f) {
   if constexpr (S >= 0) {
-    using P = Pack<T, kEpilogueRows>;
-    static_for<kRows / kEpilogueRows>([&](auto pass) TN_LAMBDA_INLINE {
-      constexpr int e = decltype(pass)::value * kEpilogueRows;
-      P zp, up;
-#pragma GCC unroll 8
-      for (int i = 0; i < kEpilogueRows; ++i) zp.v[i] = z.v[e + i], up.v[i] = u.v[e + i];
-      f(e, spec_feature<S, P, VecMath<T, kEpilogueRows>>(zp, up, P::rows(s)));
+    for_each_epilogue_pass<T>(z, u, s, [&](int e, const auto& zp, const auto& up, const auto& sp) TN_LAMBDA_INLINE {
+      f(e, spec_feature<S, std::decay_t<decltype(zp)>, VecMath<T, kEpilogueRows>>(zp, up, sp));
     });
   } else {
     f(0, feature<RowPack<T>, RowMath<T>>(plan, z, u, RowPack<T>::rows(s)));
@@ -1129,13 +1138,8 @@ __attribute__((always_inline)) inline void tile_feature_grads_rows(const PlanVie
                                                                    const RowPack<T>& u,
                                                                    const at::vec::Vectorized<T>& s, F&& f) {
   if constexpr (S >= 0) {
-    using P = Pack<T, kEpilogueRows>;
-    static_for<kRows / kEpilogueRows>([&](auto pass) TN_LAMBDA_INLINE {
-      constexpr int e = decltype(pass)::value * kEpilogueRows;
-      P zp, up;
-#pragma GCC unroll 8
-      for (int i = 0; i < kEpilogueRows; ++i) zp.v[i] = z.v[e + i], up.v[i] = u.v[e + i];
-      f(e, spec_feature_grads<S, NeedValue, NeedDz, P, VecMath<T, kEpilogueRows>>(zp, up, P::rows(s)));
+    for_each_epilogue_pass<T>(z, u, s, [&](int e, const auto& zp, const auto& up, const auto& sp) TN_LAMBDA_INLINE {
+      f(e, spec_feature_grads<S, NeedValue, NeedDz, std::decay_t<decltype(zp)>, VecMath<T, kEpilogueRows>>(zp, up, sp));
     });
   } else {
     f(0, feature_grads<RowPack<T>, RowMath<T>>(plan, z, u, RowPack<T>::rows(s), NeedValue, NeedDz));
