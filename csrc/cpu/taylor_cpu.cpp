@@ -34,6 +34,14 @@ using at::Tensor;
 // the basis powers) then overlap, and the table lookups are shared by all of them.
 constexpr int kUnroll = 4;
 
+// Rows of a register tile per pass of a specialised epilogue. For a whole tile at once (kRows
+// vectors in lock-step) its basis (up to 2 (K + 2) vectors per row) and the math's temporaries
+// outgrew the vector registers: GCC kept most of them on the stack, and the transcendental
+// functions, out of line, took the tile through memory as well. Two rows at a time stay in
+// registers, the functions inline; the passes are independent and overlap in the out-of-order
+// window.
+constexpr int kEpilogueRows = 2;
+
 template <typename T, int U = kUnroll>
 struct Pack {
   using Vec = at::vec::Vectorized<T>;
@@ -79,19 +87,18 @@ template <typename T, int U = kUnroll>
 struct VecMath {
   using P = Pack<T, U>;
   using Vec = at::vec::Vectorized<T>;
-  // Out of line for a whole register tile (U > kInlineVectors): inlined into the tile's loop, U
+  // Out of line for a whole register tile (U > kEpilogueRows): inlined into the tile's loop, U
   // chains of this much math spill. Inline for the few rows of a pass of the tile epilogue
   // (kEpilogueRows), whose chains fit the registers, so the tile does not go through memory for the
   // call. The fast float forms run kInterleave vectors in lock-step, one step of the formula for
   // each before the next: written vector by vector, each ~20-deep dependency chain ran mostly alone
   // (the compiler keeps the source order and the out-of-order window holds about one chain).
-  static constexpr int kInlineVectors = 2;
   __attribute__((always_inline)) static void tanh_sech2(const P& z, P& t, P& s) {
-    if constexpr (U > kInlineVectors) tanh_sech2_outlined(z, t, s);
+    if constexpr (U > kEpilogueRows) tanh_sech2_outlined(z, t, s);
     else tanh_sech2_inline(z, t, s);
   }
   __attribute__((always_inline)) static void sigmoid_pair(const P& z, P& p, P& q) {
-    if constexpr (U > kInlineVectors) sigmoid_pair_outlined(z, p, q);
+    if constexpr (U > kEpilogueRows) sigmoid_pair_outlined(z, p, q);
     else sigmoid_pair_inline(z, p, q);
   }
   __attribute__((noinline)) static void tanh_sech2_outlined(const P& z, P& t, P& s) { tanh_sech2_inline(z, t, s); }
@@ -1093,13 +1100,6 @@ __attribute__((noinline)) void dual_product_out_of_line(const T* x, int64_t ld, 
   dual_product(x, ld, panel, d, z, u);
 }
 
-// Rows of a register tile per pass of a specialised epilogue. For a whole tile at once (kRows
-// vectors in lock-step) its basis (up to 2 (K + 2) vectors per row) and the math's temporaries
-// outgrew the vector registers: GCC kept most of them on the stack, and the transcendental
-// functions, out of line, took the tile through memory as well. Two rows at a time stay in
-// registers, the functions inline; the passes are independent and overlap in the out-of-order
-// window.
-constexpr int kEpilogueRows = 2;
 static_assert(kRows % kEpilogueRows == 0, "a tile is whole passes of the epilogue");
 
 // f(e, z, u, s) for each pass of a tile: Packs of the kEpilogueRows rows from row e on.
