@@ -89,12 +89,14 @@ def fused_max_dim(limit: int | str | None = None) -> int:
 
 
 def saved_cache(limit_bytes: int | None = None) -> tuple[int, int]:
-    """(bytes held, limit in bytes) of the cache of the CPU training forward's kept derivatives.
+    """(bytes held, limit in bytes) of the cache of the CPU features forward's n x m buffers.
 
-    A CPU forward of :func:`taylornet.taylor_features` that will be differentiated keeps dh/du (and
-    dh/dz0) for its backward, one n x m buffer each. Once the backward has released them they go to
-    this cache, and the next forward of the same size takes them again instead of mapping fresh
-    pages (glibc's malloc would return them to the system: thousands of page faults per step).
+    A CPU forward of :func:`taylornet.taylor_features` takes its output h from this cache, and a
+    forward that will be differentiated keeps dh/du (and dh/dz0) for its backward, one n x m buffer
+    each, from it too. Once their last tensor is released they go back to the cache, and the next
+    forward of the same size takes them again instead of mapping fresh pages (glibc's malloc would
+    return them to the system when several are released together, as at the end of a training step:
+    thousands of page faults per step, for its own buffers and for those of the layers around them).
     At most 256 MiB are held (the environment variable ``TAYLORNET_SAVED_CACHE_MB`` sets another
     start); ``limit_bytes`` sets the limit now (0: no cache, and what it held is freed).
     """

@@ -310,38 +310,95 @@ def test_kept_derivatives_reuse_released_buffers():
 
     held, limit = saved_cache()
     try:
+        saved_cache(0)
         saved_cache(1 << 30)
         n, m = 53, 47
+        size = n * m * 8
         first = make_problem(n=n, d=SAVE_D, m=m, c=0, seed=21)
         _features_step(first, first["w"].clone().requires_grad_())
-        held_after_first = saved_cache()[0]
-        assert held_after_first >= n * m * 8  # dh/du, released by the backward, is held
-        # The next forward of the same size takes the buffer (and writes all of it: the gradients
-        # of a different problem are exact).
+        # dh/du, released by the backward, and h, released by the caller, are held
+        assert saved_cache()[0] == 2 * size
+        # The next forward of the same size takes both buffers (and writes all of them: the
+        # gradients of a different problem are exact).
         second = make_problem(n=n, d=SAVE_D, m=m, c=0, seed=22)
         w = second["w"].clone().requires_grad_()
         h = tn.taylor_features(second["x"], second["w0"], w, second["b0"], second["b"], activation="tanh", order=2)
-        assert saved_cache()[0] == held_after_first - n * m * 8
+        assert saved_cache()[0] == 0
         (got,) = torch.autograd.grad(h, w, torch.ones_like(h))
         wr = second["w"].clone().requires_grad_()
         r = tn.reference.taylor_features(second["x"], second["w0"], wr, second["b0"], second["b"],
                                          activation="tanh", order=2)
         (want,) = torch.autograd.grad(r, wr, torch.ones_like(r))
         torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
-        assert saved_cache()[0] == held_after_first
+        assert saved_cache()[0] == size
+        del h
+        assert saved_cache()[0] == 2 * size
         # A limit of 0 frees what is held and keeps nothing; the results do not change.
         assert saved_cache(0) == (0, 0)
         _, again = _features_step(second, second["w"].clone().requires_grad_())
         torch.testing.assert_close(again, want, rtol=1e-10, atol=1e-12)
         assert saved_cache()[0] == 0
         # Room for one buffer: a newly released one of another size replaces the one held.
-        saved_cache(n * m * 8)
+        saved_cache(size)
         _features_step(first, first["w"].clone().requires_grad_())
-        assert saved_cache()[0] == n * m * 8
+        assert saved_cache()[0] == size
         small = make_problem(n=n - 10, d=SAVE_D, m=m, c=0, seed=23)
         _features_step(small, small["w"].clone().requires_grad_())
         assert saved_cache()[0] == (n - 10) * m * 8
     finally:
+        saved_cache(0)
+        saved_cache(limit)
+
+
+@pytest.mark.parametrize("d", [3, SAVE_D], ids=["recomputing", "keeping"])
+def test_features_output_buffers_are_recycled_safely(d):
+    """The forward's output comes from the recycled buffers: a released one is taken again and fully
+    overwritten, one still alive never is, and the tensor behaves like any other (resizing,
+    shared memory)."""
+    from taylornet.ops import saved_cache
+
+    held, limit = saved_cache()
+    n, m = 29, 61
+    a, b = (make_problem(n=n, d=d, m=m, c=0, seed=s) for s in (31, 32))
+
+    def forward(p, grad):
+        with torch.set_grad_enabled(grad):
+            w = p["w"].clone().requires_grad_(grad)
+            return tn.taylor_features(p["x"], p["w0"], w, p["b0"], p["b"], activation="silu", order=2)
+
+    def want(p):
+        return tn.reference.taylor_features(p["x"], p["w0"], p["w"], p["b0"], p["b"], activation="silu", order=2)
+
+    try:
+        saved_cache(0)
+        saved_cache(1 << 30)
+        for grad in (False, True):
+            h = forward(a, grad)
+            address = h.data_ptr()
+            del h  # with grad, its kept dh/du too
+            held_before = saved_cache()[0]
+            again = forward(b, grad)  # in released buffers (a's output's without grad)
+            assert saved_cache()[0] == held_before - (1 + (grad and d == SAVE_D)) * n * m * 8
+            if not grad:
+                assert again.data_ptr() == address
+            torch.testing.assert_close(again, want(b), rtol=1e-12, atol=1e-12)
+            alive = forward(a, grad)  # `again` is alive: another buffer
+            assert alive.data_ptr() != again.data_ptr()
+            torch.testing.assert_close(alive, want(a), rtol=1e-12, atol=1e-12)
+            torch.testing.assert_close(again, want(b), rtol=1e-12, atol=1e-12)
+            del again, alive
+        # Growing the output moves it to ordinary memory with its values, and hands the buffer back.
+        h = forward(a, False).detach()
+        before = saved_cache()[0]
+        h.resize_(n + 5, m)
+        assert saved_cache()[0] == before + n * m * 8
+        torch.testing.assert_close(h[:n], want(a), rtol=1e-12, atol=1e-12)
+        del h
+        shared = forward(b, False).share_memory_()
+        assert shared.is_shared()
+        torch.testing.assert_close(shared, want(b), rtol=1e-12, atol=1e-12)
+    finally:
+        saved_cache(0)
         saved_cache(limit)
 
 

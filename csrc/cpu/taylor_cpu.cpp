@@ -564,10 +564,10 @@ std::vector<Tensor> features_forward_impl(const Args& args, bool save, bool need
   using V = Pack<T>;
   using M = VecMath<T>;
   const int64_t n = args.x.size(0), m = args.w.size(0);
-  std::vector<Tensor> outs{at::empty({n, m}, args.x.options())};
+  std::vector<Tensor> outs{recycled_buffer({n, m}, args.x.options())};
   if (save) {
-    outs.push_back(saved_buffer({n, m}, args.x.options()));
-    outs.push_back(need_dz ? saved_buffer({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
+    outs.push_back(recycled_buffer({n, m}, args.x.options()));
+    outs.push_back(need_dz ? recycled_buffer({n, m}, args.x.options()) : at::empty({0}, args.x.options()));
   }
   // Read whenever a forward keeps derivatives, so that a bad value raises in every build.
   const bool stream_saved = save && saved_streamed();

@@ -41,9 +41,10 @@ struct Kernels {
 
 const Kernels& kernels();
 
-// An uninitialised tensor for a derivative that a training forward keeps for its backward, from
-// the cache of such buffers (saved_buffers.cpp).
-at::Tensor saved_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
+// An uninitialised tensor for an n x m buffer of the features forward (its output, or a derivative
+// that a training forward keeps for its backward), from the cache of such buffers
+// (recycled_buffers.cpp).
+at::Tensor recycled_buffer(at::IntArrayRef sizes, const at::TensorOptions& options);
 // (bytes cached, limit in bytes) of that cache, after setting the limit when one is given (0: no
 // cache; lowering it frees released buffers beyond it at once).
 std::vector<int64_t> saved_cache(std::optional<int64_t> limit_bytes);

@@ -1,15 +1,18 @@
-// The buffers of the derivatives that a CPU training forward keeps for its backward (dh/du and
-// dh/dz0, each n x m), recycled: a buffer that its backward has released goes to a small cache
-// instead of back to malloc, and the next forward of the same size takes it from there. The cache
-// holds at most 256 MiB of released buffers (TAYLORNET_SAVED_CACHE_MB, or saved_cache(limit)), and
-// frees the longest-held ones to make room for a newly released one; 0 turns the cache off.
+// The n x m buffers of the CPU features forward, recycled: its output h and the derivatives that a
+// training forward keeps for its backward (dh/du and dh/dz0). A buffer released by its last tensor
+// goes to a small cache instead of back to malloc, and the next forward of the same size takes it
+// from there. The cache holds at most 256 MiB of released buffers (TAYLORNET_SAVED_CACHE_MB, or
+// saved_cache(limit)), and frees the longest-held ones to make room for a newly released one; 0
+// turns the cache off.
 //
 // Why: glibc returns the top of its heap to the system once more than twice the largest freed
-// mmapped block lies free there. When h and dh/du (each n x m) are released together at the end
-// of a step, that is the case, and the next step maps and zero-fills every page of both again:
-// at n = m = 1024 (8 MB) about 2,000 page faults per step, which cost the saving forward a third
-// of its time. Kept here, dh/du no longer counts towards the heap's free top, and neither set of
-// pages is faulted in again.
+// mmapped block lies free there. When two n x m buffers are released together at the end of a
+// training step (h and dh/du; or h and the cotangent of h that the layer above computed), that is
+// the case, and the next step maps and zero-fills every page of them again: at n = m = 1024 (two
+// buffers, 8 MiB in float32) about 2,000 page faults per step, which cost the saving forward a
+// third of its time. Kept here, our buffers no longer count towards the heap's free top, and the
+// pages of neither ours nor the others are faulted in again.
+#include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 #include <c10/util/Exception.h>
 
@@ -39,7 +42,14 @@ class SavedBufferCache {
     if (bytes == 0) return at::empty(sizes, options);
     void* p = take(bytes);
     if (p == nullptr) p = c10::alloc_cpu(bytes);
-    return at::from_blob(p, sizes, [this, bytes](void* q) { give(q, bytes); }, options);
+    // A storage like at::empty's, resizable: growing it moves the data to memory of the default
+    // allocator and hands this buffer back.
+    return at::for_blob(p, sizes)
+        .deleter([this, bytes](void* q) { give(q, bytes); })
+        .options(options)
+        .resizeable_storage()
+        .allocator(c10::GetCPUAllocator())
+        .make_tensor();
   }
 
   void set_limit(size_t bytes) {
@@ -111,7 +121,7 @@ SavedBufferCache& cache() {
 
 }  // namespace
 
-at::Tensor saved_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
+at::Tensor recycled_buffer(at::IntArrayRef sizes, const at::TensorOptions& options) {
   return cache().empty(sizes, options);
 }
 
