@@ -190,3 +190,30 @@ def test_gpu_check_fits_its_time_budget():
     subprocess.run(["bash", "-n", str(script)], check=True)
     limits = [int(s) for s in re.findall(r"^\s*timeout (\d+) ", script.read_text(), flags=re.M)]
     assert len(limits) >= 7 and sum(limits) <= 480, limits
+
+
+@pytest.mark.parametrize("name", ["wide", "deep"])
+def test_training_models_compute_the_same_step(name):
+    """The training benchmark's fused model and its reference twin hold the same parameters and give
+    the same loss and gradients on a batch; the plain network has the same layer shapes."""
+    import torch
+    from torch import nn
+
+    from taylornet.bench import training
+
+    fused, ref, plain = training.build(name)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(64, training.MODELS[name][0][0], generator=g)
+    y = torch.randint(0, training.CLASSES, (64,), generator=g)
+    grads = []
+    for model in (fused, ref):
+        loss = nn.functional.cross_entropy(model(x), y)
+        grads.append((loss, torch.autograd.grad(loss, [p for p in model.parameters() if p.requires_grad])))
+    (lf, gf), (lr, gr) = grads
+    torch.testing.assert_close(lf, lr, rtol=1e-5, atol=1e-6)
+    assert len(gf) == len(gr) == 2 * len(training.MODELS[name]) + 2
+    for a, b in zip(gf, gr):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6)
+    shapes = [tuple(p.shape) for p in fused.parameters() if p.requires_grad]
+    assert shapes == [tuple(p.shape) for p in plain.parameters()]
+    assert plain(x).shape == (64, training.CLASSES)

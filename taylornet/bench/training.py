@@ -9,6 +9,9 @@ from the drop-in layer, against the same models on ``taylornet.reference`` under
 A step is zero_grad, forward, loss, backward and the optimizer step; both versions hold identical
 parameters and see the same batch. The compiled version compiles the model's forward and loss
 (fullgraph, static shapes), so its backward is the compiled graph too; Adam runs eagerly in both.
+For scale, the same rounds time the plain network of the same shapes (nn.Linear and SiLU, eager):
+what a step costs when the first layers are ordinary ones, with the head, loss and optimizer of the
+Taylor model's step.
 
 Thread scaling: the fused ops alone (the core case, TaylorNet forward+backward w.r.t. W at n=2048,
 d=32, m=16384, and taylor_features forward+backward at n=1024, d=64, m=4096) at 1 and at 2 threads.
@@ -53,7 +56,8 @@ class ReferenceTaylorLinear(nn.Module):
 
 
 def build(name: str, seed: int = 0):
-    """(fused model, reference model with equal parameters) for one of MODELS."""
+    """(fused model, reference model with equal parameters, plain network of the same shapes) for one
+    of MODELS."""
     import taylornet as tn
 
     torch.manual_seed(seed)
@@ -67,7 +71,9 @@ def build(name: str, seed: int = 0):
     reference = nn.Sequential(*twin, twin_head)
     reference.load_state_dict(fused.state_dict())
     reference = nn.Sequential(*[ReferenceTaylorLinear(t) for t in twin], twin_head)
-    return fused, reference
+    plain = nn.Sequential(*[m for i, o in MODELS[name] for m in (nn.Linear(i, o), nn.SiLU())],
+                          nn.Linear(MODELS[name][-1][1], CLASSES))
+    return fused, reference, plain
 
 
 def step_fn(model, x, y, compiled: bool):
@@ -99,16 +105,18 @@ def training_rows(batch: int, repeats: int, min_time: float) -> list[dict]:
     rows = []
     for name in MODELS:
         torch._dynamo.reset()
-        fused, ref = build(name)
+        fused, ref, plain = build(name)
         g = torch.Generator().manual_seed(1)
         x = torch.randn(batch, MODELS[name][0][0], generator=g)
         y = torch.randint(0, CLASSES, (batch,), generator=g)
         stats = time_interleaved({"taylornet": step_fn(fused, x, y, False),
-                                  "compiled": step_fn(ref, x, y, True)}, repeats, min_time)
-        t, c = stats["taylornet"]["median_s"], stats["compiled"]["median_s"]
+                                  "compiled": step_fn(ref, x, y, True),
+                                  "plain": step_fn(plain, x, y, False)}, repeats, min_time)
+        t, c, p = (stats[k]["median_s"] for k in ("taylornet", "compiled", "plain"))
         rows.append({"workload": f"train {name}", "model": " -> ".join(
             [f"TaylorLinear{io}" for io in MODELS[name]] + [f"Linear({MODELS[name][-1][1]}, {CLASSES})"]),
             "batch": batch, "taylornet_s": t, "compiled_s": c, "speedup_vs_compiled": c / t,
+            "plain_network_s": p, "time_vs_plain_network": t / p,
             "iqr_rel": max(stats["taylornet"]["iqr_rel"], stats["compiled"]["iqr_rel"]),
             "load_average_1m": os.getloadavg()[0]})
     return rows
@@ -164,18 +172,21 @@ def scaling_rows(repeats: int, min_time: float, max_threads: int) -> list[dict]:
 def run(args) -> int:
     threads = args.threads or torch.get_num_threads()
     torch.set_num_threads(threads)
-    repeats = args.repeats or 7
-    min_time = args.min_time or 0.05
+    # 15 samples of at least 0.2 s each: with 7 of 0.05 s, the wide step's IQR reached 30 % on a
+    # 2-vCPU VM, whose speed changes over seconds.
+    repeats = args.repeats or 15
+    min_time = args.min_time or 0.2
     env = report.allocator_env()
     print(f"taylornet bench --training: torch {torch.__version__}, {threads} threads, "
           f"GLIBC_TUNABLES={os.environ.get('GLIBC_TUNABLES', '(unset)')}, load average "
           f"{os.getloadavg()[0]:.2f}", flush=True)
     rows = training_rows(1024, repeats, min_time)
     print("  training step (cross-entropy, Adam, batch 1024, order 2, silu)"
-          "   taylornet ms  compiled ms  ×compiled  IQR")
+          "   taylornet ms  compiled ms  ×compiled  IQR   plain network ms")
     for r in rows:
         print(f"  {r['model']:<65} {r['taylornet_s'] * 1e3:11.1f} {r['compiled_s'] * 1e3:12.1f} "
-              f"{r['speedup_vs_compiled']:10.2f} {100 * r['iqr_rel']:4.0f}%", flush=True)
+              f"{r['speedup_vs_compiled']:10.2f} {100 * r['iqr_rel']:4.0f}% {r['plain_network_s'] * 1e3:17.1f}",
+              flush=True)
     scaling = scaling_rows(repeats, min_time, threads)
     torch.set_num_threads(threads)
     print("  thread scaling of the fused ops             threads   ms     ×1 thread  ×floor")
