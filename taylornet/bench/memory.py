@@ -6,7 +6,7 @@ after the warm-up; the inputs are already allocated, so peak - allocated-before 
 CPU (``subprocess``, the default): each (case, implementation) runs in a fresh Python process
 (forked from a server process that has only imported torch and taylornet), creates the same inputs,
 builds the callable (compiling for "compiled") and calls it once as warm-up. It then collects
-garbage, empties taylornet's cache of released derivative buffers (``taylornet.ops.saved_cache``: the
+garbage, empties taylornet's cache of released n x m buffers (``taylornet.ops.saved_cache``: the
 warm-up's buffers would otherwise be resident before the call and missing from its peak), returns
 freed heap pages to the kernel (glibc ``malloc_trim(0)``), reads its resident set
 ``VmRSS`` as the baseline, resets the kernel's high-water mark (writing ``5`` to
@@ -65,7 +65,7 @@ def reset_hwm() -> bool:
 
 
 def empty_saved_cache() -> None:
-    """Free the buffers that taylornet's cache of kept derivatives holds (its limit stays)."""
+    """Free the buffers that taylornet's cache of released n x m buffers holds (its limit stays)."""
     from taylornet.ops import saved_cache
 
     _, limit = saved_cache()
