@@ -64,7 +64,7 @@ def profiled_ms(step, steps: int) -> collections.Counter:
 
 
 def profile_model(name: str, batch: int, steps: int, rounds: int) -> dict:
-    fused, ref = build(name)
+    fused, ref, _ = build(name)
     g = torch.Generator().manual_seed(1)
     x = torch.randn(batch, MODELS[name][0][0], generator=g)
     y = torch.randint(0, CLASSES, (batch,), generator=g)
