@@ -357,7 +357,7 @@ def test_features_output_buffers_are_recycled_safely(d):
     shared memory)."""
     from taylornet.ops import saved_cache
 
-    held, limit = saved_cache()
+    _, limit = saved_cache()
     n, m = 29, 61
     a, b = (make_problem(n=n, d=d, m=m, c=0, seed=s) for s in (31, 32))
 

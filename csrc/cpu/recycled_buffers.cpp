@@ -29,9 +29,9 @@
 namespace tn::cpu {
 namespace {
 
-class SavedBufferCache {
+class RecycledBufferCache {
  public:
-  SavedBufferCache() {
+  RecycledBufferCache() {
     if (const auto mb = env_count("TAYLORNET_SAVED_CACHE_MB", "a number of MiB", (int64_t(1) << 40) - 1))
       limit_ = static_cast<size_t>(*mb) << 20;
   }
@@ -114,8 +114,8 @@ class SavedBufferCache {
 };
 
 // Never destroyed: tensors holding its buffers may outlive every static at exit.
-SavedBufferCache& cache() {
-  static auto* c = new SavedBufferCache();
+RecycledBufferCache& cache() {
+  static auto* c = new RecycledBufferCache();
   return *c;
 }
 
